@@ -1,0 +1,420 @@
+//! Edge configuration: the YAML as written (`raw`), validated into the
+//! runtime form (`EdgeConfig`). Validation reports every problem with its
+//! YAML path, not just the first.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::token::TokenHash;
+
+/// Idle data streams each sidecar session keeps open by default.
+pub const DEFAULT_IDLE_STREAMS: u32 = tunnel_proto::transport::DEFAULT_IDLE_STREAMS;
+/// How long a request waits for a data stream when a session's pool is empty.
+pub const DEFAULT_OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the sidecar may take to connect to the target.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the edge waits for the upstream to send (part of) a response.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an idle upstream connection stays in the pool.
+pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle upstream connections kept, over all targets.
+pub const DEFAULT_KEEPALIVE_POOL_SIZE: usize = 1024;
+
+/// The YAML exactly as users write it.
+pub mod raw {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct EdgeFile {
+        pub listen: Listen,
+        pub preview: Preview,
+        #[serde(default)]
+        pub clusters: Vec<Cluster>,
+        #[serde(default)]
+        pub tunnel: Tunnel,
+        #[serde(default)]
+        pub upstream: Upstream,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Listen {
+        pub http: String,
+        pub tunnel: String,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Preview {
+        pub domains: Vec<String>,
+        /// Base of the URLs printed to sidecars, e.g. `https://{host}`;
+        /// default `http://{host}:<listen.http port>`.
+        pub public_url: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Cluster {
+        pub name: String,
+        pub token_sha256: String,
+        pub environments: Vec<String>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Tunnel {
+        pub idle_streams: Option<u32>,
+        pub open_stream_timeout: Option<String>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Upstream {
+        pub connect_timeout: Option<String>,
+        pub read_timeout: Option<String>,
+        pub idle_timeout: Option<String>,
+        pub keepalive_pool_size: Option<usize>,
+    }
+}
+
+/// The validated runtime configuration.
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    pub http_addr: SocketAddr,
+    pub tunnel_addr: SocketAddr,
+    pub preview_domains: Vec<String>,
+    pub public_url: Option<String>,
+    pub clusters: Vec<Cluster>,
+    pub tunnel: TunnelSettings,
+    pub upstream: UpstreamSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub name: String,
+    pub token: TokenHash,
+    pub environments: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TunnelSettings {
+    pub idle_streams: u32,
+    pub open_stream_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub keepalive_pool_size: usize,
+}
+
+/// Everything wrong with a config file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Syntax { file: String, message: String },
+    #[error("{file}: {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { file: String, problems: Vec<String> },
+}
+
+impl EdgeConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Self::parse(&text, &file)
+    }
+
+    /// Parses and validates YAML text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        let raw: raw::EdgeFile = serde_saphyr::from_str(text).map_err(|e| ConfigError::Syntax {
+            file: file.to_string(),
+            message: e.to_string(),
+        })?;
+        validate(raw).map_err(|problems| ConfigError::Invalid {
+            file: file.to_string(),
+            problems,
+        })
+    }
+
+    /// The environments each token may serve, keyed by token hash.
+    pub fn environments_by_token(&self) -> HashMap<TokenHash, &Cluster> {
+        self.clusters.iter().map(|c| (c.token.clone(), c)).collect()
+    }
+}
+
+fn validate(raw: raw::EdgeFile) -> Result<EdgeConfig, Vec<String>> {
+    let mut problems = Vec::new();
+    let http_addr = socket_addr(&raw.listen.http, "listen.http", &mut problems);
+    let tunnel_addr = socket_addr(&raw.listen.tunnel, "listen.tunnel", &mut problems);
+
+    if raw.preview.domains.is_empty() {
+        problems.push("preview.domains: at least one preview domain is required".into());
+    }
+    let mut preview_domains = Vec::new();
+    for (i, domain) in raw.preview.domains.iter().enumerate() {
+        let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+        if !is_hostname(&domain) {
+            problems.push(format!(
+                "preview.domains[{i}]: {domain:?} is not a hostname (expected e.g. preview.example.com)"
+            ));
+        }
+        preview_domains.push(domain);
+    }
+    if let Some(url) = &raw.preview.public_url {
+        if !(url.starts_with("http://") || url.starts_with("https://")) || !url.contains("{host}") {
+            problems.push(format!(
+                "preview.public_url: {url:?} must start with http:// or https:// and contain {{host}}"
+            ));
+        }
+    }
+
+    let mut clusters = Vec::new();
+    let mut seen_tokens = HashSet::new();
+    let mut owner_of_env: HashMap<String, String> = HashMap::new();
+    for (i, c) in raw.clusters.into_iter().enumerate() {
+        let path = format!("clusters[{i}]");
+        if c.name.trim().is_empty() {
+            problems.push(format!("{path}.name: must not be empty"));
+        }
+        let token = match TokenHash::from_hex(&c.token_sha256) {
+            Some(t) => t,
+            None => {
+                problems.push(format!(
+                    "{path}.token_sha256: expected 64 hex characters (hint: `edge-proxy hash-token <token>`)"
+                ));
+                continue;
+            }
+        };
+        if !seen_tokens.insert(token.clone()) {
+            problems.push(format!(
+                "{path}.token_sha256: the same token is used by another cluster"
+            ));
+        }
+        if c.environments.is_empty() {
+            problems.push(format!(
+                "{path}.environments: list at least one environment"
+            ));
+        }
+        for (j, env) in c.environments.iter().enumerate() {
+            if !is_label(env) {
+                problems.push(format!(
+                    "{path}.environments[{j}]: {env:?} is not a valid environment name (lowercase letters, digits and '-', not starting or ending with '-')"
+                ));
+            } else if env.contains('-') {
+                problems.push(format!(
+                    "{path}.environments[{j}]: {env:?} must not contain '-' (it is the last label of preview URLs)"
+                ));
+            }
+            if let Some(other) = owner_of_env.insert(env.clone(), c.name.clone()) {
+                problems.push(format!(
+                    "{path}.environments[{j}]: {env:?} is already owned by cluster {other:?}"
+                ));
+            }
+        }
+        clusters.push(Cluster {
+            name: c.name,
+            token,
+            environments: c.environments,
+        });
+    }
+
+    let idle_streams = raw.tunnel.idle_streams.unwrap_or(DEFAULT_IDLE_STREAMS);
+    if !(1..=1024).contains(&idle_streams) {
+        problems.push(format!(
+            "tunnel.idle_streams: {idle_streams} is out of range 1..=1024"
+        ));
+    }
+    let tunnel = TunnelSettings {
+        idle_streams,
+        open_stream_timeout: duration(
+            &raw.tunnel.open_stream_timeout,
+            "tunnel.open_stream_timeout",
+            DEFAULT_OPEN_STREAM_TIMEOUT,
+            &mut problems,
+        ),
+    };
+    let upstream = UpstreamSettings {
+        connect_timeout: duration(
+            &raw.upstream.connect_timeout,
+            "upstream.connect_timeout",
+            DEFAULT_CONNECT_TIMEOUT,
+            &mut problems,
+        ),
+        read_timeout: duration(
+            &raw.upstream.read_timeout,
+            "upstream.read_timeout",
+            DEFAULT_READ_TIMEOUT,
+            &mut problems,
+        ),
+        idle_timeout: duration(
+            &raw.upstream.idle_timeout,
+            "upstream.idle_timeout",
+            DEFAULT_UPSTREAM_IDLE_TIMEOUT,
+            &mut problems,
+        ),
+        keepalive_pool_size: raw
+            .upstream
+            .keepalive_pool_size
+            .unwrap_or(DEFAULT_KEEPALIVE_POOL_SIZE),
+    };
+
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(EdgeConfig {
+        http_addr: http_addr.expect("checked"),
+        tunnel_addr: tunnel_addr.expect("checked"),
+        preview_domains,
+        public_url: raw.preview.public_url,
+        clusters,
+        tunnel,
+        upstream,
+    })
+}
+
+fn socket_addr(value: &str, path: &str, problems: &mut Vec<String>) -> Option<SocketAddr> {
+    match value.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            problems.push(format!(
+                "{path}: {value:?} is not an address (expected IP:port, e.g. 0.0.0.0:8080)"
+            ));
+            None
+        }
+    }
+}
+
+fn duration(
+    value: &Option<String>,
+    path: &str,
+    default: Duration,
+    problems: &mut Vec<String>,
+) -> Duration {
+    let Some(value) = value else { return default };
+    match humantime::parse_duration(value) {
+        Ok(d) if !d.is_zero() => d,
+        _ => {
+            problems.push(format!(
+                "{path}: {value:?} is not a duration (expected e.g. 500ms, 10s, 2m)"
+            ));
+            default
+        }
+    }
+}
+
+/// A DNS label: lowercase letters, digits and '-', 1..=63 characters, no
+/// leading or trailing '-'.
+pub fn is_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn is_hostname(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_label)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+listen:
+  http: 127.0.0.1:8080
+  tunnel: 127.0.0.1:7000
+preview:
+  domains: [preview.localhost]
+clusters:
+  - name: demo
+    token_sha256: "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"
+    environments: [demo]
+tunnel:
+  open_stream_timeout: 2s
+"#;
+
+    #[test]
+    fn loads_a_good_file() {
+        let c = EdgeConfig::parse(GOOD, "edge.yaml").unwrap();
+        assert_eq!(c.preview_domains, vec!["preview.localhost"]);
+        assert_eq!(c.tunnel.open_stream_timeout, Duration::from_secs(2));
+        assert_eq!(c.upstream.read_timeout, DEFAULT_READ_TIMEOUT);
+        assert_eq!(c.clusters[0].environments, vec!["demo"]);
+    }
+
+    #[test]
+    fn unknown_field_names_file_line_and_field() {
+        let text = GOOD.replace("  open_stream_timeout: 2s", "  open_stream_timout: 2s");
+        let err = EdgeConfig::parse(&text, "edge.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("edge.yaml:"), "{err}");
+        assert!(err.contains("open_stream_timout"), "{err}");
+        assert!(err.contains("line 13") || err.contains("13:"), "{err}");
+    }
+
+    #[test]
+    fn reports_every_problem_with_its_path() {
+        let text = GOOD
+            .replace("127.0.0.1:8080", "localhost")
+            .replace("[demo]", "[Demo, a-b]")
+            .replace("2s", "soon");
+        let err = EdgeConfig::parse(&text, "edge.yaml")
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "listen.http",
+            "clusters[0].environments[0]",
+            "clusters[0].environments[1]",
+            "tunnel.open_stream_timeout",
+        ] {
+            assert!(err.contains(needle), "missing {needle} in {err}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_token_hash_with_a_hint() {
+        let text = GOOD.replace(
+            "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b",
+            "abc",
+        );
+        let err = EdgeConfig::parse(&text, "edge.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("clusters[0].token_sha256") && err.contains("hash-token"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_environment_has_one_owner() {
+        let text = format!(
+            "{GOOD}\n".replace(
+                "tunnel:\n",
+                "  - name: other\n    token_sha256: \"0000000000000000000000000000000000000000000000000000000000000000\"\n    environments: [demo]\ntunnel:\n",
+            )
+        );
+        let err = EdgeConfig::parse(&text, "edge.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("already owned by cluster \"demo\""), "{err}");
+    }
+}

@@ -1,0 +1,237 @@
+//! Pingora's upstream connection, made of a tunnel data stream.
+//!
+//! `TunnelConnector` is the peer's custom L4 connector: it takes a pre-opened
+//! data stream from the session, tells the sidecar where to connect, and
+//! waits for the sidecar's verdict (the equivalent of a TCP handshake with
+//! the service). `TunnelSocket` then moves bytes as `StreamFrame`s.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::Stream as _;
+use pingora_core::connectors::L4Connect;
+use pingora_core::protocols::l4::socket::SocketAddr;
+use pingora_core::protocols::l4::stream::Stream;
+use pingora_core::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
+use pingora_error::{Error, ErrorType};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::PollSender;
+use tonic::{Status, Streaming};
+use tracing::warn;
+use tunnel_proto::{stream_frame::Kind, ErrorCode, StreamFrame};
+
+use crate::registry::{DataStream, Session, TakeError};
+
+/// Times a connect tries another pooled stream when one turns out dead.
+const STALE_STREAM_RETRIES: usize = 3;
+
+/// Why a tunnel connection could not be made. Carried as the root cause of
+/// the pingora error so the response can say what really happened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TunnelError {
+    #[error("no tunnel stream available: {0}")]
+    NoStream(TakeError),
+    #[error("the sidecar could not connect to the target ({code:?}): {message}")]
+    Target { code: ErrorCode, message: String },
+    #[error("the sidecar did not connect to the target within {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("the tunnel stream broke while connecting")]
+    Broken,
+}
+
+#[derive(Debug)]
+pub struct TunnelConnector {
+    pub session: Arc<Session>,
+    pub service: String,
+    pub port: u16,
+    pub request_id: String,
+    pub open_stream_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("environment", &self.environment)
+            .finish()
+    }
+}
+
+impl TunnelConnector {
+    async fn open(&self) -> Result<DataStream, TunnelError> {
+        for _ in 0..STALE_STREAM_RETRIES {
+            let mut stream = self
+                .session
+                .take_stream(self.open_stream_timeout)
+                .await
+                .map_err(TunnelError::NoStream)?;
+            let open = StreamFrame::open(
+                self.service.clone(),
+                self.port.into(),
+                self.request_id.clone(),
+            );
+            if stream.to_sidecar.send(Ok(open)).await.is_err() {
+                continue; // the sidecar dropped this idle stream
+            }
+            let verdict =
+                tokio::time::timeout(self.connect_timeout, stream.from_sidecar.message()).await;
+            match verdict {
+                Err(_) => return Err(TunnelError::ConnectTimeout(self.connect_timeout)),
+                Ok(Ok(Some(StreamFrame {
+                    kind: Some(Kind::Opened(_)),
+                }))) => return Ok(stream),
+                Ok(Ok(Some(StreamFrame {
+                    kind: Some(Kind::Error(e)),
+                }))) => {
+                    let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Internal);
+                    warn!(
+                        request_id = %self.request_id, session = %self.session.id,
+                        service = %self.service, port = self.port, code = ?code, message = %e.message,
+                        "sidecar could not open stream"
+                    );
+                    return Err(TunnelError::Target {
+                        code,
+                        message: e.message,
+                    });
+                }
+                // Ended or broke before answering: a stale stream, try another.
+                Ok(_) => continue,
+            }
+        }
+        Err(TunnelError::Broken)
+    }
+}
+
+#[async_trait]
+impl L4Connect for TunnelConnector {
+    async fn connect(&self, _addr: &SocketAddr) -> pingora_error::Result<Stream> {
+        match self.open().await {
+            Ok(stream) => {
+                let socket = TunnelSocket::new(stream);
+                Ok(Stream::from(VirtualSocketStream::new(Box::new(socket))))
+            }
+            Err(e) => {
+                let etype = match e {
+                    TunnelError::ConnectTimeout(_) => ErrorType::ConnectTimedout,
+                    TunnelError::Target {
+                        code: ErrorCode::Refused,
+                        ..
+                    } => ErrorType::ConnectRefused,
+                    _ => ErrorType::ConnectError,
+                };
+                Err(Error::because(etype, "opening tunnel stream", e))
+            }
+        }
+    }
+}
+
+/// A tunnel data stream as an async byte stream.
+#[derive(Debug)]
+pub struct TunnelSocket {
+    // Mutexes only to be `Sync` (a `VirtualSocket` bound); accessed through
+    // `get_mut`, so never locked.
+    from_sidecar: Mutex<Streaming<StreamFrame>>,
+    to_sidecar: Mutex<PollSender<Result<StreamFrame, Status>>>,
+    pending: Bytes,
+    read_closed: bool,
+    fin_sent: bool,
+}
+
+impl TunnelSocket {
+    pub fn new(stream: DataStream) -> Self {
+        Self {
+            from_sidecar: Mutex::new(stream.from_sidecar),
+            to_sidecar: Mutex::new(PollSender::new(stream.to_sidecar)),
+            pending: Bytes::new(),
+            read_closed: false,
+            fin_sent: false,
+        }
+    }
+}
+
+fn broken(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionReset,
+        format!("tunnel stream {what}"),
+    )
+}
+
+impl AsyncRead for TunnelSocket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if !this.pending.is_empty() {
+                let n = this.pending.len().min(buf.remaining());
+                buf.put_slice(&this.pending.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
+            if this.read_closed {
+                return Poll::Ready(Ok(()));
+            }
+            let inbound = this.from_sidecar.get_mut().unwrap();
+            match ready!(Pin::new(inbound).poll_next(cx)) {
+                Some(Ok(frame)) => match frame.kind {
+                    Some(Kind::Data(bytes)) => this.pending = bytes,
+                    Some(Kind::Fin(_)) => this.read_closed = true,
+                    Some(Kind::Error(e)) => {
+                        return Poll::Ready(Err(io::Error::other(format!(
+                            "sidecar: {}",
+                            e.message
+                        ))))
+                    }
+                    _ => {} // nothing else is valid mid-stream; newer kinds are ignored
+                },
+                Some(Err(status)) => return Poll::Ready(Err(broken(status.message()))),
+                None => return Poll::Ready(Err(broken("ended without fin"))),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for TunnelSocket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let tx = this.to_sidecar.get_mut().unwrap();
+        ready!(tx.poll_reserve(cx)).map_err(|_| broken("closed"))?;
+        let n = buf.len().min(tunnel_proto::transport::CHUNK_SIZE);
+        tx.send_item(Ok(StreamFrame::data(Bytes::copy_from_slice(&buf[..n]))))
+            .map_err(|_| broken("closed"))?;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.fin_sent {
+            let tx = this.to_sidecar.get_mut().unwrap();
+            ready!(tx.poll_reserve(cx)).map_err(|_| broken("closed"))?;
+            tx.send_item(Ok(StreamFrame::fin()))
+                .map_err(|_| broken("closed"))?;
+            this.fin_sent = true;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl VirtualSocket for TunnelSocket {
+    fn set_socket_option(&self, _opt: VirtualSockOpt) -> io::Result<()> {
+        Ok(()) // nodelay and keepalive are properties of the tunnel's TCP connection
+    }
+}

@@ -1,0 +1,30 @@
+//! The edge proxy: visitors' front door and the tunnels' far end.
+//!
+//! Visitors reach services through Pingora; each upstream connection is a
+//! data stream of a gRPC tunnel that a sidecar dialed out to us.
+//!
+//! # Layout
+//! - [`config`]: YAML → validated runtime config.
+//! - [`preview`]: preview-URL parsing (`<service>-<port>-<env>.<domain>`).
+//! - [`route`]: request → target session.
+//! - [`proxy`]: Pingora's phases (`ProxyHttp`).
+//! - [`connector`]: tunnel streams as Pingora upstream sockets.
+//! - [`registry`]: live sessions and their idle data-stream pools.
+//! - [`tunnel_service`]: the gRPC service sidecars dial.
+//! - [`errors`]: the one place errors become HTTP responses.
+//! - [`server`]: wires listeners, runtime and shutdown.
+//! - [`token`]: sidecar token hashing.
+
+pub mod config;
+pub mod connector;
+pub mod errors;
+pub mod preview;
+pub mod proxy;
+pub mod registry;
+pub mod route;
+pub mod server;
+pub mod token;
+pub mod tunnel_service;
+
+pub use config::EdgeConfig;
+pub use server::Edge;

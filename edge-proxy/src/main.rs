@@ -1,0 +1,84 @@
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use edge_proxy::{token::TokenHash, Edge, EdgeConfig};
+
+/// The edge proxy: public front door for services behind sidecar tunnels.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Edge configuration file (YAML).
+    #[arg(long, short, global = true, default_value = "configs/edge.yaml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the edge (the default).
+    Run,
+    /// Validate a configuration file, print every problem, exit non-zero if any.
+    CheckConfig { file: Option<PathBuf> },
+    /// Print the SHA-256 of a sidecar token, for `clusters[].token_sha256`.
+    HashToken { token: String },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::HashToken { token } => {
+            println!("{}", TokenHash::of(&token).to_hex());
+            Ok(())
+        }
+        Command::CheckConfig { file } => {
+            let file = file.unwrap_or(cli.config);
+            match EdgeConfig::load(&file) {
+                Ok(_) => {
+                    println!("{}: ok", file.display());
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        Command::Run => run(&cli.config),
+    }
+}
+
+fn run(path: &PathBuf) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let config = match EdgeConfig::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    };
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async {
+        let http = tokio::net::TcpListener::bind(config.http_addr)
+            .await
+            .with_context(|| format!("listen.http: cannot bind {}", config.http_addr))?;
+        let tunnel = tokio::net::TcpListener::bind(config.tunnel_addr)
+            .await
+            .with_context(|| format!("listen.tunnel: cannot bind {}", config.tunnel_addr))?;
+        tracing::info!(http = %http.local_addr()?, tunnel = %tunnel.local_addr()?, "edge listening");
+        Edge::new(config).serve(http, tunnel, shutdown_signal()).await
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,164 @@
+//! Preview URLs: `<service>-<port>-<environment>.<preview domain>`.
+//!
+//! Service names may contain `-`; the last two `-`-separated parts of the
+//! first label are the port and the environment.
+
+use crate::config::is_label;
+
+/// A parsed preview host.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PreviewUrl {
+    pub service: String,
+    pub port: u16,
+    pub environment: String,
+}
+
+/// Why a `Host` does not name a preview URL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    #[error("the request has no Host header")]
+    Missing,
+    #[error("the Host header is not a valid host name")]
+    Malformed,
+    #[error("no route for this host")]
+    NotFound,
+}
+
+impl PreviewUrl {
+    /// Resolves a `Host` header value (which may carry a port) against the
+    /// preview domains.
+    pub fn parse(host: &str, domains: &[String]) -> Result<Self, HostError> {
+        let host = strip_port(host).ok_or(HostError::Malformed)?;
+        if host.is_empty() {
+            return Err(HostError::Missing);
+        }
+        if host.len() > 253
+            || !host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            return Err(HostError::Malformed);
+        }
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let label = domains
+            .iter()
+            .find_map(|d| host.strip_suffix(d.as_str())?.strip_suffix('.'))
+            .ok_or(HostError::NotFound)?;
+        if label.contains('.') || !is_label(label) {
+            return Err(HostError::NotFound);
+        }
+        let mut parts = label.rsplitn(3, '-');
+        let (Some(environment), Some(port), Some(service)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(HostError::NotFound);
+        };
+        let port: u16 = match port.parse() {
+            Ok(p) if p > 0 && !port.starts_with('0') => p,
+            _ => return Err(HostError::NotFound),
+        };
+        if !is_label(service) || environment.is_empty() {
+            return Err(HostError::NotFound);
+        }
+        Ok(Self {
+            service: service.into(),
+            port,
+            environment: environment.into(),
+        })
+    }
+
+    /// The host name of this preview URL under `domain`.
+    pub fn host(&self, domain: &str) -> String {
+        format!(
+            "{}-{}-{}.{}",
+            self.service, self.port, self.environment, domain
+        )
+    }
+}
+
+/// `host[:port]` or `[v6]:port` → host. `None` if the port part is garbage.
+fn strip_port(host: &str) -> Option<&str> {
+    if host.starts_with('[') {
+        return Some(host); // IPv6 literal: never a preview host
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => Some(h),
+        Some(_) => None,
+        None => Some(host),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn domains() -> Vec<String> {
+        vec!["preview.example.com".into(), "preview.localhost".into()]
+    }
+
+    fn parse(host: &str) -> Result<PreviewUrl, HostError> {
+        PreviewUrl::parse(host, &domains())
+    }
+
+    #[test]
+    fn parses_service_port_environment() {
+        let p = parse("webapp-8080-x7k2p9.preview.example.com").unwrap();
+        assert_eq!(
+            p,
+            PreviewUrl {
+                service: "webapp".into(),
+                port: 8080,
+                environment: "x7k2p9".into()
+            }
+        );
+    }
+
+    #[test]
+    fn service_names_may_contain_dashes() {
+        let p = parse("my-web-app-3000-demo.preview.localhost:8080").unwrap();
+        assert_eq!(p.service, "my-web-app");
+        assert_eq!(p.port, 3000);
+        assert_eq!(p.environment, "demo");
+        assert_eq!(
+            p.host("preview.localhost"),
+            "my-web-app-3000-demo.preview.localhost"
+        );
+    }
+
+    #[test]
+    fn host_is_case_insensitive_and_may_end_with_a_dot() {
+        assert!(parse("WebApp-80-Demo.Preview.Localhost.").is_ok());
+    }
+
+    #[test]
+    fn unknown_hosts_are_not_found() {
+        for host in [
+            "example.com",
+            "preview.localhost",
+            "webapp-8080.preview.localhost",
+            "webapp-0-demo.preview.localhost",
+            "webapp-080-demo.preview.localhost",
+            "webapp-99999-demo.preview.localhost",
+            "webapp-x-demo.preview.localhost",
+            "-8080-demo.preview.localhost",
+            "a.webapp-8080-demo.preview.localhost",
+            "webapp-8080-demo.evilpreview.localhost",
+            "[::1]:8080",
+        ] {
+            assert_eq!(parse(host), Err(HostError::NotFound), "{host}");
+        }
+    }
+
+    #[test]
+    fn malformed_hosts_are_rejected() {
+        for host in [
+            "a b.preview.localhost",
+            "x.preview.localhost:http",
+            "a/b",
+            "é.preview.localhost",
+        ] {
+            assert_eq!(parse(host), Err(HostError::Malformed), "{host}");
+        }
+        assert_eq!(parse(""), Err(HostError::Missing));
+    }
+}

@@ -1,0 +1,153 @@
+//! The visitor-facing HTTP proxy: Pingora's phases, one module each.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use tracing::info;
+
+use crate::config::EdgeConfig;
+use crate::connector::TunnelConnector;
+use crate::errors::{self, Failure};
+use crate::registry::TunnelRegistry;
+use crate::route::{self, Target};
+
+pub struct EdgeProxy {
+    pub config: Arc<EdgeConfig>,
+    pub registry: Arc<TunnelRegistry>,
+}
+
+/// What earlier phases learned about a request.
+pub struct RequestCtx {
+    pub request_id: String,
+    pub target: Option<Target>,
+    pub failure: Option<Failure>,
+    pub started: Instant,
+}
+
+pub fn new_request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+#[async_trait]
+impl ProxyHttp for EdgeProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            request_id: new_request_id(),
+            target: None,
+            failure: None,
+            started: Instant::now(),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        match route::resolve(
+            session.req_header(),
+            &self.config.preview_domains,
+            &self.registry,
+        ) {
+            Ok(target) => {
+                ctx.target = Some(target);
+                Ok(false)
+            }
+            Err(failure) => {
+                errors::respond(session, &failure, &ctx.request_id).await;
+                ctx.failure = Some(failure);
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let target = ctx
+            .target
+            .as_ref()
+            .ok_or_else(|| Error::new(ErrorType::InternalError))?;
+        let upstream = &self.config.upstream;
+        let mut peer = HttpPeer::new(("127.0.0.1", target.url.port), false, String::new());
+        peer.group_key = target.pool_key();
+        peer.options.read_timeout = Some(upstream.read_timeout);
+        peer.options.idle_timeout = Some(upstream.idle_timeout);
+        peer.options.custom_l4 = Some(Arc::new(TunnelConnector {
+            session: target.session.clone(),
+            service: target.url.service.clone(),
+            port: target.url.port,
+            request_id: ctx.request_id.clone(),
+            open_stream_timeout: self.config.tunnel.open_stream_timeout,
+            connect_timeout: upstream.connect_timeout,
+        }));
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        request.insert_header("x-request-id", &ctx.request_id)?;
+        if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
+            request.insert_header("x-forwarded-for", addr.ip().to_string())?;
+        }
+        request.insert_header("x-forwarded-proto", "http")?;
+        if let Some(host) = route::host(session.req_header()).map(str::to_owned) {
+            request.insert_header("x-forwarded-host", host)?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        response.insert_header("x-request-id", &ctx.request_id)?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let failure = errors::classify(e);
+        let error_code = errors::respond(session, &failure, &ctx.request_id).await;
+        ctx.failure = Some(failure);
+        FailToProxy {
+            error_code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let req = session.req_header();
+        info!(
+            request_id = %ctx.request_id,
+            method = %req.method,
+            host = route::host(req).unwrap_or(""),
+            path = req.uri.path(),
+            status,
+            outcome = ctx.failure.as_ref().map(|f| f.kind.code()).unwrap_or("OK"),
+            error = e.map(|e| e.to_string()),
+            session = ctx.target.as_ref().map(|t| t.session.id.as_str()),
+            duration_us = ctx.started.elapsed().as_micros() as u64,
+            "request"
+        );
+    }
+}

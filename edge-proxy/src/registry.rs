@@ -1,0 +1,417 @@
+//! Live tunnel sessions and their pools of idle data streams.
+//!
+//! A session is one sidecar connection (one `Control` RPC). Sessions are
+//! found by environment (to route visitors) and by id (to attach the data
+//! streams the sidecar opens ahead of time).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Notify};
+use tonic::{Status, Streaming};
+use tunnel_proto::{edge_message, EdgeMessage, StreamFrame, TunnelStats, WantStreams};
+
+use crate::preview::PreviewUrl;
+use crate::token::TokenHash;
+
+/// Edge → sidecar half of a data stream.
+pub type FrameSender = mpsc::Sender<Result<StreamFrame, Status>>;
+
+/// A data stream the sidecar opened and the edge has not used yet.
+pub struct DataStream {
+    pub to_sidecar: FrameSender,
+    pub from_sidecar: Streaming<StreamFrame>,
+}
+
+/// Why a visitor's request cannot be given a tunnel stream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("no route for this host")]
+    NotFound,
+    #[error("no tunnel is connected for environment {0:?}")]
+    Unavailable(String),
+}
+
+/// One connected sidecar session.
+pub struct Session {
+    pub id: String,
+    pub cluster: String,
+    pub environment: String,
+    pub sidecar_name: String,
+    pub token: TokenHash,
+    routes: HashSet<(String, u16)>,
+    idle: Mutex<VecDeque<DataStream>>,
+    idle_ready: Notify,
+    idle_target: u32,
+    want_pending: AtomicBool,
+    draining: AtomicBool,
+    closed: AtomicBool,
+    control: mpsc::Sender<Result<EdgeMessage, Status>>,
+    /// Streams handed to visitors' connections over the session's life.
+    pub streams_taken: AtomicU64,
+    pub last_stats: Mutex<TunnelStats>,
+}
+
+/// A session's pool could not give a stream in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TakeError {
+    #[error("the tunnel session closed")]
+    Closed,
+    #[error("no data stream became available in time")]
+    Timeout,
+}
+
+impl Session {
+    pub fn new(
+        cluster: String,
+        environment: String,
+        sidecar_name: String,
+        token: TokenHash,
+        routes: HashSet<(String, u16)>,
+        idle_target: u32,
+        control: mpsc::Sender<Result<EdgeMessage, Status>>,
+    ) -> Self {
+        Self {
+            id: format!("{:032x}", rand::random::<u128>()),
+            cluster,
+            environment,
+            sidecar_name,
+            token,
+            routes,
+            idle: Mutex::new(VecDeque::new()),
+            idle_ready: Notify::new(),
+            idle_target,
+            want_pending: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            control,
+            streams_taken: AtomicU64::new(0),
+            last_stats: Mutex::new(TunnelStats::default()),
+        }
+    }
+
+    pub fn serves(&self, service: &str, port: u16) -> bool {
+        self.routes.contains(&(service.to_string(), port))
+    }
+
+    pub fn is_usable(&self) -> bool {
+        !self.draining.load(Ordering::Relaxed) && !self.closed.load(Ordering::Relaxed)
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().unwrap().len()
+    }
+
+    /// Most idle streams a session may park at the edge.
+    pub fn idle_limit(&self) -> usize {
+        (self.idle_target as usize * 4).max(64)
+    }
+
+    /// Parks a stream the sidecar opened. Returns it back if the pool is full
+    /// or the session is gone.
+    pub fn add_idle(&self, stream: DataStream) -> Result<(), DataStream> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(stream);
+        }
+        {
+            let mut idle = self.idle.lock().unwrap();
+            if idle.len() >= self.idle_limit() {
+                return Err(stream);
+            }
+            idle.push_back(stream);
+        }
+        self.want_pending.store(false, Ordering::Relaxed);
+        self.idle_ready.notify_one();
+        Ok(())
+    }
+
+    /// Takes an idle stream, waiting up to `timeout` (and asking the sidecar
+    /// for more) when the pool is empty.
+    pub async fn take_stream(&self, timeout: Duration) -> Result<DataStream, TakeError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let ready = self.idle_ready.notified();
+            tokio::pin!(ready);
+            ready.as_mut().enable();
+            if let Some(stream) = self.pop_live() {
+                self.streams_taken.fetch_add(1, Ordering::Relaxed);
+                return Ok(stream);
+            }
+            if self.closed.load(Ordering::Relaxed) {
+                return Err(TakeError::Closed);
+            }
+            self.ask_for_streams();
+            if tokio::time::timeout_at(deadline, ready).await.is_err() {
+                return Err(TakeError::Timeout);
+            }
+        }
+    }
+
+    fn pop_live(&self) -> Option<DataStream> {
+        let mut idle = self.idle.lock().unwrap();
+        let stream = loop {
+            let s = idle.pop_front()?;
+            if !s.to_sidecar.is_closed() {
+                break s;
+            }
+        };
+        // Running low: ask for a refill before the pool runs dry.
+        if idle.len() < (self.idle_target as usize / 2).max(1) {
+            drop(idle);
+            self.ask_for_streams();
+        }
+        Some(stream)
+    }
+
+    fn ask_for_streams(&self) {
+        if self.want_pending.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let want = EdgeMessage {
+            kind: Some(edge_message::Kind::WantStreams(WantStreams {
+                count: self.idle_target,
+            })),
+        };
+        if self.control.try_send(Ok(want)).is_err() {
+            self.want_pending.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Sends a control message to the sidecar.
+    pub async fn send(&self, message: edge_message::Kind) -> bool {
+        self.control
+            .send(Ok(EdgeMessage {
+                kind: Some(message),
+            }))
+            .await
+            .is_ok()
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.idle.lock().unwrap().clear();
+        self.idle_ready.notify_waiters();
+    }
+}
+
+/// Who may register which environments: derived from the config.
+#[derive(Debug, Default, Clone)]
+pub struct Authorizations {
+    pub by_token: HashMap<TokenHash, ClusterGrant>,
+    pub known_environments: HashSet<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterGrant {
+    pub cluster: String,
+    pub environments: Vec<String>,
+}
+
+#[derive(Default)]
+struct Sessions {
+    by_environment: HashMap<String, Vec<Arc<Session>>>,
+    by_id: HashMap<String, Arc<Session>>,
+}
+
+/// All live sessions, plus who may register what.
+#[derive(Default)]
+pub struct TunnelRegistry {
+    sessions: RwLock<Sessions>,
+    auth: RwLock<Arc<Authorizations>>,
+    next: AtomicUsize,
+}
+
+impl TunnelRegistry {
+    pub fn new(auth: Authorizations) -> Self {
+        Self {
+            auth: RwLock::new(Arc::new(auth)),
+            ..Default::default()
+        }
+    }
+
+    pub fn authorizations(&self) -> Arc<Authorizations> {
+        self.auth.read().unwrap().clone()
+    }
+
+    pub fn insert(&self, session: Arc<Session>) {
+        let mut s = self.sessions.write().unwrap();
+        s.by_environment
+            .entry(session.environment.clone())
+            .or_default()
+            .push(session.clone());
+        s.by_id.insert(session.id.clone(), session);
+    }
+
+    pub fn remove(&self, session: &Arc<Session>) {
+        session.close();
+        let mut s = self.sessions.write().unwrap();
+        s.by_id.remove(&session.id);
+        if let Some(list) = s.by_environment.get_mut(&session.environment) {
+            list.retain(|other| !Arc::ptr_eq(other, session));
+            if list.is_empty() {
+                s.by_environment.remove(&session.environment);
+            }
+        }
+    }
+
+    pub fn session(&self, id: &str) -> Option<Arc<Session>> {
+        self.sessions.read().unwrap().by_id.get(id).cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Session>> {
+        self.sessions
+            .read()
+            .unwrap()
+            .by_id
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Picks a session for a preview URL: round robin over the usable
+    /// sessions of its environment that registered the service and port.
+    pub fn route(&self, url: &PreviewUrl) -> Result<Arc<Session>, RouteError> {
+        let sessions = self.sessions.read().unwrap();
+        let candidates: Vec<&Arc<Session>> = sessions
+            .by_environment
+            .get(&url.environment)
+            .map(|list| {
+                list.iter()
+                    .filter(|s| s.serves(&url.service, url.port))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let usable: Vec<&Arc<Session>> = candidates
+            .iter()
+            .copied()
+            .filter(|s| s.is_usable())
+            .collect();
+        if !usable.is_empty() {
+            let i = self.next.fetch_add(1, Ordering::Relaxed) % usable.len();
+            return Ok(usable[i].clone());
+        }
+        let environment_known = sessions.by_environment.contains_key(&url.environment)
+            || self
+                .auth
+                .read()
+                .unwrap()
+                .known_environments
+                .contains(&url.environment);
+        if !candidates.is_empty()
+            || (environment_known && !sessions.by_environment.contains_key(&url.environment))
+        {
+            Err(RouteError::Unavailable(url.environment.clone()))
+        } else {
+            Err(RouteError::NotFound)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(env: &str, routes: &[(&str, u16)]) -> Arc<Session> {
+        let (tx, _rx) = mpsc::channel(4);
+        Arc::new(Session::new(
+            "c".into(),
+            env.into(),
+            "s".into(),
+            TokenHash::of("t"),
+            routes.iter().map(|(s, p)| (s.to_string(), *p)).collect(),
+            4,
+            tx,
+        ))
+    }
+
+    fn url(service: &str, port: u16, env: &str) -> PreviewUrl {
+        PreviewUrl {
+            service: service.into(),
+            port,
+            environment: env.into(),
+        }
+    }
+
+    fn registry() -> TunnelRegistry {
+        TunnelRegistry::new(Authorizations {
+            known_environments: ["demo".to_string(), "idle".to_string()].into(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn routes_to_a_session_serving_the_url() {
+        let r = registry();
+        let s = session("demo", &[("web", 80)]);
+        r.insert(s.clone());
+        assert!(Arc::ptr_eq(&r.route(&url("web", 80, "demo")).unwrap(), &s));
+    }
+
+    #[test]
+    fn known_environment_without_tunnel_is_unavailable() {
+        let r = registry();
+        assert_eq!(
+            r.route(&url("web", 80, "idle")).err(),
+            Some(RouteError::Unavailable("idle".into()))
+        );
+        assert_eq!(
+            r.route(&url("web", 80, "nope")).err(),
+            Some(RouteError::NotFound)
+        );
+    }
+
+    #[test]
+    fn unregistered_service_is_not_found_and_draining_is_unavailable() {
+        let r = registry();
+        let s = session("demo", &[("web", 80)]);
+        r.insert(s.clone());
+        assert_eq!(
+            r.route(&url("api", 80, "demo")).err(),
+            Some(RouteError::NotFound)
+        );
+        s.set_draining();
+        assert_eq!(
+            r.route(&url("web", 80, "demo")).err(),
+            Some(RouteError::Unavailable("demo".into()))
+        );
+        r.remove(&s);
+        assert_eq!(
+            r.route(&url("web", 80, "demo")).err(),
+            Some(RouteError::Unavailable("demo".into()))
+        );
+    }
+
+    #[test]
+    fn round_robins_between_sessions() {
+        let r = registry();
+        let a = session("demo", &[("web", 80)]);
+        let b = session("demo", &[("web", 80)]);
+        r.insert(a.clone());
+        r.insert(b.clone());
+        let picks: Vec<_> = (0..4)
+            .map(|_| r.route(&url("web", 80, "demo")).unwrap().id.clone())
+            .collect();
+        assert_ne!(picks[0], picks[1]);
+        assert_eq!(picks[0], picks[2]);
+    }
+
+    #[tokio::test]
+    async fn take_times_out_and_reports_closed() {
+        let s = session("demo", &[]);
+        assert_eq!(
+            s.take_stream(Duration::from_millis(20)).await.err(),
+            Some(TakeError::Timeout)
+        );
+        s.close();
+        assert_eq!(
+            s.take_stream(Duration::from_millis(20)).await.err(),
+            Some(TakeError::Closed)
+        );
+    }
+}

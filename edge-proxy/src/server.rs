@@ -1,0 +1,165 @@
+//! Runs the edge: the visitor HTTP listener (Pingora) and the tunnel
+//! listener (tonic), on bound listeners, until a shutdown future resolves.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::l4::stream::Stream;
+use pingora_core::server::configuration::ServerConf;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+use tunnel_proto::transport::*;
+use tunnel_proto::tunnel_server::TunnelServer;
+use tunnel_proto::{edge_message, Drain};
+
+use crate::config::EdgeConfig;
+use crate::proxy::EdgeProxy;
+use crate::registry::{Authorizations, ClusterGrant, TunnelRegistry};
+use crate::tunnel_service::TunnelService;
+
+/// In-flight requests get this long to finish at shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Most concurrent streams on one sidecar connection (data streams are
+/// proxied connections).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 8192;
+
+pub struct Edge {
+    config: Arc<EdgeConfig>,
+    registry: Arc<TunnelRegistry>,
+}
+
+pub fn authorizations(config: &EdgeConfig) -> Authorizations {
+    let mut auth = Authorizations::default();
+    for c in &config.clusters {
+        auth.known_environments
+            .extend(c.environments.iter().cloned());
+        auth.by_token.insert(
+            c.token.clone(),
+            ClusterGrant {
+                cluster: c.name.clone(),
+                environments: c.environments.clone(),
+            },
+        );
+    }
+    auth
+}
+
+impl Edge {
+    pub fn new(config: EdgeConfig) -> Self {
+        let registry = Arc::new(TunnelRegistry::new(authorizations(&config)));
+        Self {
+            config: Arc::new(config),
+            registry,
+        }
+    }
+
+    pub fn registry(&self) -> Arc<TunnelRegistry> {
+        self.registry.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains: sidecars are told to
+    /// stop sending new work, in-flight requests get [`SHUTDOWN_GRACE`].
+    pub async fn serve(
+        self,
+        http: TcpListener,
+        tunnel: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let public_url = self.config.public_url.clone().unwrap_or_else(|| {
+            format!(
+                "http://{{host}}:{}",
+                http.local_addr().map(|a| a.port()).unwrap_or(80)
+            )
+        });
+        let service = TunnelService::new(
+            self.registry.clone(),
+            self.config.tunnel.clone(),
+            self.config.preview_domains[0].clone(),
+            public_url,
+        );
+        let (stop_tunnel_tx, stop_tunnel_rx) = tokio::sync::oneshot::channel::<()>();
+        let grpc = tonic::transport::Server::builder()
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME_SIZE)
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .tcp_nodelay(true)
+            .add_service(
+                TunnelServer::new(service)
+                    .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                    .max_encoding_message_size(MAX_MESSAGE_SIZE),
+            )
+            .serve_with_incoming_shutdown(TcpListenerStream::new(tunnel), async {
+                let _ = stop_tunnel_rx.await;
+            });
+        let grpc = tokio::spawn(grpc);
+
+        let mut conf = ServerConf::default();
+        conf.upstream_keepalive_pool_size = self.config.upstream.keepalive_pool_size;
+        let conf = Arc::new(conf);
+        let proxy = EdgeProxy {
+            config: self.config.clone(),
+            registry: self.registry.clone(),
+        };
+        let app = Arc::new(pingora_proxy::http_proxy(&conf, proxy));
+        let (stop_http_tx, stop_http_rx) = watch::channel(false);
+        let connections = TaskTracker::new();
+
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = http.accept() => {
+                    let (tcp, _) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = tcp.set_nodelay(true);
+                    let app = app.clone();
+                    let stop = stop_http_rx.clone();
+                    connections.spawn(async move {
+                        let mut next = app.process_new(Box::new(Stream::from(tcp)), &stop).await;
+                        while let Some(stream) = next {
+                            next = app.process_new(stream, &stop).await;
+                        }
+                    });
+                }
+                _ = &mut shutdown => break,
+            }
+        }
+
+        info!("shutting down: draining tunnels and in-flight requests");
+        drop(http);
+        let _ = stop_http_tx.send(true);
+        for session in self.registry.all() {
+            session
+                .send(edge_message::Kind::Drain(Drain {
+                    reason: "edge shutting down".into(),
+                }))
+                .await;
+        }
+        connections.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                open = connections.len(),
+                "grace period over, closing remaining connections"
+            );
+        }
+        let _ = stop_tunnel_tx.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(2), grpc).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,345 @@
+//! The gRPC side of the edge: sidecars dial in here.
+//!
+//! `Control` authenticates a sidecar, checks what it may register, and keeps
+//! its session alive; `Data` parks the streams a sidecar opens ahead of time
+//! in that session's pool.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+use tunnel_proto::tunnel_server::Tunnel;
+use tunnel_proto::{
+    edge_message, sidecar_message, EdgeMessage, HeartbeatAck, Hello, SidecarMessage, StreamFrame,
+    Welcome, CAPABILITIES, PROTOCOL_VERSION, SESSION_METADATA, VERSION_METADATA,
+};
+
+use crate::config::{is_label, TunnelSettings};
+use crate::preview::PreviewUrl;
+use crate::registry::{ClusterGrant, DataStream, Session, TunnelRegistry};
+use crate::token::{bearer, TokenHash};
+
+/// How long a new control stream may take to say Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Missed heartbeats before a session is declared dead.
+const MISSED_HEARTBEATS: u32 = 3;
+/// Most routes one session may register.
+const MAX_ROUTES: usize = 1024;
+
+pub struct TunnelService {
+    registry: Arc<TunnelRegistry>,
+    settings: TunnelSettings,
+    preview_domain: String,
+    public_url: String,
+}
+
+impl TunnelService {
+    /// `public_url` has a `{host}` placeholder, e.g. `http://{host}:8080`.
+    pub fn new(
+        registry: Arc<TunnelRegistry>,
+        settings: TunnelSettings,
+        preview_domain: String,
+        public_url: String,
+    ) -> Self {
+        Self {
+            registry,
+            settings,
+            preview_domain,
+            public_url,
+        }
+    }
+
+    fn authenticate(&self, metadata: &MetadataMap) -> Result<(TokenHash, ClusterGrant), Status> {
+        let token = metadata
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer)
+            .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>`"))?;
+        let hash = TokenHash::of(token);
+        let grant = self
+            .registry
+            .authorizations()
+            .by_token
+            .get(&hash)
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("the edge does not know this sidecar token"))?;
+        Ok((hash, grant))
+    }
+
+    fn url_for(&self, service: &str, port: u16, environment: &str) -> String {
+        let url = PreviewUrl {
+            service: service.into(),
+            port,
+            environment: environment.into(),
+        };
+        self.public_url
+            .replace("{host}", &url.host(&self.preview_domain))
+            + "/"
+    }
+}
+
+/// Checks a Hello against what the token allows; returns the environment
+/// and the routes.
+fn admit(hello: &Hello, grant: &ClusterGrant) -> Result<(String, HashSet<(String, u16)>), Status> {
+    if hello.protocol_version != PROTOCOL_VERSION {
+        return Err(Status::failed_precondition(format!(
+            "protocol version {} is not supported (this edge speaks version {PROTOCOL_VERSION})",
+            hello.protocol_version
+        )));
+    }
+    let environment = match (hello.environment.as_str(), grant.environments.as_slice()) {
+        ("", [only]) => only.clone(),
+        ("", _) => {
+            return Err(Status::invalid_argument(format!(
+                "cluster {:?} may serve several environments ({}); name one",
+                grant.cluster,
+                grant.environments.join(", ")
+            )))
+        }
+        (env, allowed) if allowed.iter().any(|a| a == env) => env.to_string(),
+        (env, _) => {
+            return Err(Status::permission_denied(format!(
+                "cluster {:?} may not register environment {env:?}",
+                grant.cluster
+            )))
+        }
+    };
+    if hello.routes.len() > MAX_ROUTES {
+        return Err(Status::invalid_argument(format!(
+            "at most {MAX_ROUTES} routes per session"
+        )));
+    }
+    let mut routes = HashSet::new();
+    for r in &hello.routes {
+        let port = u16::try_from(r.port).ok().filter(|p| *p > 0);
+        match port {
+            Some(port) if is_label(&r.service) => {
+                routes.insert((r.service.clone(), port));
+            }
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "route {}:{} is not valid (service: lowercase letters, digits and '-'; port: 1-65535)",
+                    r.service, r.port
+                )))
+            }
+        }
+    }
+    Ok((environment, routes))
+}
+
+#[tonic::async_trait]
+impl Tunnel for TunnelService {
+    type ControlStream = ReceiverStream<Result<EdgeMessage, Status>>;
+    type DataStream = ReceiverStream<Result<StreamFrame, Status>>;
+
+    async fn control(
+        &self,
+        request: Request<Streaming<SidecarMessage>>,
+    ) -> Result<Response<Self::ControlStream>, Status> {
+        let (token, grant) = self.authenticate(request.metadata()).inspect_err(|e| {
+            warn!(peer = ?request.remote_addr(), reason = e.message(), "sidecar rejected");
+        })?;
+        let mut inbound = request.into_inner();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(SidecarMessage {
+                kind: Some(sidecar_message::Kind::Hello(h)),
+            }))) => h,
+            Ok(Err(status)) => return Err(status),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first control message must be Hello",
+                ))
+            }
+        };
+        let (environment, routes) = admit(&hello, &grant).inspect_err(|e| {
+            warn!(cluster = %grant.cluster, sidecar = %hello.sidecar_name, reason = e.message(), "sidecar rejected");
+        })?;
+
+        let (tx, rx) = mpsc::channel(16);
+        let session = Arc::new(Session::new(
+            grant.cluster.clone(),
+            environment.clone(),
+            hello.sidecar_name.clone(),
+            token,
+            routes,
+            self.settings.idle_streams,
+            tx,
+        ));
+        let urls = hello
+            .routes
+            .iter()
+            .map(|r| self.url_for(&r.service, r.port as u16, &environment))
+            .collect();
+        let heartbeat = tunnel_proto::transport::HEARTBEAT_INTERVAL;
+        let welcome = Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+            session_id: session.id.clone(),
+            environment: environment.clone(),
+            urls,
+            idle_streams: self.settings.idle_streams,
+            heartbeat_interval_ms: heartbeat.as_millis() as u32,
+        };
+        session.send(edge_message::Kind::Welcome(welcome)).await;
+        self.registry.insert(session.clone());
+        info!(
+            session = %session.id, cluster = %session.cluster, environment = %session.environment,
+            sidecar = %session.sidecar_name, routes = hello.routes.len(), "tunnel up"
+        );
+        tokio::spawn(run_session(
+            self.registry.clone(),
+            session,
+            inbound,
+            heartbeat * MISSED_HEARTBEATS,
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn data(
+        &self,
+        request: Request<Streaming<StreamFrame>>,
+    ) -> Result<Response<Self::DataStream>, Status> {
+        let version = request
+            .metadata()
+            .get(VERSION_METADATA)
+            .and_then(|v| v.to_str().ok());
+        if version != Some("1") {
+            return Err(Status::failed_precondition(format!(
+                "data stream protocol version {version:?} is not supported (expected \"{PROTOCOL_VERSION}\")"
+            )));
+        }
+        let session = request
+            .metadata()
+            .get(SESSION_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|id| self.registry.session(id))
+            .ok_or_else(|| Status::not_found("unknown tunnel session"))?;
+        let (token, _) = self.authenticate(request.metadata())?;
+        if token != session.token {
+            return Err(Status::permission_denied(
+                "this token does not own the session",
+            ));
+        }
+        let (tx, rx) = mpsc::channel(tunnel_proto::transport::STREAM_QUEUE);
+        let stream = DataStream {
+            to_sidecar: tx,
+            from_sidecar: request.into_inner(),
+        };
+        if session.add_idle(stream).is_err() {
+            return Err(Status::resource_exhausted(
+                "too many idle data streams for this session",
+            ));
+        }
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Serves one session's control stream until the sidecar goes away or stops
+/// sending heartbeats.
+async fn run_session(
+    registry: Arc<TunnelRegistry>,
+    session: Arc<Session>,
+    mut inbound: Streaming<SidecarMessage>,
+    dead_after: Duration,
+) {
+    let reason = loop {
+        let message = match tokio::time::timeout(dead_after, inbound.message()).await {
+            Err(_) => break "heartbeats stopped".to_string(),
+            Ok(Err(status)) => break format!("control stream failed: {}", status.message()),
+            Ok(Ok(None)) => break "sidecar closed the session".to_string(),
+            Ok(Ok(Some(m))) => m,
+        };
+        match message.kind {
+            Some(sidecar_message::Kind::Heartbeat(hb)) => {
+                if let Some(stats) = hb.stats {
+                    *session.last_stats.lock().unwrap() = stats;
+                }
+                let ack = edge_message::Kind::HeartbeatAck(HeartbeatAck {
+                    sequence: hb.sequence,
+                });
+                if !session.send(ack).await {
+                    break "control stream closed".to_string();
+                }
+            }
+            Some(sidecar_message::Kind::Drain(d)) => {
+                info!(session = %session.id, reason = %d.reason, "sidecar draining");
+                session.set_draining();
+            }
+            // A second Hello, or a kind from a newer sidecar: ignore.
+            _ => {}
+        }
+    };
+    registry.remove(&session);
+    info!(session = %session.id, environment = %session.environment, %reason, "tunnel down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tunnel_proto::Route;
+
+    fn grant(envs: &[&str]) -> ClusterGrant {
+        ClusterGrant {
+            cluster: "c1".into(),
+            environments: envs.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    fn hello(env: &str, routes: &[(&str, u32)]) -> Hello {
+        Hello {
+            protocol_version: PROTOCOL_VERSION,
+            environment: env.into(),
+            routes: routes
+                .iter()
+                .map(|(s, p)| Route {
+                    service: s.to_string(),
+                    port: *p,
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn admits_the_tokens_environment() {
+        let (env, routes) = admit(&hello("", &[("web", 80)]), &grant(&["demo"])).unwrap();
+        assert_eq!(env, "demo");
+        assert!(routes.contains(&("web".to_string(), 80)));
+        assert_eq!(admit(&hello("b", &[]), &grant(&["a", "b"])).unwrap().0, "b");
+    }
+
+    #[test]
+    fn refuses_foreign_environment_bad_routes_and_versions() {
+        let e = admit(&hello("prod", &[]), &grant(&["demo"])).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(e.message().contains("\"prod\""));
+        assert_eq!(
+            admit(&hello("", &[]), &grant(&["a", "b"]))
+                .unwrap_err()
+                .code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            admit(&hello("demo", &[("web", 0)]), &grant(&["demo"]))
+                .unwrap_err()
+                .code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            admit(&hello("demo", &[("Web!", 80)]), &grant(&["demo"]))
+                .unwrap_err()
+                .code(),
+            tonic::Code::InvalidArgument
+        );
+        let mut h = hello("demo", &[]);
+        h.protocol_version = 99;
+        let e = admit(&h, &grant(&["demo"])).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        assert!(e.message().contains("99"));
+    }
+}

@@ -1,0 +1,304 @@
+//! Sidecar configuration: YAML as written, validated into the runtime form.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Tunnel sessions (TCP connections) kept to the edge by default.
+pub const DEFAULT_CONNECTIONS: u32 = 2;
+/// How long dialing a target may take by default.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// First reconnect delay after a failure.
+pub const DEFAULT_RECONNECT_MIN: Duration = Duration::from_secs(1);
+/// Longest reconnect delay.
+pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(60);
+
+/// A secret whose `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+mod raw {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct SidecarFile {
+        pub edge: String,
+        pub token: Option<String>,
+        pub token_file: Option<String>,
+        pub environment: Option<String>,
+        pub name: Option<String>,
+        pub connections: Option<u32>,
+        pub connect_timeout: Option<String>,
+        #[serde(default)]
+        pub reconnect: Reconnect,
+        #[serde(default)]
+        pub targets: Vec<Target>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Reconnect {
+        pub min: Option<String>,
+        pub max: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Target {
+        pub service: String,
+        pub port: u16,
+        pub address: String,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SidecarConfig {
+    /// `http://host:port` of the edge's tunnel listener.
+    pub edge: String,
+    pub token: Secret,
+    /// Empty: the environment the token allows.
+    pub environment: String,
+    pub name: String,
+    pub connections: u32,
+    pub connect_timeout: Duration,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    pub targets: Allowlist,
+}
+
+/// The only places this sidecar connects to: `(service, port)` → address.
+/// Whatever the edge asks, nothing else is dialed.
+#[derive(Debug, Clone, Default)]
+pub struct Allowlist {
+    targets: Vec<(String, u16, String)>,
+    index: HashMap<(String, u16), usize>,
+}
+
+impl Allowlist {
+    pub fn new(targets: impl IntoIterator<Item = (String, u16, String)>) -> Self {
+        let mut list = Self::default();
+        for (service, port, address) in targets {
+            list.index
+                .insert((service.clone(), port), list.targets.len());
+            list.targets.push((service, port, address));
+        }
+        list
+    }
+
+    pub fn resolve(&self, service: &str, port: u32) -> Option<&str> {
+        let port = u16::try_from(port).ok()?;
+        let i = *self.index.get(&(service.to_string(), port))?;
+        Some(&self.targets[i].2)
+    }
+
+    pub fn routes(&self) -> impl Iterator<Item = (&str, u16)> {
+        self.targets.iter().map(|(s, p, _)| (s.as_str(), *p))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Syntax { file: String, message: String },
+    #[error("{file}: {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { file: String, problems: Vec<String> },
+}
+
+impl SidecarConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Self::parse(&text, &file)
+    }
+
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        let raw: raw::SidecarFile =
+            serde_saphyr::from_str(text).map_err(|e| ConfigError::Syntax {
+                file: file.into(),
+                message: e.to_string(),
+            })?;
+        validate(raw).map_err(|problems| ConfigError::Invalid {
+            file: file.into(),
+            problems,
+        })
+    }
+}
+
+fn validate(raw: raw::SidecarFile) -> Result<SidecarConfig, Vec<String>> {
+    let mut problems = Vec::new();
+    if !(raw.edge.starts_with("http://") || raw.edge.starts_with("https://")) {
+        problems.push(format!(
+            "edge: {:?} must be a URL such as http://edge.example.com:7000",
+            raw.edge
+        ));
+    }
+    let token = match (raw.token, raw.token_file) {
+        (Some(t), None) => Some(t),
+        (None, Some(f)) => match std::fs::read_to_string(&f) {
+            Ok(t) => Some(t.trim().to_string()),
+            Err(e) => {
+                problems.push(format!("token_file: cannot read {f:?}: {e}"));
+                None
+            }
+        },
+        (Some(_), Some(_)) => {
+            problems.push("token, token_file: set one, not both".into());
+            None
+        }
+        (None, None) => {
+            problems.push("token: required (or token_file)".into());
+            None
+        }
+    };
+    if matches!(&token, Some(t) if t.is_empty()) {
+        problems.push("token: must not be empty".into());
+    }
+    let connections = raw.connections.unwrap_or(DEFAULT_CONNECTIONS);
+    if !(1..=64).contains(&connections) {
+        problems.push(format!("connections: {connections} is out of range 1..=64"));
+    }
+    let mut seen = HashMap::new();
+    for (i, t) in raw.targets.iter().enumerate() {
+        if !is_label(&t.service) {
+            problems.push(format!(
+                "targets[{i}].service: {:?} is not a valid service name (lowercase letters, digits, '-')",
+                t.service
+            ));
+        }
+        if t.port == 0 {
+            problems.push(format!("targets[{i}].port: must be 1-65535"));
+        }
+        if !t
+            .address
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+        {
+            problems.push(format!(
+                "targets[{i}].address: {:?} is not host:port (e.g. web.default.svc:8080)",
+                t.address
+            ));
+        }
+        if let Some(j) = seen.insert((t.service.clone(), t.port), i) {
+            problems.push(format!(
+                "targets[{i}]: {}:{} is already listed at targets[{j}]",
+                t.service, t.port
+            ));
+        }
+    }
+    let mut duration = |value: &Option<String>, path: &str, default: Duration| match value {
+        None => default,
+        Some(v) => humantime::parse_duration(v).unwrap_or_else(|_| {
+            problems.push(format!("{path}: {v:?} is not a duration (e.g. 500ms, 5s)"));
+            default
+        }),
+    };
+    let connect_timeout = duration(
+        &raw.connect_timeout,
+        "connect_timeout",
+        DEFAULT_CONNECT_TIMEOUT,
+    );
+    let reconnect_min = duration(&raw.reconnect.min, "reconnect.min", DEFAULT_RECONNECT_MIN);
+    let reconnect_max = duration(&raw.reconnect.max, "reconnect.max", DEFAULT_RECONNECT_MAX);
+    if let Some(env) = &raw.environment {
+        if !is_label(env) || env.contains('-') {
+            problems.push(format!(
+                "environment: {env:?} is not a valid environment name"
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(SidecarConfig {
+        edge: raw.edge,
+        token: Secret::new(token.expect("checked")),
+        environment: raw.environment.unwrap_or_default(),
+        name: raw.name.unwrap_or_else(default_name),
+        connections,
+        connect_timeout,
+        reconnect_min,
+        reconnect_max,
+        targets: Allowlist::new(
+            raw.targets
+                .into_iter()
+                .map(|t| (t.service, t.port, t.address)),
+        ),
+    })
+}
+
+pub fn default_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "sidecar".into())
+}
+
+fn is_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "edge: http://127.0.0.1:7000\ntoken: t0k3n\nenvironment: demo\ntargets:\n  - service: hello\n    port: 8080\n    address: 127.0.0.1:9000\n";
+
+    #[test]
+    fn loads_and_resolves_only_listed_targets() {
+        let c = SidecarConfig::parse(GOOD, "s.yaml").unwrap();
+        assert_eq!(c.targets.resolve("hello", 8080), Some("127.0.0.1:9000"));
+        assert_eq!(c.targets.resolve("hello", 8081), None);
+        assert_eq!(c.targets.resolve("kubernetes", 443), None);
+        assert_eq!(c.targets.resolve("hello", 70000), None);
+        assert_eq!(format!("{:?}", c.token), "***");
+        assert_eq!(c.connections, DEFAULT_CONNECTIONS);
+    }
+
+    #[test]
+    fn errors_name_file_and_field() {
+        let err = SidecarConfig::parse(&GOOD.replace("token:", "tokn:"), "s.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("s.yaml:") && err.contains("tokn"), "{err}");
+        let err = SidecarConfig::parse(&GOOD.replace("127.0.0.1:9000", "nowhere"), "s.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("targets[0].address"), "{err}");
+    }
+}

@@ -1,0 +1,118 @@
+//! The sidecar: dials out to the edge and connects tunnel streams to the
+//! services it is allowed to reach. Nothing here listens for visitors.
+//!
+//! # Layout
+//! - [`config`]: YAML → validated config, including the target allowlist.
+//! - [`session`]: one tunnel session (control stream, heartbeats, drain).
+//! - [`stream`]: one proxied connection (dial target, pipe bytes).
+//! - [`backoff`]: reconnect delays.
+//!
+//! [`Sidecar::run`] keeps `connections` sessions up, each reconnecting on its
+//! own, until shutdown.
+
+pub mod backoff;
+pub mod config;
+pub mod session;
+pub mod stream;
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use config::SidecarConfig;
+use session::SessionEnd;
+
+/// What the sidecar looks like from outside: for printing and for tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    /// Sessions the edge currently accepts.
+    pub connected: usize,
+    /// Public URLs of the registered routes (from the edge).
+    pub urls: Vec<String>,
+    pub environment: String,
+    /// The last failure, as the user should read it.
+    pub last_error: Option<String>,
+}
+
+pub struct Sidecar {
+    config: Arc<SidecarConfig>,
+    status: watch::Sender<Status>,
+}
+
+impl Sidecar {
+    pub fn new(config: SidecarConfig) -> Self {
+        Self {
+            config: Arc::new(config),
+            status: watch::Sender::new(Status::default()),
+        }
+    }
+
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.status.subscribe()
+    }
+
+    /// Runs until `shutdown` is cancelled, then drains.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let mut sessions = tokio::task::JoinSet::new();
+        for index in 0..self.config.connections {
+            let config = self.config.clone();
+            let status = self.status.clone();
+            let shutdown = shutdown.clone();
+            sessions.spawn(async move { keep_session(index, &config, &status, &shutdown).await });
+        }
+        while sessions.join_next().await.is_some() {}
+    }
+}
+
+async fn keep_session(
+    index: u32,
+    config: &SidecarConfig,
+    status: &watch::Sender<Status>,
+    shutdown: &CancellationToken,
+) {
+    let mut backoff = backoff::Backoff::new(config.reconnect_min, config.reconnect_max);
+    while !shutdown.is_cancelled() {
+        let started = tokio::time::Instant::now();
+        let mut welcomed = false;
+        let result = session::run(config, shutdown, |welcome| {
+            welcomed = true;
+            info!(session = index, id = %welcome.session_id, environment = %welcome.environment, "tunnel up");
+            status.send_modify(|s| {
+                s.connected += 1;
+                s.urls = welcome.urls.clone();
+                s.environment = welcome.environment.clone();
+                s.last_error = None;
+            });
+        })
+        .await;
+        if welcomed {
+            status.send_modify(|s| s.connected -= 1);
+        }
+        if started.elapsed() >= backoff::HEALTHY_PERIOD {
+            backoff.reset();
+        }
+        let delay = match result {
+            Ok(SessionEnd::Shutdown) => return,
+            Ok(SessionEnd::Drained) => {
+                backoff.reset();
+                backoff.next_delay() / 4
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                if e.is_rejection() {
+                    warn!(session = index, error = %e, retry_in = ?delay, "edge rejected this sidecar; check token and environment");
+                } else {
+                    warn!(session = index, error = %e, retry_in = ?delay, "tunnel down; reconnecting");
+                }
+                status.send_modify(|s| s.last_error = Some(e.to_string()));
+                delay
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}

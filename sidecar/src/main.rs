@@ -1,0 +1,145 @@
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use sidecar::config::{Allowlist, Secret, SidecarConfig};
+use sidecar::Sidecar;
+use tokio_util::sync::CancellationToken;
+
+/// The sidecar: dials out to the edge and connects visitors to services.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run with a configuration file.
+    Run {
+        #[arg(long, short, default_value = "configs/sidecar.yaml")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and exit.
+    CheckConfig { file: PathBuf },
+    /// Laptop mode: expose a local address through the edge, print its URL.
+    Expose {
+        /// Local address to expose, e.g. 127.0.0.1:3000 (or just a port).
+        address: String,
+        /// The edge's tunnel address, e.g. http://edge.example.com:7000.
+        #[arg(long)]
+        edge: String,
+        /// Sidecar token (or set SIDECAR_TOKEN).
+        #[arg(long, env = "SIDECAR_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Service name in the URL.
+        #[arg(long, default_value = "app")]
+        name: String,
+        /// Environment (default: the one the token allows).
+        #[arg(long)]
+        env: Option<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = match cli.command {
+        Command::CheckConfig { file } => {
+            if let Err(e) = SidecarConfig::load(&file) {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
+            println!("{}: ok", file.display());
+            return Ok(());
+        }
+        Command::Run { config } => SidecarConfig::load(&config).unwrap_or_else(|e| {
+            eprintln!("{e}");
+            std::process::exit(1)
+        }),
+        Command::Expose {
+            address,
+            edge,
+            token,
+            name,
+            env,
+        } => expose_config(address, edge, token, name, env)?,
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(config));
+    Ok(())
+}
+
+fn expose_config(
+    address: String,
+    edge: String,
+    token: String,
+    name: String,
+    env: Option<String>,
+) -> anyhow::Result<SidecarConfig> {
+    let address = if address.parse::<u16>().is_ok() {
+        format!("127.0.0.1:{address}")
+    } else {
+        address
+    };
+    let port: u16 = address
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("{address:?} is not host:port"))?;
+    let edge = if edge.contains("://") {
+        edge
+    } else {
+        format!("http://{edge}")
+    };
+    Ok(SidecarConfig {
+        edge,
+        token: Secret::new(token),
+        environment: env.unwrap_or_default(),
+        name: sidecar::config::default_name(),
+        connections: 1,
+        connect_timeout: sidecar::config::DEFAULT_CONNECT_TIMEOUT,
+        reconnect_min: sidecar::config::DEFAULT_RECONNECT_MIN,
+        reconnect_max: sidecar::config::DEFAULT_RECONNECT_MAX,
+        targets: Allowlist::new([(name, port, address)]),
+    })
+}
+
+async fn run(config: SidecarConfig) {
+    let sidecar = Sidecar::new(config);
+    let shutdown = CancellationToken::new();
+    let mut status = sidecar.status();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            let _ = tokio::signal::ctrl_c().await;
+            shutdown.cancel();
+        }
+    });
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            if let Ok(mut term) = signal(SignalKind::terminate()) {
+                term.recv().await;
+                shutdown.cancel();
+            }
+        }
+    });
+    // Print the public URLs the first time the edge accepts us.
+    tokio::spawn(async move {
+        if status.wait_for(|s| s.connected > 0).await.is_ok() {
+            let s = status.borrow().clone();
+            for url in &s.urls {
+                println!("Forwarding {url}");
+            }
+            println!("(environment {}; Ctrl-C to stop)", s.environment);
+        }
+    });
+    sidecar.run(shutdown).await;
+}

@@ -1,0 +1,221 @@
+//! One tunnel session: dial the edge, say Hello, keep data streams open
+//! ahead of time, heartbeat, and end on drain, failure or shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Request;
+use tracing::{info, warn};
+use tunnel_proto::transport::*;
+use tunnel_proto::tunnel_client::TunnelClient;
+use tunnel_proto::{
+    edge_message, sidecar_message, Drain, EdgeMessage, Heartbeat, Hello, Route, SidecarMessage,
+    Welcome, CAPABILITIES, PROTOCOL_VERSION,
+};
+
+use crate::config::SidecarConfig;
+use crate::stream::{Stats, StreamPool};
+
+/// In-flight streams get this long to finish when the sidecar stops.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
+/// Most extra streams opened at once on the edge's request.
+const MAX_WANT_STREAMS: u32 = 256;
+
+/// How a session ended without error.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// We were asked to stop.
+    Shutdown,
+    /// The edge is going away: reconnect.
+    Drained,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("cannot connect to the edge at {edge}: {source}")]
+    Connect {
+        edge: String,
+        source: tonic::transport::Error,
+    },
+    #[error("the edge rejected this sidecar: {0}")]
+    Rejected(String),
+    #[error("tunnel lost: {0}")]
+    Lost(String),
+}
+
+impl SessionError {
+    /// Rejections are about configuration (token, environment): retrying
+    /// soon will not help, but the edge's config may change, so keep
+    /// retrying at the backoff cap.
+    pub fn is_rejection(&self) -> bool {
+        matches!(self, SessionError::Rejected(_))
+    }
+}
+
+pub fn endpoint(config: &SidecarConfig) -> Result<Endpoint, SessionError> {
+    let endpoint = Endpoint::from_shared(config.edge.clone())
+        .map_err(|e| SessionError::Rejected(format!("edge URL {:?}: {e}", config.edge)))?;
+    Ok(endpoint
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true))
+}
+
+/// Runs one session to its end. `on_welcome` is called once the edge has
+/// accepted us.
+pub async fn run(
+    config: &SidecarConfig,
+    shutdown: &CancellationToken,
+    on_welcome: impl FnOnce(&Welcome),
+) -> Result<SessionEnd, SessionError> {
+    let channel: Channel =
+        endpoint(config)?
+            .connect()
+            .await
+            .map_err(|source| SessionError::Connect {
+                edge: config.edge.clone(),
+                source,
+            })?;
+    let client = TunnelClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let authorization = format!("Bearer {}", config.token.expose())
+        .parse::<tonic::metadata::MetadataValue<_>>()
+        .map_err(|_| {
+            SessionError::Rejected("the token has characters not allowed in a header".into())
+        })?;
+
+    let (control, control_rx) = mpsc::channel(16);
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+        environment: config.environment.clone(),
+        routes: config
+            .targets
+            .routes()
+            .map(|(service, port)| Route {
+                service: service.into(),
+                port: port.into(),
+            })
+            .collect(),
+        sidecar_name: config.name.clone(),
+    };
+    let _ = control
+        .send(message(sidecar_message::Kind::Hello(hello)))
+        .await;
+    let mut request = Request::new(ReceiverStream::new(control_rx));
+    request
+        .metadata_mut()
+        .insert("authorization", authorization.clone());
+    let mut inbound = client
+        .clone()
+        .control(request)
+        .await
+        .map_err(|status| match status.code() {
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal => {
+                SessionError::Lost(status.message().to_string())
+            }
+            _ => SessionError::Rejected(status.message().to_string()),
+        })?
+        .into_inner();
+    let welcome = match inbound.message().await {
+        Ok(Some(EdgeMessage {
+            kind: Some(edge_message::Kind::Welcome(w)),
+        })) => w,
+        Ok(_) => return Err(SessionError::Lost("the edge did not send Welcome".into())),
+        Err(status) => return Err(SessionError::Rejected(status.message().to_string())),
+    };
+    on_welcome(&welcome);
+
+    let stats = Arc::new(Stats::default());
+    let pool = Arc::new(StreamPool {
+        client,
+        session_id: welcome
+            .session_id
+            .parse()
+            .map_err(|_| SessionError::Lost("invalid session id".into()))?,
+        authorization,
+        targets: config.targets.clone(),
+        connect_timeout: config.connect_timeout,
+        stats: stats.clone(),
+        tasks: tokio_util::task::TaskTracker::new(),
+    });
+    for _ in 0..welcome.idle_streams.max(1) {
+        pool.spawn_idle();
+    }
+
+    let interval = Duration::from_millis(welcome.heartbeat_interval_ms.max(100) as u64);
+    let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
+    let mut last_ack = Instant::now();
+    let mut sequence = 0u64;
+    let end = loop {
+        tokio::select! {
+            received = inbound.message() => match received {
+                Ok(Some(EdgeMessage { kind: Some(kind) })) => match kind {
+                    edge_message::Kind::HeartbeatAck(_) => last_ack = Instant::now(),
+                    edge_message::Kind::WantStreams(w) => {
+                        for _ in 0..w.count.min(MAX_WANT_STREAMS) {
+                            pool.spawn_idle();
+                        }
+                    }
+                    edge_message::Kind::Drain(d) => {
+                        info!(reason = %d.reason, "edge asked us to drain; reconnecting");
+                        break Ok(SessionEnd::Drained);
+                    }
+                    edge_message::Kind::Welcome(_) => {}
+                },
+                Ok(Some(_)) => {} // a kind from a newer edge
+                Ok(None) => break Err(SessionError::Lost("the edge closed the session".into())),
+                Err(status) => break Err(SessionError::Lost(status.message().to_string())),
+            },
+            _ = ticker.tick() => {
+                if last_ack.elapsed() > interval * 3 {
+                    break Err(SessionError::Lost("the edge stopped answering heartbeats".into()));
+                }
+                sequence += 1;
+                let hb = Heartbeat { sequence, stats: Some(stats.snapshot()) };
+                if control.send(message(sidecar_message::Kind::Heartbeat(hb))).await.is_err() {
+                    break Err(SessionError::Lost("control stream closed".into()));
+                }
+            }
+            _ = shutdown.cancelled() => {
+                let drain = Drain { reason: "sidecar shutting down".into() };
+                let _ = control.send(message(sidecar_message::Kind::Drain(drain))).await;
+                break Ok(SessionEnd::Shutdown);
+            }
+        }
+    };
+    // Let connections in flight finish; idle streams end with the session.
+    pool.tasks.close();
+    if end.is_ok() {
+        let active = stats.active.load(std::sync::atomic::Ordering::Relaxed);
+        if active > 0 {
+            info!(active, "waiting for in-flight connections");
+            wait_idle(&stats, DRAIN_GRACE).await;
+        }
+    } else if let Err(e) = &end {
+        warn!(error = %e, "session ended");
+    }
+    end
+}
+
+async fn wait_idle(stats: &Stats, grace: Duration) {
+    let deadline = Instant::now() + grace;
+    while stats.active.load(std::sync::atomic::Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn message(kind: sidecar_message::Kind) -> SidecarMessage {
+    SidecarMessage { kind: Some(kind) }
+}
