@@ -1,1 +1,301 @@
-//! placeholder
+//! The conformance harness: starts the real binaries (`edge-proxy`,
+//! `sidecar`, `sample-upstream`) from the build's target directory with YAML
+//! files on disk, on ephemeral ports, and kills them when dropped.
+//!
+//! Binaries are looked up in `$CONFORMANCE_BIN_DIR`, else next to the test
+//! executable (`target/<profile>/`). `scripts/test` builds them first.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+pub const TOKEN: &str = "conformance-token";
+pub const ENV: &str = "demo";
+
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CONFORMANCE_BIN_DIR") {
+        return dir.into();
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --release --bins`) or set CONFORMANCE_BIN_DIR",
+        path.display()
+    );
+    path
+}
+
+/// Output lines of a child process, shared with the reader threads.
+#[derive(Default)]
+struct Lines {
+    lines: Mutex<Vec<String>>,
+    changed: Condvar,
+}
+
+/// A running binary. Killed (SIGKILL) on drop unless it already exited.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    output: Arc<Lines>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(bin(name))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let output = Arc::new(Lines::default());
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    output.lines.lock().unwrap().push(line);
+                    output.changed.notify_all();
+                }
+            });
+        }
+        Self {
+            name: name.into(),
+            child,
+            output,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for an output line containing `needle`; returns it.
+    pub fn wait_line(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.output.lines.lock().unwrap();
+        loop {
+            if let Some(l) = lines.iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "{}: no line containing {needle:?} in {timeout:?}; output:\n{}",
+                self.name,
+                lines.join("\n")
+            );
+            lines = self.output.changed.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
+    pub fn output(&self) -> String {
+        self.output.lines.lock().unwrap().join("\n")
+    }
+
+    /// Sends SIGINT (Ctrl-C).
+    pub fn interrupt(&self) {
+        signal(self.pid(), "INT");
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {timeout:?}:\n{}",
+                self.name,
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{sig} {pid}");
+}
+
+/// Edge + sample upstream + sidecar, from YAML files in a temp directory.
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub edge: Proc,
+    pub upstream: Proc,
+    pub sidecar: Option<Proc>,
+    pub http_port: u16,
+    pub tunnel_addr: String,
+    pub upstream_addr: String,
+}
+
+impl Stack {
+    pub fn start() -> Self {
+        Self::start_with_edge_yaml("")
+    }
+
+    /// `extra` is appended to the edge YAML (e.g. an `upstream:` section).
+    pub fn start_with_edge_yaml(extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (edge, http_port, tunnel_addr) = start_edge(dir.path(), extra);
+        let upstream = Proc::spawn("sample-upstream", &["--listen", "127.0.0.1:0"]);
+        let upstream_addr = upstream.wait_line("listening ", Duration::from_secs(10))
+            ["listening ".len()..]
+            .to_string();
+        let mut stack = Self {
+            dir,
+            edge,
+            upstream,
+            sidecar: None,
+            http_port,
+            tunnel_addr,
+            upstream_addr,
+        };
+        stack.start_sidecar();
+        stack
+    }
+
+    pub fn sidecar_yaml(&self) -> PathBuf {
+        let path = self.dir.path().join("sidecar.yaml");
+        let yaml = format!(
+            "edge: http://{}\ntoken: {TOKEN}\nenvironment: {ENV}\nreconnect:\n  min: 200ms\n  max: 2s\ntargets:\n  - service: hello\n    port: 8080\n    address: {}\n",
+            self.tunnel_addr, self.upstream_addr
+        );
+        std::fs::write(&path, yaml).unwrap();
+        path
+    }
+
+    pub fn start_sidecar(&mut self) {
+        let path = self.sidecar_yaml();
+        let sidecar = Proc::spawn("sidecar", &["run", "--config", path.to_str().unwrap()]);
+        sidecar.wait_line(
+            "Forwarding http://hello-8080-demo.preview.localhost",
+            Duration::from_secs(10),
+        );
+        self.sidecar = Some(sidecar);
+        // Every session (the default is two) up before tests count on them.
+        let sidecar = self.sidecar.as_ref().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sidecar.output().matches("tunnel up").count() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "sessions not up:\n{}",
+                sidecar.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `http://<service>-<port>-demo.preview.localhost:<edge port><path>`
+    pub fn url(&self, service_port: &str, path: &str) -> String {
+        format!(
+            "http://{service_port}-{ENV}.preview.localhost:{}{path}",
+            self.http_port
+        )
+    }
+}
+
+/// Writes an edge YAML for one cluster (`TOKEN`, `ENV`) plus `extra`, starts
+/// the edge, and returns it with its HTTP port and tunnel address.
+pub fn start_edge(dir: &Path, extra: &str) -> (Proc, u16, String) {
+    let path = dir.join("edge.yaml");
+    let hash = test_support::harness::token_hash(TOKEN);
+    let yaml = format!(
+        "listen:\n  http: 127.0.0.1:0\n  tunnel: 127.0.0.1:0\npreview:\n  domains: [preview.localhost]\nclusters:\n  - name: conformance\n    token_sha256: \"{hash}\"\n    environments: [{ENV}]\n{extra}"
+    );
+    std::fs::write(&path, yaml).unwrap();
+    let edge = Proc::spawn("edge-proxy", &["--config", path.to_str().unwrap()]);
+    let line = edge.wait_line("edge-proxy listening", Duration::from_secs(10));
+    let field = |key: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .unwrap()
+            .to_string()
+    };
+    let http_port = field("http=").rsplit_once(':').unwrap().1.parse().unwrap();
+    (edge, http_port, field("tunnel="))
+}
+
+/// Runs curl; panics if it cannot start.
+pub fn curl(args: &[&str]) -> Output {
+    Command::new("curl")
+        .args(["-sS", "--max-time", "120"])
+        .args(args)
+        .output()
+        .expect("curl is installed")
+}
+
+/// Runs a shell pipeline; returns stdout, panics on failure.
+pub fn sh(script: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Streams `chunks` into `curl`'s stdin (for uploads too large to buffer).
+pub fn curl_with_stdin<I, C>(args: &[&str], chunks: I) -> Output
+where
+    I: Iterator<Item = C> + Send + 'static,
+    C: AsRef<[u8]>,
+{
+    let mut child = Command::new("curl")
+        .args(["-sS", "--max-time", "300"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("curl is installed");
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        for chunk in chunks {
+            if stdin.write_all(chunk.as_ref()).is_err() {
+                break;
+            }
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
+}

@@ -212,7 +212,7 @@ mod tests {
         let e = Error::because(ErrorType::ConnectError, "ctx", refused);
         assert_eq!(classify(&e).kind, ErrorKind::UpstreamUnreachable);
         let mut timeout = Error::new(ErrorType::ReadTimedout);
-        timeout.set_esource(ErrorSource::Upstream);
+        timeout.as_up();
         assert_eq!(classify(&timeout).kind, ErrorKind::UpstreamTimeout);
     }
 }

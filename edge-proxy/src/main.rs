@@ -62,16 +62,26 @@ fn run(path: &PathBuf) -> anyhow::Result<()> {
             std::process::exit(1);
         }
     };
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async {
-        let http = tokio::net::TcpListener::bind(config.http_addr)
-            .await
-            .with_context(|| format!("listen.http: cannot bind {}", config.http_addr))?;
-        let tunnel = tokio::net::TcpListener::bind(config.tunnel_addr)
-            .await
-            .with_context(|| format!("listen.tunnel: cannot bind {}", config.tunnel_addr))?;
-        tracing::info!(http = %http.local_addr()?, tunnel = %tunnel.local_addr()?, "edge listening");
-        Edge::new(config).serve(http, tunnel, shutdown_signal()).await
-    })
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let http = tokio::net::TcpListener::bind(config.http_addr)
+                .await
+                .with_context(|| format!("listen.http: cannot bind {}", config.http_addr))?;
+            let tunnel = tokio::net::TcpListener::bind(config.tunnel_addr)
+                .await
+                .with_context(|| format!("listen.tunnel: cannot bind {}", config.tunnel_addr))?;
+            // One machine-readable line, for scripts and the conformance suite.
+            println!(
+                "edge-proxy listening http={} tunnel={}",
+                http.local_addr()?,
+                tunnel.local_addr()?
+            );
+            Edge::new(config)
+                .serve(http, tunnel, shutdown_signal())
+                .await
+        })
 }
 
 async fn shutdown_signal() {

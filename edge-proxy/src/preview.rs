@@ -28,6 +28,9 @@ impl PreviewUrl {
     /// Resolves a `Host` header value (which may carry a port) against the
     /// preview domains.
     pub fn parse(host: &str, domains: &[String]) -> Result<Self, HostError> {
+        if host.starts_with('[') {
+            return Err(HostError::NotFound); // an IPv6 literal is never a preview host
+        }
         let host = strip_port(host).ok_or(HostError::Malformed)?;
         if host.is_empty() {
             return Err(HostError::Missing);
@@ -78,9 +81,6 @@ impl PreviewUrl {
 
 /// `host[:port]` or `[v6]:port` → host. `None` if the port part is garbage.
 fn strip_port(host: &str) -> Option<&str> {
-    if host.starts_with('[') {
-        return Some(host); // IPv6 literal: never a preview host
-    }
     match host.rsplit_once(':') {
         Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => Some(h),
         Some(_) => None,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pingora_core::apps::ServerApp;
-use pingora_core::protocols::l4::stream::Stream;
+use pingora_core::protocols::l4::listener::Listener;
 use pingora_core::server::configuration::ServerConf;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -111,12 +111,14 @@ impl Edge {
         let app = Arc::new(pingora_proxy::http_proxy(&conf, proxy));
         let (stop_http_tx, stop_http_rx) = watch::channel(false);
         let connections = TaskTracker::new();
+        // Pingora's listener records each client's address for the request.
+        let http = Listener::from(http);
 
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 accepted = http.accept() => {
-                    let (tcp, _) = match accepted {
+                    let mut stream = match accepted {
                         Ok(a) => a,
                         Err(e) => {
                             warn!(error = %e, "accept failed");
@@ -124,11 +126,11 @@ impl Edge {
                             continue;
                         }
                     };
-                    let _ = tcp.set_nodelay(true);
+                    let _ = stream.set_nodelay();
                     let app = app.clone();
                     let stop = stop_http_rx.clone();
                     connections.spawn(async move {
-                        let mut next = app.process_new(Box::new(Stream::from(tcp)), &stop).await;
+                        let mut next = app.process_new(Box::new(stream), &stop).await;
                         while let Some(stream) = next {
                             next = app.process_new(stream, &stop).await;
                         }

@@ -98,6 +98,7 @@ impl StreamPool {
                     code = ?code, %message, "stream refused"
                 );
                 let _ = tx.send(StreamFrame::error(code, message)).await;
+                close_gracefully(tx, inbound).await;
                 return;
             }
         };
@@ -203,13 +204,32 @@ pub async fn pipe(
             }
         }
     };
-    tokio::pin!(from_target, to_target);
-    let (mut from_done, mut to_done) = (false, false);
-    while !(from_done && to_done) {
-        tokio::select! {
-            r = &mut from_target, if !from_done => { r?; from_done = true; }
-            r = &mut to_target, if !to_done => { r?; to_done = true; }
+    let both = async {
+        tokio::pin!(from_target, to_target);
+        let (mut from_done, mut to_done) = (false, false);
+        while !(from_done && to_done) {
+            tokio::select! {
+                r = &mut from_target, if !from_done => { r?; from_done = true; }
+                r = &mut to_target, if !to_done => { r?; to_done = true; }
+            }
         }
-    }
+        io::Result::Ok(())
+    };
+    both.await?;
+    close_gracefully(tx, inbound).await;
     Ok(())
+}
+
+/// How long a finished stream waits for the edge to close its side.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Ends our half of the stream and waits for the edge to end its half, so
+/// that the frames still queued (the last data, an error) are delivered:
+/// dropping the response first would cancel the call and discard them.
+async fn close_gracefully(tx: mpsc::Sender<StreamFrame>, mut inbound: Streaming<StreamFrame>) {
+    drop(tx);
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        while let Ok(Some(_)) = inbound.message().await {}
+    })
+    .await;
 }

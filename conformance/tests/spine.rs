@@ -1,0 +1,299 @@
+//! The tunnel spine, black-box: real binaries, real YAML, curl and a
+//! WebSocket client, as a user would run them.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use conformance::{curl, curl_with_stdin, sh, start_edge, Proc, Stack, TOKEN};
+use futures::{SinkExt, StreamExt};
+use test_support::pattern;
+use tokio_tungstenite::tungstenite::Message;
+
+const GIB: u64 = 1 << 30;
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn curl_gets_the_service_through_the_tunnel() {
+    let stack = Stack::start();
+    let out = curl(&["-i", &stack.url("hello-8080", "/")]);
+    let text = stdout(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("x-request-id: "),
+        "{text}"
+    );
+    assert!(text.contains("Hello from the sample service"), "{text}");
+}
+
+#[test]
+fn keep_alive_reaches_the_service_over_few_connections() {
+    let stack = Stack::start();
+    let url = stack.url("hello-8080", "/");
+    let urls: Vec<&str> = std::iter::repeat_n(url.as_str(), 50).collect();
+    let out = curl(&urls);
+    assert_eq!(
+        stdout(&out)
+            .matches("Hello from the sample service")
+            .count(),
+        50
+    );
+    let stats = stdout(&curl(&[&format!("http://{}/stats", stack.upstream_addr)]));
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    // 50 requests through the tunnel + this one direct.
+    assert_eq!(stats["requests"], 51);
+    assert!(stats["connections"].as_u64().unwrap() <= 3, "{stats}");
+}
+
+#[test]
+fn errors_have_one_json_shape() {
+    let stack = Stack::start();
+    let out = curl(&["-i", &stack.url("nope-8080", "/")]);
+    let text = stdout(&out);
+    assert!(text.starts_with("HTTP/1.1 404"), "{text}");
+    let body = text.split("\r\n\r\n").nth(1).unwrap();
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(json["error"]["code"], "ROUTE_NOT_FOUND");
+    let id = json["error"]["request_id"].as_str().unwrap();
+    assert!(
+        text.to_ascii_lowercase()
+            .contains(&format!("x-request-id: {id}")),
+        "{text}"
+    );
+}
+
+#[test]
+fn server_sent_events_stream_through_curl() {
+    let stack = Stack::start();
+    let mut child = Command::new("curl")
+        .args(["-sSN", &stack.url("hello-8080", "/sse?n=3&interval_ms=500")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let mut arrivals = Vec::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line.starts_with("data:") {
+            arrivals.push(start.elapsed());
+        }
+    }
+    child.wait().unwrap();
+    assert_eq!(arrivals.len(), 3);
+    assert!(
+        arrivals[2] - arrivals[0] >= Duration::from_millis(800),
+        "{arrivals:?}"
+    );
+}
+
+#[test]
+fn one_gib_download_is_intact() {
+    let stack = Stack::start();
+    let digest = sh(&format!(
+        "curl -sS --max-time 300 '{}' | sha256sum",
+        stack.url("hello-8080", &format!("/bytes/{GIB}"))
+    ));
+    assert_eq!(
+        digest.split_whitespace().next().unwrap(),
+        pattern::sha256(GIB)
+    );
+}
+
+#[test]
+fn one_gib_upload_is_intact() {
+    let stack = Stack::start();
+    let url = stack.url("hello-8080", "/sha256");
+    let out = curl_with_stdin(&["-T", "-", &url], pattern::chunks(GIB));
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&out)).unwrap_or_else(|_| panic!("{out:?}"));
+    assert_eq!(json["bytes"], GIB);
+    assert_eq!(json["sha256"], pattern::sha256(GIB).as_str());
+}
+
+#[tokio::test]
+async fn websocket_client_through_the_edge() {
+    let stack = Stack::start();
+    let url = stack.url("hello-8080", "/ws").replace("http://", "ws://");
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", stack.http_port))
+        .await
+        .unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("welcome"));
+    for i in 0..100 {
+        ws.send(Message::text(format!("message {i}")))
+            .await
+            .unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::text(format!("message {i}"))
+        );
+    }
+    ws.close(None).await.unwrap();
+}
+
+#[test]
+fn laptop_mode_exposes_a_local_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_edge, http_port, tunnel) = start_edge(dir.path(), "");
+    let upstream = Proc::spawn("sample-upstream", &["--listen", "127.0.0.1:0"]);
+    let addr =
+        upstream.wait_line("listening ", Duration::from_secs(10))["listening ".len()..].to_string();
+    let port = addr.rsplit_once(':').unwrap().1.to_string();
+    let mut expose = Proc::spawn(
+        "sidecar",
+        &["expose", &addr, "--edge", &tunnel, "--token", TOKEN],
+    );
+    let line = expose.wait_line("Forwarding ", Duration::from_secs(10));
+    let url = line.trim_start_matches("Forwarding ").trim().to_string();
+    assert_eq!(
+        url,
+        format!("http://app-{port}-demo.preview.localhost:{http_port}/")
+    );
+    assert!(stdout(&curl(&[&url])).contains("Hello from the sample service"));
+    expose.interrupt();
+    assert!(expose.wait_exit(Duration::from_secs(15)).success());
+}
+
+#[test]
+fn ctrl_c_stops_edge_and_sidecar_cleanly() {
+    let mut stack = Stack::start();
+    let mut sidecar = stack.sidecar.take().unwrap();
+    sidecar.interrupt();
+    assert!(
+        sidecar.wait_exit(Duration::from_secs(15)).success(),
+        "{}",
+        sidecar.output()
+    );
+    stack.edge.interrupt();
+    assert!(
+        stack.edge.wait_exit(Duration::from_secs(15)).success(),
+        "{}",
+        stack.edge.output()
+    );
+}
+
+#[test]
+fn killed_sidecar_gives_503_then_a_restarted_one_serves_again() {
+    let mut stack = Stack::start();
+    stack.sidecar.take().unwrap().kill();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = curl(&[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &stack.url("hello-8080", "/"),
+        ]);
+        if stdout(&out) == "503" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "got {}", stdout(&out));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stack.start_sidecar();
+    let out = curl(&[&stack.url("hello-8080", "/")]);
+    assert!(stdout(&out).contains("Hello from the sample service"));
+}
+
+#[test]
+fn wrong_token_is_explained_and_retried_with_backoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_edge, _, tunnel) = start_edge(dir.path(), "");
+    let mut sidecar = Proc::spawn(
+        "sidecar",
+        &[
+            "expose",
+            "127.0.0.1:9",
+            "--edge",
+            &tunnel,
+            "--token",
+            "not-the-token",
+        ],
+    );
+    sidecar.wait_line("does not know this sidecar token", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(sidecar.is_running(), "the sidecar keeps retrying");
+    // Backoff starts at 1 s: at most a few attempts in 2.5 s.
+    let attempts = sidecar
+        .output()
+        .matches("does not know this sidecar token")
+        .count();
+    assert!(
+        (1..=3).contains(&attempts),
+        "{attempts} attempts:\n{}",
+        sidecar.output()
+    );
+}
+
+#[test]
+fn invalid_yaml_names_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edge.yaml");
+    std::fs::write(&path, "listen:\n  http: 127.0.0.1:0\n  tunnel: 127.0.0.1:0\n  htp: 1\npreview:\n  domains: [preview.localhost]\n").unwrap();
+    let out = Command::new(conformance::bin("edge-proxy"))
+        .args(["check-config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(path.to_str().unwrap()) && err.contains("htp") && err.contains('4'),
+        "{err}"
+    );
+    // The edge refuses to start on it, with the same message.
+    let out = Command::new(conformance::bin("edge-proxy"))
+        .args(["--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("htp"));
+
+    let sidecar_yaml = dir.path().join("sidecar.yaml");
+    std::fs::write(&sidecar_yaml, "edge: http://127.0.0.1:7000\ntoken: x\ntargets:\n  - service: Bad_Name\n    port: 80\n    address: nowhere\n").unwrap();
+    let out = Command::new(conformance::bin("sidecar"))
+        .args(["check-config", sidecar_yaml.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("targets[0].service") && err.contains("targets[0].address"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_shipped_configs_are_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let out = Command::new(conformance::bin("edge-proxy"))
+        .args([
+            "check-config",
+            root.join("configs/edge.yaml").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(conformance::bin("sidecar"))
+        .args([
+            "check-config",
+            root.join("configs/sidecar.yaml").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,309 @@
+//! The sample upstream service: what the demo exposes and what tests talk
+//! to. Plain HTTP/1.1 with upgrades; counts the connections it accepts.
+//!
+//! Routes:
+//! - `GET /` — a greeting
+//! - `GET /bytes/<n>` — n pattern bytes ([`crate::pattern`]); `?chunked` for chunked encoding
+//! - `POST|PUT /sha256` — `{"sha256": …, "bytes": …}` of the request body, streamed
+//! - `POST /echo` — the request body back, streamed
+//! - `GET /sse?n=3&interval_ms=200` — server-sent events, one per interval
+//! - `GET /slow?ms=500` — answers after a delay
+//! - `GET /headers` — the request headers as JSON
+//! - `GET /stats` — `{"connections": …, "requests": …}`
+//! - `GET /ws` — WebSocket echo; says `welcome` first
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::Role, Message};
+use tokio_util::sync::CancellationToken;
+
+use crate::pattern;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub connections: AtomicU64,
+    pub requests: AtomicU64,
+}
+
+/// A running sample upstream.
+pub struct TestUpstream {
+    pub addr: SocketAddr,
+    pub counters: Arc<Counters>,
+    stop: CancellationToken,
+}
+
+impl TestUpstream {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        Self::serve(listener)
+    }
+
+    pub fn serve(listener: TcpListener) -> Self {
+        let addr = listener.local_addr().unwrap();
+        let counters = Arc::new(Counters::default());
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(listener, counters.clone(), stop.clone()));
+        Self {
+            addr,
+            counters,
+            stop,
+        }
+    }
+
+    pub fn connections(&self) -> u64 {
+        self.counters.connections.load(Ordering::SeqCst)
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.counters.requests.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting and closes every connection.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+impl Drop for TestUpstream {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Serves until `stop` is cancelled; cancelling also cuts open connections.
+pub async fn serve(listener: TcpListener, counters: Arc<Counters>, stop: CancellationToken) {
+    loop {
+        let (tcp, _) = tokio::select! {
+            r = listener.accept() => match r { Ok(a) => a, Err(_) => continue },
+            _ = stop.cancelled() => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        counters.connections.fetch_add(1, Ordering::SeqCst);
+        let counters = counters.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                counters.requests.fetch_add(1, Ordering::SeqCst);
+                handle(req, counters.clone())
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .with_upgrades();
+            tokio::select! {
+                _ = conn => {}
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+}
+
+fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(body.into()).boxed())
+        .unwrap()
+}
+
+fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then(|| v.to_string())
+    })
+}
+
+fn streaming(
+    status: StatusCode,
+    content_type: &str,
+) -> (tokio::sync::mpsc::Sender<Bytes>, Response<Body>) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let body = StreamBody::new(
+        tokio_stream::wrappers::ReceiverStream::new(rx)
+            .map(|b| Ok::<_, Infallible>(Frame::data(b))),
+    );
+    let resp = Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(BodyExt::boxed(body))
+        .unwrap();
+    (tx, resp)
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    counters: Arc<Counters>,
+) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    let resp = match (req.method().as_str(), path.as_str()) {
+        ("GET", "/") => full(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            "Hello from the sample service, through the tunnel.\n",
+        ),
+        ("GET", p) if p.starts_with("/bytes/") => match p["/bytes/".len()..].parse::<u64>() {
+            Ok(n) => bytes_response(n, query(&req, "chunked").is_some()),
+            Err(_) => full(StatusCode::BAD_REQUEST, "text/plain", "bad length\n"),
+        },
+        ("POST" | "PUT", "/sha256") => {
+            let mut body = req.into_body();
+            let mut h = Sha256::new();
+            let mut n = 0u64;
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(f) => {
+                        if let Some(d) = f.data_ref() {
+                            n += d.len() as u64;
+                            h.update(d);
+                        }
+                    }
+                    Err(_) => {
+                        return Ok(full(StatusCode::BAD_REQUEST, "text/plain", "body broke\n"))
+                    }
+                }
+            }
+            let json = serde_json::json!({ "sha256": hex::encode(h.finalize()), "bytes": n });
+            full(StatusCode::OK, "application/json", json.to_string())
+        }
+        ("POST", "/echo") => {
+            let (tx, resp) = streaming(StatusCode::OK, "application/octet-stream");
+            let mut body = req.into_body();
+            tokio::spawn(async move {
+                while let Some(Ok(frame)) = body.frame().await {
+                    if let Ok(d) = frame.into_data() {
+                        if tx.send(d).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+            resp
+        }
+        ("GET", "/sse") => {
+            let n: u32 = query(&req, "n").and_then(|v| v.parse().ok()).unwrap_or(3);
+            let interval: u64 = query(&req, "interval_ms")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(200);
+            let (tx, mut resp) = streaming(StatusCode::OK, "text/event-stream");
+            resp.headers_mut()
+                .insert("cache-control", "no-cache".parse().unwrap());
+            tokio::spawn(async move {
+                for i in 0..n {
+                    if i > 0 {
+                        tokio::time::sleep(Duration::from_millis(interval)).await;
+                    }
+                    if tx
+                        .send(Bytes::from(format!("id: {i}\ndata: event {i}\n\n")))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+            resp
+        }
+        ("GET", "/slow") => {
+            let ms: u64 = query(&req, "ms")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(500);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            full(StatusCode::OK, "text/plain", "slow but here\n")
+        }
+        ("GET", "/headers") => {
+            let map: serde_json::Map<String, serde_json::Value> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+                .collect();
+            full(
+                StatusCode::OK,
+                "application/json",
+                serde_json::Value::Object(map).to_string(),
+            )
+        }
+        ("GET", "/stats") => {
+            let json = serde_json::json!({
+                "connections": counters.connections.load(Ordering::SeqCst),
+                "requests": counters.requests.load(Ordering::SeqCst),
+            });
+            full(StatusCode::OK, "application/json", json.to_string())
+        }
+        ("GET", "/ws") => websocket(req),
+        _ => full(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    };
+    Ok(resp)
+}
+
+fn bytes_response(n: u64, chunked: bool) -> Response<Body> {
+    let (tx, mut resp) = streaming(StatusCode::OK, "application/octet-stream");
+    if !chunked {
+        resp.headers_mut().insert("content-length", n.into());
+    }
+    tokio::spawn(async move {
+        for chunk in pattern::chunks(n) {
+            if tx.send(chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    resp
+}
+
+fn websocket(mut req: Request<Incoming>) -> Response<Body> {
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return full(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "not a websocket request\n",
+        );
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        if ws.send(Message::text("welcome")).await.is_err() {
+            return;
+        }
+        while let Some(Ok(msg)) = ws.next().await {
+            let reply = match msg {
+                Message::Text(t) => Message::Text(t),
+                Message::Binary(b) => Message::Binary(b),
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if ws.send(reply).await.is_err() {
+                return;
+            }
+        }
+        let _ = ws.close(None).await;
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", accept)
+        .body(Full::new(Bytes::new()).boxed())
+        .unwrap()
+}

@@ -1,0 +1,664 @@
+//! End-to-end through edge → gRPC tunnel → sidecar → upstream, in process.
+
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use test_support::{client, pattern, FaultProxy, TestEdge, TestSidecar, TestUpstream, DEFAULT_ENV};
+use tokio_tungstenite::tungstenite::Message;
+
+/// An edge, a sample upstream, and a sidecar exposing it as `hello:8080`.
+async fn stack() -> (TestEdge, TestUpstream, TestSidecar) {
+    let edge = TestEdge::builder().start().await;
+    let upstream = TestUpstream::start().await;
+    let sidecar = TestSidecar::builder(&edge)
+        .target("hello", 8080, upstream.addr)
+        .start()
+        .await;
+    (edge, upstream, sidecar)
+}
+
+async fn error_code(resp: reqwest::Response) -> (u16, String, String) {
+    let status = resp.status().as_u16();
+    let header_id = resp
+        .headers()
+        .get("x-request-id")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body: serde_json::Value = resp.json().await.expect("JSON error body");
+    let id = body["error"]["request_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        header_id.as_deref(),
+        Some(id.as_str()),
+        "X-Request-Id matches the body"
+    );
+    (
+        status,
+        body["error"]["code"].as_str().unwrap().to_string(),
+        body["error"]["message"].as_str().unwrap().to_string(),
+    )
+}
+
+#[tokio::test]
+async fn get_through_the_tunnel() {
+    let (edge, upstream, _sidecar) = stack().await;
+    let resp = client()
+        .get(edge.url("hello", 8080, DEFAULT_ENV, "/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-request-id"].len(), 32);
+    assert!(resp
+        .text()
+        .await
+        .unwrap()
+        .contains("Hello from the sample service"));
+    assert_eq!(upstream.requests(), 1);
+}
+
+#[tokio::test]
+async fn forwards_request_id_and_forwarding_headers() {
+    let (edge, _upstream, _sidecar) = stack().await;
+    let resp = client()
+        .get(edge.url("hello", 8080, DEFAULT_ENV, "/headers"))
+        .send()
+        .await
+        .unwrap();
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    let seen: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(seen["x-request-id"], id.as_str());
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert!(seen["x-forwarded-host"]
+        .as_str()
+        .unwrap()
+        .starts_with("hello-8080-demo.preview.localhost"));
+}
+
+#[tokio::test]
+async fn keep_alive_visitors_give_the_service_few_long_lived_connections() {
+    let (edge, upstream, _sidecar) = stack().await;
+    let http = client();
+    for _ in 0..200 {
+        let resp = http
+            .get(edge.url("hello", 8080, DEFAULT_ENV, "/"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap();
+    }
+    assert_eq!(upstream.requests(), 200);
+    assert!(
+        upstream.connections() <= 2,
+        "upstream saw {} connections for 200 keep-alive requests",
+        upstream.connections()
+    );
+}
+
+#[tokio::test]
+async fn visitors_closing_connections_still_reuse_upstream_connections() {
+    let (edge, upstream, _sidecar) = stack().await;
+    for _ in 0..50 {
+        let http = client(); // a fresh visitor connection each time
+        let resp = http
+            .get(edge.url("hello", 8080, DEFAULT_ENV, "/"))
+            .header("connection", "close")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap();
+    }
+    assert!(
+        upstream.connections() <= 2,
+        "upstream saw {} connections for 50 requests",
+        upstream.connections()
+    );
+}
+
+#[tokio::test]
+async fn server_sent_events_arrive_as_they_are_sent() {
+    let (edge, _upstream, _sidecar) = stack().await;
+    let resp = client()
+        .get(edge.url("hello", 8080, DEFAULT_ENV, "/sse?n=3&interval_ms=400"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let start = Instant::now();
+    let mut body = resp.bytes_stream();
+    let mut arrivals = Vec::new();
+    let mut text = String::new();
+    while let Some(chunk) = body.next().await {
+        text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+        arrivals.push((start.elapsed(), text.matches("data:").count()));
+    }
+    assert_eq!(text.matches("data: event").count(), 3, "{text}");
+    // The first event was read well before the stream ended: not buffered.
+    let first = arrivals.iter().find(|(_, n)| *n >= 1).unwrap().0;
+    let last = arrivals.last().unwrap().0;
+    assert!(
+        last - first >= Duration::from_millis(600),
+        "first event at {first:?}, end at {last:?}"
+    );
+}
+
+#[tokio::test]
+async fn chunked_responses_are_intact() {
+    let (edge, _upstream, _sidecar) = stack().await;
+    let n = 3_000_001u64;
+    let resp = client()
+        .get(edge.url("hello", 8080, DEFAULT_ENV, &format!("/bytes/{n}?chunked")))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.headers().get("content-length").is_none());
+    let body = resp.bytes().await.unwrap();
+    assert_eq!(body.len() as u64, n);
+    assert_eq!(
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body)),
+        pattern::sha256(n)
+    );
+}
+
+const BIG: u64 = 256 * 1024 * 1024;
+
+#[tokio::test]
+async fn large_download_is_intact() {
+    let (edge, _upstream, _sidecar) = stack().await;
+    let resp = client()
+        .get(edge.url("hello", 8080, DEFAULT_ENV, &format!("/bytes/{BIG}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+    let mut n = 0u64;
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.unwrap();
+        n += chunk.len() as u64;
+        sha2::Digest::update(&mut hasher, &chunk);
+    }
+    assert_eq!(n, BIG);
+    assert_eq!(
+        hex::encode(sha2::Digest::finalize(hasher)),
+        pattern::sha256(BIG)
+    );
+}
+
+#[tokio::test]
+async fn large_upload_is_intact() {
+    let (edge, _upstream, _sidecar) = stack().await;
+    let body = futures::stream::iter(pattern::chunks(BIG).map(Ok::<_, std::io::Error>));
+    let resp = client()
+        .post(edge.url("hello", 8080, DEFAULT_ENV, "/sha256"))
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(seen["bytes"], BIG);
+    assert_eq!(seen["sha256"], pattern::sha256(BIG).as_str());
+}
+
+#[tokio::test]
+async fn websocket_both_directions_and_close() {
+    let (edge, _upstream, _sidecar) = stack().await;
+    let tcp = tokio::net::TcpStream::connect(edge.http_addr)
+        .await
+        .unwrap();
+    let url = edge
+        .url("hello", 8080, DEFAULT_ENV, "/ws")
+        .replace("http://", "ws://");
+    let (mut ws, resp) = tokio_tungstenite::client_async(url, tcp)
+        .await
+        .expect("upgrade");
+    assert_eq!(resp.status(), 101);
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("welcome"));
+    ws.send(Message::text("ping through the tunnel"))
+        .await
+        .unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("ping through the tunnel")
+    );
+    let blob: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+    ws.send(Message::binary(blob.clone())).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(blob));
+    ws.close(None).await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(msg) = ws.next().await {
+            if matches!(msg, Ok(Message::Close(_)) | Err(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "close handshake completed");
+}
+
+#[tokio::test]
+async fn many_concurrent_connections() {
+    let (edge, upstream, _sidecar) = stack().await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let url = edge.url(
+            "hello",
+            8080,
+            DEFAULT_ENV,
+            &format!("/bytes/{}", 10_000 + i),
+        );
+        tasks.spawn(async move {
+            let http = client();
+            for _ in 0..5 {
+                let body = http.get(&url).send().await.unwrap().bytes().await.unwrap();
+                assert_eq!(body.len(), 10_000 + i);
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    assert_eq!(upstream.requests(), 1000);
+}
+
+#[tokio::test]
+async fn a_stalled_visitor_does_not_stall_others() {
+    let (edge, _upstream, _sidecar) = stack().await;
+    // A visitor that asks for 64 MiB and never reads.
+    let stalled = client()
+        .get(edge.url("hello", 8080, DEFAULT_ENV, "/bytes/67108864"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stalled.status(), 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..20 {
+        let body = tokio::time::timeout(
+            Duration::from_secs(5),
+            client()
+                .get(edge.url("hello", 8080, DEFAULT_ENV, "/bytes/1000000"))
+                .send(),
+        )
+        .await
+        .expect("other visitors are served")
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+        assert_eq!(body.len(), 1_000_000);
+    }
+    drop(stalled);
+}
+
+#[tokio::test]
+async fn unknown_host_is_404_route_not_found() {
+    let (edge, _upstream, _sidecar) = stack().await;
+    for url in [
+        edge.url("nope", 8080, DEFAULT_ENV, "/"),
+        edge.url("hello", 9999, DEFAULT_ENV, "/"),
+        edge.url("hello", 8080, "otherenv", "/"),
+        format!("http://example.com:{}/", edge.http_addr.port()),
+    ] {
+        let (status, code, _) = error_code(client().get(&url).send().await.unwrap()).await;
+        assert_eq!((status, code.as_str()), (404, "ROUTE_NOT_FOUND"), "{url}");
+    }
+}
+
+#[tokio::test]
+async fn malformed_host_is_400() {
+    let (edge, _upstream, _sidecar) = stack().await;
+    let mut tcp = tokio::net::TcpStream::connect(edge.http_addr)
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tcp.write_all(
+        b"GET / HTTP/1.1\r\nHost: bad_host!.preview.localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut resp = String::new();
+    tcp.read_to_string(&mut resp).await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    assert!(resp.contains("\"code\":\"BAD_REQUEST\""), "{resp}");
+}
+
+#[tokio::test]
+async fn known_environment_without_tunnel_is_503() {
+    let edge = TestEdge::builder().start().await;
+    let (status, code, _) = error_code(
+        client()
+            .get(edge.url("hello", 8080, DEFAULT_ENV, "/"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (503, "TUNNEL_UNAVAILABLE"));
+}
+
+#[tokio::test]
+async fn unreachable_target_is_502() {
+    let edge = TestEdge::builder().start().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap(); // now closed
+    let _sidecar = TestSidecar::builder(&edge)
+        .target("gone", 80, closed)
+        .start()
+        .await;
+    let (status, code, _) = error_code(
+        client()
+            .get(edge.url("gone", 80, DEFAULT_ENV, "/"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (502, "UPSTREAM_UNREACHABLE"));
+}
+
+#[tokio::test]
+async fn slow_target_is_504() {
+    let edge = TestEdge::builder()
+        .set("upstream", "read_timeout: 300ms")
+        .start()
+        .await;
+    let upstream = TestUpstream::start().await;
+    let _sidecar = TestSidecar::builder(&edge)
+        .target("hello", 8080, upstream.addr)
+        .start()
+        .await;
+    let (status, code, _) = error_code(
+        client()
+            .get(edge.url("hello", 8080, DEFAULT_ENV, "/slow?ms=2000"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (504, "UPSTREAM_TIMEOUT"));
+    // A fast request on the same route still works.
+    let resp = client()
+        .get(edge.url("hello", 8080, DEFAULT_ENV, "/slow?ms=10"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn wrong_token_is_rejected_with_a_reason_and_backoff() {
+    let edge = TestEdge::builder().start().await;
+    let proxy = FaultProxy::start(edge.tunnel_addr).await;
+    let sidecar = TestSidecar::builder(&edge)
+        .via(proxy.addr)
+        .token("wrong")
+        .reconnect(Duration::from_millis(200), Duration::from_secs(5))
+        .spawn();
+    let error = sidecar.wait_error().await;
+    assert!(
+        error.contains("does not know this sidecar token"),
+        "{error}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // 200ms, 400ms, 800ms, ...: a handful of attempts, not a hammering loop.
+    let attempts = proxy.accepted();
+    assert!(
+        (2..=6).contains(&attempts),
+        "{attempts} connection attempts in ~2s"
+    );
+    assert_eq!(sidecar.status().connected, 0);
+}
+
+#[tokio::test]
+async fn a_sidecar_cannot_register_an_environment_it_does_not_own() {
+    let edge = TestEdge::builder()
+        .cluster("a", "token-a", &["alpha"])
+        .cluster("b", "token-b", &["beta"])
+        .start()
+        .await;
+    let sidecar = TestSidecar::builder(&edge)
+        .token("token-a")
+        .environment("beta")
+        .spawn();
+    let error = sidecar.wait_error().await;
+    assert!(
+        error.contains("may not register environment \"beta\""),
+        "{error}"
+    );
+    assert!(edge.registry.all().is_empty());
+    // With its own environment it is accepted.
+    let upstream = TestUpstream::start().await;
+    let _ok = TestSidecar::builder(&edge)
+        .token("token-a")
+        .environment("alpha")
+        .target("web", 80, upstream.addr)
+        .start()
+        .await;
+    let resp = client()
+        .get(edge.url("web", 80, "alpha", "/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn sidecar_reconnects_after_the_tunnel_is_cut() {
+    let edge = TestEdge::builder().start().await;
+    let upstream = TestUpstream::start().await;
+    let proxy = FaultProxy::start(edge.tunnel_addr).await;
+    let sidecar = TestSidecar::builder(&edge)
+        .via(proxy.addr)
+        .target("hello", 8080, upstream.addr)
+        .start()
+        .await;
+    proxy.reset_all();
+    // Down, then back within the backoff.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp = client()
+            .get(edge.url("hello", 8080, DEFAULT_ENV, "/"))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 200 && proxy.accepted() >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no reconnect: {:?}",
+            sidecar.status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn killing_the_sidecar_mid_transfer_fails_that_request_only() {
+    let (edge, _upstream, sidecar) = stack().await;
+    let resp = client()
+        .get(edge.url("hello", 8080, DEFAULT_ENV, &format!("/bytes/{BIG}")))
+        .send()
+        .await
+        .unwrap();
+    let mut body = resp.bytes_stream();
+    let mut got = 0usize;
+    while got < 1_000_000 {
+        got += body.next().await.unwrap().unwrap().len();
+    }
+    sidecar.kill();
+    let rest = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut err = false;
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(c) => got += c.len(),
+                Err(_) => {
+                    err = true;
+                    break;
+                }
+            }
+        }
+        err
+    })
+    .await
+    .expect("the visitor is told");
+    assert!(
+        rest || (got as u64) < BIG,
+        "transfer must not look complete"
+    );
+    // The edge is fine: the route now reports the tunnel as unavailable.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp = client()
+            .get(edge.url("hello", 8080, DEFAULT_ENV, "/"))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 503 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {}", resp.status());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn killing_the_upstream_mid_transfer_is_reported() {
+    let (edge, upstream, _sidecar) = stack().await;
+    let resp = client()
+        .get(edge.url("hello", 8080, DEFAULT_ENV, &format!("/bytes/{BIG}")))
+        .send()
+        .await
+        .unwrap();
+    let mut body = resp.bytes_stream();
+    let mut got = 0u64;
+    while got < 1_000_000 {
+        got += body.next().await.unwrap().unwrap().len() as u64;
+    }
+    upstream.stop();
+    let mut broke = false;
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(c) => got += c.len() as u64,
+            Err(_) => {
+                broke = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        broke && got < BIG,
+        "a cut-short body is an error, got {got} bytes"
+    );
+}
+
+#[tokio::test]
+async fn killing_the_edge_makes_the_sidecar_reconnect_to_its_replacement() {
+    let config_edge = TestEdge::builder();
+    let yaml = config_edge.yaml();
+    let edge = config_edge.start().await;
+    let (http_addr, tunnel_addr) = (edge.http_addr, edge.tunnel_addr);
+    let upstream = TestUpstream::start().await;
+    let sidecar = TestSidecar::builder(&edge)
+        .target("hello", 8080, upstream.addr)
+        .start()
+        .await;
+    edge.kill();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let config = edge_proxy::EdgeConfig::parse(&yaml, "edge.yaml").unwrap();
+    let edge = TestEdge::start_on(
+        config,
+        std::net::TcpListener::bind(http_addr).unwrap(),
+        std::net::TcpListener::bind(tunnel_addr).unwrap(),
+    );
+    edge.wait_sessions(DEFAULT_ENV, 1).await;
+    let resp = client()
+        .get(edge.url("hello", 8080, DEFAULT_ENV, "/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    drop(sidecar);
+}
+
+#[tokio::test]
+async fn works_over_a_slow_link() {
+    let edge = TestEdge::builder().start().await;
+    let upstream = TestUpstream::start().await;
+    let proxy = FaultProxy::start(edge.tunnel_addr).await;
+    let _sidecar = TestSidecar::builder(&edge)
+        .via(proxy.addr)
+        .target("hello", 8080, upstream.addr)
+        .start()
+        .await;
+    proxy.set_latency(Duration::from_millis(20));
+    let n = 8 * 1024 * 1024;
+    let body = client()
+        .get(edge.url("hello", 8080, DEFAULT_ENV, &format!("/bytes/{n}")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body)),
+        pattern::sha256(n)
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_tunnel_times_out_new_requests_instead_of_hanging() {
+    let edge = TestEdge::builder()
+        .set("tunnel", "open_stream_timeout: 300ms")
+        .set("upstream", "connect_timeout: 500ms")
+        .start()
+        .await;
+    let upstream = TestUpstream::start().await;
+    let proxy = FaultProxy::start(edge.tunnel_addr).await;
+    let _sidecar = TestSidecar::builder(&edge)
+        .via(proxy.addr)
+        .target("hello", 8080, upstream.addr)
+        .start()
+        .await;
+    proxy.stall();
+    let started = Instant::now();
+    let resp = client()
+        .get(edge.url("hello", 8080, DEFAULT_ENV, "/"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        matches!(resp.status().as_u16(), 503 | 504),
+        "{}",
+        resp.status()
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    proxy.resume();
+}
+
+#[tokio::test]
+async fn graceful_sidecar_shutdown_lets_in_flight_requests_finish() {
+    let (edge, _upstream, sidecar) = stack().await;
+    let request = tokio::spawn({
+        let url = edge.url("hello", 8080, DEFAULT_ENV, "/slow?ms=700");
+        async move {
+            client()
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sidecar.begin_stop();
+    assert_eq!(request.await.unwrap(), "slow but here\n");
+}
