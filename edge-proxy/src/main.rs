@@ -49,7 +49,7 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn run(path: &PathBuf) -> anyhow::Result<()> {
+fn run(path: &std::path::Path) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -66,6 +66,9 @@ fn run(path: &PathBuf) -> anyhow::Result<()> {
         .enable_all()
         .build()?
         .block_on(async {
+            // Handlers first: a signal that arrives once we are listening
+            // must shut down cleanly, not kill the process.
+            let shutdown = shutdown_signal()?;
             let http = tokio::net::TcpListener::bind(config.http_addr)
                 .await
                 .with_context(|| format!("listen.http: cannot bind {}", config.http_addr))?;
@@ -78,17 +81,19 @@ fn run(path: &PathBuf) -> anyhow::Result<()> {
                 http.local_addr()?,
                 tunnel.local_addr()?
             );
-            Edge::new(config)
-                .serve(http, tunnel, shutdown_signal())
-                .await
+            Edge::new(config).serve(http, tunnel, shutdown).await
         })
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM; the handlers are installed on call.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }

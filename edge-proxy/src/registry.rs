@@ -109,22 +109,22 @@ impl Session {
         (self.idle_target as usize * 4).max(64)
     }
 
-    /// Parks a stream the sidecar opened. Returns it back if the pool is full
-    /// or the session is gone.
-    pub fn add_idle(&self, stream: DataStream) -> Result<(), DataStream> {
+    /// Parks a stream the sidecar opened. False (and the stream dropped) if
+    /// the pool is full or the session is gone.
+    pub fn add_idle(&self, stream: DataStream) -> bool {
         if self.closed.load(Ordering::Relaxed) {
-            return Err(stream);
+            return false;
         }
         {
             let mut idle = self.idle.lock().unwrap();
             if idle.len() >= self.idle_limit() {
-                return Err(stream);
+                return false;
             }
             idle.push_back(stream);
         }
         self.want_pending.store(false, Ordering::Relaxed);
         self.idle_ready.notify_one();
-        Ok(())
+        true
     }
 
     /// Takes an idle stream, waiting up to `timeout` (and asking the sidecar

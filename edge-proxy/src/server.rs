@@ -101,9 +101,10 @@ impl Edge {
             });
         let grpc = tokio::spawn(grpc);
 
-        let mut conf = ServerConf::default();
-        conf.upstream_keepalive_pool_size = self.config.upstream.keepalive_pool_size;
-        let conf = Arc::new(conf);
+        let conf = Arc::new(ServerConf {
+            upstream_keepalive_pool_size: self.config.upstream.keepalive_pool_size,
+            ..Default::default()
+        });
         let proxy = EdgeProxy {
             config: self.config.clone(),
             registry: self.registry.clone(),

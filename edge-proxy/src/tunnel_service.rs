@@ -230,7 +230,7 @@ impl Tunnel for TunnelService {
             to_sidecar: tx,
             from_sidecar: request.into_inner(),
         };
-        if session.add_idle(stream).is_err() {
+        if !session.add_idle(stream) {
             return Err(Status::resource_exhausted(
                 "too many idle data streams for this session",
             ));

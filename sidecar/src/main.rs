@@ -114,21 +114,19 @@ async fn run(config: SidecarConfig) {
     let sidecar = Sidecar::new(config);
     let shutdown = CancellationToken::new();
     let mut status = sidecar.status();
+    // Handlers are installed before anything is printed: Ctrl-C as soon as
+    // the URL shows must drain, not kill.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
     tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
-            let _ = tokio::signal::ctrl_c().await;
-            shutdown.cancel();
-        }
-    });
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            if let Ok(mut term) = signal(SignalKind::terminate()) {
-                term.recv().await;
-                shutdown.cancel();
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
             }
+            shutdown.cancel();
         }
     });
     // Print the public URLs the first time the edge accepts us.

@@ -339,8 +339,7 @@ impl TestSidecar {
             "sidecar reported no error: {:?}",
             self.status()
         );
-        let error = self.status().last_error.unwrap();
-        error
+        self.status().last_error.unwrap()
     }
 
     /// Graceful shutdown (drain); waits for it.

@@ -1,1 +1,1 @@
-//! placeholder
+//! The proxy-wasm header filter. Placeholder: built by its own issue.

@@ -1,0 +1,40 @@
+# Shared by scripts/*: installs what is missing (idempotently) and picks a
+# target directory outside the clone, so fresh clones build warm.
+
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/preview-edge/target}"
+RELEASE_DIR="$CARGO_TARGET_DIR/release"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+APT_UPDATED=""
+# ensure_apt PACKAGE...: installs the Debian packages that are not installed.
+ensure_apt() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "installing ${missing[*]}"
+    if [ -z "$APT_UPDATED" ]; then
+        as_root apt-get update -qq
+        APT_UPDATED=1
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+ensure_rust() {
+    command -v cargo >/dev/null || { echo "Rust is required: https://rustup.rs" >&2; exit 1; }
+}
+
+# Builds the release binaries (and, with --tests, the test executables).
+build_release() {
+    log "building (release) into $CARGO_TARGET_DIR"
+    (cd "$ROOT" && cargo build --release --workspace --bins "$@")
+}
