@@ -204,7 +204,7 @@ async fn handle(
                 .insert("cache-control", "no-cache".parse().unwrap());
             tokio::spawn(async move {
                 for i in 0..n {
-                    if i > 0 {
+                    if i > 0 && interval > 0 {
                         tokio::time::sleep(Duration::from_millis(interval)).await;
                     }
                     if tx
