@@ -45,7 +45,10 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Run => run(&cli.config),
+        Command::Run => run(&cli.config).map_err(|e| {
+            eprintln!("edge-proxy: {e:#}");
+            std::process::exit(1)
+        }),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The visitor-facing HTTP proxy: Pingora's phases, one module each.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,6 +20,8 @@ use crate::route::{self, Target};
 pub struct EdgeProxy {
     pub config: Arc<EdgeConfig>,
     pub registry: Arc<TunnelRegistry>,
+    /// Requests (and upgraded connections) in progress.
+    pub in_flight: Arc<AtomicUsize>,
 }
 
 /// What earlier phases learned about a request.
@@ -27,6 +30,23 @@ pub struct RequestCtx {
     pub target: Option<Target>,
     pub failure: Option<Failure>,
     pub started: Instant,
+    _in_flight: InFlight,
+}
+
+/// Counts a request as in progress for as long as it lives.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 pub fn new_request_id() -> String {
@@ -43,6 +63,7 @@ impl ProxyHttp for EdgeProxy {
             target: None,
             failure: None,
             started: Instant::now(),
+            _in_flight: InFlight::new(&self.in_flight),
         }
     }
 

@@ -2,6 +2,7 @@
 //! listener (tonic), on bound listeners, until a shutdown future resolves.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,6 @@ use pingora_core::server::configuration::ServerConf;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
-use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use tunnel_proto::transport::*;
 use tunnel_proto::tunnel_server::TunnelServer;
@@ -105,13 +105,14 @@ impl Edge {
             upstream_keepalive_pool_size: self.config.upstream.keepalive_pool_size,
             ..Default::default()
         });
+        let in_flight = Arc::new(AtomicUsize::new(0));
         let proxy = EdgeProxy {
             config: self.config.clone(),
             registry: self.registry.clone(),
+            in_flight: in_flight.clone(),
         };
         let app = Arc::new(pingora_proxy::http_proxy(&conf, proxy));
         let (stop_http_tx, stop_http_rx) = watch::channel(false);
-        let connections = TaskTracker::new();
         // Pingora's listener records each client's address for the request.
         let http = Listener::from(http);
 
@@ -130,7 +131,7 @@ impl Edge {
                     let _ = stream.set_nodelay();
                     let app = app.clone();
                     let stop = stop_http_rx.clone();
-                    connections.spawn(async move {
+                    tokio::spawn(async move {
                         let mut next = app.process_new(Box::new(stream), &stop).await;
                         while let Some(stream) = next {
                             next = app.process_new(stream, &stop).await;
@@ -151,15 +152,18 @@ impl Edge {
                 }))
                 .await;
         }
-        connections.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait())
-            .await
-            .is_err()
-        {
-            warn!(
-                open = connections.len(),
-                "grace period over, closing remaining connections"
-            );
+        // Wait for requests in progress (upgraded connections included), not
+        // for idle keep-alive connections: Pingora does not watch for
+        // shutdown while one waits for its next request. Those close when we
+        // return.
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while in_flight.load(Ordering::Relaxed) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                let in_flight = in_flight.load(Ordering::Relaxed);
+                warn!(in_flight, "grace period over, closing connections");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = stop_tunnel_tx.send(());
         let _ = tokio::time::timeout(Duration::from_secs(2), grpc).await;

@@ -662,3 +662,39 @@ async fn graceful_sidecar_shutdown_lets_in_flight_requests_finish() {
     sidecar.begin_stop();
     assert_eq!(request.await.unwrap(), "slow but here\n");
 }
+
+#[tokio::test]
+async fn edge_shutdown_finishes_requests_in_flight_and_drops_idle_connections() {
+    let (edge, _upstream, _sidecar) = stack().await;
+    let idle = client(); // keeps its keep-alive connection open
+    idle.get(edge.url("hello", 8080, DEFAULT_ENV, "/"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let slow = tokio::spawn({
+        let url = edge.url("hello", 8080, DEFAULT_ENV, "/slow?ms=800");
+        async move {
+            client()
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    edge.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown waited {:?} for an idle connection",
+        started.elapsed()
+    );
+    assert_eq!(slow.await.unwrap(), "slow but here\n");
+    drop(idle);
+}
