@@ -223,6 +223,23 @@ impl Stack {
         }
     }
 
+    /// Replaces the running edge's config file (hot reload picks it up).
+    pub fn write_edge_yaml(&self, content: &str) {
+        let path = self.dir.path().join("edge.yaml");
+        let tmp = self.dir.path().join("edge.yaml.tmp");
+        std::fs::write(&tmp, content).unwrap();
+        std::fs::rename(tmp, path).unwrap(); // atomic, as config managers do
+    }
+
+    /// Counts output lines of the edge containing `needle`.
+    pub fn edge_lines(&self, needle: &str) -> usize {
+        self.edge
+            .output()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
     /// `http://<service>-<port>-demo.preview.localhost:<edge port><path>`
     pub fn url(&self, service_port: &str, path: &str) -> String {
         format!(
@@ -232,15 +249,20 @@ impl Stack {
     }
 }
 
-/// Writes an edge YAML for one cluster (`TOKEN`, `ENV`) plus `extra`, starts
-/// the edge, and returns it with its HTTP port and tunnel address.
+/// The edge YAML the harness uses: one cluster (`TOKEN`, `ENV`), ephemeral
+/// ports, plus `extra` (more top-level sections).
+pub fn edge_yaml(extra: &str) -> String {
+    let hash = test_support::harness::token_hash(TOKEN);
+    format!(
+        "listen:\n  http: 127.0.0.1:0\n  tunnel: 127.0.0.1:0\npreview:\n  domains: [preview.localhost]\nclusters:\n  - name: conformance\n    token_sha256: \"{hash}\"\n    environments: [{ENV}]\n{extra}"
+    )
+}
+
+/// Writes `dir/edge.yaml` (see [`edge_yaml`]), starts the edge, and returns
+/// it with its HTTP port and tunnel address.
 pub fn start_edge(dir: &Path, extra: &str) -> (Proc, u16, String) {
     let path = dir.join("edge.yaml");
-    let hash = test_support::harness::token_hash(TOKEN);
-    let yaml = format!(
-        "listen:\n  http: 127.0.0.1:0\n  tunnel: 127.0.0.1:0\npreview:\n  domains: [preview.localhost]\nclusters:\n  - name: conformance\n    token_sha256: \"{hash}\"\n    environments: [{ENV}]\n{extra}"
-    );
-    std::fs::write(&path, yaml).unwrap();
+    std::fs::write(&path, edge_yaml(extra)).unwrap();
     let edge = Proc::spawn("edge-proxy", &["--config", path.to_str().unwrap()]);
     let line = edge.wait_line("edge-proxy listening", Duration::from_secs(10));
     let field = |key: &str| {

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::preview::ServiceRef;
+use crate::routes::{HostPattern, RouteRule, RouteTable};
 use crate::token::TokenHash;
 
 /// Idle data streams each sidecar session keeps open by default.
@@ -35,6 +37,8 @@ pub mod raw {
         pub preview: Preview,
         #[serde(default)]
         pub clusters: Vec<Cluster>,
+        #[serde(default)]
+        pub routes: Vec<Route>,
         #[serde(default)]
         pub tunnel: Tunnel,
         #[serde(default)]
@@ -65,6 +69,26 @@ pub mod raw {
         pub environments: Vec<String>,
     }
 
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Route {
+        pub host: String,
+        pub path: Option<String>,
+        #[serde(default)]
+        pub strip_prefix: bool,
+        /// `environment/service:port`
+        pub target: String,
+        #[serde(default)]
+        pub timeouts: RouteTimeouts,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RouteTimeouts {
+        pub connect: Option<String>,
+        pub read: Option<String>,
+    }
+
     #[derive(Debug, Default, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct Tunnel {
@@ -90,6 +114,8 @@ pub struct EdgeConfig {
     pub preview_domains: Vec<String>,
     pub public_url: Option<String>,
     pub clusters: Vec<Cluster>,
+    /// Custom-domain rules, tried before preview URLs.
+    pub routes: RouteTable,
     pub tunnel: TunnelSettings,
     pub upstream: UpstreamSettings,
 }
@@ -115,40 +141,17 @@ pub struct UpstreamSettings {
     pub keepalive_pool_size: usize,
 }
 
-/// Everything wrong with a config file.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{file}: cannot read: {source}")]
-    Read {
-        file: String,
-        source: std::io::Error,
-    },
-    #[error("{file}: {message}")]
-    Syntax { file: String, message: String },
-    #[error("{file}: {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
-    Invalid { file: String, problems: Vec<String> },
-}
+use yaml_config::duration;
+pub use yaml_config::{is_hostname, is_label, ConfigError};
 
 impl EdgeConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: file.clone(),
-            source,
-        })?;
-        Self::parse(&text, &file)
+        yaml_config::load(path, validate)
     }
 
     /// Parses and validates YAML text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
-        let raw: raw::EdgeFile = serde_saphyr::from_str(text).map_err(|e| ConfigError::Syntax {
-            file: file.to_string(),
-            message: e.to_string(),
-        })?;
-        validate(raw).map_err(|problems| ConfigError::Invalid {
-            file: file.to_string(),
-            problems,
-        })
+        yaml_config::parse(text, file, validate)
     }
 
     /// The environments each token may serve, keyed by token hash.
@@ -233,6 +236,8 @@ fn validate(raw: raw::EdgeFile) -> Result<EdgeConfig, Vec<String>> {
         });
     }
 
+    let routes = validate_routes(raw.routes, &owner_of_env, &mut problems);
+
     let idle_streams = raw.tunnel.idle_streams.unwrap_or(DEFAULT_IDLE_STREAMS);
     if !(1..=1024).contains(&idle_streams) {
         problems.push(format!(
@@ -282,8 +287,104 @@ fn validate(raw: raw::EdgeFile) -> Result<EdgeConfig, Vec<String>> {
         preview_domains,
         public_url: raw.preview.public_url,
         clusters,
+        routes,
         tunnel,
         upstream,
+    })
+}
+
+fn validate_routes(
+    raw: Vec<raw::Route>,
+    owner_of_env: &HashMap<String, String>,
+    problems: &mut Vec<String>,
+) -> RouteTable {
+    let mut rules = Vec::new();
+    let mut seen: HashMap<(String, String), usize> = HashMap::new();
+    for (i, r) in raw.into_iter().enumerate() {
+        let path_of = |field: &str| format!("routes[{i}].{field}");
+        let host_text = r.host.trim().trim_end_matches('.').to_ascii_lowercase();
+        let host = match host_text.strip_prefix("*.") {
+            Some(suffix) if is_hostname(suffix) && suffix.contains('.') => {
+                Some(HostPattern::Wildcard(suffix.to_string()))
+            }
+            None if is_hostname(&host_text) => Some(HostPattern::Exact(host_text.clone())),
+            _ => {
+                problems.push(format!(
+                    "{}: {:?} is not a valid host pattern (expected app.example.com or *.example.com)",
+                    path_of("host"),
+                    r.host
+                ));
+                None
+            }
+        };
+        let path = r.path.unwrap_or_else(|| "/".into());
+        if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
+            problems.push(format!(
+                "{}: {path:?} must be a path starting with '/'",
+                path_of("path")
+            ));
+        }
+        let target = parse_target(&r.target);
+        match &target {
+            None => problems.push(format!(
+                "{}: {:?} is not environment/service:port (e.g. prod/web:8080)",
+                path_of("target"),
+                r.target
+            )),
+            Some(t) if !owner_of_env.contains_key(&t.environment) => problems.push(format!(
+                "{}: environment {:?} is not listed in any clusters[].environments",
+                path_of("target"),
+                t.environment
+            )),
+            _ => {}
+        }
+        let connect_timeout = r.timeouts.connect.as_ref().map(|_| {
+            duration(
+                &r.timeouts.connect,
+                &path_of("timeouts.connect"),
+                DEFAULT_CONNECT_TIMEOUT,
+                problems,
+            )
+        });
+        let read_timeout = r.timeouts.read.as_ref().map(|_| {
+            duration(
+                &r.timeouts.read,
+                &path_of("timeouts.read"),
+                DEFAULT_READ_TIMEOUT,
+                problems,
+            )
+        });
+        if let Some(j) = seen.insert(
+            (host_text.clone(), path.trim_end_matches('/').to_string()),
+            i,
+        ) {
+            problems.push(format!(
+                "routes[{i}]: never matches: routes[{j}] has the same host and path and comes first"
+            ));
+        }
+        if let (Some(host), Some(target)) = (host, target) {
+            rules.push(RouteRule {
+                host,
+                path,
+                strip_prefix: r.strip_prefix,
+                target,
+                connect_timeout,
+                read_timeout,
+            });
+        }
+    }
+    RouteTable::new(rules)
+}
+
+/// `environment/service:port` → the service it names.
+fn parse_target(s: &str) -> Option<ServiceRef> {
+    let (environment, rest) = s.trim().split_once('/')?;
+    let (service, port) = rest.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
+    (is_label(environment) && is_label(service)).then(|| ServiceRef {
+        service: service.into(),
+        port,
+        environment: environment.into(),
     })
 }
 
@@ -297,39 +398,6 @@ fn socket_addr(value: &str, path: &str, problems: &mut Vec<String>) -> Option<So
             None
         }
     }
-}
-
-fn duration(
-    value: &Option<String>,
-    path: &str,
-    default: Duration,
-    problems: &mut Vec<String>,
-) -> Duration {
-    let Some(value) = value else { return default };
-    match humantime::parse_duration(value) {
-        Ok(d) if !d.is_zero() => d,
-        _ => {
-            problems.push(format!(
-                "{path}: {value:?} is not a duration (expected e.g. 500ms, 10s, 2m)"
-            ));
-            default
-        }
-    }
-}
-
-/// A DNS label: lowercase letters, digits and '-', 1..=63 characters, no
-/// leading or trailing '-'.
-pub fn is_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-}
-
-fn is_hostname(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(is_label)
 }
 
 #[cfg(test)]
@@ -402,6 +470,39 @@ tunnel:
             err.contains("clusters[0].token_sha256") && err.contains("hash-token"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn routes_are_validated_with_their_paths() {
+        let text = format!(
+            "{GOOD}routes:\n  - {{host: app.example.com, target: demo/web:8080}}\n  - {{host: '*.example', target: demo/web:80}}\n  - {{host: a.example.com, path: api, target: web}}\n  - {{host: b.example.com, target: nope/web:80, timeouts: {{read: soon}}}}\n  - {{host: app.example.com, path: /, target: demo/x:1}}\n"
+        );
+        let err = EdgeConfig::parse(&text, "edge.yaml")
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "routes[1].host",
+            "routes[2].path",
+            "routes[2].target",
+            "routes[3].target: environment \"nope\"",
+            "routes[3].timeouts.read",
+            "routes[4]: never matches: routes[0]",
+        ] {
+            assert!(err.contains(needle), "missing {needle} in {err}");
+        }
+        assert!(!err.contains("routes[0]."), "{err}");
+    }
+
+    #[test]
+    fn routes_load_into_the_table() {
+        let text = format!(
+            "{GOOD}routes:\n  - host: '*.Example.com'\n    path: /api\n    strip_prefix: true\n    target: demo/web:8080\n    timeouts: {{ read: 5s }}\n"
+        );
+        let c = EdgeConfig::parse(&text, "edge.yaml").unwrap();
+        let rule = c.routes.resolve("x.example.com", "/api/v1").unwrap();
+        assert_eq!(rule.target.service, "web");
+        assert_eq!(rule.read_timeout, Some(Duration::from_secs(5)));
+        assert_eq!(rule.upstream_path("/api/v1"), "/v1");
     }
 
     #[test]

@@ -7,9 +7,11 @@
 //! - [`config`]: YAML → validated runtime config.
 //! - [`preview`]: preview-URL parsing (`<service>-<port>-<env>.<domain>`).
 //! - [`route`]: request → target session.
+//! - [`routes`]: custom-domain rules (host + path → service), indexed.
 //! - [`proxy`]: Pingora's phases (`ProxyHttp`).
 //! - [`connector`]: tunnel streams as Pingora upstream sockets.
 //! - [`registry`]: live sessions and their idle data-stream pools.
+//! - [`reload`]: config hot reload (file changes, SIGHUP).
 //! - [`tunnel_service`]: the gRPC service sidecars dial.
 //! - [`errors`]: the one place errors become HTTP responses.
 //! - [`server`]: wires listeners, runtime and shutdown.
@@ -21,7 +23,9 @@ pub mod errors;
 pub mod preview;
 pub mod proxy;
 pub mod registry;
+pub mod reload;
 pub mod route;
+pub mod routes;
 pub mod server;
 pub mod token;
 pub mod tunnel_service;

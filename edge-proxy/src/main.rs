@@ -72,6 +72,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
             // Handlers first: a signal that arrives once we are listening
             // must shut down cleanly, not kill the process.
             let shutdown = shutdown_signal()?;
+            let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
             let http = tokio::net::TcpListener::bind(config.http_addr)
                 .await
                 .with_context(|| format!("listen.http: cannot bind {}", config.http_addr))?;
@@ -84,7 +85,13 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
                 http.local_addr()?,
                 tunnel.local_addr()?
             );
-            Edge::new(config).serve(http, tunnel, shutdown).await
+            let edge = Edge::new(config);
+            tokio::spawn(edge_proxy::reload::watch(
+                path.to_path_buf(),
+                edge.reloader(),
+                hangup,
+            ));
+            edge.serve(http, tunnel, shutdown).await
         })
 }
 

@@ -5,9 +5,9 @@
 
 use crate::config::is_label;
 
-/// A parsed preview host.
+/// A service as visitors name it: environment, service name and port.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PreviewUrl {
+pub struct ServiceRef {
     pub service: String,
     pub port: u16,
     pub environment: String,
@@ -24,25 +24,11 @@ pub enum HostError {
     NotFound,
 }
 
-impl PreviewUrl {
+impl ServiceRef {
     /// Resolves a `Host` header value (which may carry a port) against the
     /// preview domains.
-    pub fn parse(host: &str, domains: &[String]) -> Result<Self, HostError> {
-        if host.starts_with('[') {
-            return Err(HostError::NotFound); // an IPv6 literal is never a preview host
-        }
-        let host = strip_port(host).ok_or(HostError::Malformed)?;
-        if host.is_empty() {
-            return Err(HostError::Missing);
-        }
-        if host.len() > 253
-            || !host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        {
-            return Err(HostError::Malformed);
-        }
-        let host = host.trim_end_matches('.').to_ascii_lowercase();
+    pub fn from_preview_host(host: &str, domains: &[String]) -> Result<Self, HostError> {
+        let host = normalize_host(host)?;
         let label = domains
             .iter()
             .find_map(|d| host.strip_suffix(d.as_str())?.strip_suffix('.'))
@@ -79,7 +65,26 @@ impl PreviewUrl {
     }
 }
 
-/// `host[:port]` or `[v6]:port` → host. `None` if the port part is garbage.
+/// A `Host` header value → lowercase host name without port or final dot.
+pub fn normalize_host(host: &str) -> Result<String, HostError> {
+    if host.starts_with('[') {
+        return Err(HostError::NotFound); // an IPv6 literal is never a routed host
+    }
+    let host = strip_port(host).ok_or(HostError::Malformed)?;
+    if host.is_empty() {
+        return Err(HostError::Missing);
+    }
+    if host.len() > 253
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
+        return Err(HostError::Malformed);
+    }
+    Ok(host.trim_end_matches('.').to_ascii_lowercase())
+}
+
+/// `host[:port]` → host. `None` if the port part is garbage.
 fn strip_port(host: &str) -> Option<&str> {
     match host.rsplit_once(':') {
         Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => Some(h),
@@ -96,8 +101,8 @@ mod tests {
         vec!["preview.example.com".into(), "preview.localhost".into()]
     }
 
-    fn parse(host: &str) -> Result<PreviewUrl, HostError> {
-        PreviewUrl::parse(host, &domains())
+    fn parse(host: &str) -> Result<ServiceRef, HostError> {
+        ServiceRef::from_preview_host(host, &domains())
     }
 
     #[test]
@@ -105,7 +110,7 @@ mod tests {
         let p = parse("webapp-8080-x7k2p9.preview.example.com").unwrap();
         assert_eq!(
             p,
-            PreviewUrl {
+            ServiceRef {
                 service: "webapp".into(),
                 port: 8080,
                 environment: "x7k2p9".into()

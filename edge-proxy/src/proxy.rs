@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
@@ -18,7 +19,7 @@ use crate::registry::TunnelRegistry;
 use crate::route::{self, Target};
 
 pub struct EdgeProxy {
-    pub config: Arc<EdgeConfig>,
+    pub config: Arc<ArcSwap<EdgeConfig>>,
     pub registry: Arc<TunnelRegistry>,
     /// Requests (and upgraded connections) in progress.
     pub in_flight: Arc<AtomicUsize>,
@@ -68,11 +69,7 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        match route::resolve(
-            session.req_header(),
-            &self.config.preview_domains,
-            &self.registry,
-        ) {
+        match route::resolve(session.req_header(), &self.config.load(), &self.registry) {
             Ok(target) => {
                 ctx.target = Some(target);
                 Ok(false)
@@ -94,18 +91,17 @@ impl ProxyHttp for EdgeProxy {
             .target
             .as_ref()
             .ok_or_else(|| Error::new(ErrorType::InternalError))?;
-        let upstream = &self.config.upstream;
-        let mut peer = HttpPeer::new(("127.0.0.1", target.url.port), false, String::new());
+        let mut peer = HttpPeer::new(("127.0.0.1", target.service.port), false, String::new());
         peer.group_key = target.pool_key();
-        peer.options.read_timeout = Some(upstream.read_timeout);
-        peer.options.idle_timeout = Some(upstream.idle_timeout);
+        peer.options.read_timeout = Some(target.read_timeout);
+        peer.options.idle_timeout = Some(target.idle_timeout);
         peer.options.custom_l4 = Some(Arc::new(TunnelConnector {
             session: target.session.clone(),
-            service: target.url.service.clone(),
-            port: target.url.port,
+            service: target.service.service.clone(),
+            port: target.service.port,
             request_id: ctx.request_id.clone(),
-            open_stream_timeout: self.config.tunnel.open_stream_timeout,
-            connect_timeout: upstream.connect_timeout,
+            open_stream_timeout: target.open_stream_timeout,
+            connect_timeout: target.connect_timeout,
         }));
         Ok(Box::new(peer))
     }
@@ -117,6 +113,12 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         request.insert_header("x-request-id", &ctx.request_id)?;
+        if let Some(path) = ctx.target.as_ref().and_then(|t| t.upstream_path.as_deref()) {
+            let uri = path
+                .parse()
+                .map_err(|_| Error::new(ErrorType::InvalidHTTPHeader))?;
+            request.set_uri(uri);
+        }
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
             request.insert_header("x-forwarded-for", addr.ip().to_string())?;
         }

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, Notify};
 use tonic::{Status, Streaming};
 use tunnel_proto::{edge_message, EdgeMessage, StreamFrame, TunnelStats, WantStreams};
 
-use crate::preview::PreviewUrl;
+use crate::preview::ServiceRef;
 use crate::token::TokenHash;
 
 /// Edge → sidecar half of a data stream.
@@ -193,6 +193,14 @@ impl Session {
         self.draining.store(true, Ordering::Relaxed);
     }
 
+    /// Ends the session from the edge's side: the control stream fails with
+    /// PERMISSION_DENIED and the sidecar sees why.
+    fn revoke(&self) {
+        let _ = self.control.try_send(Err(Status::permission_denied(
+            "this sidecar's token was revoked",
+        )));
+    }
+
     fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
         self.idle.lock().unwrap().clear();
@@ -239,6 +247,32 @@ impl TunnelRegistry {
         self.auth.read().unwrap().clone()
     }
 
+    pub fn set_authorizations(&self, auth: Authorizations) {
+        *self.auth.write().unwrap() = Arc::new(auth);
+    }
+
+    /// Closes the sessions whose token no longer grants their environment.
+    /// Returns how many.
+    pub fn revoke_unauthorized(&self) -> usize {
+        let auth = self.authorizations();
+        let revoked: Vec<_> = self
+            .all()
+            .into_iter()
+            .filter(|s| {
+                !auth
+                    .by_token
+                    .get(&s.token)
+                    .is_some_and(|g| g.environments.contains(&s.environment))
+            })
+            .collect();
+        for session in &revoked {
+            tracing::warn!(session = %session.id, environment = %session.environment, "token revoked; closing tunnel");
+            session.revoke();
+            self.remove(session);
+        }
+        revoked.len()
+    }
+
     pub fn insert(&self, session: Arc<Session>) {
         let mut s = self.sessions.write().unwrap();
         s.by_environment
@@ -276,7 +310,7 @@ impl TunnelRegistry {
 
     /// Picks a session for a preview URL: round robin over the usable
     /// sessions of its environment that registered the service and port.
-    pub fn route(&self, url: &PreviewUrl) -> Result<Arc<Session>, RouteError> {
+    pub fn route(&self, url: &ServiceRef) -> Result<Arc<Session>, RouteError> {
         let sessions = self.sessions.read().unwrap();
         let candidates: Vec<&Arc<Session>> = sessions
             .by_environment
@@ -330,8 +364,8 @@ mod tests {
         ))
     }
 
-    fn url(service: &str, port: u16, env: &str) -> PreviewUrl {
-        PreviewUrl {
+    fn url(service: &str, port: u16, env: &str) -> ServiceRef {
+        ServiceRef {
             service: service.into(),
             port,
             environment: env.into(),

@@ -1,27 +1,37 @@
-//! `Host` → the tunnel session and target that serve it.
+//! Request → the service, session and settings that serve it: custom-domain
+//! rules first (file order), then preview URLs.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::time::Duration;
 
 use pingora_http::RequestHeader;
 
+use crate::config::EdgeConfig;
 use crate::errors::Failure;
-use crate::preview::PreviewUrl;
+use crate::preview::{normalize_host, ServiceRef};
 use crate::registry::{Session, TunnelRegistry};
 
-/// Where a request goes.
+/// Where a request goes, with the settings in force when it arrived (a
+/// config reload never changes a request mid-flight).
 #[derive(Debug, Clone)]
 pub struct Target {
-    pub url: PreviewUrl,
+    pub service: ServiceRef,
     pub session: Arc<Session>,
+    /// Path the service sees, when a rule rewrites it.
+    pub upstream_path: Option<String>,
+    pub open_stream_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub idle_timeout: Duration,
 }
 
 impl Target {
     /// Key of the upstream connection pool: connections are shared by
-    /// requests to the same target, never across targets.
+    /// requests to the same service, never across services.
     pub fn pool_key(&self) -> u64 {
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.url.hash(&mut h);
+        self.service.hash(&mut h);
         h.finish()
     }
 }
@@ -36,10 +46,38 @@ pub fn host(req: &RequestHeader) -> Option<&str> {
 
 pub fn resolve(
     req: &RequestHeader,
-    domains: &[String],
+    config: &EdgeConfig,
     registry: &TunnelRegistry,
 ) -> Result<Target, Failure> {
-    let url = PreviewUrl::parse(host(req).unwrap_or(""), domains)?;
-    let session = registry.route(&url)?;
-    Ok(Target { url, session })
+    let host = normalize_host(host(req).unwrap_or(""))?;
+    let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let upstream = &config.upstream;
+    let (service, upstream_path, connect_timeout, read_timeout) =
+        match config.routes.resolve(&host, path) {
+            Some(rule) => {
+                let rewritten = rule.upstream_path(path);
+                (
+                    rule.target.clone(),
+                    (rewritten != path).then(|| rewritten.into_owned()),
+                    rule.connect_timeout.unwrap_or(upstream.connect_timeout),
+                    rule.read_timeout.unwrap_or(upstream.read_timeout),
+                )
+            }
+            None => (
+                ServiceRef::from_preview_host(&host, &config.preview_domains)?,
+                None,
+                upstream.connect_timeout,
+                upstream.read_timeout,
+            ),
+        };
+    let session = registry.route(&service)?;
+    Ok(Target {
+        service,
+        session,
+        upstream_path,
+        open_stream_timeout: config.tunnel.open_stream_timeout,
+        connect_timeout,
+        read_timeout,
+        idle_timeout: upstream.idle_timeout,
+    })
 }

@@ -17,6 +17,8 @@ use tunnel_proto::transport::*;
 use tunnel_proto::tunnel_server::TunnelServer;
 use tunnel_proto::{edge_message, Drain};
 
+use arc_swap::ArcSwap;
+
 use crate::config::EdgeConfig;
 use crate::proxy::EdgeProxy;
 use crate::registry::{Authorizations, ClusterGrant, TunnelRegistry};
@@ -29,7 +31,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 8192;
 
 pub struct Edge {
-    config: Arc<EdgeConfig>,
+    config: Arc<ArcSwap<EdgeConfig>>,
     registry: Arc<TunnelRegistry>,
 }
 
@@ -53,8 +55,16 @@ impl Edge {
     pub fn new(config: EdgeConfig) -> Self {
         let registry = Arc::new(TunnelRegistry::new(authorizations(&config)));
         Self {
-            config: Arc::new(config),
+            config: Arc::new(ArcSwap::from_pointee(config)),
             registry,
+        }
+    }
+
+    /// Something that swaps in a new config while the edge runs.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            config: self.config.clone(),
+            registry: self.registry.clone(),
         }
     }
 
@@ -70,17 +80,14 @@ impl Edge {
         tunnel: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        let public_url = self.config.public_url.clone().unwrap_or_else(|| {
-            format!(
-                "http://{{host}}:{}",
-                http.local_addr().map(|a| a.port()).unwrap_or(80)
-            )
-        });
+        let default_public_url = format!(
+            "http://{{host}}:{}",
+            http.local_addr().map(|a| a.port()).unwrap_or(80)
+        );
         let service = TunnelService::new(
             self.registry.clone(),
-            self.config.tunnel.clone(),
-            self.config.preview_domains[0].clone(),
-            public_url,
+            self.config.clone(),
+            default_public_url,
         );
         let (stop_tunnel_tx, stop_tunnel_rx) = tokio::sync::oneshot::channel::<()>();
         let grpc = tonic::transport::Server::builder()
@@ -102,7 +109,7 @@ impl Edge {
         let grpc = tokio::spawn(grpc);
 
         let conf = Arc::new(ServerConf {
-            upstream_keepalive_pool_size: self.config.upstream.keepalive_pool_size,
+            upstream_keepalive_pool_size: self.config.load().upstream.keepalive_pool_size,
             ..Default::default()
         });
         let in_flight = Arc::new(AtomicUsize::new(0));
@@ -168,5 +175,33 @@ impl Edge {
         let _ = stop_tunnel_tx.send(());
         let _ = tokio::time::timeout(Duration::from_secs(2), grpc).await;
         Ok(())
+    }
+}
+
+/// Applies a new config to a running edge.
+#[derive(Clone)]
+pub struct Reloader {
+    config: Arc<ArcSwap<EdgeConfig>>,
+    registry: Arc<TunnelRegistry>,
+}
+
+impl Reloader {
+    /// Swaps `new` in atomically: requests already routed keep the settings
+    /// they started with. Listen addresses and the keep-alive pool size only
+    /// change on restart (a warning says so). Sessions whose token no longer
+    /// grants their environment are closed.
+    pub fn apply(&self, new: EdgeConfig, trigger: &str) {
+        let old = self.config.load();
+        if old.http_addr != new.http_addr || old.tunnel_addr != new.tunnel_addr {
+            warn!("listen addresses changed in the config; they take effect on restart");
+        }
+        if old.upstream.keepalive_pool_size != new.upstream.keepalive_pool_size {
+            warn!("upstream.keepalive_pool_size changed; it takes effect on restart");
+        }
+        let routes = new.routes.len();
+        self.registry.set_authorizations(authorizations(&new));
+        self.config.store(Arc::new(new));
+        let revoked = self.registry.revoke_unauthorized();
+        info!(trigger, routes, revoked, "config reloaded");
     }
 }

@@ -19,8 +19,10 @@ use tunnel_proto::{
     Welcome, CAPABILITIES, PROTOCOL_VERSION, SESSION_METADATA, VERSION_METADATA,
 };
 
-use crate::config::{is_label, TunnelSettings};
-use crate::preview::PreviewUrl;
+use arc_swap::ArcSwap;
+
+use crate::config::{is_label, EdgeConfig};
+use crate::preview::ServiceRef;
 use crate::registry::{ClusterGrant, DataStream, Session, TunnelRegistry};
 use crate::token::{bearer, TokenHash};
 
@@ -33,24 +35,22 @@ const MAX_ROUTES: usize = 1024;
 
 pub struct TunnelService {
     registry: Arc<TunnelRegistry>,
-    settings: TunnelSettings,
-    preview_domain: String,
-    public_url: String,
+    config: Arc<ArcSwap<EdgeConfig>>,
+    /// Used when the config sets no `preview.public_url`.
+    default_public_url: String,
 }
 
 impl TunnelService {
-    /// `public_url` has a `{host}` placeholder, e.g. `http://{host}:8080`.
+    /// `default_public_url` has a `{host}` placeholder, e.g. `http://{host}:8080`.
     pub fn new(
         registry: Arc<TunnelRegistry>,
-        settings: TunnelSettings,
-        preview_domain: String,
-        public_url: String,
+        config: Arc<ArcSwap<EdgeConfig>>,
+        default_public_url: String,
     ) -> Self {
         Self {
             registry,
-            settings,
-            preview_domain,
-            public_url,
+            config,
+            default_public_url,
         }
     }
 
@@ -71,15 +71,12 @@ impl TunnelService {
         Ok((hash, grant))
     }
 
-    fn url_for(&self, service: &str, port: u16, environment: &str) -> String {
-        let url = PreviewUrl {
-            service: service.into(),
-            port,
-            environment: environment.into(),
-        };
-        self.public_url
-            .replace("{host}", &url.host(&self.preview_domain))
-            + "/"
+    fn url_for(&self, config: &EdgeConfig, service: &ServiceRef) -> String {
+        let template = config
+            .public_url
+            .as_deref()
+            .unwrap_or(&self.default_public_url);
+        template.replace("{host}", &service.host(&config.preview_domains[0])) + "/"
     }
 }
 
@@ -160,6 +157,7 @@ impl Tunnel for TunnelService {
             warn!(cluster = %grant.cluster, sidecar = %hello.sidecar_name, reason = e.message(), "sidecar rejected");
         })?;
 
+        let config = self.config.load();
         let (tx, rx) = mpsc::channel(16);
         let session = Arc::new(Session::new(
             grant.cluster.clone(),
@@ -167,13 +165,20 @@ impl Tunnel for TunnelService {
             hello.sidecar_name.clone(),
             token,
             routes,
-            self.settings.idle_streams,
+            config.tunnel.idle_streams,
             tx,
         ));
         let urls = hello
             .routes
             .iter()
-            .map(|r| self.url_for(&r.service, r.port as u16, &environment))
+            .map(|r| {
+                let service = ServiceRef {
+                    service: r.service.clone(),
+                    port: r.port as u16,
+                    environment: environment.clone(),
+                };
+                self.url_for(&config, &service)
+            })
             .collect();
         let heartbeat = tunnel_proto::transport::HEARTBEAT_INTERVAL;
         let welcome = Welcome {
@@ -182,7 +187,7 @@ impl Tunnel for TunnelService {
             session_id: session.id.clone(),
             environment: environment.clone(),
             urls,
-            idle_streams: self.settings.idle_streams,
+            idle_streams: config.tunnel.idle_streams,
             heartbeat_interval_ms: heartbeat.as_millis() as u32,
         };
         session.send(edge_message::Kind::Welcome(welcome)).await;

@@ -114,39 +114,17 @@ impl Allowlist {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{file}: cannot read: {source}")]
-    Read {
-        file: String,
-        source: std::io::Error,
-    },
-    #[error("{file}: {message}")]
-    Syntax { file: String, message: String },
-    #[error("{file}: {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
-    Invalid { file: String, problems: Vec<String> },
-}
+pub use yaml_config::ConfigError;
+use yaml_config::{duration, is_label};
 
 impl SidecarConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: file.clone(),
-            source,
-        })?;
-        Self::parse(&text, &file)
+        yaml_config::load(path, validate)
     }
 
+    /// Parses and validates YAML text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
-        let raw: raw::SidecarFile =
-            serde_saphyr::from_str(text).map_err(|e| ConfigError::Syntax {
-                file: file.into(),
-                message: e.to_string(),
-            })?;
-        validate(raw).map_err(|problems| ConfigError::Invalid {
-            file: file.into(),
-            problems,
-        })
+        yaml_config::parse(text, file, validate)
     }
 }
 
@@ -211,20 +189,24 @@ fn validate(raw: raw::SidecarFile) -> Result<SidecarConfig, Vec<String>> {
             ));
         }
     }
-    let mut duration = |value: &Option<String>, path: &str, default: Duration| match value {
-        None => default,
-        Some(v) => humantime::parse_duration(v).unwrap_or_else(|_| {
-            problems.push(format!("{path}: {v:?} is not a duration (e.g. 500ms, 5s)"));
-            default
-        }),
-    };
     let connect_timeout = duration(
         &raw.connect_timeout,
         "connect_timeout",
         DEFAULT_CONNECT_TIMEOUT,
+        &mut problems,
     );
-    let reconnect_min = duration(&raw.reconnect.min, "reconnect.min", DEFAULT_RECONNECT_MIN);
-    let reconnect_max = duration(&raw.reconnect.max, "reconnect.max", DEFAULT_RECONNECT_MAX);
+    let reconnect_min = duration(
+        &raw.reconnect.min,
+        "reconnect.min",
+        DEFAULT_RECONNECT_MIN,
+        &mut problems,
+    );
+    let reconnect_max = duration(
+        &raw.reconnect.max,
+        "reconnect.max",
+        DEFAULT_RECONNECT_MAX,
+        &mut problems,
+    );
     if let Some(env) = &raw.environment {
         if !is_label(env) || env.contains('-') {
             problems.push(format!(
@@ -262,15 +244,6 @@ pub fn default_name() -> String {
         })
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "sidecar".into())
-}
-
-fn is_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 #[cfg(test)]

@@ -399,3 +399,15 @@ impl reqwest::dns::Resolve for Loopback {
 pub fn token_hash(token: &str) -> String {
     TokenHash::of(token).to_hex()
 }
+
+/// An edge, a sample upstream, and a connected sidecar exposing it as
+/// `hello:8080` in the default environment.
+pub async fn stack() -> (TestEdge, crate::TestUpstream, TestSidecar) {
+    let edge = TestEdge::builder().start().await;
+    let upstream = crate::TestUpstream::start().await;
+    let sidecar = TestSidecar::builder(&edge)
+        .target("hello", 8080, upstream.addr)
+        .start()
+        .await;
+    (edge, upstream, sidecar)
+}

@@ -12,5 +12,5 @@ pub mod pattern;
 pub mod upstream;
 
 pub use fault::FaultProxy;
-pub use harness::{client, TestEdge, TestSidecar, DEFAULT_ENV, DEFAULT_TOKEN};
+pub use harness::{client, stack, TestEdge, TestSidecar, DEFAULT_ENV, DEFAULT_TOKEN};
 pub use upstream::TestUpstream;

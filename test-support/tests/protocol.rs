@@ -7,7 +7,9 @@ use edge_proxy::connector::{TunnelConnector, TunnelError};
 use futures::StreamExt;
 use pingora_core::connectors::L4Connect;
 use pingora_core::protocols::l4::socket::SocketAddr;
-use test_support::{client, TestEdge, TestSidecar, TestUpstream, DEFAULT_ENV, DEFAULT_TOKEN};
+use test_support::{
+    client, stack, TestEdge, TestSidecar, TestUpstream, DEFAULT_ENV, DEFAULT_TOKEN,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::metadata::MetadataValue;
 use tunnel_proto::tunnel_client::TunnelClient;
@@ -61,12 +63,7 @@ async fn half_close_travels_both_ways() {
 
 #[tokio::test]
 async fn the_sidecar_refuses_targets_outside_its_allowlist_whatever_the_edge_asks() {
-    let edge = TestEdge::builder().start().await;
-    let upstream = TestUpstream::start().await;
-    let _sidecar = TestSidecar::builder(&edge)
-        .target("hello", 8080, upstream.addr)
-        .start()
-        .await;
+    let (edge, upstream, _sidecar) = stack().await;
     // The edge asks for something the sidecar never offered, as a compromised edge would.
     for (service, port) in [("kubernetes", 443), ("hello", 22), ("metadata", 80)] {
         let err = connector(&edge, service, port)
@@ -192,12 +189,7 @@ async fn the_edge_refuses_missing_tokens_and_a_silent_hello() {
 
 #[tokio::test]
 async fn many_tiny_frames_to_a_stalled_visitor_do_not_reset_the_tunnel() {
-    let edge = TestEdge::builder().start().await;
-    let upstream = TestUpstream::start().await;
-    let _sidecar = TestSidecar::builder(&edge)
-        .target("hello", 8080, upstream.addr)
-        .start()
-        .await;
+    let (edge, _upstream, _sidecar) = stack().await;
     // 20,000 tiny events as fast as the service can write them; the visitor
     // does not read for a while.
     let stalled = client()

@@ -3,19 +3,10 @@
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use test_support::{client, pattern, FaultProxy, TestEdge, TestSidecar, TestUpstream, DEFAULT_ENV};
+use test_support::{
+    client, pattern, stack, FaultProxy, TestEdge, TestSidecar, TestUpstream, DEFAULT_ENV,
+};
 use tokio_tungstenite::tungstenite::Message;
-
-/// An edge, a sample upstream, and a sidecar exposing it as `hello:8080`.
-async fn stack() -> (TestEdge, TestUpstream, TestSidecar) {
-    let edge = TestEdge::builder().start().await;
-    let upstream = TestUpstream::start().await;
-    let sidecar = TestSidecar::builder(&edge)
-        .target("hello", 8080, upstream.addr)
-        .start()
-        .await;
-    (edge, upstream, sidecar)
-}
 
 async fn error_code(resp: reqwest::Response) -> (u16, String, String) {
     let status = resp.status().as_u16();

@@ -1,0 +1,164 @@
+//! Custom-domain routes from YAML and hot reload, through the real binaries.
+
+use std::time::{Duration, Instant};
+
+use conformance::{curl, edge_yaml, signal, Stack};
+use futures::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+const APP_ROUTE: &str = "routes:\n  - host: app.example.test\n    target: demo/hello:8080\n";
+const API_ROUTE: &str =
+    "routes:\n  - host: '*.example.test'\n    path: /api\n    strip_prefix: true\n    target: demo/hello:8080\n";
+
+fn status(stack: &Stack, host: &str, path: &str) -> String {
+    let url = format!("http://127.0.0.1:{}{path}", stack.http_port);
+    let out = curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        &format!("Host: {host}"),
+        &url,
+    ]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn body(stack: &Stack, host: &str, path: &str) -> String {
+    let url = format!("http://127.0.0.1:{}{path}", stack.http_port);
+    String::from_utf8_lossy(&curl(&["-H", &format!("Host: {host}"), &url]).stdout).into_owned()
+}
+
+/// Polls until `check` holds (reload is polled once a second).
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn custom_domain_routes_with_path_prefix_and_strip() {
+    let stack = Stack::start_with_edge_yaml(API_ROUTE);
+    // /api/headers on any subdomain reaches the service as /headers.
+    let seen: serde_json::Value =
+        serde_json::from_str(&body(&stack, "shop.example.test", "/api/headers")).unwrap();
+    assert_eq!(seen["host"], "shop.example.test");
+    assert_eq!(status(&stack, "shop.example.test", "/other"), "404");
+    assert_eq!(
+        status(&stack, "example.test", "/api"),
+        "404",
+        "a wildcard does not match its apex"
+    );
+}
+
+#[test]
+fn a_changed_file_is_applied_and_a_bad_one_refused() {
+    let stack = Stack::start();
+    assert_eq!(status(&stack, "app.example.test", "/"), "404");
+
+    stack.write_edge_yaml(&edge_yaml(APP_ROUTE));
+    eventually("the new route serves", || {
+        status(&stack, "app.example.test", "/") == "200"
+    });
+    assert!(stack.edge_lines("config reloaded") >= 1);
+
+    // Broken YAML: refused, with file, line and field; the old routes keep serving.
+    stack.write_edge_yaml(&edge_yaml(&format!("{APP_ROUTE}    tiemout: 1s\n")));
+    eventually("the refusal is logged", || {
+        stack.edge_lines("config reload refused") >= 1
+    });
+    let log = stack.edge.output();
+    assert!(
+        log.contains("edge.yaml") && log.contains("tiemout"),
+        "{log}"
+    );
+    assert_eq!(status(&stack, "app.example.test", "/"), "200");
+
+    // An invalid value is refused the same way.
+    stack.write_edge_yaml(&edge_yaml(
+        "routes:\n  - host: 'bad host'\n    target: demo/hello:8080\n",
+    ));
+    eventually("the second refusal is logged", || {
+        stack.edge_lines("config reload refused") >= 2
+    });
+    assert!(stack.edge.output().contains("routes[0].host"));
+    assert_eq!(status(&stack, "app.example.test", "/"), "200");
+}
+
+#[test]
+fn sighup_reloads() {
+    let stack = Stack::start();
+    signal(stack.edge.pid(), "HUP");
+    eventually("SIGHUP reloads", || {
+        stack.edge.output().contains("trigger=\"SIGHUP\"")
+    });
+    assert!(stack
+        .edge
+        .output()
+        .lines()
+        .any(|l| l.contains("config reloaded") && l.contains("SIGHUP")));
+    // Still serving.
+    assert_eq!(
+        status(
+            &stack,
+            &format!("hello-8080-demo.preview.localhost:{}", stack.http_port),
+            "/"
+        ),
+        "200"
+    );
+}
+
+#[tokio::test]
+async fn requests_and_websockets_in_flight_survive_a_reload() {
+    let stack = Stack::start();
+    let slow_url = stack.url("hello-8080", "/slow?ms=2500");
+    let slow = tokio::task::spawn_blocking(move || {
+        String::from_utf8_lossy(&curl(&[&slow_url]).stdout).into_owned()
+    });
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", stack.http_port))
+        .await
+        .unwrap();
+    let ws_url = stack.url("hello-8080", "/ws").replace("http://", "ws://");
+    let (mut ws, _) = tokio_tungstenite::client_async(ws_url, tcp).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("welcome"));
+
+    stack.write_edge_yaml(&edge_yaml(APP_ROUTE));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stack.edge_lines("config reloaded") == 0 {
+        assert!(Instant::now() < deadline, "no reload");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ws.send(Message::text("after reload")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("after reload")
+    );
+    assert_eq!(slow.await.unwrap(), "slow but here\n");
+}
+
+#[test]
+fn revoking_a_token_closes_its_tunnels() {
+    let stack = Stack::start();
+    let revoked = edge_yaml("").replace(
+        &test_support::harness::token_hash(conformance::TOKEN),
+        &"0".repeat(64),
+    );
+    stack.write_edge_yaml(&revoked);
+    eventually("the tunnel is closed", || {
+        status(
+            &stack,
+            &format!("hello-8080-demo.preview.localhost:{}", stack.http_port),
+            "/",
+        ) == "503"
+    });
+    let sidecar = stack.sidecar.as_ref().unwrap();
+    eventually("the sidecar says why", || {
+        sidecar.output().contains("revoked")
+            || sidecar
+                .output()
+                .contains("does not know this sidecar token")
+    });
+}

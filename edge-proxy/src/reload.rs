@@ -1,0 +1,48 @@
+//! Hot reload: the config file is re-read when its content changes (polled,
+//! which also sees Kubernetes ConfigMap symlink swaps) and on SIGHUP. A new
+//! config that does not validate is refused with every reason logged; the
+//! last good one keeps running.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::signal::unix::Signal;
+use tracing::error;
+
+use crate::config::EdgeConfig;
+use crate::server::Reloader;
+
+/// How often the file is checked for changes.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Watches `path` until the task is dropped. `hangup` is a SIGHUP stream,
+/// installed by the caller before it announces itself.
+pub async fn watch(path: PathBuf, reloader: Reloader, mut hangup: Signal) {
+    let mut last = fingerprint(&path);
+    loop {
+        let trigger = tokio::select! {
+            _ = hangup.recv() => "SIGHUP",
+            _ = tokio::time::sleep(POLL_INTERVAL) => {
+                if fingerprint(&path) == last {
+                    continue;
+                }
+                "file changed"
+            }
+        };
+        last = fingerprint(&path);
+        match EdgeConfig::load(&path) {
+            Ok(config) => reloader.apply(config, trigger),
+            Err(e) => {
+                error!(trigger, error = %e, "config reload refused; keeping the last good config")
+            }
+        }
+    }
+}
+
+fn fingerprint(path: &Path) -> Option<u64> {
+    let content = std::fs::read(path).ok()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    content.hash(&mut h);
+    Some(h.finish())
+}

@@ -1,0 +1,193 @@
+//! Custom-domain routing rules: host (exact or `*.suffix`) + path prefix →
+//! a service. Ordered, first match wins.
+//!
+//! Lookup is not a scan over all rules: rules are indexed by exact host and
+//! by wildcard suffix, so a request looks at the rules for its own host and
+//! its parent domains only, and picks the earliest that matches its path.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::preview::ServiceRef;
+
+/// A host pattern: `app.example.com` or `*.example.com` (any subdomain of
+/// example.com, not example.com itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    Exact(String),
+    Wildcard(String),
+}
+
+/// One validated routing rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteRule {
+    pub host: HostPattern,
+    /// Path prefix, matched on segment boundaries (`/api` matches `/api`
+    /// and `/api/x`, not `/apix`).
+    pub path: String,
+    pub strip_prefix: bool,
+    pub target: ServiceRef,
+    pub connect_timeout: Option<Duration>,
+    pub read_timeout: Option<Duration>,
+}
+
+impl RouteRule {
+    /// The path the service sees for a request path.
+    pub fn upstream_path<'a>(&self, path: &'a str) -> std::borrow::Cow<'a, str> {
+        if !self.strip_prefix || self.path == "/" {
+            return path.into();
+        }
+        match path.strip_prefix(self.path.trim_end_matches('/')) {
+            Some(rest) if rest.starts_with('/') => rest.into(),
+            Some(rest) => format!("/{rest}").into(),
+            None => path.into(),
+        }
+    }
+}
+
+/// Rules indexed for lookup.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    rules: Vec<RouteRule>,
+    exact: HashMap<String, Vec<usize>>,
+    wildcard: HashMap<String, Vec<usize>>,
+}
+
+impl RouteTable {
+    pub fn new(rules: Vec<RouteRule>) -> Self {
+        let mut table = Self {
+            rules,
+            ..Default::default()
+        };
+        for (i, rule) in table.rules.iter().enumerate() {
+            let index = match &rule.host {
+                HostPattern::Exact(h) => table.exact.entry(h.clone()),
+                HostPattern::Wildcard(suffix) => table.wildcard.entry(suffix.clone()),
+            };
+            index.or_default().push(i);
+        }
+        table
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The first rule (in file order) matching `host` (lowercase, no port)
+    /// and `path`.
+    pub fn resolve(&self, host: &str, path: &str) -> Option<&RouteRule> {
+        let mut best: Option<usize> = None;
+        let mut consider = |indexes: Option<&Vec<usize>>| {
+            for &i in indexes.into_iter().flatten() {
+                if best.is_some_and(|b| b < i) {
+                    break; // indexes are ascending
+                }
+                if path_matches(&self.rules[i].path, path) {
+                    best = Some(i);
+                    break;
+                }
+            }
+        };
+        consider(self.exact.get(host));
+        // Every parent domain: a.b.example.com → b.example.com, example.com, com.
+        let mut rest = host;
+        while let Some((_, parent)) = rest.split_once('.') {
+            consider(self.wildcard.get(parent));
+            rest = parent;
+        }
+        best.map(|i| &self.rules[i])
+    }
+}
+
+fn path_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    let prefix = prefix.trim_end_matches('/');
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(host: &str, path: &str, service: &str) -> RouteRule {
+        RouteRule {
+            host: match host.strip_prefix("*.") {
+                Some(s) => HostPattern::Wildcard(s.into()),
+                None => HostPattern::Exact(host.into()),
+            },
+            path: path.into(),
+            strip_prefix: false,
+            target: ServiceRef {
+                service: service.into(),
+                port: 80,
+                environment: "prod".into(),
+            },
+            connect_timeout: None,
+            read_timeout: None,
+        }
+    }
+
+    fn pick<'a>(t: &'a RouteTable, host: &str, path: &str) -> Option<&'a str> {
+        t.resolve(host, path).map(|r| r.target.service.as_str())
+    }
+
+    #[test]
+    fn first_match_wins_across_exact_and_wildcard_rules() {
+        let t = RouteTable::new(vec![
+            rule("api.example.com", "/v1", "v1"),
+            rule("*.example.com", "/", "wild"),
+            rule("api.example.com", "/", "api"), // shadowed by the wildcard above
+            rule("shop.example.com", "/", "shop"),
+        ]);
+        assert_eq!(pick(&t, "api.example.com", "/v1/users"), Some("v1"));
+        assert_eq!(pick(&t, "api.example.com", "/v2"), Some("wild"));
+        assert_eq!(pick(&t, "shop.example.com", "/"), Some("wild"));
+        assert_eq!(pick(&t, "deep.sub.example.com", "/"), Some("wild"));
+        assert_eq!(
+            pick(&t, "example.com", "/"),
+            None,
+            "a wildcard does not match its own apex"
+        );
+        assert_eq!(pick(&t, "example.org", "/"), None);
+    }
+
+    #[test]
+    fn path_prefixes_match_whole_segments() {
+        let t = RouteTable::new(vec![
+            rule("a.com", "/api", "api"),
+            rule("a.com", "/", "root"),
+        ]);
+        assert_eq!(pick(&t, "a.com", "/api"), Some("api"));
+        assert_eq!(pick(&t, "a.com", "/api/x"), Some("api"));
+        assert_eq!(pick(&t, "a.com", "/api?q=1"), Some("api"));
+        assert_eq!(pick(&t, "a.com", "/apix"), Some("root"));
+    }
+
+    #[test]
+    fn strip_prefix_rewrites_the_path() {
+        let mut r = rule("a.com", "/api/", "api");
+        r.strip_prefix = true;
+        assert_eq!(r.upstream_path("/api/users?x=1"), "/users?x=1");
+        assert_eq!(r.upstream_path("/api"), "/");
+        assert_eq!(r.upstream_path("/api?x"), "/?x");
+    }
+
+    #[test]
+    fn lookup_among_ten_thousand_rules_touches_only_its_host() {
+        let mut rules: Vec<_> = (0..10_000)
+            .map(|i| rule(&format!("app{i}.example.com"), "/", &format!("s{i}")))
+            .collect();
+        rules.push(rule("*.tenant.example.net", "/", "tenant"));
+        let t = RouteTable::new(rules);
+        assert_eq!(pick(&t, "app9999.example.com", "/"), Some("s9999"));
+        assert_eq!(pick(&t, "x.tenant.example.net", "/"), Some("tenant"));
+        assert_eq!(t.len(), 10_001);
+    }
+}
