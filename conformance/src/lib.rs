@@ -252,17 +252,28 @@ impl Stack {
 /// The edge YAML the harness uses: one cluster (`TOKEN`, `ENV`), ephemeral
 /// ports, plus `extra` (more top-level sections).
 pub fn edge_yaml(extra: &str) -> String {
+    edge_yaml_with(extra, false)
+}
+
+/// [`edge_yaml`], with an HTTPS listener when `https` (the caller adds `tls:`).
+pub fn edge_yaml_with(extra: &str, https: bool) -> String {
     let hash = test_support::harness::token_hash(TOKEN);
+    let https = if https { "  https: 127.0.0.1:0\n" } else { "" };
     format!(
-        "listen:\n  http: 127.0.0.1:0\n  tunnel: 127.0.0.1:0\npreview:\n  domains: [preview.localhost]\nclusters:\n  - name: conformance\n    token_sha256: \"{hash}\"\n    environments: [{ENV}]\n{extra}"
+        "listen:\n  http: 127.0.0.1:0\n{https}  tunnel: 127.0.0.1:0\npreview:\n  domains: [preview.localhost]\nclusters:\n  - name: conformance\n    token_sha256: \"{hash}\"\n    environments: [{ENV}]\n{extra}"
     )
 }
 
 /// Writes `dir/edge.yaml` (see [`edge_yaml`]), starts the edge, and returns
 /// it with its HTTP port and tunnel address.
 pub fn start_edge(dir: &Path, extra: &str) -> (Proc, u16, String) {
+    std::fs::write(dir.join("edge.yaml"), edge_yaml(extra)).unwrap();
+    start_edge_file(dir)
+}
+
+/// Starts the edge on an existing `dir/edge.yaml`.
+pub fn start_edge_file(dir: &Path) -> (Proc, u16, String) {
     let path = dir.join("edge.yaml");
-    std::fs::write(&path, edge_yaml(extra)).unwrap();
     let edge = Proc::spawn("edge-proxy", &["--config", path.to_str().unwrap()]);
     let line = edge.wait_line("edge-proxy listening", Duration::from_secs(10));
     let field = |key: &str| {

@@ -39,6 +39,7 @@ pub mod raw {
         pub clusters: Vec<Cluster>,
         #[serde(default)]
         pub routes: Vec<Route>,
+        pub tls: Option<Tls>,
         #[serde(default)]
         pub tunnel: Tunnel,
         #[serde(default)]
@@ -49,7 +50,23 @@ pub mod raw {
     #[serde(deny_unknown_fields)]
     pub struct Listen {
         pub http: String,
+        pub https: Option<String>,
         pub tunnel: String,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Tls {
+        pub certificates: Vec<Certificate>,
+        /// `default` (the first certificate) or `refuse`.
+        pub unknown_names: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Certificate {
+        pub cert: String,
+        pub key: String,
     }
 
     #[derive(Debug, Deserialize)]
@@ -110,6 +127,10 @@ pub mod raw {
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
     pub http_addr: SocketAddr,
+    pub https_addr: Option<SocketAddr>,
+    pub tls: Option<TlsSettings>,
+    /// Things worth a warning that do not stop the config (expired certificates).
+    pub warnings: Vec<String>,
     pub tunnel_addr: SocketAddr,
     pub preview_domains: Vec<String>,
     pub public_url: Option<String>,
@@ -118,6 +139,16 @@ pub struct EdgeConfig {
     pub routes: RouteTable,
     pub tunnel: TunnelSettings,
     pub upstream: UpstreamSettings,
+}
+
+/// Visitor TLS: loaded certificates and what to do for unknown names.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub certificates: Vec<crate::tls::LoadedCert>,
+    /// Answer names no certificate covers with the first certificate.
+    pub fallback_to_default: bool,
+    /// Certificate and key files, watched for changes.
+    pub files: Vec<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -145,13 +176,21 @@ use yaml_config::duration;
 pub use yaml_config::{is_hostname, is_label, ConfigError};
 
 impl EdgeConfig {
+    /// Loads and validates a file; relative certificate paths are relative
+    /// to its directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        yaml_config::load(path, validate)
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        yaml_config::load(path, |raw| validate(raw, &base))
     }
 
-    /// Parses and validates YAML text; `file` names it in errors.
+    /// Parses and validates YAML text; `file` names it in errors (and its
+    /// directory anchors relative paths).
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
-        yaml_config::parse(text, file, validate)
+        let base = Path::new(file)
+            .parent()
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        yaml_config::parse(text, file, |raw| validate(raw, &base))
     }
 
     /// The environments each token may serve, keyed by token hash.
@@ -160,9 +199,21 @@ impl EdgeConfig {
     }
 }
 
-fn validate(raw: raw::EdgeFile) -> Result<EdgeConfig, Vec<String>> {
+fn validate(raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<String>> {
     let mut problems = Vec::new();
+    let mut warnings = Vec::new();
     let http_addr = socket_addr(&raw.listen.http, "listen.http", &mut problems);
+    let https_addr = raw
+        .listen
+        .https
+        .as_ref()
+        .and_then(|a| socket_addr(a, "listen.https", &mut problems));
+    let tls = raw
+        .tls
+        .map(|t| validate_tls(t, base, &mut problems, &mut warnings));
+    if raw.listen.https.is_some() && tls.as_ref().is_none_or(|t| t.certificates.is_empty()) {
+        problems.push("listen.https: needs at least one entry in tls.certificates".into());
+    }
     let tunnel_addr = socket_addr(&raw.listen.tunnel, "listen.tunnel", &mut problems);
 
     if raw.preview.domains.is_empty() {
@@ -283,6 +334,9 @@ fn validate(raw: raw::EdgeFile) -> Result<EdgeConfig, Vec<String>> {
     }
     Ok(EdgeConfig {
         http_addr: http_addr.expect("checked"),
+        https_addr,
+        tls,
+        warnings,
         tunnel_addr: tunnel_addr.expect("checked"),
         preview_domains,
         public_url: raw.preview.public_url,
@@ -291,6 +345,57 @@ fn validate(raw: raw::EdgeFile) -> Result<EdgeConfig, Vec<String>> {
         tunnel,
         upstream,
     })
+}
+
+fn validate_tls(
+    raw: raw::Tls,
+    base: &Path,
+    problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> TlsSettings {
+    let fallback_to_default = match raw.unknown_names.as_deref() {
+        None | Some("default") => true,
+        Some("refuse") => false,
+        Some(other) => {
+            problems.push(format!(
+                "tls.unknown_names: {other:?} must be `default` or `refuse`"
+            ));
+            true
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let mut certificates = Vec::new();
+    let mut files = Vec::new();
+    for (i, c) in raw.certificates.iter().enumerate() {
+        let (cert, key) = (base.join(&c.cert), base.join(&c.key));
+        files.extend([cert.clone(), key.clone()]);
+        match crate::tls::load(&cert, &key) {
+            Ok(loaded) => {
+                if loaded.not_after < now {
+                    warnings.push(format!(
+                        "tls.certificates[{i}]: {} has expired; browsers will refuse it",
+                        cert.display()
+                    ));
+                }
+                if loaded.names.is_empty() {
+                    problems.push(format!(
+                        "tls.certificates[{i}]: {} names no DNS host",
+                        cert.display()
+                    ));
+                }
+                certificates.push(loaded);
+            }
+            Err(e) => problems.push(format!("tls.certificates[{i}]: {e}")),
+        }
+    }
+    TlsSettings {
+        certificates,
+        fallback_to_default,
+        files,
+    }
 }
 
 fn validate_routes(

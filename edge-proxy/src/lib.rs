@@ -15,6 +15,7 @@
 //! - [`tunnel_service`]: the gRPC service sidecars dial.
 //! - [`errors`]: the one place errors become HTTP responses.
 //! - [`server`]: wires listeners, runtime and shutdown.
+//! - [`tls`]: visitor TLS, certificates chosen by SNI.
 //! - [`token`]: sidecar token hashing.
 
 pub mod config;
@@ -27,8 +28,9 @@ pub mod reload;
 pub mod route;
 pub mod routes;
 pub mod server;
+pub mod tls;
 pub mod token;
 pub mod tunnel_service;
 
 pub use config::EdgeConfig;
-pub use server::Edge;
+pub use server::{Edge, Listeners};

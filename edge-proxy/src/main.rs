@@ -79,9 +79,21 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
             let tunnel = tokio::net::TcpListener::bind(config.tunnel_addr)
                 .await
                 .with_context(|| format!("listen.tunnel: cannot bind {}", config.tunnel_addr))?;
+            let https = match config.https_addr {
+                Some(addr) => Some(
+                    tokio::net::TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("listen.https: cannot bind {addr}"))?,
+                ),
+                None => None,
+            };
             // One machine-readable line, for scripts and the conformance suite.
+            let https_text = match &https {
+                Some(l) => format!(" https={}", l.local_addr()?),
+                None => String::new(),
+            };
             println!(
-                "edge-proxy listening http={} tunnel={}",
+                "edge-proxy listening http={}{https_text} tunnel={}",
                 http.local_addr()?,
                 tunnel.local_addr()?
             );
@@ -91,7 +103,15 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
                 edge.reloader(),
                 hangup,
             ));
-            edge.serve(http, tunnel, shutdown).await
+            edge.serve(
+                edge_proxy::Listeners {
+                    http,
+                    https,
+                    tunnel,
+                },
+                shutdown,
+            )
+            .await
         })
 }
 

@@ -122,7 +122,8 @@ impl ProxyHttp for EdgeProxy {
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
             request.insert_header("x-forwarded-for", addr.ip().to_string())?;
         }
-        request.insert_header("x-forwarded-proto", "http")?;
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        request.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
         if let Some(host) = route::host(session.req_header()).map(str::to_owned) {
             request.insert_header("x-forwarded-host", host)?;
         }

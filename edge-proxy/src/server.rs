@@ -7,12 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pingora_core::apps::ServerApp;
+use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::l4::listener::Listener;
+use pingora_core::protocols::IO;
 use pingora_core::server::configuration::ServerConf;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
-use tracing::{info, warn};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
 use tunnel_proto::transport::*;
 use tunnel_proto::tunnel_server::TunnelServer;
 use tunnel_proto::{edge_message, Drain};
@@ -22,6 +25,7 @@ use arc_swap::ArcSwap;
 use crate::config::EdgeConfig;
 use crate::proxy::EdgeProxy;
 use crate::registry::{Authorizations, ClusterGrant, TunnelRegistry};
+use crate::tls::{self, CertStore, SniResolver};
 use crate::tunnel_service::TunnelService;
 
 /// In-flight requests get this long to finish at shutdown.
@@ -33,6 +37,25 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 8192;
 pub struct Edge {
     config: Arc<ArcSwap<EdgeConfig>>,
     registry: Arc<TunnelRegistry>,
+    certificates: Arc<SniResolver>,
+}
+
+/// The edge's bound listeners.
+pub struct Listeners {
+    pub http: TcpListener,
+    /// TLS for visitors, if configured.
+    pub https: Option<TcpListener>,
+    pub tunnel: TcpListener,
+}
+
+/// How long a visitor may take to complete the TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn cert_store(config: &EdgeConfig) -> CertStore {
+    match &config.tls {
+        Some(tls) => CertStore::new(&tls.certificates, tls.fallback_to_default),
+        None => CertStore::default(),
+    }
 }
 
 pub fn authorizations(config: &EdgeConfig) -> Authorizations {
@@ -54,9 +77,15 @@ pub fn authorizations(config: &EdgeConfig) -> Authorizations {
 impl Edge {
     pub fn new(config: EdgeConfig) -> Self {
         let registry = Arc::new(TunnelRegistry::new(authorizations(&config)));
+        let certificates = Arc::new(SniResolver::default());
+        certificates.replace(cert_store(&config));
+        for warning in &config.warnings {
+            warn!("{warning}");
+        }
         Self {
             config: Arc::new(ArcSwap::from_pointee(config)),
             registry,
+            certificates,
         }
     }
 
@@ -65,6 +94,7 @@ impl Edge {
         Reloader {
             config: self.config.clone(),
             registry: self.registry.clone(),
+            certificates: self.certificates.clone(),
         }
     }
 
@@ -76,14 +106,24 @@ impl Edge {
     /// stop sending new work, in-flight requests get [`SHUTDOWN_GRACE`].
     pub async fn serve(
         self,
-        http: TcpListener,
-        tunnel: TcpListener,
+        listeners: Listeners,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        let default_public_url = format!(
-            "http://{{host}}:{}",
-            http.local_addr().map(|a| a.port()).unwrap_or(80)
-        );
+        let Listeners {
+            http,
+            https,
+            tunnel,
+        } = listeners;
+        let default_public_url = match &https {
+            Some(l) => format!(
+                "https://{{host}}:{}",
+                l.local_addr().map(|a| a.port()).unwrap_or(443)
+            ),
+            None => format!(
+                "http://{{host}}:{}",
+                http.local_addr().map(|a| a.port()).unwrap_or(80)
+            ),
+        };
         let service = TunnelService::new(
             self.registry.clone(),
             self.config.clone(),
@@ -120,37 +160,33 @@ impl Edge {
         };
         let app = Arc::new(pingora_proxy::http_proxy(&conf, proxy));
         let (stop_http_tx, stop_http_rx) = watch::channel(false);
-        // Pingora's listener records each client's address for the request.
-        let http = Listener::from(http);
-
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                accepted = http.accept() => {
-                    let mut stream = match accepted {
-                        Ok(a) => a,
-                        Err(e) => {
-                            warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let _ = stream.set_nodelay();
-                    let app = app.clone();
-                    let stop = stop_http_rx.clone();
-                    tokio::spawn(async move {
-                        let mut next = app.process_new(Box::new(stream), &stop).await;
-                        while let Some(stream) = next {
-                            next = app.process_new(stream, &stop).await;
-                        }
-                    });
-                }
-                _ = &mut shutdown => break,
-            }
+        let stop_accepting = CancellationToken::new();
+        let mut accept_loops = vec![tokio::spawn(accept_loop(
+            http,
+            None,
+            app.clone(),
+            stop_http_rx.clone(),
+            stop_accepting.clone(),
+        ))];
+        if let Some(https) = https {
+            let acceptor = Arc::new(Acceptor::from_server_config(tls::server_config(
+                self.certificates.clone(),
+            )));
+            accept_loops.push(tokio::spawn(accept_loop(
+                https,
+                Some(acceptor),
+                app.clone(),
+                stop_http_rx.clone(),
+                stop_accepting.clone(),
+            )));
+        }
+        shutdown.await;
+        stop_accepting.cancel();
+        for l in accept_loops {
+            let _ = l.await;
         }
 
         info!("shutting down: draining tunnels and in-flight requests");
-        drop(http);
         let _ = stop_http_tx.send(true);
         for session in self.registry.all() {
             session
@@ -178,11 +214,72 @@ impl Edge {
     }
 }
 
+type ProxyApp = pingora_proxy::HttpProxy<EdgeProxy>;
+
+/// Accepts visitors on one listener until `stop` is cancelled; with `tls`,
+/// each connection is a TLS handshake first (HTTP/2 if ALPN picks it).
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<Arc<Acceptor>>,
+    app: Arc<ProxyApp>,
+    shutdown: watch::Receiver<bool>,
+    stop: CancellationToken,
+) {
+    // Pingora's listener records each client's address for the request.
+    let listener = Listener::from(listener);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.cancelled() => return,
+        };
+        let mut stream = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay();
+        let app = app.clone();
+        let shutdown = shutdown.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let stream: Box<dyn IO> = match tls {
+                None => Box::new(stream),
+                Some(acceptor) => {
+                    match tokio::time::timeout(
+                        TLS_HANDSHAKE_TIMEOUT,
+                        acceptor.tls_handshake(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(tls_stream)) => Box::new(tls_stream),
+                        Ok(Err(e)) => {
+                            debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            debug!("TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            let mut next = app.process_new(stream, &shutdown).await;
+            while let Some(stream) = next {
+                next = app.process_new(stream, &shutdown).await;
+            }
+        });
+    }
+}
+
 /// Applies a new config to a running edge.
 #[derive(Clone)]
 pub struct Reloader {
     config: Arc<ArcSwap<EdgeConfig>>,
     registry: Arc<TunnelRegistry>,
+    certificates: Arc<SniResolver>,
 }
 
 impl Reloader {
@@ -198,10 +295,27 @@ impl Reloader {
         if old.upstream.keepalive_pool_size != new.upstream.keepalive_pool_size {
             warn!("upstream.keepalive_pool_size changed; it takes effect on restart");
         }
+        if old.https_addr != new.https_addr {
+            warn!("listen.https changed in the config; it takes effect on restart");
+        }
+        for warning in &new.warnings {
+            warn!("{warning}");
+        }
         let routes = new.routes.len();
+        self.certificates.replace(cert_store(&new));
         self.registry.set_authorizations(authorizations(&new));
         self.config.store(Arc::new(new));
         let revoked = self.registry.revoke_unauthorized();
         info!(trigger, routes, revoked, "config reloaded");
+    }
+
+    /// The files whose changes trigger a reload besides the config itself.
+    pub fn watched_files(&self) -> Vec<std::path::PathBuf> {
+        self.config
+            .load()
+            .tls
+            .as_ref()
+            .map(|t| t.files.clone())
+            .unwrap_or_default()
     }
 }

@@ -38,6 +38,9 @@ enum Command {
         /// Environment (default: the one the token allows).
         #[arg(long)]
         env: Option<String>,
+        /// Port in the URL (default: the local port).
+        #[arg(long)]
+        port: Option<u16>,
     },
 }
 
@@ -62,7 +65,8 @@ fn main() -> anyhow::Result<()> {
             token,
             name,
             env,
-        } => expose_config(address, edge, token, name, env)?,
+            port,
+        } => expose_config(address, edge, token, name, env, port)?,
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -82,6 +86,7 @@ fn expose_config(
     token: String,
     name: String,
     env: Option<String>,
+    url_port: Option<u16>,
 ) -> anyhow::Result<SidecarConfig> {
     let address = if address.parse::<u16>().is_ok() {
         format!("127.0.0.1:{address}")
@@ -106,7 +111,7 @@ fn expose_config(
         connect_timeout: sidecar::config::DEFAULT_CONNECT_TIMEOUT,
         reconnect_min: sidecar::config::DEFAULT_RECONNECT_MIN,
         reconnect_max: sidecar::config::DEFAULT_RECONNECT_MAX,
-        targets: Allowlist::new([(name, port, address)]),
+        targets: Allowlist::new([(name, url_port.unwrap_or(port), address)]),
     })
 }
 

@@ -141,8 +141,13 @@ impl TestEdge {
         runtime.spawn(async move {
             let http = tokio::net::TcpListener::from_std(http).unwrap();
             let tunnel = tokio::net::TcpListener::from_std(tunnel).unwrap();
+            let listeners = edge_proxy::Listeners {
+                http,
+                https: None,
+                tunnel,
+            };
             let _ = edge
-                .serve(http, tunnel, async {
+                .serve(listeners, async {
                     let _ = stop_rx.await;
                 })
                 .await;

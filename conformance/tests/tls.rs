@@ -1,0 +1,225 @@
+//! TLS for visitors through the real binary: SNI, HTTP/2 via ALPN,
+//! certificate reload, and bad certificates.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use conformance::{bin, curl, edge_yaml_with, Proc, ENV, TOKEN};
+use test_support::certs;
+
+struct TlsStack {
+    dir: tempfile::TempDir,
+    edge: Proc,
+    _upstream: Proc,
+    _sidecar: Proc,
+    https_port: u16,
+}
+
+const TLS: &str = "tls:\n  certificates:\n    - { cert: preview-cert.pem, key: preview-key.pem }\n    - { cert: shop-cert.pem, key: shop-key.pem }\n";
+const ROUTE: &str = "routes:\n  - { host: shop.example.test, target: demo/hello:8080 }\n";
+
+fn start(tls_extra: &str) -> TlsStack {
+    let dir = tempfile::tempdir().unwrap();
+    certs::write(
+        dir.path(),
+        "preview-",
+        &["*.preview.localhost".into()],
+        false,
+    )
+    .unwrap();
+    certs::write(dir.path(), "shop-", &["shop.example.test".into()], false).unwrap();
+    std::fs::write(
+        dir.path().join("edge.yaml"),
+        edge_yaml_with(&format!("{TLS}{tls_extra}{ROUTE}"), true),
+    )
+    .unwrap();
+    let edge = Proc::spawn(
+        "edge-proxy",
+        &["--config", dir.path().join("edge.yaml").to_str().unwrap()],
+    );
+    let line = edge.wait_line("edge-proxy listening", Duration::from_secs(10));
+    let field = |key: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .unwrap()
+            .to_string()
+    };
+    let https_port = field("https=").rsplit_once(':').unwrap().1.parse().unwrap();
+    let upstream = Proc::spawn("sample-upstream", &["--listen", "127.0.0.1:0"]);
+    let addr =
+        upstream.wait_line("listening ", Duration::from_secs(10))["listening ".len()..].to_string();
+    let sidecar = Proc::spawn(
+        "sidecar",
+        &[
+            "expose",
+            &addr,
+            "--edge",
+            &field("tunnel="),
+            "--token",
+            TOKEN,
+            "--name",
+            "hello",
+            "--port",
+            "8080",
+            "--env",
+            ENV,
+        ],
+    );
+    sidecar.wait_line("Forwarding https://", Duration::from_secs(10));
+    TlsStack {
+        dir,
+        edge,
+        _upstream: upstream,
+        _sidecar: sidecar,
+        https_port,
+    }
+}
+
+impl TlsStack {
+    fn ca(&self) -> String {
+        self.dir.path().join("ca.pem").to_str().unwrap().to_string()
+    }
+
+    /// curl to `https://<host>:<port><path>` with the local CA; returns (exit code, stdout).
+    fn curl(&self, host: &str, path: &str, extra: &[&str]) -> (i32, String) {
+        let p = self.https_port;
+        let resolve = format!("{host}:{p}:127.0.0.1");
+        let url = format!("https://{host}:{p}{path}");
+        let ca = self.ca();
+        let mut args = vec!["--cacert", &ca, "--resolve", &resolve];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        let out = curl(&args);
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+}
+
+const PREVIEW: &str = "hello-8080-demo.preview.localhost";
+
+#[test]
+fn https_with_sni_and_http2() {
+    let stack = start("");
+    let (rc, body) = stack.curl(PREVIEW, "/headers", &[]);
+    assert_eq!(rc, 0, "{body}");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["x-forwarded-proto"], "https", "{body}");
+    // The custom domain's own certificate is chosen by SNI (curl verifies the name).
+    let (rc, body) = stack.curl("shop.example.test", "/", &[]);
+    assert_eq!(rc, 0, "{body}");
+    assert!(body.contains("Hello from the sample service"));
+    // ALPN picks HTTP/2.
+    let (rc, version) = stack.curl(
+        PREVIEW,
+        "/",
+        &["--http2", "-o", "/dev/null", "-w", "%{http_version}"],
+    );
+    assert_eq!((rc, version.as_str()), (0, "2"));
+    let (rc, version) = stack.curl(
+        PREVIEW,
+        "/",
+        &["--http1.1", "-o", "/dev/null", "-w", "%{http_version}"],
+    );
+    assert_eq!((rc, version.as_str()), (0, "1.1"));
+}
+
+#[test]
+fn unknown_names_get_the_default_certificate_or_no_handshake() {
+    let stack = start("");
+    // Default certificate presented: curl refuses the name (60), -k goes through.
+    let (rc, _) = stack.curl("unknown.example.test", "/", &[]);
+    assert_eq!(rc, 60);
+    let (rc, _) = stack.curl("unknown.example.test", "/", &["-k", "-o", "/dev/null"]);
+    assert_eq!(rc, 0);
+
+    let refusing = start("  unknown_names: refuse\n");
+    let (rc, _) = refusing.curl("unknown.example.test", "/", &["-k"]);
+    assert_eq!(rc, 35, "handshake refused");
+    assert_eq!(refusing.curl(PREVIEW, "/", &["-o", "/dev/null"]).0, 0);
+}
+
+#[test]
+fn plaintext_on_the_tls_port_is_refused_and_harmless() {
+    let mut stack = start("");
+    let out = curl(&[&format!("http://127.0.0.1:{}/", stack.https_port)]);
+    assert!(!out.status.success());
+    assert!(stack.edge.is_running());
+    assert_eq!(stack.curl(PREVIEW, "/", &["-o", "/dev/null"]).0, 0);
+}
+
+#[test]
+fn certificates_reload_when_their_files_change() {
+    let stack = start("");
+    assert_eq!(
+        stack.curl("new.example.test", "/", &["-o", "/dev/null"]).0,
+        60
+    );
+    // cert-manager style: the files are replaced in place.
+    certs::write(
+        stack.dir.path(),
+        "shop-",
+        &["shop.example.test".into(), "new.example.test".into()],
+        false,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // 404 (no route for new.example.test) means the handshake now succeeds.
+    while stack.curl("new.example.test", "/", &["-o", "/dev/null"]).0 != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "certificate not reloaded:\n{}",
+            stack.edge.output()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn check_config(dir: &Path) -> (bool, String) {
+    let out = Command::new(bin("edge-proxy"))
+        .args(["check-config", dir.join("edge.yaml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_certificates_are_reported_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    certs::write(dir.path(), "a-", &["a.example.test".into()], false).unwrap();
+    certs::write(dir.path(), "b-", &["b.example.test".into()], false).unwrap();
+    let write = |tls: &str| {
+        std::fs::write(dir.path().join("edge.yaml"), edge_yaml_with(tls, true)).unwrap()
+    };
+
+    write("tls:\n  certificates:\n    - { cert: missing.pem, key: a-key.pem }\n");
+    let (ok, err) = check_config(dir.path());
+    assert!(
+        !ok && err.contains("tls.certificates[0]") && err.contains("missing.pem"),
+        "{err}"
+    );
+
+    write("tls:\n  certificates:\n    - { cert: a-cert.pem, key: b-key.pem }\n");
+    let (ok, err) = check_config(dir.path());
+    assert!(!ok && err.contains("does not belong"), "{err}");
+
+    write("listen_extra: 1\n");
+    let (ok, _) = check_config(dir.path());
+    assert!(!ok);
+
+    // HTTPS without certificates.
+    std::fs::write(dir.path().join("edge.yaml"), edge_yaml_with("", true)).unwrap();
+    let (ok, err) = check_config(dir.path());
+    assert!(!ok && err.contains("listen.https"), "{err}");
+
+    // Expired: a warning at load, and the edge still starts.
+    certs::write(dir.path(), "old-", &["old.example.test".into()], true).unwrap();
+    write("tls:\n  certificates:\n    - { cert: old-cert.pem, key: old-key.pem }\n");
+    let (edge, _, _) = conformance::start_edge_file(dir.path());
+    edge.wait_line("has expired", Duration::from_secs(5));
+}

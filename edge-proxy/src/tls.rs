@@ -1,0 +1,171 @@
+//! TLS for visitors: certificates from PEM files, chosen by SNI.
+//!
+//! Each certificate serves the DNS names in its subject alternative names,
+//! exact (`shop.example.com`) or wildcard (`*.preview.example.com`, one
+//! label, as RFC 6125 says). A name no certificate covers gets the default
+//! certificate (the first listed) or no handshake at all, as configured.
+//! The store sits behind an `ArcSwap` so a reload replaces certificates
+//! without touching connections.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+
+/// A certificate with the names it serves.
+#[derive(Debug, Clone)]
+pub struct LoadedCert {
+    pub key: Arc<CertifiedKey>,
+    /// DNS names from the SANs, lowercase (`*.example.com` for wildcards).
+    pub names: Vec<String>,
+    /// Seconds since the epoch after which the certificate is invalid.
+    pub not_after: i64,
+}
+
+/// Loads a certificate chain and its private key; checks they match.
+pub fn load(cert_path: &Path, key_path: &Path) -> Result<LoadedCert, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
+        .map_err(|e| format!("cannot read certificate {}: {e}", cert_path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| {
+            format!(
+                "{} is not a PEM certificate chain: {e}",
+                cert_path.display()
+            )
+        })?;
+    if chain.is_empty() {
+        return Err(format!("{} contains no certificate", cert_path.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_path)
+        .map_err(|e| format!("cannot read private key {}: {e}", key_path.display()))?;
+    let provider = provider();
+    let key = CertifiedKey::from_der(chain.clone(), key, &provider).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => {
+            format!(
+                "the key {} does not belong to the certificate {}",
+                key_path.display(),
+                cert_path.display()
+            )
+        }
+        e => format!("cannot use {}: {e}", key_path.display()),
+    })?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&chain[0])
+        .map_err(|e| format!("cannot parse {}: {e}", cert_path.display()))?;
+    let mut names: Vec<String> = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => {
+                        Some(d.to_ascii_lowercase())
+                    }
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if names.is_empty() {
+        // Old-style certificates: the subject's common name.
+        names.extend(
+            cert.subject()
+                .iter_common_name()
+                .filter_map(|cn| cn.as_str().ok())
+                .map(str::to_ascii_lowercase),
+        );
+    }
+    Ok(LoadedCert {
+        key: Arc::new(key),
+        names,
+        not_after: cert.validity().not_after.timestamp(),
+    })
+}
+
+pub fn provider() -> CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+/// Certificates by name.
+#[derive(Debug, Default)]
+pub struct CertStore {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// `*.example.com` stored under `example.com`.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Option<Arc<CertifiedKey>>,
+}
+
+impl CertStore {
+    /// Earlier certificates win when two serve the same name. `fallback`
+    /// makes the first certificate answer names no certificate covers.
+    pub fn new(certs: &[LoadedCert], fallback: bool) -> Self {
+        let mut store = Self::default();
+        for cert in certs {
+            for name in &cert.names {
+                let map = match name.strip_prefix("*.") {
+                    Some(parent) => store.wildcard.entry(parent.to_string()),
+                    None => store.exact.entry(name.clone()),
+                };
+                map.or_insert_with(|| cert.key.clone());
+            }
+        }
+        store.default = fallback
+            .then(|| certs.first().map(|c| c.key.clone()))
+            .flatten();
+        store
+    }
+
+    pub fn find(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let found = server_name
+            .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+            .and_then(|name| {
+                self.exact
+                    .get(&name)
+                    .or_else(|| {
+                        let (_, parent) = name.split_once('.')?;
+                        self.wildcard.get(parent)
+                    })
+                    .cloned()
+            });
+        found.or_else(|| self.default.clone())
+    }
+}
+
+/// The rustls hook: SNI → certificate, from a swappable store.
+#[derive(Debug, Default)]
+pub struct SniResolver {
+    store: ArcSwap<CertStore>,
+}
+
+impl SniResolver {
+    pub fn replace(&self, store: CertStore) {
+        self.store.store(Arc::new(store));
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.store.load().find(hello.server_name())
+    }
+}
+
+/// A rustls server config: TLS 1.2 and 1.3, ALPN h2 then http/1.1,
+/// certificates from `resolver`.
+pub fn server_config(resolver: Arc<SniResolver>) -> Arc<ServerConfig> {
+    let mut config = ServerConfig::builder_with_provider(Arc::new(provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(config)
+}
