@@ -469,38 +469,49 @@ async fn sidecar_reconnects_after_the_tunnel_is_cut() {
     }
 }
 
-#[tokio::test]
-async fn killing_the_sidecar_mid_transfer_fails_that_request_only() {
-    let (edge, _upstream, sidecar) = stack().await;
+type Body = std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
+
+/// Starts a [`BIG`] download and reads its first megabyte.
+async fn big_download_under_way(edge: &TestEdge) -> (Body, u64) {
     let resp = client()
         .get(edge.url("hello", 8080, DEFAULT_ENV, &format!("/bytes/{BIG}")))
         .send()
         .await
         .unwrap();
-    let mut body = resp.bytes_stream();
-    let mut got = 0usize;
+    let mut body: Body = Box::pin(resp.bytes_stream());
+    let mut got = 0u64;
     while got < 1_000_000 {
-        got += body.next().await.unwrap().unwrap().len();
+        got += body.next().await.unwrap().unwrap().len() as u64;
     }
-    sidecar.kill();
-    let rest = tokio::time::timeout(Duration::from_secs(10), async {
-        let mut err = false;
+    (body, got)
+}
+
+/// Reads the rest of a body: the bytes received in all, and whether it
+/// ended in an error (as a cut-short transfer must).
+async fn finish(mut body: Body, mut got: u64) -> (u64, bool) {
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(chunk) = body.next().await {
             match chunk {
-                Ok(c) => got += c.len(),
-                Err(_) => {
-                    err = true;
-                    break;
-                }
+                Ok(c) => got += c.len() as u64,
+                Err(_) => return true,
             }
         }
-        err
+        false
     })
     .await
     .expect("the visitor is told");
+    (got, ended)
+}
+
+#[tokio::test]
+async fn killing_the_sidecar_mid_transfer_fails_that_request_only() {
+    let (edge, _upstream, sidecar) = stack().await;
+    let (body, got) = big_download_under_way(&edge).await;
+    sidecar.kill();
+    let (got, broke) = finish(body, got).await;
     assert!(
-        rest || (got as u64) < BIG,
-        "transfer must not look complete"
+        broke && got < BIG,
+        "a cut-short body is an error, got {got} bytes"
     );
     // The edge is fine: the route now reports the tunnel as unavailable.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -521,27 +532,9 @@ async fn killing_the_sidecar_mid_transfer_fails_that_request_only() {
 #[tokio::test]
 async fn killing_the_upstream_mid_transfer_is_reported() {
     let (edge, upstream, _sidecar) = stack().await;
-    let resp = client()
-        .get(edge.url("hello", 8080, DEFAULT_ENV, &format!("/bytes/{BIG}")))
-        .send()
-        .await
-        .unwrap();
-    let mut body = resp.bytes_stream();
-    let mut got = 0u64;
-    while got < 1_000_000 {
-        got += body.next().await.unwrap().unwrap().len() as u64;
-    }
+    let (body, got) = big_download_under_way(&edge).await;
     upstream.stop();
-    let mut broke = false;
-    while let Some(chunk) = body.next().await {
-        match chunk {
-            Ok(c) => got += c.len() as u64,
-            Err(_) => {
-                broke = true;
-                break;
-            }
-        }
-    }
+    let (got, broke) = finish(body, got).await;
     assert!(
         broke && got < BIG,
         "a cut-short body is an error, got {got} bytes"
