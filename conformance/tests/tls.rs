@@ -14,6 +14,7 @@ struct TlsStack {
     _upstream: Proc,
     _sidecar: Proc,
     https_port: u16,
+    http_port: u16,
 }
 
 const TLS: &str = "tls:\n  certificates:\n    - { cert: preview-cert.pem, key: preview-key.pem }\n    - { cert: shop-cert.pem, key: shop-key.pem }\n";
@@ -46,6 +47,7 @@ fn start(tls_extra: &str) -> TlsStack {
             .to_string()
     };
     let https_port = field("https=").rsplit_once(':').unwrap().1.parse().unwrap();
+    let http_port = field("http=").rsplit_once(':').unwrap().1.parse().unwrap();
     let upstream = Proc::spawn("sample-upstream", &["--listen", "127.0.0.1:0"]);
     let addr =
         upstream.wait_line("listening ", Duration::from_secs(10))["listening ".len()..].to_string();
@@ -73,6 +75,7 @@ fn start(tls_extra: &str) -> TlsStack {
         _upstream: upstream,
         _sidecar: sidecar,
         https_port,
+        http_port,
     }
 }
 
@@ -222,4 +225,62 @@ fn bad_certificates_are_reported_clearly() {
     write("tls:\n  certificates:\n    - { cert: old-cert.pem, key: old-key.pem }\n");
     let (edge, _, _) = conformance::start_edge_file(dir.path());
     edge.wait_line("has expired", Duration::from_secs(5));
+}
+
+fn plain(port: u16, host: &str, path: &str) -> String {
+    let url = format!("http://{host}:{port}{path}");
+    let resolve = format!("{host}:{port}:127.0.0.1");
+    let out = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+        "--resolve",
+        &resolve,
+        &url,
+    ]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn plain_http_redirects_to_https_except_acme_challenges() {
+    let stack = start("");
+    let got = plain(stack.http_port, PREVIEW, "/x?y=1");
+    assert_eq!(
+        got,
+        format!("308 https://{PREVIEW}:{}/x?y=1", stack.https_port)
+    );
+    // ACME HTTP-01 stays plain: it reaches the service (which has no such file).
+    let got = plain(
+        stack.http_port,
+        PREVIEW,
+        "/.well-known/acme-challenge/token",
+    );
+    assert_eq!(got, "404 ");
+}
+
+#[test]
+fn hsts_on_https_responses_for_configured_hosts() {
+    let stack = start(
+        "  hsts:\n    - { host: '*.preview.localhost', max_age: 1d, include_subdomains: true }\n",
+    );
+    let (rc, headers) = stack.curl(PREVIEW, "/", &["-s", "-D", "-", "-o", "/dev/null"]);
+    assert_eq!(rc, 0);
+    assert!(
+        headers
+            .to_ascii_lowercase()
+            .contains("strict-transport-security: max-age=86400; includesubdomains"),
+        "{headers}"
+    );
+    let (_, headers) = stack.curl(
+        "shop.example.test",
+        "/",
+        &["-s", "-D", "-", "-o", "/dev/null"],
+    );
+    assert!(
+        !headers
+            .to_ascii_lowercase()
+            .contains("strict-transport-security"),
+        "{headers}"
+    );
 }

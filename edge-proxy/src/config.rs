@@ -60,6 +60,20 @@ pub mod raw {
         pub certificates: Vec<Certificate>,
         /// `default` (the first certificate) or `refuse`.
         pub unknown_names: Option<String>,
+        pub redirect_http: Option<bool>,
+        pub plain_paths: Option<Vec<String>>,
+        pub redirect_port: Option<u16>,
+        #[serde(default)]
+        pub hsts: Vec<Hsts>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Hsts {
+        pub host: String,
+        pub max_age: Option<String>,
+        #[serde(default)]
+        pub include_subdomains: bool,
     }
 
     #[derive(Debug, Deserialize)]
@@ -149,7 +163,27 @@ pub struct TlsSettings {
     pub fallback_to_default: bool,
     /// Certificate and key files, watched for changes.
     pub files: Vec<std::path::PathBuf>,
+    /// Answer plain-HTTP requests with a 308 to HTTPS.
+    pub redirect_http: bool,
+    /// Path prefixes that stay plain (ACME HTTP-01 challenges).
+    pub plain_paths: Vec<String>,
+    /// Port in redirect locations (default: the `listen.https` port).
+    pub redirect_port: Option<u16>,
+    pub hsts: Vec<HstsRule>,
 }
+
+/// `Strict-Transport-Security` for HTTPS responses to matching hosts.
+#[derive(Debug, Clone)]
+pub struct HstsRule {
+    pub host: HostPattern,
+    pub max_age: Duration,
+    pub include_subdomains: bool,
+}
+
+/// Paths that stay plain HTTP by default: ACME HTTP-01 challenges.
+pub const DEFAULT_PLAIN_PATHS: &[&str] = &["/.well-known/acme-challenge/"];
+/// HSTS max-age when a rule sets none: one year.
+pub const DEFAULT_HSTS_MAX_AGE: Duration = Duration::from_secs(365 * 24 * 3600);
 
 #[derive(Debug, Clone)]
 pub struct Cluster {
@@ -391,10 +425,50 @@ fn validate_tls(
             Err(e) => problems.push(format!("tls.certificates[{i}]: {e}")),
         }
     }
+    let plain_paths = raw
+        .plain_paths
+        .unwrap_or_else(|| DEFAULT_PLAIN_PATHS.iter().map(|p| p.to_string()).collect());
+    for (i, p) in plain_paths.iter().enumerate() {
+        if !p.starts_with('/') {
+            problems.push(format!("tls.plain_paths[{i}]: {p:?} must start with '/'"));
+        }
+    }
+    let mut hsts = Vec::new();
+    for (i, h) in raw.hsts.iter().enumerate() {
+        let max_age = duration(
+            &h.max_age,
+            &format!("tls.hsts[{i}].max_age"),
+            DEFAULT_HSTS_MAX_AGE,
+            problems,
+        );
+        match parse_host_pattern(&h.host) {
+            Some(host) => hsts.push(HstsRule { host, max_age, include_subdomains: h.include_subdomains }),
+            None => problems.push(format!(
+                "tls.hsts[{i}].host: {:?} is not a valid host pattern (expected app.example.com or *.example.com)",
+                h.host
+            )),
+        }
+    }
     TlsSettings {
         certificates,
         fallback_to_default,
         files,
+        redirect_http: raw.redirect_http.unwrap_or(true),
+        plain_paths,
+        redirect_port: raw.redirect_port,
+        hsts,
+    }
+}
+
+/// `app.example.com` or `*.example.com` (lowercased); `None` if invalid.
+fn parse_host_pattern(text: &str) -> Option<HostPattern> {
+    let host = text.trim().trim_end_matches('.').to_ascii_lowercase();
+    match host.strip_prefix("*.") {
+        Some(suffix) if is_hostname(suffix) && suffix.contains('.') => {
+            Some(HostPattern::Wildcard(suffix.to_string()))
+        }
+        None if is_hostname(&host) => Some(HostPattern::Exact(host)),
+        _ => None,
     }
 }
 
@@ -408,20 +482,14 @@ fn validate_routes(
     for (i, r) in raw.into_iter().enumerate() {
         let path_of = |field: &str| format!("routes[{i}].{field}");
         let host_text = r.host.trim().trim_end_matches('.').to_ascii_lowercase();
-        let host = match host_text.strip_prefix("*.") {
-            Some(suffix) if is_hostname(suffix) && suffix.contains('.') => {
-                Some(HostPattern::Wildcard(suffix.to_string()))
-            }
-            None if is_hostname(&host_text) => Some(HostPattern::Exact(host_text.clone())),
-            _ => {
-                problems.push(format!(
-                    "{}: {:?} is not a valid host pattern (expected app.example.com or *.example.com)",
-                    path_of("host"),
-                    r.host
-                ));
-                None
-            }
-        };
+        let host = parse_host_pattern(&r.host);
+        if host.is_none() {
+            problems.push(format!(
+                "{}: {:?} is not a valid host pattern (expected app.example.com or *.example.com)",
+                path_of("host"),
+                r.host
+            ));
+        }
         let path = r.path.unwrap_or_else(|| "/".into());
         if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
             problems.push(format!(

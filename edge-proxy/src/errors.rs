@@ -1,4 +1,5 @@
-//! Errors become HTTP responses here and nowhere else.
+//! Errors become HTTP responses here and nowhere else (and so does the one
+//! other response the edge writes itself: the redirect to HTTPS).
 //!
 //! Every error response has the same JSON shape
 //! `{"error":{"code":"…","message":"…","request_id":"…"}}` and carries
@@ -175,6 +176,17 @@ pub async fn respond(session: &mut Session, failure: &Failure, request_id: &str)
         return 0;
     }
     status
+}
+
+/// Writes a 308 Permanent Redirect to `location`.
+pub async fn redirect(session: &mut Session, location: &str, request_id: &str) {
+    let Ok(mut header) = ResponseHeader::build(308, Some(4)) else {
+        return;
+    };
+    let _ = header.insert_header("location", location);
+    let _ = header.insert_header("content-length", "0");
+    let _ = header.insert_header("x-request-id", request_id);
+    let _ = session.write_response_header(Box::new(header), true).await;
 }
 
 #[cfg(test)]

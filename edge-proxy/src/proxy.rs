@@ -15,6 +15,8 @@ use tracing::info;
 use crate::config::EdgeConfig;
 use crate::connector::TunnelConnector;
 use crate::errors::{self, Failure};
+use crate::https;
+use crate::preview::normalize_host;
 use crate::registry::TunnelRegistry;
 use crate::route::{self, Target};
 
@@ -23,6 +25,8 @@ pub struct EdgeProxy {
     pub registry: Arc<TunnelRegistry>,
     /// Requests (and upgraded connections) in progress.
     pub in_flight: Arc<AtomicUsize>,
+    /// The bound HTTPS port, for redirects (`None`: no HTTPS listener).
+    pub https_port: Option<u16>,
 }
 
 /// What earlier phases learned about a request.
@@ -50,6 +54,11 @@ impl Drop for InFlight {
     }
 }
 
+/// Whether the visitor's connection is TLS.
+fn is_tls(session: &Session) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
+}
+
 pub fn new_request_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
@@ -69,7 +78,19 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        match route::resolve(session.req_header(), &self.config.load(), &self.registry) {
+        let config = self.config.load();
+        if !is_tls(session) {
+            let req = session.req_header();
+            let host = route::host(req).and_then(|h| normalize_host(h).ok());
+            let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            if let Some(location) =
+                host.and_then(|h| https::redirect_location(&config, self.https_port, &h, path))
+            {
+                errors::redirect(session, &location, &ctx.request_id).await;
+                return Ok(true);
+            }
+        }
+        match route::resolve(session.req_header(), &config, &self.registry) {
             Ok(target) => {
                 ctx.target = Some(target);
                 Ok(false)
@@ -122,8 +143,8 @@ impl ProxyHttp for EdgeProxy {
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
             request.insert_header("x-forwarded-for", addr.ip().to_string())?;
         }
-        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        request.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+        let proto = if is_tls(session) { "https" } else { "http" };
+        request.insert_header("x-forwarded-proto", proto)?;
         if let Some(host) = route::host(session.req_header()).map(str::to_owned) {
             request.insert_header("x-forwarded-host", host)?;
         }
@@ -132,11 +153,17 @@ impl ProxyHttp for EdgeProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         response.insert_header("x-request-id", &ctx.request_id)?;
+        if is_tls(session) {
+            let host = route::host(session.req_header()).and_then(|h| normalize_host(h).ok());
+            if let Some(value) = host.and_then(|h| https::hsts(&self.config.load(), &h)) {
+                response.insert_header("strict-transport-security", value)?;
+            }
+        }
         Ok(())
     }
 

@@ -18,6 +18,16 @@ pub enum HostPattern {
     Wildcard(String),
 }
 
+impl HostPattern {
+    /// Whether `host` (lowercase, no port) matches.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => h == host,
+            HostPattern::Wildcard(parent) => host.split_once('.').is_some_and(|(_, p)| p == parent),
+        }
+    }
+}
+
 /// One validated routing rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteRule {

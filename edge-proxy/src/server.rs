@@ -157,6 +157,10 @@ impl Edge {
             config: self.config.clone(),
             registry: self.registry.clone(),
             in_flight: in_flight.clone(),
+            https_port: https
+                .as_ref()
+                .and_then(|l| l.local_addr().ok())
+                .map(|a| a.port()),
         };
         let app = Arc::new(pingora_proxy::http_proxy(&conf, proxy));
         let (stop_http_tx, stop_http_rx) = watch::channel(false);
