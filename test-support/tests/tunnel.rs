@@ -626,22 +626,24 @@ async fn a_stalled_tunnel_times_out_new_requests_instead_of_hanging() {
     proxy.resume();
 }
 
+/// GETs `url` in the background; resolves to the body.
+fn get_in_background(url: String) -> tokio::task::JoinHandle<String> {
+    tokio::spawn(async move {
+        client()
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    })
+}
+
 #[tokio::test]
 async fn graceful_sidecar_shutdown_lets_in_flight_requests_finish() {
     let (edge, _upstream, sidecar) = stack().await;
-    let request = tokio::spawn({
-        let url = edge.url("hello", 8080, DEFAULT_ENV, "/slow?ms=700");
-        async move {
-            client()
-                .get(url)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-        }
-    });
+    let request = get_in_background(edge.url("hello", 8080, DEFAULT_ENV, "/slow?ms=700"));
     tokio::time::sleep(Duration::from_millis(200)).await;
     sidecar.begin_stop();
     assert_eq!(request.await.unwrap(), "slow but here\n");
@@ -658,19 +660,7 @@ async fn edge_shutdown_finishes_requests_in_flight_and_drops_idle_connections() 
         .bytes()
         .await
         .unwrap();
-    let slow = tokio::spawn({
-        let url = edge.url("hello", 8080, DEFAULT_ENV, "/slow?ms=800");
-        async move {
-            client()
-                .get(url)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-        }
-    });
+    let slow = get_in_background(edge.url("hello", 8080, DEFAULT_ENV, "/slow?ms=800"));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
     edge.stop().await;
