@@ -41,6 +41,8 @@ pub mod raw {
         pub routes: Vec<Route>,
         pub tls: Option<Tls>,
         #[serde(default)]
+        pub forwarding: Forwarding,
+        #[serde(default)]
         pub tunnel: Tunnel,
         #[serde(default)]
         pub upstream: Upstream,
@@ -65,6 +67,13 @@ pub mod raw {
         pub redirect_port: Option<u16>,
         #[serde(default)]
         pub hsts: Vec<Hsts>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Forwarding {
+        #[serde(default)]
+        pub trusted_proxies: Vec<String>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -151,6 +160,8 @@ pub struct EdgeConfig {
     pub clusters: Vec<Cluster>,
     /// Custom-domain rules, tried before preview URLs.
     pub routes: RouteTable,
+    /// Clients whose forwarding headers and request ids are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub tunnel: TunnelSettings,
     pub upstream: UpstreamSettings,
 }
@@ -322,6 +333,18 @@ fn validate(raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<String>> 
     }
 
     let routes = validate_routes(raw.routes, &owner_of_env, &mut problems);
+    let mut trusted_proxies = Vec::new();
+    for (i, cidr) in raw.forwarding.trusted_proxies.iter().enumerate() {
+        let parsed = cidr
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| cidr.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(net) => trusted_proxies.push(net),
+            Err(_) => problems.push(format!(
+                "forwarding.trusted_proxies[{i}]: {cidr:?} is not an IP address or CIDR (e.g. 10.0.0.0/8)"
+            )),
+        }
+    }
 
     let idle_streams = raw.tunnel.idle_streams.unwrap_or(DEFAULT_IDLE_STREAMS);
     if !(1..=1024).contains(&idle_streams) {
@@ -376,6 +399,7 @@ fn validate(raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<String>> 
         public_url: raw.preview.public_url,
         clusters,
         routes,
+        trusted_proxies,
         tunnel,
         upstream,
     })
@@ -676,6 +700,28 @@ tunnel:
         assert_eq!(rule.target.service, "web");
         assert_eq!(rule.read_timeout, Some(Duration::from_secs(5)));
         assert_eq!(rule.upstream_path("/api/v1"), "/v1");
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_cidrs() {
+        let ok =
+            format!("{GOOD}forwarding:\n  trusted_proxies: [10.0.0.0/8, 192.168.1.1, '::1']\n");
+        assert_eq!(
+            EdgeConfig::parse(&ok, "edge.yaml")
+                .unwrap()
+                .trusted_proxies
+                .len(),
+            3
+        );
+        let bad = format!("{GOOD}forwarding:\n  trusted_proxies: [10.0.0.0/33, lan]\n");
+        let err = EdgeConfig::parse(&bad, "edge.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("forwarding.trusted_proxies[0]")
+                && err.contains("forwarding.trusted_proxies[1]"),
+            "{err}"
+        );
     }
 
     #[test]

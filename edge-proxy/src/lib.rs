@@ -14,6 +14,7 @@
 //! - [`reload`]: config hot reload (file changes, SIGHUP).
 //! - [`tunnel_service`]: the gRPC service sidecars dial.
 //! - [`errors`]: the one place errors become HTTP responses.
+//! - [`forwarding`]: `X-Forwarded-*`, `Forwarded`, request ids, `traceparent`.
 //! - [`https`]: HTTP→HTTPS redirects and HSTS.
 //! - [`server`]: wires listeners, runtime and shutdown.
 //! - [`tls`]: visitor TLS, certificates chosen by SNI.
@@ -22,6 +23,7 @@
 pub mod config;
 pub mod connector;
 pub mod errors;
+pub mod forwarding;
 pub mod https;
 pub mod preview;
 pub mod proxy;

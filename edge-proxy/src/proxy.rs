@@ -15,6 +15,7 @@ use tracing::info;
 use crate::config::EdgeConfig;
 use crate::connector::TunnelConnector;
 use crate::errors::{self, Failure};
+use crate::forwarding;
 use crate::https;
 use crate::preview::normalize_host;
 use crate::registry::TunnelRegistry;
@@ -35,6 +36,8 @@ pub struct RequestCtx {
     pub target: Option<Target>,
     pub failure: Option<Failure>,
     pub started: Instant,
+    /// The client is a trusted proxy (its forwarding headers are kept).
+    pub trusted_hop: bool,
     _in_flight: InFlight,
 }
 
@@ -52,6 +55,13 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
 }
 
 /// Whether the visitor's connection is TLS.
@@ -73,12 +83,20 @@ impl ProxyHttp for EdgeProxy {
             target: None,
             failure: None,
             started: Instant::now(),
+            trusted_hop: false,
             _in_flight: InFlight::new(&self.in_flight),
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let config = self.config.load();
+        ctx.trusted_hop = client_ip(session)
+            .is_some_and(|ip| config.trusted_proxies.iter().any(|n| n.contains(&ip)));
+        if let Some(id) =
+            forwarding::trusted_request_id(&session.req_header().headers, ctx.trusted_hop)
+        {
+            ctx.request_id = id;
+        }
         if !is_tls(session) {
             let req = session.req_header();
             let host = route::host(req).and_then(|h| normalize_host(h).ok());
@@ -140,13 +158,14 @@ impl ProxyHttp for EdgeProxy {
                 .map_err(|_| Error::new(ErrorType::InvalidHTTPHeader))?;
             request.set_uri(uri);
         }
-        if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
-            request.insert_header("x-forwarded-for", addr.ip().to_string())?;
-        }
-        let proto = if is_tls(session) { "https" } else { "http" };
-        request.insert_header("x-forwarded-proto", proto)?;
-        if let Some(host) = route::host(session.req_header()).map(str::to_owned) {
-            request.insert_header("x-forwarded-host", host)?;
+        let hop = forwarding::Hop {
+            client_ip: client_ip(session),
+            trusted: ctx.trusted_hop,
+            tls: is_tls(session),
+            host: route::host(session.req_header()),
+        };
+        for (name, value) in forwarding::headers(&hop, &session.req_header().headers) {
+            request.insert_header(name, value)?;
         }
         Ok(())
     }

@@ -672,3 +672,75 @@ async fn edge_shutdown_finishes_requests_in_flight_and_drops_idle_connections() 
     assert_eq!(slow.await.unwrap(), "slow but here\n");
     drop(idle);
 }
+
+async fn headers_seen(edge: &TestEdge, sent: &[(&str, &str)]) -> (serde_json::Value, String) {
+    let mut request = client().get(edge.url("hello", 8080, DEFAULT_ENV, "/headers"));
+    for (k, v) in sent {
+        request = request.header(*k, *v);
+    }
+    let resp = request.send().await.unwrap();
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    (resp.json().await.unwrap(), id)
+}
+
+const FORGED: &[(&str, &str)] = &[
+    ("x-forwarded-for", "6.6.6.6"),
+    ("forwarded", "for=6.6.6.6"),
+    ("x-request-id", "upstream-hop-42"),
+    (
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    ),
+];
+
+#[tokio::test]
+async fn untrusted_visitors_cannot_forge_forwarding_headers() {
+    let (edge, _upstream, _sidecar) = stack().await;
+    let (seen, id) = headers_seen(&edge, FORGED).await;
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    assert!(
+        seen["forwarded"]
+            .as_str()
+            .unwrap()
+            .starts_with("for=127.0.0.1;proto=http;host="),
+        "{seen}"
+    );
+    assert_ne!(id, "upstream-hop-42");
+    assert_eq!(seen["x-request-id"], id.as_str());
+    // Trace context is propagated from anyone.
+    assert_eq!(seen["traceparent"], FORGED[3].1);
+    assert_eq!(
+        seen["x-forwarded-port"],
+        edge.http_addr.port().to_string().as_str()
+    );
+}
+
+#[tokio::test]
+async fn trusted_proxies_keep_their_forwarding_headers_and_request_id() {
+    let edge = TestEdge::builder()
+        .set("forwarding", "trusted_proxies: [127.0.0.0/8]")
+        .start()
+        .await;
+    let upstream = TestUpstream::start().await;
+    let _sidecar = TestSidecar::builder(&edge)
+        .target("hello", 8080, upstream.addr)
+        .start()
+        .await;
+    let (seen, id) = headers_seen(&edge, FORGED).await;
+    assert_eq!(seen["x-forwarded-for"], "6.6.6.6, 127.0.0.1");
+    assert!(
+        seen["forwarded"]
+            .as_str()
+            .unwrap()
+            .starts_with("for=6.6.6.6, for=127.0.0.1;"),
+        "{seen}"
+    );
+    assert_eq!(id, "upstream-hop-42");
+    assert_eq!(seen["x-request-id"], "upstream-hop-42");
+    // Without a traceparent, a trace is started.
+    let (seen, _) = headers_seen(&edge, &[]).await;
+    assert!(
+        seen["traceparent"].as_str().unwrap().starts_with("00-"),
+        "{seen}"
+    );
+}
