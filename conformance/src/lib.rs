@@ -271,19 +271,37 @@ pub fn start_edge(dir: &Path, extra: &str) -> (Proc, u16, String) {
     start_edge_file(dir)
 }
 
-/// Starts the edge on an existing `dir/edge.yaml`.
-pub fn start_edge_file(dir: &Path) -> (Proc, u16, String) {
+/// Where a started edge listens, from its `edge-proxy listening …` line.
+pub struct Listening {
+    pub http_port: u16,
+    pub https_port: Option<u16>,
+    pub tunnel: String,
+}
+
+/// Starts the edge on an existing `dir/edge.yaml`; returns it and where it listens.
+pub fn start_edge_listening(dir: &Path) -> (Proc, Listening) {
     let path = dir.join("edge.yaml");
     let edge = Proc::spawn("edge-proxy", &["--config", path.to_str().unwrap()]);
     let line = edge.wait_line("edge-proxy listening", Duration::from_secs(10));
     let field = |key: &str| {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix(key))
-            .unwrap()
-            .to_string()
+            .map(str::to_string)
     };
-    let http_port = field("http=").rsplit_once(':').unwrap().1.parse().unwrap();
-    (edge, http_port, field("tunnel="))
+    let port = |addr: String| addr.rsplit_once(':').unwrap().1.parse().unwrap();
+    let listening = Listening {
+        http_port: port(field("http=").unwrap()),
+        https_port: field("https=").map(port),
+        tunnel: field("tunnel=").unwrap(),
+    };
+    (edge, listening)
+}
+
+/// Starts the edge on an existing `dir/edge.yaml`; returns it with its HTTP
+/// port and tunnel address.
+pub fn start_edge_file(dir: &Path) -> (Proc, u16, String) {
+    let (edge, l) = start_edge_listening(dir);
+    (edge, l.http_port, l.tunnel)
 }
 
 /// Runs curl; panics if it cannot start.

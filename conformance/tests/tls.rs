@@ -35,19 +35,9 @@ fn start(tls_extra: &str) -> TlsStack {
         edge_yaml_with(&format!("{TLS}{tls_extra}{ROUTE}"), true),
     )
     .unwrap();
-    let edge = Proc::spawn(
-        "edge-proxy",
-        &["--config", dir.path().join("edge.yaml").to_str().unwrap()],
-    );
-    let line = edge.wait_line("edge-proxy listening", Duration::from_secs(10));
-    let field = |key: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(key))
-            .unwrap()
-            .to_string()
-    };
-    let https_port = field("https=").rsplit_once(':').unwrap().1.parse().unwrap();
-    let http_port = field("http=").rsplit_once(':').unwrap().1.parse().unwrap();
+    let (edge, listening) = conformance::start_edge_listening(dir.path());
+    let https_port = listening.https_port.expect("an HTTPS listener");
+    let http_port = listening.http_port;
     let upstream = Proc::spawn("sample-upstream", &["--listen", "127.0.0.1:0"]);
     let addr =
         upstream.wait_line("listening ", Duration::from_secs(10))["listening ".len()..].to_string();
@@ -57,7 +47,7 @@ fn start(tls_extra: &str) -> TlsStack {
             "expose",
             &addr,
             "--edge",
-            &field("tunnel="),
+            &listening.tunnel,
             "--token",
             TOKEN,
             "--name",
