@@ -134,6 +134,32 @@ async fn websocket_client_through_the_edge() {
     ws.close(None).await.unwrap();
 }
 
+#[tokio::test]
+async fn a_quiet_websocket_outlives_the_read_timeout() {
+    let stack = Stack::start_with_edge_yaml("upstream:\n  read_timeout: 1s\n");
+    let url = stack.url("hello-8080", "/ws").replace("http://", "ws://");
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", stack.http_port))
+        .await
+        .unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("welcome"));
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    ws.send(Message::text("still here")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("still here")
+    );
+    // Plain requests keep the read timeout.
+    let out = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &stack.url("hello-8080", "/slow?ms=2500"),
+    ]);
+    assert_eq!(stdout(&out), "504");
+}
+
 #[test]
 fn laptop_mode_exposes_a_local_port() {
     let dir = tempfile::tempdir().unwrap();

@@ -274,3 +274,44 @@ fn hsts_on_https_responses_for_configured_hosts() {
         "{headers}"
     );
 }
+
+/// `openssl s_client` with SNI `name`: (handshake succeeded, subject of the
+/// certificate presented, negotiated ALPN).
+fn s_client(port: u16, name: &str, extra: &[&str]) -> (bool, String, String) {
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .args(["-servername", name, "-alpn", "h2,http/1.1"])
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl is installed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    let handshake = text.contains("Verify return code") && !text.contains("Cipher is (NONE)");
+    (handshake, field("subject="), field("ALPN protocol:"))
+}
+
+#[test]
+fn openssl_sees_the_certificate_sni_asks_for() {
+    let stack = start("");
+    let (ok, subject, alpn) = s_client(stack.https_port, PREVIEW, &[]);
+    assert!(ok && subject.contains("*.preview.localhost"), "{subject}");
+    assert_eq!(alpn, "h2");
+    let (ok, subject, _) = s_client(stack.https_port, "shop.example.test", &[]);
+    assert!(ok && subject.contains("shop.example.test"), "{subject}");
+    // TLS 1.1 is refused; 1.2 and 1.3 are spoken.
+    assert!(!s_client(stack.https_port, PREVIEW, &["-tls1_1"]).0);
+    assert!(s_client(stack.https_port, PREVIEW, &["-tls1_2"]).0);
+    // Unknown names: the default (first) certificate, or no handshake.
+    let (ok, subject, _) = s_client(stack.https_port, "unknown.example.test", &[]);
+    assert!(ok && subject.contains("*.preview.localhost"), "{subject}");
+    let refusing = start("  unknown_names: refuse\n");
+    let (ok, subject, _) = s_client(refusing.https_port, "unknown.example.test", &[]);
+    assert!(!ok && subject.is_empty(), "{subject}");
+}

@@ -12,6 +12,8 @@ use serde::Deserialize;
 use crate::preview::ServiceRef;
 use crate::routes::{HostPattern, RouteRule, RouteTable};
 use crate::token::TokenHash;
+use crate::upstream::{Protocol, TlsUpstream};
+use std::sync::Arc;
 
 /// Idle data streams each sidecar session keeps open by default.
 pub const DEFAULT_IDLE_STREAMS: u32 = tunnel_proto::transport::DEFAULT_IDLE_STREAMS;
@@ -23,6 +25,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long an idle upstream connection stays in the pool.
 pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a WebSocket or gRPC stream may stay silent.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Idle upstream connections kept, over all targets.
 pub const DEFAULT_KEEPALIVE_POOL_SIZE: usize = 1024;
 
@@ -54,6 +58,9 @@ pub mod raw {
         pub http: String,
         pub https: Option<String>,
         pub tunnel: String,
+        /// Accept HTTP/2 with prior knowledge on `http`.
+        #[serde(default)]
+        pub h2c: bool,
     }
 
     #[derive(Debug, Deserialize)]
@@ -120,6 +127,25 @@ pub mod raw {
         pub target: String,
         #[serde(default)]
         pub timeouts: RouteTimeouts,
+        pub upstream: Option<RouteUpstream>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RouteUpstream {
+        /// `http1`, `h2c` or `tls`.
+        pub protocol: String,
+        pub tls: Option<RouteTls>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RouteTls {
+        pub server_name: Option<String>,
+        /// PEM file of roots to trust instead of the system's.
+        pub ca: Option<String>,
+        #[serde(default)]
+        pub insecure_skip_verify: bool,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -142,6 +168,7 @@ pub mod raw {
         pub connect_timeout: Option<String>,
         pub read_timeout: Option<String>,
         pub idle_timeout: Option<String>,
+        pub stream_idle_timeout: Option<String>,
         pub keepalive_pool_size: Option<usize>,
     }
 }
@@ -150,6 +177,8 @@ pub mod raw {
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
     pub http_addr: SocketAddr,
+    /// HTTP/2 with prior knowledge on the plain listener.
+    pub h2c: bool,
     pub https_addr: Option<SocketAddr>,
     pub tls: Option<TlsSettings>,
     /// Things worth a warning that do not stop the config (expired certificates).
@@ -214,6 +243,9 @@ pub struct UpstreamSettings {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Read timeout of upgraded connections (WebSocket) and gRPC calls,
+    /// which may stay quiet for long.
+    pub stream_idle_timeout: Duration,
     pub keepalive_pool_size: usize,
 }
 
@@ -332,7 +364,7 @@ fn validate(raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<String>> 
         });
     }
 
-    let routes = validate_routes(raw.routes, &owner_of_env, &mut problems);
+    let routes = validate_routes(raw.routes, &owner_of_env, base, &mut problems);
     let mut trusted_proxies = Vec::new();
     for (i, cidr) in raw.forwarding.trusted_proxies.iter().enumerate() {
         let parsed = cidr
@@ -380,6 +412,12 @@ fn validate(raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<String>> 
             DEFAULT_UPSTREAM_IDLE_TIMEOUT,
             &mut problems,
         ),
+        stream_idle_timeout: duration(
+            &raw.upstream.stream_idle_timeout,
+            "upstream.stream_idle_timeout",
+            DEFAULT_STREAM_IDLE_TIMEOUT,
+            &mut problems,
+        ),
         keepalive_pool_size: raw
             .upstream
             .keepalive_pool_size
@@ -391,6 +429,7 @@ fn validate(raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<String>> 
     }
     Ok(EdgeConfig {
         http_addr: http_addr.expect("checked"),
+        h2c: raw.listen.h2c,
         https_addr,
         tls,
         warnings,
@@ -499,6 +538,7 @@ fn parse_host_pattern(text: &str) -> Option<HostPattern> {
 fn validate_routes(
     raw: Vec<raw::Route>,
     owner_of_env: &HashMap<String, String>,
+    base: &Path,
     problems: &mut Vec<String>,
 ) -> RouteTable {
     let mut rules = Vec::new();
@@ -559,6 +599,9 @@ fn validate_routes(
                 "routes[{i}]: never matches: routes[{j}] has the same host and path and comes first"
             ));
         }
+        let protocol = r.upstream.and_then(|u| {
+            validate_route_upstream(u, &path_of("upstream"), base, target.as_ref(), problems)
+        });
         if let (Some(host), Some(target)) = (host, target) {
             rules.push(RouteRule {
                 host,
@@ -567,10 +610,67 @@ fn validate_routes(
                 target,
                 connect_timeout,
                 read_timeout,
+                protocol,
             });
         }
     }
     RouteTable::new(rules)
+}
+
+/// A rule's `upstream:` section → the protocol it forces.
+fn validate_route_upstream(
+    raw: raw::RouteUpstream,
+    path: &str,
+    base: &Path,
+    target: Option<&ServiceRef>,
+    problems: &mut Vec<String>,
+) -> Option<Protocol> {
+    let protocol = match (raw.protocol.as_str(), raw.tls) {
+        ("http1", None) => Protocol::Http1,
+        ("h2c", None) => Protocol::H2c,
+        ("tls", tls) => {
+            let tls = tls.unwrap_or(raw::RouteTls {
+                server_name: None,
+                ca: None,
+                insecure_skip_verify: false,
+            });
+            let ca = match &tls.ca {
+                None => None,
+                Some(file) => {
+                    let file = base.join(file);
+                    match std::fs::read(&file)
+                        .map_err(|e| format!("cannot read {}: {e}", file.display()))
+                        .and_then(|pem| crate::upstream::parse_ca(&pem))
+                    {
+                        Ok(ca) => Some(ca),
+                        Err(e) => {
+                            problems.push(format!("{path}.tls.ca: {e}"));
+                            return None;
+                        }
+                    }
+                }
+            };
+            let server_name = tls
+                .server_name
+                .or_else(|| target.map(|t| t.service.clone()))?;
+            Protocol::Tls(Arc::new(TlsUpstream {
+                server_name,
+                ca,
+                verify: !tls.insecure_skip_verify,
+            }))
+        }
+        ("http1" | "h2c", Some(_)) => {
+            problems.push(format!("{path}.tls: only allowed with `protocol: tls`"));
+            return None;
+        }
+        (other, _) => {
+            problems.push(format!(
+                "{path}.protocol: {other:?} must be http1, h2c or tls"
+            ));
+            return None;
+        }
+    };
+    Some(protocol)
 }
 
 /// `environment/service:port` → the service it names.
@@ -700,6 +800,36 @@ tunnel:
         assert_eq!(rule.target.service, "web");
         assert_eq!(rule.read_timeout, Some(Duration::from_secs(5)));
         assert_eq!(rule.upstream_path("/api/v1"), "/v1");
+    }
+
+    #[test]
+    fn route_upstream_protocols_are_validated() {
+        let text = format!(
+            "{GOOD}routes:\n  - {{host: a.example.com, target: demo/grpc:50051, upstream: {{protocol: h2c}}}}\n  - {{host: b.example.com, target: demo/web:443, upstream: {{protocol: tls, tls: {{server_name: web.internal, insecure_skip_verify: true}}}}}}\n"
+        );
+        let c = EdgeConfig::parse(&text, "edge.yaml").unwrap();
+        let a = c.routes.resolve("a.example.com", "/").unwrap();
+        assert!(matches!(a.protocol, Some(Protocol::H2c)));
+        let b = c.routes.resolve("b.example.com", "/").unwrap();
+        let Some(Protocol::Tls(tls)) = &b.protocol else {
+            panic!("tls")
+        };
+        assert_eq!(tls.server_name, "web.internal");
+        assert!(!tls.verify);
+
+        let bad = format!(
+            "{GOOD}routes:\n  - {{host: a.example.com, target: demo/x:1, upstream: {{protocol: h3}}}}\n  - {{host: b.example.com, target: demo/x:1, upstream: {{protocol: h2c, tls: {{}}}}}}\n  - {{host: c.example.com, target: demo/x:1, upstream: {{protocol: tls, tls: {{ca: missing.pem}}}}}}\n"
+        );
+        let err = EdgeConfig::parse(&bad, "edge.yaml")
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "routes[0].upstream.protocol",
+            "routes[1].upstream.tls",
+            "routes[2].upstream.tls.ca",
+        ] {
+            assert!(err.contains(needle), "missing {needle} in {err}");
+        }
     }
 
     #[test]

@@ -50,6 +50,19 @@ impl ErrorKind {
         }
     }
 
+    /// The gRPC status for the same situation, as gRPC's HTTP-to-gRPC
+    /// mapping would derive it from [`Self::status`].
+    pub fn grpc_status(self) -> u32 {
+        match self {
+            Self::RouteNotFound => 12, // UNIMPLEMENTED
+            Self::TunnelUnavailable
+            | Self::UpstreamUnreachable
+            | Self::UpstreamError
+            | Self::UpstreamTimeout => 14, // UNAVAILABLE
+            Self::BadRequest | Self::Internal => 13, // INTERNAL
+        }
+    }
+
     fn default_message(self) -> &'static str {
         match self {
             Self::BadRequest => "the request is malformed",
@@ -151,8 +164,53 @@ pub fn body(failure: &Failure, request_id: &str) -> Bytes {
     Bytes::from(body.to_string())
 }
 
+/// Whether a request is a gRPC call: its errors are gRPC statuses, not JSON.
+pub fn is_grpc(req: &pingora_http::RequestHeader) -> bool {
+    req.headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// `grpc-message` text: percent-encoded as the gRPC spec asks.
+fn grpc_message(failure: &Failure, request_id: &str) -> String {
+    let text = format!(
+        "{}: {} (request id {request_id})",
+        failure.kind.code(),
+        failure.message
+    );
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Writes a gRPC "trailers-only" error: HTTP 200 with `grpc-status` and
+/// `grpc-message`, as gRPC clients expect from a proxy.
+async fn respond_grpc(session: &mut Session, failure: &Failure, request_id: &str) -> u16 {
+    let Ok(mut header) = ResponseHeader::build(200, Some(5)) else {
+        return 0;
+    };
+    let _ = header.insert_header("content-type", "application/grpc");
+    let _ = header.insert_header("grpc-status", failure.kind.grpc_status().to_string());
+    let _ = header.insert_header("grpc-message", grpc_message(failure, request_id));
+    let _ = header.insert_header("x-request-id", request_id);
+    session.set_keepalive(None);
+    match session.write_response_header(Box::new(header), true).await {
+        Ok(()) => 200,
+        Err(_) => 0,
+    }
+}
+
 /// Writes the error response. Returns the status written.
 pub async fn respond(session: &mut Session, failure: &Failure, request_id: &str) -> u16 {
+    if is_grpc(session.req_header()) {
+        return respond_grpc(session, failure, request_id).await;
+    }
     let status = failure.kind.status();
     let body = body(failure, request_id);
     let mut header = match ResponseHeader::build(status, Some(4)) {
@@ -200,6 +258,20 @@ mod tests {
         assert_eq!(v["error"]["code"], "ROUTE_NOT_FOUND");
         assert_eq!(v["error"]["request_id"], "abc");
         assert!(v["error"]["message"].as_str().unwrap().len() > 3);
+    }
+
+    #[test]
+    fn grpc_messages_are_percent_encoded() {
+        let failure = Failure {
+            kind: ErrorKind::TunnelUnavailable,
+            message: "100% gone\n".into(),
+        };
+        assert_eq!(
+            grpc_message(&failure, "r1"),
+            "TUNNEL_UNAVAILABLE: 100%25 gone%0A (request id r1)"
+        );
+        assert_eq!(ErrorKind::RouteNotFound.grpc_status(), 12);
+        assert_eq!(ErrorKind::UpstreamTimeout.grpc_status(), 14);
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! - [`server`]: wires listeners, runtime and shutdown.
 //! - [`tls`]: visitor TLS, certificates chosen by SNI.
 //! - [`token`]: sidecar token hashing.
+//! - [`upstream`]: how the edge speaks to a service (HTTP/1.1, h2c, TLS).
 
 pub mod config;
 pub mod connector;
@@ -35,6 +36,7 @@ pub mod server;
 pub mod tls;
 pub mod token;
 pub mod tunnel_service;
+pub mod upstream;
 
 pub use config::EdgeConfig;
 pub use server::{Edge, Listeners};

@@ -38,6 +38,9 @@ pub struct RequestCtx {
     pub started: Instant,
     /// The client is a trusted proxy (its forwarding headers are kept).
     pub trusted_hop: bool,
+    /// A WebSocket (or other upgrade) or a gRPC call: a long-lived stream
+    /// that may be quiet for a while.
+    pub long_lived: bool,
     _in_flight: InFlight,
 }
 
@@ -84,6 +87,7 @@ impl ProxyHttp for EdgeProxy {
             failure: None,
             started: Instant::now(),
             trusted_hop: false,
+            long_lived: false,
             _in_flight: InFlight::new(&self.in_flight),
         }
     }
@@ -97,6 +101,7 @@ impl ProxyHttp for EdgeProxy {
         {
             ctx.request_id = id;
         }
+        ctx.long_lived = session.is_upgrade_req() || errors::is_grpc(session.req_header());
         if !is_tls(session) {
             let req = session.req_header();
             let host = route::host(req).and_then(|h| normalize_host(h).ok());
@@ -123,16 +128,29 @@ impl ProxyHttp for EdgeProxy {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let target = ctx
             .target
             .as_ref()
             .ok_or_else(|| Error::new(ErrorType::InternalError))?;
-        let mut peer = HttpPeer::new(("127.0.0.1", target.service.port), false, String::new());
+        // The address is never dialed: the custom connector below opens a
+        // tunnel stream instead.
+        let mut peer = HttpPeer::new(
+            ("127.0.0.1", target.service.port),
+            target.protocol.is_tls(),
+            String::new(),
+        );
+        target
+            .protocol
+            .configure(&mut peer, session.is_upgrade_req());
         peer.group_key = target.pool_key();
-        peer.options.read_timeout = Some(target.read_timeout);
+        peer.options.read_timeout = Some(if ctx.long_lived {
+            target.stream_idle_timeout
+        } else {
+            target.read_timeout
+        });
         peer.options.idle_timeout = Some(target.idle_timeout);
         peer.options.custom_l4 = Some(Arc::new(TunnelConnector {
             session: target.session.clone(),

@@ -15,6 +15,7 @@ use tunnel_proto::{edge_message, EdgeMessage, StreamFrame, TunnelStats, WantStre
 
 use crate::preview::ServiceRef;
 use crate::token::TokenHash;
+use crate::upstream::Protocol;
 
 /// Edge → sidecar half of a data stream.
 pub type FrameSender = mpsc::Sender<Result<StreamFrame, Status>>;
@@ -41,7 +42,8 @@ pub struct Session {
     pub environment: String,
     pub sidecar_name: String,
     pub token: TokenHash,
-    routes: HashSet<(String, u16)>,
+    /// What the sidecar registered: service and port → protocol.
+    routes: HashMap<(String, u16), Protocol>,
     idle: Mutex<VecDeque<DataStream>>,
     idle_ready: Notify,
     idle_target: u32,
@@ -69,7 +71,7 @@ impl Session {
         environment: String,
         sidecar_name: String,
         token: TokenHash,
-        routes: HashSet<(String, u16)>,
+        routes: HashMap<(String, u16), Protocol>,
         idle_target: u32,
         control: mpsc::Sender<Result<EdgeMessage, Status>>,
     ) -> Self {
@@ -93,7 +95,12 @@ impl Session {
     }
 
     pub fn serves(&self, service: &str, port: u16) -> bool {
-        self.routes.contains(&(service.to_string(), port))
+        self.protocol(service, port).is_some()
+    }
+
+    /// How the sidecar said to speak to a service it registered.
+    pub fn protocol(&self, service: &str, port: u16) -> Option<&Protocol> {
+        self.routes.get(&(service.to_string(), port))
     }
 
     pub fn is_usable(&self) -> bool {
@@ -358,7 +365,10 @@ mod tests {
             env.into(),
             "s".into(),
             TokenHash::of("t"),
-            routes.iter().map(|(s, p)| (s.to_string(), *p)).collect(),
+            routes
+                .iter()
+                .map(|(s, p)| ((s.to_string(), *p), Protocol::Http1))
+                .collect(),
             4,
             tx,
         ))

@@ -11,6 +11,7 @@ use crate::config::EdgeConfig;
 use crate::errors::Failure;
 use crate::preview::{normalize_host, ServiceRef};
 use crate::registry::{Session, TunnelRegistry};
+use crate::upstream::Protocol;
 
 /// Where a request goes, with the settings in force when it arrived (a
 /// config reload never changes a request mid-flight).
@@ -24,6 +25,10 @@ pub struct Target {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Read timeout for upgraded connections and gRPC calls.
+    pub stream_idle_timeout: Duration,
+    /// How the edge speaks to the service.
+    pub protocol: Protocol,
 }
 
 impl Target {
@@ -52,26 +57,32 @@ pub fn resolve(
     let host = normalize_host(host(req).unwrap_or(""))?;
     let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let upstream = &config.upstream;
-    let (service, upstream_path, connect_timeout, read_timeout) =
-        match config.routes.resolve(&host, path) {
-            Some(rule) => {
-                let rewritten = rule.upstream_path(path);
-                (
-                    rule.target.clone(),
-                    (rewritten != path).then(|| rewritten.into_owned()),
-                    rule.connect_timeout.unwrap_or(upstream.connect_timeout),
-                    rule.read_timeout.unwrap_or(upstream.read_timeout),
-                )
-            }
-            None => (
-                ServiceRef::from_preview_host(&host, &config.preview_domains)?,
-                None,
-                upstream.connect_timeout,
-                upstream.read_timeout,
-            ),
-        };
+    let rule = config.routes.resolve(&host, path);
+    let (service, upstream_path, connect_timeout, read_timeout) = match rule {
+        Some(rule) => {
+            let rewritten = rule.upstream_path(path);
+            (
+                rule.target.clone(),
+                (rewritten != path).then(|| rewritten.into_owned()),
+                rule.connect_timeout.unwrap_or(upstream.connect_timeout),
+                rule.read_timeout.unwrap_or(upstream.read_timeout),
+            )
+        }
+        None => (
+            ServiceRef::from_preview_host(&host, &config.preview_domains)?,
+            None,
+            upstream.connect_timeout,
+            upstream.read_timeout,
+        ),
+    };
     let session = registry.route(&service)?;
+    let protocol = rule
+        .and_then(|r| r.protocol.clone())
+        .or_else(|| session.protocol(&service.service, service.port).cloned())
+        .unwrap_or_default();
     Ok(Target {
+        protocol,
+        stream_idle_timeout: upstream.stream_idle_timeout,
         service,
         session,
         upstream_path,

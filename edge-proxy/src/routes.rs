@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::preview::ServiceRef;
+use crate::upstream::Protocol;
 
 /// A host pattern: `app.example.com` or `*.example.com` (any subdomain of
 /// example.com, not example.com itself).
@@ -29,7 +30,7 @@ impl HostPattern {
 }
 
 /// One validated routing rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct RouteRule {
     pub host: HostPattern,
     /// Path prefix, matched on segment boundaries (`/api` matches `/api`
@@ -39,6 +40,8 @@ pub struct RouteRule {
     pub target: ServiceRef,
     pub connect_timeout: Option<Duration>,
     pub read_timeout: Option<Duration>,
+    /// Overrides the protocol the sidecar registered for the service.
+    pub protocol: Option<Protocol>,
 }
 
 impl RouteRule {
@@ -141,6 +144,7 @@ mod tests {
             },
             connect_timeout: None,
             read_timeout: None,
+            protocol: None,
         }
     }
 

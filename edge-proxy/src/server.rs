@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pingora_core::apps::ServerApp;
+use pingora_core::apps::{HttpServerOptions, ServerApp};
 use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::l4::listener::Listener;
 use pingora_core::protocols::IO;
@@ -162,7 +162,11 @@ impl Edge {
                 .and_then(|l| l.local_addr().ok())
                 .map(|a| a.port()),
         };
-        let app = Arc::new(pingora_proxy::http_proxy(&conf, proxy));
+        let mut app = pingora_proxy::http_proxy(&conf, proxy);
+        let mut options = HttpServerOptions::default();
+        options.h2c = self.config.load().h2c;
+        app.server_options = Some(options);
+        let app = Arc::new(app);
         let (stop_http_tx, stop_http_rx) = watch::channel(false);
         let stop_accepting = CancellationToken::new();
         let mut accept_loops = vec![tokio::spawn(accept_loop(
@@ -298,6 +302,9 @@ impl Reloader {
         }
         if old.upstream.keepalive_pool_size != new.upstream.keepalive_pool_size {
             warn!("upstream.keepalive_pool_size changed; it takes effect on restart");
+        }
+        if old.h2c != new.h2c {
+            warn!("listen.h2c changed in the config; it takes effect on restart");
         }
         if old.https_addr != new.https_addr {
             warn!("listen.https changed in the config; it takes effect on restart");

@@ -4,7 +4,7 @@
 //! its session alive; `Data` parks the streams a sidecar opens ahead of time
 //! in that session's pool.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use crate::config::{is_label, EdgeConfig};
 use crate::preview::ServiceRef;
 use crate::registry::{ClusterGrant, DataStream, Session, TunnelRegistry};
 use crate::token::{bearer, TokenHash};
+use crate::upstream::Protocol;
 
 /// How long a new control stream may take to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -80,9 +81,12 @@ impl TunnelService {
     }
 }
 
+/// A session's registered routes: service and port → how to speak to it.
+type Routes = HashMap<(String, u16), Protocol>;
+
 /// Checks a Hello against what the token allows; returns the environment
 /// and the routes.
-fn admit(hello: &Hello, grant: &ClusterGrant) -> Result<(String, HashSet<(String, u16)>), Status> {
+fn admit(hello: &Hello, grant: &ClusterGrant) -> Result<(String, Routes), Status> {
     if hello.protocol_version != PROTOCOL_VERSION {
         return Err(Status::failed_precondition(format!(
             "protocol version {} is not supported (this edge speaks version {PROTOCOL_VERSION})",
@@ -111,12 +115,16 @@ fn admit(hello: &Hello, grant: &ClusterGrant) -> Result<(String, HashSet<(String
             "at most {MAX_ROUTES} routes per session"
         )));
     }
-    let mut routes = HashSet::new();
+    let mut routes = HashMap::new();
     for r in &hello.routes {
         let port = u16::try_from(r.port).ok().filter(|p| *p > 0);
         match port {
             Some(port) if is_label(&r.service) => {
-                routes.insert((r.service.clone(), port));
+                let protocol = Protocol::from_registration(r.protocol, r.tls.as_ref(), &r.service)
+                    .map_err(|e| {
+                        Status::invalid_argument(format!("route {}:{}: {e}", r.service, r.port))
+                    })?;
+                routes.insert((r.service.clone(), port), protocol);
             }
             _ => {
                 return Err(Status::invalid_argument(format!(
@@ -304,6 +312,7 @@ mod tests {
                 .map(|(s, p)| Route {
                     service: s.to_string(),
                     port: *p,
+                    ..Default::default()
                 })
                 .collect(),
             ..Default::default()
@@ -314,7 +323,7 @@ mod tests {
     fn admits_the_tokens_environment() {
         let (env, routes) = admit(&hello("", &[("web", 80)]), &grant(&["demo"])).unwrap();
         assert_eq!(env, "demo");
-        assert!(routes.contains(&("web".to_string(), 80)));
+        assert!(routes.contains_key(&("web".to_string(), 80)));
         assert_eq!(admit(&hello("b", &[]), &grant(&["a", "b"])).unwrap().0, "b");
     }
 

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
+use tunnel_proto::{Route, UpstreamProtocol, UpstreamTls};
 
 /// Tunnel sessions (TCP connections) kept to the edge by default.
 pub const DEFAULT_CONNECTIONS: u32 = 2;
@@ -66,6 +67,18 @@ mod raw {
         pub service: String,
         pub port: u16,
         pub address: String,
+        /// `http1` (default), `h2c` or `tls`.
+        pub protocol: Option<String>,
+        pub tls: Option<TargetTls>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct TargetTls {
+        pub server_name: Option<String>,
+        pub ca_file: Option<String>,
+        #[serde(default)]
+        pub insecure_skip_verify: bool,
     }
 }
 
@@ -84,21 +97,74 @@ pub struct SidecarConfig {
     pub targets: Allowlist,
 }
 
+/// A service this sidecar may reach, as visitors name it, and how.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub service: String,
+    pub port: u16,
+    /// `host:port` the sidecar dials.
+    pub address: String,
+    /// How the edge speaks to the service (the sidecar only moves bytes).
+    pub protocol: UpstreamProtocol,
+    /// With [`UpstreamProtocol::Tls`]: how the edge checks the certificate.
+    pub tls: Option<UpstreamTls>,
+}
+
+impl Target {
+    /// A plain HTTP/1.1 service.
+    pub fn new(service: impl Into<String>, port: u16, address: impl Into<String>) -> Self {
+        Self {
+            service: service.into(),
+            port,
+            address: address.into(),
+            protocol: UpstreamProtocol::Http1,
+            tls: None,
+        }
+    }
+
+    /// The route registered with the edge.
+    pub fn route(&self) -> Route {
+        Route {
+            service: self.service.clone(),
+            port: self.port.into(),
+            protocol: self.protocol as i32,
+            tls: self.tls.clone(),
+        }
+    }
+}
+
+impl From<(String, u16, String)> for Target {
+    fn from((service, port, address): (String, u16, String)) -> Self {
+        Target::new(service, port, address)
+    }
+}
+
+/// `http1`, `h2c` or `tls`.
+pub fn parse_protocol(text: &str) -> Option<UpstreamProtocol> {
+    match text {
+        "http1" => Some(UpstreamProtocol::Http1),
+        "h2c" => Some(UpstreamProtocol::H2c),
+        "tls" => Some(UpstreamProtocol::Tls),
+        _ => None,
+    }
+}
+
 /// The only places this sidecar connects to: `(service, port)` → address.
 /// Whatever the edge asks, nothing else is dialed.
 #[derive(Debug, Clone, Default)]
 pub struct Allowlist {
-    targets: Vec<(String, u16, String)>,
+    targets: Vec<Target>,
     index: HashMap<(String, u16), usize>,
 }
 
 impl Allowlist {
-    pub fn new(targets: impl IntoIterator<Item = (String, u16, String)>) -> Self {
+    pub fn new(targets: impl IntoIterator<Item = impl Into<Target>>) -> Self {
         let mut list = Self::default();
-        for (service, port, address) in targets {
+        for target in targets {
+            let target = target.into();
             list.index
-                .insert((service.clone(), port), list.targets.len());
-            list.targets.push((service, port, address));
+                .insert((target.service.clone(), target.port), list.targets.len());
+            list.targets.push(target);
         }
         list
     }
@@ -106,11 +172,11 @@ impl Allowlist {
     pub fn resolve(&self, service: &str, port: u32) -> Option<&str> {
         let port = u16::try_from(port).ok()?;
         let i = *self.index.get(&(service.to_string(), port))?;
-        Some(&self.targets[i].2)
+        Some(&self.targets[i].address)
     }
 
-    pub fn routes(&self) -> impl Iterator<Item = (&str, u16)> {
-        self.targets.iter().map(|(s, p, _)| (s.as_str(), *p))
+    pub fn targets(&self) -> &[Target] {
+        &self.targets
     }
 }
 
@@ -189,6 +255,12 @@ fn validate(raw: raw::SidecarFile) -> Result<SidecarConfig, Vec<String>> {
             ));
         }
     }
+    let targets: Vec<Target> = raw
+        .targets
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| validate_target(i, t, &mut problems))
+        .collect();
     let connect_timeout = duration(
         &raw.connect_timeout,
         "connect_timeout",
@@ -226,12 +298,60 @@ fn validate(raw: raw::SidecarFile) -> Result<SidecarConfig, Vec<String>> {
         connect_timeout,
         reconnect_min,
         reconnect_max,
-        targets: Allowlist::new(
-            raw.targets
-                .into_iter()
-                .map(|t| (t.service, t.port, t.address)),
-        ),
+        targets: Allowlist::new(targets),
     })
+}
+
+/// The protocol and TLS settings of `targets[i]` (its name and address are
+/// checked by the caller).
+fn validate_target(i: usize, t: raw::Target, problems: &mut Vec<String>) -> Target {
+    let protocol = match t.protocol.as_deref().map(parse_protocol) {
+        None => UpstreamProtocol::Http1,
+        Some(Some(p)) => p,
+        Some(None) => {
+            problems.push(format!(
+                "targets[{i}].protocol: {:?} must be http1, h2c or tls",
+                t.protocol.unwrap_or_default()
+            ));
+            UpstreamProtocol::Http1
+        }
+    };
+    let tls = match (protocol, t.tls) {
+        (UpstreamProtocol::Tls, tls) => {
+            let tls = tls.unwrap_or(raw::TargetTls {
+                server_name: None,
+                ca_file: None,
+                insecure_skip_verify: false,
+            });
+            let host = t.address.rsplit_once(':').map(|(h, _)| h).unwrap_or("");
+            let ca_pem = match &tls.ca_file {
+                None => Default::default(),
+                Some(f) => std::fs::read(f).unwrap_or_else(|e| {
+                    problems.push(format!("targets[{i}].tls.ca_file: cannot read {f:?}: {e}"));
+                    Vec::new()
+                }),
+            };
+            Some(UpstreamTls {
+                server_name: tls.server_name.unwrap_or_else(|| host.to_string()),
+                ca_pem: ca_pem.into(),
+                insecure_skip_verify: tls.insecure_skip_verify,
+            })
+        }
+        (_, Some(_)) => {
+            problems.push(format!(
+                "targets[{i}].tls: only allowed with `protocol: tls`"
+            ));
+            None
+        }
+        (_, None) => None,
+    };
+    Target {
+        service: t.service,
+        port: t.port,
+        address: t.address,
+        protocol,
+        tls,
+    }
 }
 
 pub fn default_name() -> String {
@@ -261,6 +381,39 @@ mod tests {
         assert_eq!(c.targets.resolve("hello", 70000), None);
         assert_eq!(format!("{:?}", c.token), "***");
         assert_eq!(c.connections, DEFAULT_CONNECTIONS);
+        assert_eq!(c.targets.targets()[0].protocol, UpstreamProtocol::Http1);
+    }
+
+    #[test]
+    fn protocols_and_tls_settings() {
+        let text = GOOD.replace(
+            "    address: 127.0.0.1:9000\n",
+            "    address: api.svc:9000\n    protocol: tls\n    tls: { insecure_skip_verify: true }\n  - { service: grpc, port: 50051, address: 127.0.0.1:50051, protocol: h2c }\n",
+        );
+        let c = SidecarConfig::parse(&text, "s.yaml").unwrap();
+        let [tls, h2c] = c.targets.targets() else {
+            panic!("two targets")
+        };
+        assert_eq!(tls.protocol, UpstreamProtocol::Tls);
+        let settings = tls.tls.as_ref().unwrap();
+        assert_eq!(settings.server_name, "api.svc");
+        assert!(settings.insecure_skip_verify);
+        assert_eq!(h2c.route().protocol, UpstreamProtocol::H2c as i32);
+
+        let bad = GOOD.replace(
+            "    address: 127.0.0.1:9000\n",
+            "    address: 127.0.0.1:9000\n    protocol: h3\n  - { service: b, port: 1, address: b:1, tls: {} }\n  - { service: c, port: 1, address: c:1, protocol: tls, tls: { ca_file: /nonexistent.pem } }\n",
+        );
+        let err = SidecarConfig::parse(&bad, "s.yaml")
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "targets[0].protocol",
+            "targets[1].tls",
+            "targets[2].tls.ca_file",
+        ] {
+            assert!(err.contains(needle), "missing {needle} in {err}");
+        }
     }
 
     #[test]

@@ -1,7 +1,12 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use sidecar::config::{Allowlist, Secret, SidecarConfig};
+use sidecar::config::{Allowlist, Secret, SidecarConfig, Target};
+use tunnel_proto::{UpstreamProtocol, UpstreamTls};
+
+fn parse_protocol(text: &str) -> Result<UpstreamProtocol, String> {
+    sidecar::config::parse_protocol(text).ok_or_else(|| "expected http1, h2c or tls".into())
+}
 use sidecar::Sidecar;
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +46,10 @@ enum Command {
         /// Port in the URL (default: the local port).
         #[arg(long)]
         port: Option<u16>,
+        /// How the edge speaks to the service: http1, h2c (e.g. gRPC without
+        /// TLS) or tls (certificate checked against the edge's system roots).
+        #[arg(long, default_value = "http1", value_parser = parse_protocol)]
+        protocol: UpstreamProtocol,
     },
 }
 
@@ -66,7 +75,8 @@ fn main() -> anyhow::Result<()> {
             name,
             env,
             port,
-        } => expose_config(address, edge, token, name, env, port)?,
+            protocol,
+        } => expose_config(address, edge, token, name, env, port, protocol)?,
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -87,6 +97,7 @@ fn expose_config(
     name: String,
     env: Option<String>,
     url_port: Option<u16>,
+    protocol: UpstreamProtocol,
 ) -> anyhow::Result<SidecarConfig> {
     let address = if address.parse::<u16>().is_ok() {
         format!("127.0.0.1:{address}")
@@ -97,6 +108,15 @@ fn expose_config(
         .rsplit_once(':')
         .and_then(|(_, p)| p.parse().ok())
         .ok_or_else(|| anyhow::anyhow!("{address:?} is not host:port"))?;
+    let host = address.rsplit_once(':').map(|(h, _)| h.to_string());
+    let mut target = Target::new(name, url_port.unwrap_or(port), address);
+    target.protocol = protocol;
+    if protocol == UpstreamProtocol::Tls {
+        target.tls = Some(UpstreamTls {
+            server_name: host.unwrap_or_default(),
+            ..Default::default()
+        });
+    }
     let edge = if edge.contains("://") {
         edge
     } else {
@@ -111,7 +131,7 @@ fn expose_config(
         connect_timeout: sidecar::config::DEFAULT_CONNECT_TIMEOUT,
         reconnect_min: sidecar::config::DEFAULT_RECONNECT_MIN,
         reconnect_max: sidecar::config::DEFAULT_RECONNECT_MAX,
-        targets: Allowlist::new([(name, url_port.unwrap_or(port), address)]),
+        targets: Allowlist::new([target]),
     })
 }
 

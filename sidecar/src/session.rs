@@ -14,8 +14,8 @@ use tracing::{info, warn};
 use tunnel_proto::transport::*;
 use tunnel_proto::tunnel_client::TunnelClient;
 use tunnel_proto::{
-    edge_message, sidecar_message, Drain, EdgeMessage, Heartbeat, Hello, Route, SidecarMessage,
-    Welcome, CAPABILITIES, PROTOCOL_VERSION,
+    edge_message, sidecar_message, Drain, EdgeMessage, Heartbeat, Hello, SidecarMessage, Welcome,
+    CAPABILITIES, PROTOCOL_VERSION,
 };
 
 use crate::config::SidecarConfig;
@@ -100,14 +100,7 @@ pub async fn run(
         protocol_version: PROTOCOL_VERSION,
         capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
         environment: config.environment.clone(),
-        routes: config
-            .targets
-            .routes()
-            .map(|(service, port)| Route {
-                service: service.into(),
-                port: port.into(),
-            })
-            .collect(),
+        routes: config.targets.targets().iter().map(|t| t.route()).collect(),
         sidecar_name: config.name.clone(),
     };
     let _ = control

@@ -6,11 +6,15 @@
 //! - [`certs`]: a local CA and certificates (rcgen), for TLS tests and the demo.
 //! - [`fault`]: a fault-injecting TCP proxy (latency, bandwidth, stall, cut, reset).
 //! - [`pattern`]: deterministic payloads and their checksums.
+//! - [`grpc`]: a gRPC echo service (every call shape, errors, deadlines).
+//! - [`tls`]: TLS for the test servers.
 
 pub mod certs;
 pub mod fault;
+pub mod grpc;
 pub mod harness;
 pub mod pattern;
+pub mod tls;
 pub mod upstream;
 
 pub use fault::FaultProxy;

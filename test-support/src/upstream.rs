@@ -88,6 +88,17 @@ impl Drop for TestUpstream {
 
 /// Serves until `stop` is cancelled; cancelling also cuts open connections.
 pub async fn serve(listener: TcpListener, counters: Arc<Counters>, stop: CancellationToken) {
+    serve_with(listener, None, counters, stop).await
+}
+
+/// [`serve`], over TLS when `tls` is given (ALPN `http/1.1`).
+pub async fn serve_with(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    counters: Arc<Counters>,
+    stop: CancellationToken,
+) {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
         let (tcp, _) = tokio::select! {
             r = listener.accept() => match r { Ok(a) => a, Err(_) => continue },
@@ -97,19 +108,34 @@ pub async fn serve(listener: TcpListener, counters: Arc<Counters>, stop: Cancell
         counters.connections.fetch_add(1, Ordering::SeqCst);
         let counters = counters.clone();
         let stop = stop.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                counters.requests.fetch_add(1, Ordering::SeqCst);
-                handle(req, counters.clone())
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .with_upgrades();
-            tokio::select! {
-                _ = conn => {}
-                _ = stop.cancelled() => {}
+            match tls {
+                None => serve_connection(tcp, counters, stop).await,
+                Some(acceptor) => {
+                    if let Ok(tls) = acceptor.accept(tcp).await {
+                        serve_connection(tls, counters, stop).await
+                    }
+                }
             }
         });
+    }
+}
+
+async fn serve_connection<IO>(io: IO, counters: Arc<Counters>, stop: CancellationToken)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        counters.requests.fetch_add(1, Ordering::SeqCst);
+        handle(req, counters.clone())
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::select! {
+        _ = conn => {}
+        _ = stop.cancelled() => {}
     }
 }
 

@@ -1,0 +1,56 @@
+//! The gRPC echo service (`echo.v1.Echo`) as a process, for the conformance
+//! suite. Prints `listening <addr>` once bound, and `cancelled <n>` as
+//! calls are cancelled.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use test_support::grpc::{serve, EchoService, GrpcCounters};
+
+/// Prints `cancelled <n>` whenever calls are cancelled (the suite checks
+/// that deadlines and resets reach the service).
+async fn report_cancellations(counters: Arc<GrpcCounters>) {
+    let mut seen = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = counters.cancelled.load(Ordering::SeqCst);
+        if now != seen {
+            seen = now;
+            println!("cancelled {now}");
+        }
+    }
+}
+
+#[derive(Parser)]
+#[command(about = "gRPC echo service for the conformance suite (h2c, or TLS with ALPN h2)")]
+struct Cli {
+    /// Address to listen on (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    listen: String,
+    /// Serve TLS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let tls = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => Some(test_support::tls::server_config(cert, key, &["h2"])?),
+        _ => None,
+    };
+    let listener = tokio::net::TcpListener::bind(&cli.listen).await?;
+    println!("listening {}", listener.local_addr()?);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let service = EchoService::default();
+    tokio::spawn(report_cancellations(service.counters.clone()));
+    tokio::select! {
+        r = serve(listener, tls, service, stop.clone()) => r?,
+        _ = tokio::signal::ctrl_c() => stop.cancel(),
+    }
+    Ok(())
+}
