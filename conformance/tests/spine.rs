@@ -134,6 +134,58 @@ async fn websocket_client_through_the_edge() {
     ws.close(None).await.unwrap();
 }
 
+/// Reads from `stream` until `needle` has arrived; panics after 10 s.
+fn read_until(stream: &mut std::net::TcpStream, needle: &str) -> String {
+    use std::io::Read;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        let n = stream.read(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "waiting for {needle:?}: {e}; got {:?}",
+                String::from_utf8_lossy(&seen)
+            )
+        });
+        assert!(n > 0, "closed before {needle:?}");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[test]
+fn a_pausing_response_is_passed_on_not_held_back() {
+    use std::io::Write;
+    let stack = Stack::start();
+    let mut visitor = std::net::TcpStream::connect(("127.0.0.1", stack.http_port)).unwrap();
+    write!(
+        visitor,
+        "GET /hold?id=pause HTTP/1.1\r\nHost: hello-8080-demo.preview.localhost\r\n\r\n"
+    )
+    .unwrap();
+    // Head and first part arrive while the service still holds the rest.
+    let head = read_until(&mut visitor, "first\n");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("content-length: 13"),
+        "{head}"
+    );
+    let out = curl(&[&stack.url("hello-8080", "/release?id=pause")]);
+    assert_eq!(stdout(&out), "released\n");
+    read_until(&mut visitor, "second\n");
+}
+
+#[test]
+fn a_response_cut_by_a_timeout_is_cut_not_rewritten() {
+    let stack = Stack::start_with_edge_yaml("upstream:\n  read_timeout: 1s\n");
+    let out = curl(&[&stack.url("hello-8080", "/hold?id=never")]);
+    // curl: "transfer closed with outstanding read data remaining".
+    assert_eq!(out.status.code(), Some(18), "{out:?}");
+    assert_eq!(stdout(&out), "first\n");
+}
+
 #[tokio::test]
 async fn a_quiet_websocket_outlives_the_read_timeout() {
     let stack = Stack::start_with_edge_yaml("upstream:\n  read_timeout: 1s\n");

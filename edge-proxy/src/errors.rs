@@ -206,8 +206,14 @@ async fn respond_grpc(session: &mut Session, failure: &Failure, request_id: &str
     }
 }
 
-/// Writes the error response. Returns the status written.
+/// Writes the error response. Returns the status written. A response
+/// already under way is not touched: the connection closes (no keep-alive),
+/// so the visitor sees it cut short rather than an error spliced into it.
 pub async fn respond(session: &mut Session, failure: &Failure, request_id: &str) -> u16 {
+    if let Some(status) = session.response_written().map(|r| r.status.as_u16()) {
+        session.set_keepalive(None);
+        return status;
+    }
     if is_grpc(session.req_header()) {
         return respond_grpc(session, failure, request_id).await;
     }

@@ -9,12 +9,13 @@ use std::time::Duration;
 use pingora_core::apps::{HttpServerOptions, ServerApp};
 use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::l4::listener::Listener;
+use pingora_core::protocols::l4::stream::{L4BufferSettings, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora_core::protocols::IO;
 use pingora_core::server::configuration::ServerConf;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use tracing::{debug, info, warn};
 use tunnel_proto::transport::*;
 use tunnel_proto::tunnel_server::TunnelServer;
@@ -47,6 +48,9 @@ pub struct Listeners {
     pub https: Option<TcpListener>,
     pub tunnel: TcpListener,
 }
+
+/// Read buffer of a visitor's TLS connection: one full TLS record.
+const TLS_READ_BUFFER: usize = 16 * 1024 + 512;
 
 /// How long a visitor may take to complete the TLS handshake.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -137,15 +141,19 @@ impl Edge {
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-            .tcp_nodelay(true)
             .add_service(
                 TunnelServer::new(service)
                     .max_decoding_message_size(MAX_MESSAGE_SIZE)
                     .max_encoding_message_size(MAX_MESSAGE_SIZE),
             )
-            .serve_with_incoming_shutdown(TcpListenerStream::new(tunnel), async {
-                let _ = stop_tunnel_rx.await;
-            });
+            // Small frames of many streams share one TCP connection: Nagle's
+            // algorithm would hold each behind the previous one's ACK.
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(tunnel).with_nodelay(Some(true)),
+                async {
+                    let _ = stop_tunnel_rx.await;
+                },
+            );
         let grpc = tokio::spawn(grpc);
 
         let conf = Arc::new(ServerConf {
@@ -249,6 +257,12 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay();
+        // A response's header and body leave in one write; TLS reads whole
+        // records. Plain HTTP needs no read buffer (Pingora reads into its own).
+        stream.set_buffer(L4BufferSettings::new(
+            if tls.is_some() { TLS_READ_BUFFER } else { 0 },
+            DEFAULT_L4_WRITE_BUFFER_SIZE,
+        ));
         let app = app.clone();
         let shutdown = shutdown.clone();
         let tls = tls.clone();

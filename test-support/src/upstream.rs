@@ -8,6 +8,8 @@
 //! - `POST /echo` — the request body back, streamed
 //! - `GET /sse?n=3&interval_ms=200` — server-sent events, one per interval
 //! - `GET /slow?ms=500` — answers after a delay
+//! - `GET /hold?id=x` — `Content-Length: 13`: `first\n` at once, `second\n`
+//!   once `GET /release?id=x` is called
 //! - `GET /headers` — the request headers as JSON
 //! - `GET /stats` — `{"connections": …, "requests": …}`
 //! - `GET /ws` — WebSocket echo; says `welcome` first
@@ -37,6 +39,15 @@ type Body = BoxBody<Bytes, Infallible>;
 pub struct Counters {
     pub connections: AtomicU64,
     pub requests: AtomicU64,
+    /// Responses of `/hold` waiting for their `/release`, by id.
+    held: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
+}
+
+impl Counters {
+    fn hold(&self, id: &str) -> Arc<tokio::sync::Notify> {
+        let mut held = self.held.lock().unwrap();
+        held.entry(id.to_string()).or_default().clone()
+    }
 }
 
 /// A running sample upstream.
@@ -219,6 +230,26 @@ async fn handle(
                 }
             });
             resp
+        }
+        ("GET", "/hold") => {
+            // `Content-Length: 13`, `first\n` now, `second\n` on release.
+            let release = counters.hold(&query(&req, "id").unwrap_or_default());
+            let (tx, mut resp) = streaming(StatusCode::OK, "text/plain");
+            resp.headers_mut()
+                .insert("content-length", "13".parse().unwrap());
+            tokio::spawn(async move {
+                if tx.send(Bytes::from_static(b"first\n")).await.is_ok() {
+                    release.notified().await;
+                    let _ = tx.send(Bytes::from_static(b"second\n")).await;
+                }
+            });
+            resp
+        }
+        ("GET", "/release") => {
+            counters
+                .hold(&query(&req, "id").unwrap_or_default())
+                .notify_one();
+            full(StatusCode::OK, "text/plain", "released\n")
         }
         ("GET", "/sse") => {
             let n: u32 = query(&req, "n").and_then(|v| v.parse().ok()).unwrap_or(3);

@@ -625,7 +625,10 @@ impl Stream {
 
     /// Set the read and write buffer sizes
     /// It is only set later because of the malloc overhead in critical accept() path
-    pub(crate) fn set_buffer(&mut self, buffer: L4BufferSettings) {
+    // PATCH(edge-proxy): public, so an application running its own accept
+    // loop can buffer like Pingora's listeners do (otherwise every write of
+    // a response, header and body, is its own syscall).
+    pub fn set_buffer(&mut self, buffer: L4BufferSettings) {
         use std::mem;
         // Since the buffers can't be resized in place,
         // we take the raw stream out of them and put it in new buffers with the size we want

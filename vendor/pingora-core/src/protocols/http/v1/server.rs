@@ -1528,8 +1528,22 @@ impl HttpSession {
         if end_stream {
             // no-op if body wasn't initialized or is finished already
             self.finish_body().await.map_err(|e| e.into_down())?;
+        } else {
+            self.flush_partial_response().await?;
         }
         Ok(end_stream || self.body_writer.finished())
+    }
+
+    // PATCH(edge-proxy): what a batch of proxy tasks wrote leaves now. The
+    // write buffer coalesces a batch (header and body in one syscall), but
+    // must not hold a partial Content-Length response until more arrives:
+    // a proxied stream may pause for as long as it likes.
+    async fn flush_partial_response(&mut self) -> Result<()> {
+        self.underlying_stream
+            .flush()
+            .await
+            .or_err(WriteError, "flushing response")
+            .map_err(|e| e.into_down())
     }
 
     fn buffer_body_data(&mut self, data: Option<Bytes>, upgraded: bool) {
@@ -1591,6 +1605,8 @@ impl HttpSession {
         if end_stream {
             // no-op if body wasn't initialized or is finished already
             self.finish_body().await.map_err(|e| e.into_down())?;
+        } else {
+            self.flush_partial_response().await?;
         }
         Ok(end_stream || self.body_writer.finished())
     }
