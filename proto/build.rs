@@ -3,6 +3,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?);
     tonic_prost_build::configure()
         .bytes(".")
+        .codec_path("crate::codec::TunnelCodec")
         .compile_protos(&["proto/tunnel.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto/tunnel.proto");
     Ok(())

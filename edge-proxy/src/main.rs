@@ -4,6 +4,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use edge_proxy::{token::TokenHash, Edge, EdgeConfig};
 
+// Many small, short-lived allocations per request: mimalloc spends less
+// time on them than glibc's allocator (measured in scripts/bench).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The edge proxy: public front door for services behind sidecar tunnels.
 #[derive(Parser)]
 #[command(version, about)]
@@ -11,6 +16,12 @@ struct Cli {
     /// Edge configuration file (YAML).
     #[arg(long, short, global = true, default_value = "configs/edge.yaml")]
     config: PathBuf,
+    /// Worker threads. 1 (the default) runs everything on one thread: no
+    /// hand-offs between threads, the lowest latency and CPU per request
+    /// (one thread carries tens of thousands of requests/s). More threads
+    /// use more cores.
+    #[arg(long, global = true, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: u16,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -45,14 +56,25 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Run => run(&cli.config).map_err(|e| {
+        Command::Run => run(&cli.config, cli.threads).map_err(|e| {
             eprintln!("edge-proxy: {e:#}");
             std::process::exit(1)
         }),
     }
 }
 
-fn run(path: &std::path::Path) -> anyhow::Result<()> {
+fn runtime(threads: u16) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads.into());
+        b
+    };
+    builder.enable_all().build()
+}
+
+fn run(path: &std::path::Path, threads: u16) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -65,54 +87,51 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
             std::process::exit(1);
         }
     };
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(async {
-            // Handlers first: a signal that arrives once we are listening
-            // must shut down cleanly, not kill the process.
-            let shutdown = shutdown_signal()?;
-            let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-            let http = tokio::net::TcpListener::bind(config.http_addr)
-                .await
-                .with_context(|| format!("listen.http: cannot bind {}", config.http_addr))?;
-            let tunnel = tokio::net::TcpListener::bind(config.tunnel_addr)
-                .await
-                .with_context(|| format!("listen.tunnel: cannot bind {}", config.tunnel_addr))?;
-            let https = match config.https_addr {
-                Some(addr) => Some(
-                    tokio::net::TcpListener::bind(addr)
-                        .await
-                        .with_context(|| format!("listen.https: cannot bind {addr}"))?,
-                ),
-                None => None,
-            };
-            // One machine-readable line, for scripts and the conformance suite.
-            let https_text = match &https {
-                Some(l) => format!(" https={}", l.local_addr()?),
-                None => String::new(),
-            };
-            println!(
-                "edge-proxy listening http={}{https_text} tunnel={}",
-                http.local_addr()?,
-                tunnel.local_addr()?
-            );
-            let edge = Edge::new(config);
-            tokio::spawn(edge_proxy::reload::watch(
-                path.to_path_buf(),
-                edge.reloader(),
-                hangup,
-            ));
-            edge.serve(
-                edge_proxy::Listeners {
-                    http,
-                    https,
-                    tunnel,
-                },
-                shutdown,
-            )
+    runtime(threads)?.block_on(async {
+        // Handlers first: a signal that arrives once we are listening
+        // must shut down cleanly, not kill the process.
+        let shutdown = shutdown_signal()?;
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let http = tokio::net::TcpListener::bind(config.http_addr)
             .await
-        })
+            .with_context(|| format!("listen.http: cannot bind {}", config.http_addr))?;
+        let tunnel = tokio::net::TcpListener::bind(config.tunnel_addr)
+            .await
+            .with_context(|| format!("listen.tunnel: cannot bind {}", config.tunnel_addr))?;
+        let https = match config.https_addr {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("listen.https: cannot bind {addr}"))?,
+            ),
+            None => None,
+        };
+        // One machine-readable line, for scripts and the conformance suite.
+        let https_text = match &https {
+            Some(l) => format!(" https={}", l.local_addr()?),
+            None => String::new(),
+        };
+        println!(
+            "edge-proxy listening http={}{https_text} tunnel={}",
+            http.local_addr()?,
+            tunnel.local_addr()?
+        );
+        let edge = Edge::new(config);
+        tokio::spawn(edge_proxy::reload::watch(
+            path.to_path_buf(),
+            edge.reloader(),
+            hangup,
+        ));
+        edge.serve(
+            edge_proxy::Listeners {
+                http,
+                https,
+                tunnel,
+            },
+            shutdown,
+        )
+        .await
+    })
 }
 
 /// Resolves on SIGINT or SIGTERM; the handlers are installed on call.

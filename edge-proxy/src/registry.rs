@@ -5,7 +5,7 @@
 //! streams the sidecar opens ahead of time).
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -25,6 +25,9 @@ pub struct DataStream {
     pub to_sidecar: FrameSender,
     pub from_sidecar: Streaming<StreamFrame>,
 }
+
+/// Most idle streams a busy session is asked to keep open ahead.
+pub const MAX_IDLE_TARGET: u32 = 256;
 
 /// Why a visitor's request cannot be given a tunnel stream.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,7 +49,12 @@ pub struct Session {
     routes: HashMap<(String, u16), Protocol>,
     idle: Mutex<VecDeque<DataStream>>,
     idle_ready: Notify,
-    idle_target: u32,
+    /// Idle streams wanted now: starts at the configured floor, doubles
+    /// when a request had to wait for a stream, halves back when quiet.
+    idle_target: AtomicU32,
+    idle_floor: u32,
+    /// A request waited for a stream since the last [`Session::adapt_idle`].
+    starved: AtomicBool,
     want_pending: AtomicBool,
     draining: AtomicBool,
     closed: AtomicBool,
@@ -84,7 +92,9 @@ impl Session {
             routes,
             idle: Mutex::new(VecDeque::new()),
             idle_ready: Notify::new(),
-            idle_target,
+            idle_target: AtomicU32::new(idle_target),
+            idle_floor: idle_target,
+            starved: AtomicBool::new(false),
             want_pending: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -113,7 +123,28 @@ impl Session {
 
     /// Most idle streams a session may park at the edge.
     pub fn idle_limit(&self) -> usize {
-        (self.idle_target as usize * 4).max(64)
+        2 * MAX_IDLE_TARGET as usize
+    }
+
+    /// Idle streams this session is asked to keep now.
+    pub fn idle_target(&self) -> u32 {
+        self.idle_target.load(Ordering::Relaxed)
+    }
+
+    /// Called every heartbeat. A session whose requests waited for streams
+    /// (its target already doubled then, up to [`MAX_IDLE_TARGET`]) keeps
+    /// its target; a quiet one returns towards its floor and closes the idle
+    /// streams beyond twice its target, so idle tunnels stay cheap.
+    pub fn adapt_idle(&self) {
+        if self.starved.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let new = (self.idle_target() / 2).max(self.idle_floor);
+        self.idle_target.store(new, Ordering::Relaxed);
+        let mut idle = self.idle.lock().unwrap();
+        while idle.len() > 2 * new as usize {
+            idle.pop_back(); // dropped: the sidecar sees the stream end
+        }
     }
 
     /// Parks a stream the sidecar opened. False (and the stream dropped) if
@@ -149,6 +180,12 @@ impl Session {
             if self.closed.load(Ordering::Relaxed) {
                 return Err(TakeError::Closed);
             }
+            if !self.starved.swap(true, Ordering::Relaxed) {
+                // First wait since the last heartbeat: grow now, not later.
+                let target = self.idle_target();
+                self.idle_target
+                    .store((target * 2).min(MAX_IDLE_TARGET), Ordering::Relaxed);
+            }
             self.ask_for_streams();
             if tokio::time::timeout_at(deadline, ready).await.is_err() {
                 return Err(TakeError::Timeout);
@@ -164,9 +201,11 @@ impl Session {
                 break s;
             }
         };
-        // Running low: ask for a refill before the pool runs dry.
-        if idle.len() < (self.idle_target as usize / 2).max(1) {
-            drop(idle);
+        // Running low: ask for a refill before the pool runs dry (the
+        // sidecar also replaces each stream taken).
+        let left = idle.len();
+        drop(idle);
+        if left < (self.idle_target() as usize / 2).max(1) {
             self.ask_for_streams();
         }
         Some(stream)
@@ -176,9 +215,10 @@ impl Session {
         if self.want_pending.swap(true, Ordering::Relaxed) {
             return;
         }
+        let missing = (self.idle_target() as usize).saturating_sub(self.idle_count());
         let want = EdgeMessage {
             kind: Some(edge_message::Kind::WantStreams(WantStreams {
-                count: self.idle_target,
+                count: missing.max(1) as u32,
             })),
         };
         if self.control.try_send(Ok(want)).is_err() {
@@ -387,6 +427,38 @@ mod tests {
             known_environments: ["demo".to_string(), "idle".to_string()].into(),
             ..Default::default()
         })
+    }
+
+    #[tokio::test]
+    async fn busy_sessions_keep_more_streams_ahead_and_quiet_ones_fewer() {
+        let (tx, mut control) = mpsc::channel(4);
+        let s = Session::new(
+            "c".into(),
+            "demo".into(),
+            "s".into(),
+            TokenHash::of("t"),
+            Default::default(),
+            4,
+            tx,
+        );
+        // A request finds the pool empty: the target doubles and the
+        // sidecar is asked for the missing streams.
+        let taken = s.take_stream(Duration::from_millis(10)).await;
+        assert_eq!(taken.err(), Some(TakeError::Timeout));
+        assert_eq!(s.idle_target(), 8);
+        let want = control.try_recv().unwrap().unwrap();
+        assert!(matches!(
+            want.kind,
+            Some(edge_message::Kind::WantStreams(WantStreams { count: 8 }))
+        ));
+        // A heartbeat after the wait keeps the target; quiet ones halve it
+        // back to the configured floor, never below.
+        s.adapt_idle();
+        assert_eq!(s.idle_target(), 8);
+        s.adapt_idle();
+        assert_eq!(s.idle_target(), 4);
+        s.adapt_idle();
+        assert_eq!(s.idle_target(), 4);
     }
 
     #[test]

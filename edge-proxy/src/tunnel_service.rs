@@ -272,6 +272,7 @@ async fn run_session(
                 if let Some(stats) = hb.stats {
                     *session.last_stats.lock().unwrap() = stats;
                 }
+                session.adapt_idle();
                 let ack = edge_message::Kind::HeartbeatAck(HeartbeatAck {
                     sequence: hb.sequence,
                 });

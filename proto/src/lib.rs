@@ -11,6 +11,7 @@ pub mod v1 {
 
 pub use v1::*;
 
+pub mod codec;
 pub mod transport;
 
 /// The protocol version this build speaks.

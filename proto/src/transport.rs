@@ -27,5 +27,6 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Control-channel heartbeat interval the edge asks for.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
-/// Idle data streams a sidecar keeps open per session by default.
-pub const DEFAULT_IDLE_STREAMS: u32 = 16;
+/// Idle data streams a sidecar keeps open per session by default: few, so
+/// idle tunnels are cheap; the edge asks for more when requests wait.
+pub const DEFAULT_IDLE_STREAMS: u32 = 4;

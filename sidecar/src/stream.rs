@@ -154,10 +154,21 @@ pub async fn pipe(
 ) -> io::Result<()> {
     let (mut rd, mut wr) = tcp.into_split();
     let from_target = async {
-        let mut buf = BytesMut::with_capacity(CHUNK_SIZE);
+        let mut buf = BytesMut::new();
+        // Buffers start small (idle connections stay cheap) and grow to
+        // CHUNK_SIZE while reads fill them (bulk transfers).
+        let mut size = FIRST_READ_BUFFER;
         loop {
-            buf.reserve(CHUNK_SIZE);
+            // Small reads share one allocation: a new one only when little
+            // room is left (each read's bytes leave as `Bytes`).
+            if buf.capacity() - buf.len() < MIN_READ_ROOM {
+                buf = BytesMut::with_capacity(size);
+            }
+            let room = buf.capacity() - buf.len();
             let n = rd.read_buf(&mut buf).await?;
+            if n == room {
+                size = (size * 2).min(CHUNK_SIZE);
+            }
             if n == 0 {
                 let _ = tx.send(StreamFrame::fin()).await;
                 return Ok(());
@@ -219,6 +230,11 @@ pub async fn pipe(
     close_gracefully(tx, inbound).await;
     Ok(())
 }
+
+/// Below this much free room, a read gets a fresh buffer.
+const MIN_READ_ROOM: usize = 2 * 1024;
+/// A connection's first read buffer.
+const FIRST_READ_BUFFER: usize = 8 * 1024;
 
 /// How long a finished stream waits for the edge to close its side.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
