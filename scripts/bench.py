@@ -1,0 +1,1023 @@
+#!/usr/bin/env python3
+"""The benchmark of ../shared/PERF.md: our edge against direct, nginx and
+rathole, every row for every comparator in one run, on loopback.
+
+Run it through scripts/bench (which installs the tools and builds the
+binaries); this file only orchestrates. Standard library only.
+
+    scripts/bench            ~10 s per row, scale rows with 1,000 sidecars
+                             and 10,000 open connections
+    scripts/bench --quick    ~2 s per row, 20 sidecars / 200 connections
+                             (CI: proves the harness works; slow numbers
+                             never fail it, missing numbers do: any for a
+                             comparator, all of them for the edge)
+    scripts/bench --only latency,h2 --keep   a subset; keep configs and logs
+
+What runs (all on 127.0.0.1, ports picked free below 32768 or by the
+kernel, every process started here and stopped on exit or Ctrl-C):
+
+  upstream  nginx, 1 worker, `return 200` (24-byte body) on /, a sparse
+            file /big.bin for the bulk rows (sendfile), and the same over
+            TLS + HTTP/2 for the h2 row
+  direct    client -> upstream
+  nginx     client -> nginx reverse proxy (2 workers = cores, upstream
+            keepalive, HTTP/1.1, Connection "", no disk buffering) -> upstream
+  rathole   client -> rathole server -> rathole client -> upstream (TCP)
+  edge      client -> edge-proxy -> gRPC tunnel -> sidecar -> upstream,
+            Host hello-8080-bench.preview.localhost, sidecar defaults
+            (2 sessions)
+
+HTTP/2 row: h2load over TLS (ALPN h2, the dev-certs certificate) to the
+upstream's TLS port (direct), to nginx and to the edge, which terminate TLS
+and speak HTTP/1.1 onwards; rathole forwards the TLS bytes to the upstream's
+TLS port. Every request carries the same Host header. Load: wrk (HTTP/1.1), h2load
+(HTTP/2 over TLS), curl (bulk), bench-latency (one connection, every
+request timed), bench-delay (5 ms each way, for the 10 ms RTT row) and
+bench-scale (many sidecars and open connections against one edge), the
+last three from the bench/ crate.
+
+Output: one table on stdout, target/bench/bench.json and bench.md.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import random
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RELEASE_DIR = os.environ.get("RELEASE_DIR") or os.path.join(
+    os.environ.get("CARGO_TARGET_DIR") or os.path.expanduser("~/.cache/preview-edge/target"), "release")
+RATHOLE = os.environ.get("RATHOLE") or os.path.expanduser("~/.cache/preview-edge/tools/bin/rathole")
+
+COMPARATORS = ["direct", "nginx", "rathole", "edge"]
+ROW_KEYS = ["rps_c64", "rps_c1", "latency", "conn_rate", "bulk", "h2", "bulk_rtt", "scale"]
+HOST = "hello-8080-bench.preview.localhost"
+HOST_RTT = "hello-8080-benchrtt.preview.localhost"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+MIB = 1 << 20
+
+
+def log(msg):
+    sys.stderr.write(f"\033[1m==> {msg}\033[0m\n")
+    sys.stderr.flush()
+
+
+def note(msg):
+    sys.stderr.write(f"    {msg}\n")
+    sys.stderr.flush()
+
+
+class HarnessError(Exception):
+    pass
+
+
+# ------------------------------------------------------------------ processes
+
+class Processes:
+    """Everything this run starts, each in its own process group (so
+    Ctrl-C reaches only us, and stopping a group stops its children, e.g.
+    nginx workers or bench-scale's helpers)."""
+
+    def __init__(self, work):
+        self.work = work
+        self.running = []  # (name, Popen)
+
+    def start(self, name, argv, env=None, ready=None, timeout=20.0):
+        """Starts argv, logging to WORK/NAME.log; `ready(log_text)` returning
+        true (or a regex found in the log) means started."""
+        path = os.path.join(self.work, f"{name}.log")
+        out = open(path, "wb")
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=full_env, start_new_session=True)
+        out.close()
+        self.running.append((name, proc))
+        if ready is None:
+            return proc
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log_text(name)
+            ok = re.search(ready, text, re.M) if isinstance(ready, str) else ready(text)
+            if ok:
+                return proc
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise HarnessError(f"{name} did not start ({' '.join(argv)}):\n{self.log_text(name)[-3000:]}")
+
+    def log_text(self, name):
+        try:
+            with open(os.path.join(self.work, f"{name}.log"), "rb") as f:
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, proc):
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(timeout=5)
+        self.running = [(n, p) for n, p in self.running if p is not proc]
+
+    def stop_all(self, grace=10.0):
+        """TERM to every group at once, KILL to what is left after `grace`."""
+        procs = list(self.running)
+        for _, proc in procs:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + grace
+        for name, proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                if time.monotonic() > deadline - grace + 3:
+                    note(f"{name} took {time.monotonic() - deadline + grace:.1f} s to stop")
+                continue
+            except subprocess.TimeoutExpired:
+                note(f"{name} ignored SIGTERM for {grace:.0f} s; killing it")
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # the leader is still ours, so is its group
+                proc.wait(timeout=5)
+            except (ProcessLookupError, PermissionError, subprocess.TimeoutExpired) as e:
+                note(f"{name} (pid {proc.pid}): {e!r}")
+        self.running = []
+
+
+_used_ports = set()
+
+
+def free_port():
+    """A free TCP port on 127.0.0.1 below the ephemeral range."""
+    for _ in range(500):
+        port = random.randint(20000, 32000)
+        if port in _used_ports:
+            continue
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            s.close()
+        _used_ports.add(port)
+        return port
+    raise HarnessError("no free port found")
+
+
+def http_ok(addr, host=HOST, path="/", timeout=2.0):
+    """One plain GET; true on a 200."""
+    h, p = addr.rsplit(":", 1)
+    try:
+        with socket.create_connection((h, int(p)), timeout=timeout) as s:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            data = s.recv(64)
+            return data.startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+def wait_http(name, addr, host=HOST, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if http_ok(addr, host):
+            return
+        time.sleep(0.1)
+    raise HarnessError(f"{name}: no 200 from http://{addr}/ (Host {host}) within {timeout:.0f} s")
+
+
+def run(argv, timeout, check=True):
+    """Runs a load generator; returns its stdout (stderr appended)."""
+    try:
+        res = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        raise HarnessError(f"{argv[0]} ran over {timeout:.0f} s") from e
+    out = res.stdout.decode(errors="replace")
+    if check and res.returncode != 0:
+        raise HarnessError(f"{' '.join(argv)} exited {res.returncode}:\n{out[-2000:]}")
+    return out
+
+
+# ------------------------------------------------------------------ /proc
+
+def proc_children(pid):
+    kids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                kids.append(int(entry))
+        except (OSError, IndexError, ValueError):
+            continue
+    return kids
+
+
+def cpu_seconds(pids):
+    """utime + stime of the processes (all their threads, dead ones too)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / CLK_TCK
+
+
+def status_kib(pid, field):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+# ------------------------------------------------------------------ setup
+
+class Bench:
+    def __init__(self, args, work):
+        self.quick = args.quick
+        self.work = work
+        self.procs = Processes(work)
+        self.duration = 2 if args.quick else 10
+        self.bulk_bytes = (256 if args.quick else 1024) * MIB
+        self.scale_n = args.sidecars or (20 if args.quick else 1000)
+        self.scale_m = args.connections or (200 if args.quick else 10000)
+        self.token = f"bench-{random.getrandbits(64):016x}"
+        self.addr = {}     # comparator -> host:port (plain HTTP)
+        self.tls = {}      # comparator -> host:port (TLS, HTTP/2)
+        self.hop = {}      # comparator -> {label: pid}
+        self.warnings = []
+        self.only = set(args.only.split(",")) if args.only else None
+        # One build for the whole run, even if cargo replaces the binaries meanwhile.
+        bindir = os.path.join(work, "bin")
+        os.makedirs(bindir)
+        for name in ("edge-proxy", "sidecar", "dev-certs", "bench-latency", "bench-delay", "bench-scale"):
+            src = os.path.join(RELEASE_DIR, name)
+            if not os.path.exists(src):
+                raise HarnessError(f"{src} is missing: build with `cargo build --release --workspace --bins`")
+            shutil.copy2(src, bindir)
+        self.bin = lambda name: os.path.join(bindir, name)
+
+    def want(self, key):
+        return self.only is None or key in self.only
+
+    # -- upstream
+    def nginx_common(self, name):
+        d = os.path.join(self.work, name)
+        os.makedirs(os.path.join(d, "tmp"), exist_ok=True)
+        user = "user root;" if os.geteuid() == 0 else ""
+        temp = "\n".join(f"  {k}_temp_path {d}/tmp/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        return d, user, temp
+
+    def start_nginx(self, name, conf_text, d, ports):
+        conf = os.path.join(d, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(conf_text)
+        proc = self.procs.start(name, ["nginx", "-p", d, "-c", conf, "-e", os.path.join(d, "error.log")])
+        for port in ports:
+            deadline = time.monotonic() + 10
+            while not self._port_open(port):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    err = open(os.path.join(d, "error.log")).read() if os.path.exists(os.path.join(d, "error.log")) else ""
+                    raise HarnessError(f"{name} did not start:\n{self.procs.log_text(name)}\n{err}")
+                time.sleep(0.05)
+        return proc
+
+    @staticmethod
+    def _port_open(port):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return True
+        except OSError:
+            return False
+
+    def certs(self):
+        d = os.path.join(self.work, "certs")
+        run([self.bin("dev-certs"), d, "--name", "*.preview.localhost", "--name", "localhost"], timeout=30)
+        return os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+
+    def setup(self):
+        log("certificates, upstream")
+        self.cert, self.key = self.certs()
+        www = os.path.join(self.work, "www")
+        os.makedirs(www)
+        with open(os.path.join(www, "big.bin"), "wb") as f:
+            f.truncate(self.bulk_bytes)  # sparse: reads are zeros, no disk
+        d, user, temp = self.nginx_common("upstream")
+        up, up_tls = free_port(), free_port()
+        self.start_nginx("upstream", f"""# the upstream every comparator reaches
+daemon off;
+master_process on;
+worker_processes 1;
+{user}
+pid {d}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+{temp}
+  default_type application/octet-stream;
+  sendfile on;
+  tcp_nopush on;
+  tcp_nodelay on;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  ssl_certificate {self.cert};
+  ssl_certificate_key {self.key};
+  server {{
+    listen 127.0.0.1:{up} backlog=4096;
+    listen 127.0.0.1:{up_tls} ssl http2 backlog=4096;
+    root {www};
+    location = / {{ return 200 "Hello from the upstream\\n"; }}
+  }}
+}}
+""", d, [up, up_tls])
+        self.upstream = f"127.0.0.1:{up}"
+        self.upstream_tls = f"127.0.0.1:{up_tls}"
+        self.addr["direct"] = self.upstream
+        self.tls["direct"] = self.upstream_tls
+        self.hop["direct"] = {}
+        wait_http("upstream", self.upstream)
+
+        self.start_edge()
+        self.start_nginx_proxy()
+        self.start_rathole()
+        self.start_sidecar()
+
+    # -- nginx reverse proxy
+    def start_nginx_proxy(self):
+        log("nginx reverse proxy")
+        d, user, temp = self.nginx_common("nginx")
+        port, port_tls, port_rtt = free_port(), free_port(), free_port()
+        self.nginx_rtt_port = port_rtt
+        # bench-delay in front of the upstream, for the 10 ms RTT row: nginx
+        # -> delay -> upstream (the hop a proxy adds, like edge -> sidecar).
+        delay = self.start_delay("delay-nginx", self.upstream)
+        self.proc_nginx = self.start_nginx("nginx", f"""# nginx as a reverse proxy (the comparator)
+daemon off;
+master_process on;
+worker_processes {os.cpu_count() or 2};
+{user}
+pid {d}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+{temp}
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  proxy_http_version 1.1;
+  proxy_set_header Connection "";
+  proxy_max_temp_file_size 0;
+  ssl_certificate {self.cert};
+  ssl_certificate_key {self.key};
+  upstream up {{ server {self.upstream}; keepalive 256; keepalive_requests 10000000; }}
+  upstream up_delayed {{ server {delay}; keepalive 16; }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    listen 127.0.0.1:{port_tls} ssl http2 backlog=4096;
+    location / {{ proxy_pass http://up; }}
+  }}
+  server {{
+    listen 127.0.0.1:{port_rtt};
+    location / {{ proxy_pass http://up_delayed; }}
+  }}
+}}
+""", d, [port, port_tls, port_rtt])
+        self.addr["nginx"] = f"127.0.0.1:{port}"
+        self.tls["nginx"] = f"127.0.0.1:{port_tls}"
+        self.hop["nginx"] = {"nginx": self.proc_nginx.pid}
+        wait_http("nginx", self.addr["nginx"])
+
+    # -- rathole
+    def rathole_pair(self, name, services, via_delay=False):
+        """A rathole server + client; `services` maps service name to the
+        upstream address. Returns ({service: visitor address}, server proc,
+        client proc)."""
+        ctrl = free_port()
+        visitors = {svc: free_port() for svc in services}
+        d = os.path.join(self.work, name)
+        os.makedirs(d, exist_ok=True)
+        server = f'[server]\nbind_addr = "127.0.0.1:{ctrl}"\ndefault_token = "{self.token}"\n'
+        client_remote = f"127.0.0.1:{ctrl}"
+        if via_delay:
+            client_remote = self.start_delay(f"{name}-delay", client_remote)
+        client = f'[client]\nremote_addr = "{client_remote}"\ndefault_token = "{self.token}"\n'
+        for svc, target in services.items():
+            server += f'\n[server.services.{svc}]\nbind_addr = "127.0.0.1:{visitors[svc]}"\n'
+            client += f'\n[client.services.{svc}]\nlocal_addr = "{target}"\n'
+        for role, text in (("server", server), ("client", client)):
+            with open(os.path.join(d, f"{role}.toml"), "w") as f:
+                f.write(text)
+        srv = self.procs.start(f"{name}-server", [RATHOLE, "-s", os.path.join(d, "server.toml")],
+                               ready=r"Listening at")
+        cli = self.procs.start(f"{name}-client", [RATHOLE, "-c", os.path.join(d, "client.toml")],
+                               ready=lambda t: t.count("Control channel established") >= len(services))
+        addrs = {svc: f"127.0.0.1:{p}" for svc, p in visitors.items()}
+        for svc, addr in addrs.items():
+            if svc == "web":
+                wait_http(name, addr)
+        return addrs, srv, cli
+
+    def start_rathole(self):
+        log("rathole server + client")
+        addrs, srv, cli = self.rathole_pair("rathole", {"web": self.upstream, "webtls": self.upstream_tls})
+        self.addr["rathole"] = addrs["web"]
+        self.tls["rathole"] = addrs["webtls"]
+        self.hop["rathole"] = {"server": srv.pid, "client": cli.pid}
+
+    # -- edge + sidecar
+    def edge_config(self, path, environments, https=True):
+        token_hash = run([self.bin("edge-proxy"), "hash-token", self.token], timeout=10).strip()
+        envs = ", ".join(environments)
+        tls = ""
+        if https:
+            tls = f"""tls:
+  certificates:
+    - {{ cert: {self.cert}, key: {self.key} }}
+  redirect_http: false
+"""
+        listen = "{ http: 127.0.0.1:0, https: 127.0.0.1:0, tunnel: 127.0.0.1:0 }" if https else \
+            "{ http: 127.0.0.1:0, tunnel: 127.0.0.1:0 }"
+        with open(path, "w") as f:
+            f.write(f"""listen: {listen}
+{tls}preview: {{ domains: [preview.localhost] }}
+clusters:
+  - name: bench
+    token_sha256: "{token_hash}"
+    environments: [{envs}]
+""")
+
+    def launch_edge(self, name, environments, https=True):
+        conf = os.path.join(self.work, f"{name}.yaml")
+        self.edge_config(conf, environments, https)
+        proc = self.procs.start(name, [self.bin("edge-proxy"), "--config", conf], env={"RUST_LOG": "warn"},
+                                ready=r"edge-proxy listening")
+        line = re.search(r"edge-proxy listening .*", self.procs.log_text(name)).group(0)
+        found = dict(re.findall(r"(\w+)=(\S+)", line))
+        return proc, found
+
+    def start_edge(self):
+        log("edge-proxy")
+        self.proc_edge, found = self.launch_edge("edge", ["bench", "benchrtt"])
+        self.addr["edge"] = found["http"]
+        self.tls["edge"] = found["https"]
+        self.edge_tunnel = found["tunnel"]
+
+    def launch_sidecar(self, name, tunnel, environment):
+        conf = os.path.join(self.work, f"{name}.yaml")
+        with open(conf, "w") as f:
+            f.write(f"""edge: http://{tunnel}
+token: {self.token}
+environment: {environment}
+targets:
+  - {{ service: hello, port: 8080, address: {self.upstream} }}
+""")
+        return self.procs.start(name, [self.bin("sidecar"), "run", "--config", conf], env={"RUST_LOG": "warn"},
+                                ready=r"^Forwarding")
+
+    def start_sidecar(self):
+        log("sidecar")
+        self.proc_sidecar = self.launch_sidecar("sidecar", self.edge_tunnel, "bench")
+        self.hop["edge"] = {"edge": self.proc_edge.pid, "sidecar": self.proc_sidecar.pid}
+        wait_http("edge", self.addr["edge"])
+
+    def start_delay(self, name, to):
+        self.procs.start(name, [self.bin("bench-delay"), "--to", to, "--delay-ms", "5"], ready=r"^listening ")
+        return re.search(r"^listening (\S+)", self.procs.log_text(name), re.M).group(1)
+
+    def dead(self, comp):
+        """Why a comparator's processes are gone, or None while they run."""
+        procs = {"direct": ["upstream"], "nginx": ["upstream", "nginx"],
+                 "rathole": ["upstream", "rathole-server", "rathole-client"],
+                 "edge": ["upstream", "edge", "sidecar"]}[comp]
+        gone = []
+        for name, proc in self.procs.running:
+            if name in procs and proc.poll() is not None:
+                rc = proc.returncode
+                how = f"killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
+                tail = self.procs.log_text(name).strip().splitlines()[-3:]
+                gone.append(f"{name} (pid {proc.pid}) {how}; log ends: {' | '.join(tail)}")
+        return "; ".join(gone) or None
+
+    def hop_pids(self, comp):
+        pids = list(self.hop.get(comp, {}).values())
+        for pid in list(pids):
+            pids += proc_children(pid)  # nginx workers
+        return pids
+
+    # ------------------------------------------------------------ measurements
+
+    def wrk(self, comp, conns, threads, extra=()):
+        argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{self.duration}s", "-H", f"Host: {HOST}", *extra,
+                f"http://{self.addr[comp]}/"]
+        pids = self.hop_pids(comp)
+        cpu0 = cpu_seconds(pids)
+        out = run(argv, timeout=self.duration + 60)
+        cpu = cpu_seconds(pids) - cpu0
+        m = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M)
+        n = re.search(r"^\s+(\d+) requests in ([\d.]+)(\w+)", out, re.M)
+        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+        requests = int(n.group(1)) if n else 0
+        detail = {"requests": requests, "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+                  "socket_errors": dict(zip(("connect", "read", "write", "timeout"),
+                                            map(int, sock.groups()))) if sock else {},
+                  "cpu_s": round(cpu, 3)}
+        if pids and requests:
+            detail["cpu_us_per_request"] = round(cpu / requests * 1e6, 2)
+        value = float(m.group(1)) if m else None
+        if value is not None and requests and detail["non_2xx"] == requests:
+            value = None  # nothing but errors is no number
+        return value, detail
+
+    def latency(self, comp):
+        out = run([self.bin("bench-latency"), "--addr", self.addr[comp], "--host", HOST,
+                   "--duration", str(self.duration), "--warmup", "0.5" if self.quick else "1"],
+                  timeout=self.duration + 60, check=False)
+        try:
+            res = json.loads(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise HarnessError(f"bench-latency said: {out[-1000:]}")
+        return res
+
+    def curl_bulk(self, addr, host, max_time):
+        out = run(["curl", "-sS", "--noproxy", "*", "-o", "/dev/null", "-H", f"Host: {host}", "--max-time",
+                   str(max_time), "-w", "%{http_code} %{size_download} %{speed_download} %{time_total}",
+                   f"http://{addr}/big.bin"], timeout=max_time + 30, check=False)
+        m = re.search(r"(\d{3}) (\d+) ([\d.]+) ([\d.]+)\s*$", out)
+        if not m:
+            raise HarnessError(f"curl said: {out[-500:]}")
+        code, size, speed, secs = int(m.group(1)), int(m.group(2)), float(m.group(3)), float(m.group(4))
+        return {"status": code, "bytes": size, "complete": size == self.bulk_bytes and code == 200,
+                "mb_per_s": speed / 1e6, "seconds": secs}
+
+    def repeated_bulk(self, addr, host, max_time):
+        """Downloads /big.bin until `duration` has passed (at most 5 times,
+        at least once); the median rate of the complete transfers."""
+        runs = []
+        start = time.monotonic()
+        while not runs or (time.monotonic() - start < self.duration and len(runs) < 5):
+            r = self.curl_bulk(addr, host, max_time=max_time)
+            runs.append(r)
+            if not r["complete"]:
+                raise HarnessError(f"incomplete download: {r['bytes']} of {self.bulk_bytes} bytes, "
+                                   f"status {r['status']} ({max_time} s limit)")
+        rates = [r["mb_per_s"] for r in runs]
+        return statistics.median(rates), {"runs_mb_per_s": [round(x, 1) for x in rates]}
+
+    def bulk(self, comp):
+        return self.repeated_bulk(self.addr[comp], HOST, max_time=120)
+
+    def h2load(self, comp):
+        argv = ["h2load", "-c4", "-m25", "-t1", "-D", str(self.duration), "--warm-up-time", "1",
+                "-H", f":authority: {HOST}", f"https://{self.tls[comp]}/"]
+        out = run(argv, timeout=self.duration + 60, check=False)
+        fin = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", out)
+        req = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                        r"(\d+) errored, (\d+) timeout", out)
+        codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+        proto = re.search(r"Application protocol: (\S+)", out)
+        if not fin or not req:
+            raise HarnessError(f"h2load said: {out[-1500:]}")
+        secs = float(fin.group(1)) / (1000 if fin.group(2) == "ms" else 1)
+        ok2xx = int(codes.group(1)) if codes else int(req.group(4))
+        detail = {"succeeded": int(req.group(4)), "failed": int(req.group(5)), "errored": int(req.group(6)),
+                  "status_2xx": ok2xx, "non_2xx": sum(map(int, codes.groups()[1:])) if codes else None,
+                  "protocol": proto.group(1) if proto else None, "seconds": secs}
+        if proto and proto.group(1) != "h2":
+            self.warnings.append(f"h2load {comp}: negotiated {proto.group(1)}, not h2")
+        value = ok2xx / secs if secs > 0 and ok2xx else None
+        return value, detail
+
+    def bulk_rtt(self, comp):
+        """1 GiB (256 MiB quick) through a path with 10 ms RTT on the middle
+        hop. Components are started for this row only."""
+        max_time = 30 if self.quick else 120
+        before = {id(p) for _, p in self.procs.running}
+        try:
+            if comp == "direct":
+                addr, host = self.start_delay("delay-direct", self.upstream), HOST
+            elif comp == "nginx":
+                addr, host = f"127.0.0.1:{self.nginx_rtt_port}", HOST
+            elif comp == "rathole":
+                addrs, _, _ = self.rathole_pair("rathole-rtt", {"web": self.upstream}, via_delay=True)
+                addr, host = addrs["web"], HOST
+            else:
+                delay = self.start_delay("delay-edge", self.edge_tunnel)
+                self.launch_sidecar("sidecar-rtt", delay, "benchrtt")
+                wait_http("edge (10 ms RTT)", self.addr["edge"], HOST_RTT)
+                addr, host = self.addr["edge"], HOST_RTT
+            return self.repeated_bulk(addr, host, max_time=max_time)
+        finally:  # what this row started
+            for _, p in reversed([x for x in self.procs.running if id(x[1]) not in before]):
+                self.procs.stop(p)
+
+    def peak_rss(self, comp):
+        parts = {}
+        for label, pid in self.hop.get(comp, {}).items():
+            parts[label] = status_kib(pid, "VmHWM") or 0
+            for i, kid in enumerate(proc_children(pid)):
+                parts[f"{label} worker {i + 1}"] = status_kib(kid, "VmHWM") or 0
+        return parts
+
+    def scale(self):
+        envs = [f"s{i}" for i in range(self.scale_n)]
+        proc, found = self.launch_edge("edge-scale", envs, https=False)
+        try:
+            out = run([self.bin("bench-scale"), "run", "--edge-pid", str(proc.pid), "--http", found["http"],
+                       "--tunnel", found["tunnel"], "--token", self.token, "--env-prefix", "s",
+                       "--sidecars", str(self.scale_n), "--connections", str(self.scale_m),
+                       "--timeout", "30" if self.quick else "120", "--settle", "1" if self.quick else "2"],
+                      timeout=900, check=False)
+        finally:
+            edge_log = self.procs.log_text("edge-scale")
+            self.procs.stop(proc)
+        lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+        if not lines:
+            raise HarnessError(f"bench-scale said:\n{out[-3000:]}")
+        for ln in out.splitlines():
+            if not ln.startswith("{"):
+                note(ln)
+        res = json.loads(lines[-1])
+        errors = [ln for ln in edge_log.splitlines() if " ERROR " in ln or " WARN " in ln]
+        res["edge_log_warnings"] = len(errors)
+        res["edge_log_sample"] = errors[:5]
+        return res
+
+
+# ------------------------------------------------------------------ rows
+
+def ratio(a, b):
+    return a / b if a is not None and b not in (None, 0) else None
+
+
+def fmt(v, unit):
+    if v is None:
+        return "n/a"
+    if isinstance(v, str):
+        return v
+    if unit in ("req/s", "conn/s"):
+        return f"{v:,.0f}"
+    if unit == "MB/s":
+        return f"{v:,.0f}"
+    if unit in ("µs", "KiB", "MiB"):
+        return f"{v:,.1f}"
+    return f"{v:g}"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a few seconds per row, small scale rows (CI)")
+    ap.add_argument("--sidecars", type=int, help="scale row: sidecars (default 1000, quick 20)")
+    ap.add_argument("--connections", type=int, help="scale row: open connections (default 10000, quick 200)")
+    ap.add_argument("--keep", action="store_true", help="keep the temp directory (configs, logs)")
+    ap.add_argument("--only", metavar="ROWS", help="comma-separated subset: " + ",".join(ROW_KEYS))
+    args = ap.parse_args()
+    unknown = set(args.only.split(",")) - set(ROW_KEYS) if args.only else set()
+    if unknown:
+        ap.error(f"--only: unknown rows {', '.join(sorted(unknown))} (known: {', '.join(ROW_KEYS)})")
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
+        except (ValueError, OSError):
+            pass
+
+    work = tempfile.mkdtemp(prefix="bench.")
+    try:
+        b = Bench(args, work)
+    except HarnessError as e:
+        shutil.rmtree(work, ignore_errors=True)
+        sys.stderr.write(f"bench: {e}\n")
+        return 1
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    signal.signal(signal.SIGINT, on_signal)  # also when started with SIGINT ignored (background job)
+
+    started = time.monotonic()
+    rows = []
+    code = 0
+    try:
+        b.setup()
+        rows = run_rows(b)
+    except HarnessError as e:
+        sys.stderr.write(f"bench: {e}\n")
+        code = 1
+    except KeyboardInterrupt:
+        sys.stderr.write("\nbench: interrupted\n")
+        code = 130
+    finally:
+        b.procs.stop_all()
+        if args.keep or code == 1:
+            sys.stderr.write(f"bench: configs and logs kept in {work}\n")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    if code:
+        return code
+    missing = report(b, rows, time.monotonic() - started)
+    # The harness works if every comparator was measured and the edge gave
+    # numbers; an edge cell lost to the edge's own errors is a finding
+    # (a warning, "holds: no"), not a broken harness.
+    comparators = [m for m in missing if not m.endswith(" / edge")]
+    edge_rows = [r for r in rows if "edge" in r["expected"]]
+    edge_missing = [m for m in missing if m.endswith(" / edge")]
+    if comparators:
+        sys.stderr.write("bench: no number for: " + "; ".join(comparators) + "\n")
+        return 1
+    if edge_rows and len(edge_missing) == len(edge_rows):
+        sys.stderr.write("bench: no number at all for the edge\n")
+        return 1
+    return 0
+
+
+def run_rows(b):
+    rows = []
+    only_edge = {c: None for c in COMPARATORS}
+
+    def add(key, name, unit, values, details=None, must=None, aim=None, better="higher", expected=COMPARATORS,
+            seconds=0.0):
+        rows.append({"key": key, "row": name, "unit": unit, "better": better, "values": values,
+                     "details": details or {}, "must": must, "aim": aim, "expected": list(expected),
+                     "seconds": round(seconds, 1)})
+        return rows[-1]
+
+    def row(key, name, unit, fn, **kw):
+        """Measures `fn(comparator) -> (value, details)` for every comparator."""
+        log(name)
+        t0 = time.monotonic()
+        values, details = {}, {}
+        for comp in COMPARATORS:
+            # A failed measurement costs its cell, not the run (the missing
+            # number still fails it at the end).
+            dead = b.dead(comp)
+            try:
+                if dead:
+                    raise HarnessError(dead)
+                values[comp], details[comp] = fn(comp)
+            except HarnessError as e:
+                dead = b.dead(comp)
+                msg = f"{e}" + (f" ({dead})" if dead and dead not in str(e) else "")
+                values[comp], details[comp] = None, {"error": msg}
+                b.warnings.append(f"{name}, {comp}: {msg}")
+            note(f"{comp:8} {fmt(values[comp], unit)} {unit}")
+        return add(key, name, unit, values, details, seconds=time.monotonic() - t0, **kw)
+
+    log(f"warm-up ({'1' if b.quick else '2'} s each)")
+    for comp in COMPARATORS:
+        if b.dead(comp):
+            raise HarnessError(b.dead(comp))
+        run(["wrk", "-t2", "-c64", f"-d{1 if b.quick else 2}s", "-H", f"Host: {HOST}", f"http://{b.addr[comp]}/"],
+            timeout=60)
+
+    if b.want("rps_c64"):
+        r = row("rps_c64", "requests/s, 64 connections, keep-alive", "req/s",
+                lambda c: b.wrk(c, 64, 2), must="≥ 1.0 × rathole", aim="≥ 1.0 × nginx")
+        add("cpu_per_request", "CPU of the middle hop per request (µs, 64-conn row)", "µs",
+            {c: r["details"][c].get("cpu_us_per_request") for c in COMPARATORS},
+            better="lower", expected=["nginx", "rathole", "edge"])
+    if b.want("rps_c1"):
+        row("rps_c1", "requests/s, 1 connection", "req/s",
+            lambda c: b.wrk(c, 1, 1), must="≥ 1.0 × rathole", aim="≥ 1.0 × nginx")
+    if b.want("latency"):
+        r = row("latency_p50", "latency p50, 1 connection (µs)", "µs",
+                lambda c: (lambda res: (res["p50_us"] if res["requests"] else None, res))(b.latency(c)),
+                better="lower")
+        add("latency_p99", "latency p99, 1 connection (µs)", "µs",
+            {c: (d["p99_us"] if d.get("requests") else None) for c, d in r["details"].items()}, better="lower")
+        p50, direct = r["values"], r["values"]["direct"]
+        add("latency_added", "added p50 latency over direct, 1 connection (µs)", "µs",
+            {c: (p50[c] - direct if None not in (p50[c], direct) and c != "direct" else None) for c in COMPARATORS},
+            must="≤ rathole's", aim="≤ nginx's", better="lower", expected=["nginx", "rathole", "edge"])
+    if b.want("conn_rate"):
+        row("conn_rate", "new connections/s (Connection: close, 16 conns)", "conn/s",
+            lambda c: b.wrk(c, 16, 2, ("-H", "Connection: close")), must="≥ 1.0 × rathole", aim="≥ 0.8 × nginx")
+    size = "1 GiB" if b.bulk_bytes == 1024 * MIB else f"{b.bulk_bytes // MIB} MiB"
+    if b.want("bulk"):
+        row("bulk", f"{size} download (MB/s)", "MB/s", b.bulk, must="≥ 1.0 × rathole", aim="≥ 1.0 × nginx")
+    if b.want("h2"):
+        row("h2_rps", "HTTP/2 over TLS requests/s (h2load, 4 conns × 25 streams)", "req/s", b.h2load,
+            must="≥ 0.8 × nginx", aim="≥ 1.0 × nginx")
+
+    # Peak memory of the middle hops over the rows above (before the RTT row
+    # starts extra processes).
+    rss = {c: b.peak_rss(c) for c in COMPARATORS if b.hop.get(c)}
+    add("peak_rss", "peak RSS of the middle hop (MiB, all its processes)", "MiB",
+        {c: (sum(rss[c].values()) / 1024 if c in rss else None) for c in COMPARATORS},
+        {c: {k: round(v / 1024, 1) for k, v in parts.items()} for c, parts in rss.items()},
+        better="lower", expected=["nginx", "rathole", "edge"])
+
+    if b.want("bulk_rtt"):
+        row("bulk_rtt", f"{size} download, 10 ms RTT on the middle hop (MB/s)", "MB/s", b.bulk_rtt,
+            must="≥ 500 MB/s", aim="≥ 1 GB/s")
+
+    if b.want("scale"):
+        log(f"scale: {b.scale_n} sidecars, {b.scale_m} open connections through one edge")
+        t0 = time.monotonic()
+        try:
+            s = b.scale()
+        except HarnessError as e:
+            b.warnings.append(f"scale: {e}")
+            s = {"kib_per_tunnel": None, "kib_per_connection": None, "connection_failures": None,
+                 "tunnels_dropped": None, "sidecars": b.scale_n, "sidecars_connected": None,
+                 "connections": b.scale_m, "error": str(e)}
+        secs = time.monotonic() - t0
+        failed = bool(s.get("error"))
+        if not failed:
+            note(f"per tunnel {fmt(s['kib_per_tunnel'], 'KiB')} KiB, per connection "
+                 f"{fmt(s['kib_per_connection'], 'KiB')} KiB, {s['connection_failures']} failed connections, "
+                 f"{s['tunnels_dropped']} dropped tunnels, {s['sidecars'] - s['sidecars_connected']} never connected")
+        add("mem_tunnel", "memory per idle tunnel at the edge (KiB)", "KiB",
+            {**only_edge, "edge": s["kib_per_tunnel"]}, {"edge": s}, must="≤ 64 KiB", aim="≤ 16 KiB",
+            better="lower", expected=["edge"], seconds=secs)
+        add("mem_connection", "memory per open proxied connection at the edge (KiB)", "KiB",
+            {**only_edge, "edge": s["kib_per_connection"]}, must="≤ 64 KiB", aim="≤ 32 KiB", better="lower",
+            expected=["edge"])
+        dropped = None if failed else \
+            s["connection_failures"] + s["tunnels_dropped"] + (s["sidecars"] - s["sidecars_connected"])
+        add("scale", f"scale: {s['sidecars']:,} sidecars + {s['connections']:,} open connections, "
+            "failed or dropped", "count", {**only_edge, "edge": dropped}, {"scale": s},
+            must="1k sidecars + 10k conns, none dropped", aim="10k sidecars", better="lower", expected=["edge"])
+    if b.only is None:
+        for key, name, must, aim in (("wasm", "WASM header filter overhead", "≤ 10% rps", "≤ 3%"),
+                                     ("auth", "auth (JWT verify per request) overhead", "≤ 5% rps",
+                                      "cached: ≤ 1%")):
+            add(key, f"{name}: not built yet", "%", dict(only_edge), must=must, aim=aim, better="lower",
+                expected=[])
+    return rows
+
+
+def judge(r, quick):
+    """Whether the edge meets the row's "must": "yes", "no" or "n/a"."""
+    v = r["values"]
+    e = v.get("edge")
+    key = r["key"]
+    if e is None or not r["must"]:
+        return "n/a"
+    if key in ("rps_c64", "rps_c1", "conn_rate", "bulk"):
+        return "n/a" if v["rathole"] is None else ("yes" if e >= v["rathole"] else "no")
+    if key == "latency_added":
+        return "n/a" if v["rathole"] is None else ("yes" if e <= v["rathole"] else "no")
+    if key == "h2_rps":
+        return "n/a" if v["nginx"] is None else ("yes" if e >= 0.8 * v["nginx"] else "no")
+    if key == "bulk_rtt":
+        return "yes" if e >= 500 else "no"
+    if key in ("mem_tunnel", "mem_connection"):
+        return "yes" if e <= 64 else "no"
+    if key == "scale":
+        d = r["details"]["scale"]
+        if e > 0:
+            return "no"
+        if d["sidecars"] < 1000 or d["connections"] < 10000:
+            return "n/a (smaller run)" if quick else "no (smaller run)"
+        return "yes"
+    return "n/a"
+
+
+def report(b, rows, total_secs):
+    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL).stdout.decode().strip() or "unknown"
+    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL).stdout.decode().strip()
+    if dirty:
+        commit += "+dirty"
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    kernel = os.uname().release
+    cores = os.cpu_count()
+    scale_row = next((r for r in rows if r["key"] == "scale"), None)
+    missing = []
+    for r in rows:
+        r["ratios"] = {f"edge/{c}": ratio(r["values"].get("edge"), r["values"].get(c))
+                       for c in ("direct", "nginx", "rathole")}
+        r["holds"] = judge(r, b.quick)
+        for c in r["expected"]:
+            if r["values"].get(c) is None:
+                missing.append(f"{r['row']} / {c}")
+        # warnings from errors seen during the row
+        for c, det in (r.get("details") or {}).items():
+            if not isinstance(det, dict):
+                continue
+            errs = det.get("non_2xx") or 0
+            errs += sum((det.get("socket_errors") or {}).values())
+            errs += (det.get("errors") or 0) + (det.get("failed") or 0) + (det.get("errored") or 0)
+            if errs:
+                shown = {k: det[k] for k in ("non_2xx", "socket_errors", "errors", "first_error", "failed",
+                                             "errored") if det.get(k)}
+                b.warnings.append(f"{r['row']}, {c}: {errs} errors {json.dumps(shown)}")
+    b.warnings += [f"no number: {m}" for m in missing]
+    if scale_row:
+        s = scale_row["details"]["scale"]
+        if s["connection_failures"] or s["tunnels_dropped"]:
+            b.warnings.append(f"scale: outcomes {s['outcomes']}, samples {s['failure_samples']}, "
+                              f"sidecars at end: {s['sidecar_status_end']}")
+        if s.get("edge_log_warnings"):
+            b.warnings.append(f"scale: edge logged {s['edge_log_warnings']} warnings/errors, e.g. {s['edge_log_sample'][:2]}")
+
+    header = (f"Benchmark {date}, commit {commit}, {cores} cores, kernel {kernel}, "
+              f"{'quick' if b.quick else 'full'} run ({b.duration} s per measurement), total {total_secs:.0f} s")
+    cols = ["row", "direct", "nginx", "rathole", "edge", "edge÷direct", "edge÷nginx", "edge÷rathole",
+            "must (edge)", "holds", "s"]
+    table = []
+    for r in rows:
+        u = r["unit"]
+        cells = [r["row"]] + [fmt(r["values"].get(c), u) if c in r["expected"] else "–" for c in COMPARATORS]
+        cells += [f"{x:.2f}" if x is not None else "–" for x in r["ratios"].values()]
+        cells += [r["must"] or "–", r["holds"], f"{r['seconds']:g}"]
+        table.append(cells)
+    notes = [
+        "Ratios are edge ÷ comparator in this run. Latency, CPU and memory: lower is better.",
+        "upstream: nginx, 1 worker, `return 200` (24 B) and a sparse file (sendfile); nginx proxy: "
+        f"{os.cpu_count()} workers, keepalive upstream, no disk buffering; rathole 0.5 defaults over TCP; "
+        "edge + sidecar with their default settings (sidecar `connections: 2`).",
+        "CPU per request: utime+stime of the middle-hop processes (nginx master + workers; rathole server + client; "
+        "edge + sidecar) during the 64-connection row ÷ requests. Peak RSS: VmHWM summed over those processes "
+        "after the h2 row (before the RTT and scale rows).",
+        "HTTP/2: h2load -c4 -m25 over TLS; nginx and the edge terminate TLS, rathole carries it to the "
+        "upstream's TLS port, direct is that port.",
+        "10 ms RTT: bench-delay (5 ms each way, bandwidth unlimited) between edge and sidecar, rathole client "
+        "and server, nginx and upstream, and client and upstream for direct; median of the transfers in the row time (1 to 5).",
+        "scale: bench-scale runs N sidecars (`connections: 1` each, own environment) in one process against a "
+        "fresh edge, then holds M responses open through it, spread over the sidecars; memory is the edge's "
+        "VmRSS growth ÷ count; every response is then checked complete and exact, every tunnel still up.",
+    ]
+
+    def md_table():
+        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in table]
+        return "\n".join(lines)
+
+    widths = [max(len(cols[i]), *(len(t[i]) for t in table)) for i in range(len(cols))]
+    text = [header, ""]
+    text.append("  ".join(cols[i].ljust(widths[i]) if i in (0, 8, 9) else cols[i].rjust(widths[i])
+                          for i in range(len(cols))).rstrip())
+    text.append("  ".join("-" * widths[i] for i in range(len(cols))))
+    for cells in table:
+        text.append("  ".join(cells[i].ljust(widths[i]) if i in (0, 8, 9) else cells[i].rjust(widths[i])
+                              for i in range(len(cols))).rstrip())
+    if b.warnings:
+        text += ["", "warnings:"] + [f"  - {w}" for w in b.warnings]
+    print("\n" + "\n".join(text))
+
+    out_dir = os.path.join(ROOT, "target", "bench")
+    os.makedirs(out_dir, exist_ok=True)
+    meta = {"date": date, "commit": commit, "cores": cores, "kernel": kernel, "mode": "quick" if b.quick else "full",
+            "duration_s": b.duration, "bulk_bytes": b.bulk_bytes, "total_s": round(total_secs, 1),
+            "tools": tool_versions(), "notes": notes}
+    with open(os.path.join(out_dir, "bench.json"), "w") as f:
+        json.dump({**meta, "rows": rows, "warnings": b.warnings}, f, indent=1, ensure_ascii=False, default=str)
+        f.write("\n")
+    with open(os.path.join(out_dir, "bench.md"), "w") as f:
+        f.write(header + "\n\n" + md_table() + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+        if b.warnings:
+            f.write("\nWarnings:\n\n" + "\n".join(f"- {w}" for w in b.warnings) + "\n")
+    sys.stderr.write(f"bench: wrote {os.path.relpath(out_dir, ROOT)}/bench.json and bench.md\n")
+    return missing
+
+
+def tool_versions():
+    def first(argv, pattern=r".+"):
+        try:
+            out = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=10).stdout.decode()
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        m = re.search(pattern, out)
+        return m.group(0).strip() if m else None
+    return {"nginx": first(["nginx", "-v"], r"nginx/\S+"), "wrk": first(["wrk", "-v"], r"wrk \S+"),
+            "h2load": first(["h2load", "--version"]), "curl": first(["curl", "--version"], r"curl \S+"),
+            "rathole": ((first([RATHOLE, "--version"], r"Build Version:\s*\S+") or "").split() or [None])[-1]}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
