@@ -21,7 +21,7 @@ use pingora_core::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSo
 use pingora_error::{Error, ErrorType};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::PollSender;
-use tonic::{Status, Streaming};
+use tonic::Streaming;
 use tracing::warn;
 use tunnel_proto::{stream_frame::Kind, ErrorCode, StreamFrame};
 
@@ -76,7 +76,7 @@ impl TunnelConnector {
                 self.port.into(),
                 self.request_id.clone(),
             );
-            if stream.to_sidecar.send(Ok(open)).await.is_err() {
+            if stream.to_sidecar.send(open).await.is_err() {
                 continue; // the sidecar dropped this idle stream
             }
             let verdict =
@@ -137,7 +137,7 @@ pub struct TunnelSocket {
     // Mutexes only to be `Sync` (a `VirtualSocket` bound); accessed through
     // `get_mut`, so never locked.
     from_sidecar: Mutex<Streaming<StreamFrame>>,
-    to_sidecar: Mutex<PollSender<Result<StreamFrame, Status>>>,
+    to_sidecar: Mutex<PollSender<StreamFrame>>,
     pending: Bytes,
     read_closed: bool,
     fin_sent: bool,
@@ -208,7 +208,7 @@ impl AsyncWrite for TunnelSocket {
         let tx = this.to_sidecar.get_mut().unwrap();
         ready!(tx.poll_reserve(cx)).map_err(|_| broken("closed"))?;
         let n = buf.len().min(tunnel_proto::transport::CHUNK_SIZE);
-        tx.send_item(Ok(StreamFrame::data(Bytes::copy_from_slice(&buf[..n]))))
+        tx.send_item(StreamFrame::data(Bytes::copy_from_slice(&buf[..n])))
             .map_err(|_| broken("closed"))?;
         Poll::Ready(Ok(n))
     }
@@ -222,7 +222,7 @@ impl AsyncWrite for TunnelSocket {
         if !this.fin_sent {
             let tx = this.to_sidecar.get_mut().unwrap();
             ready!(tx.poll_reserve(cx)).map_err(|_| broken("closed"))?;
-            tx.send_item(Ok(StreamFrame::fin()))
+            tx.send_item(StreamFrame::fin())
                 .map_err(|_| broken("closed"))?;
             this.fin_sent = true;
         }

@@ -4,11 +4,6 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use edge_proxy::{token::TokenHash, Edge, EdgeConfig};
 
-// Many small, short-lived allocations per request: mimalloc spends less
-// time on them than glibc's allocator (measured in scripts/bench).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// The edge proxy: public front door for services behind sidecar tunnels.
 #[derive(Parser)]
 #[command(version, about)]

@@ -17,8 +17,9 @@ use crate::preview::ServiceRef;
 use crate::token::TokenHash;
 use crate::upstream::Protocol;
 
-/// Edge → sidecar half of a data stream.
-pub type FrameSender = mpsc::Sender<Result<StreamFrame, Status>>;
+/// Edge → sidecar half of a data stream. Frames, not `Result`s: a queue
+/// preallocates its slots, and a `Status` would triple their size.
+pub type FrameSender = mpsc::Sender<StreamFrame>;
 
 /// A data stream the sidecar opened and the edge has not used yet.
 pub struct DataStream {

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
@@ -140,7 +141,10 @@ fn admit(hello: &Hello, grant: &ClusterGrant) -> Result<(String, Routes), Status
 #[tonic::async_trait]
 impl Tunnel for TunnelService {
     type ControlStream = ReceiverStream<Result<EdgeMessage, Status>>;
-    type DataStream = ReceiverStream<Result<StreamFrame, Status>>;
+    type DataStream = futures::stream::Map<
+        ReceiverStream<StreamFrame>,
+        fn(StreamFrame) -> Result<StreamFrame, Status>,
+    >;
 
     async fn control(
         &self,
@@ -248,7 +252,7 @@ impl Tunnel for TunnelService {
                 "too many idle data streams for this session",
             ));
         }
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(ReceiverStream::new(rx).map(Ok as fn(_) -> _)))
     }
 }
 

