@@ -61,7 +61,7 @@ RELEASE_DIR = os.environ.get("RELEASE_DIR") or os.path.join(
 RATHOLE = os.environ.get("RATHOLE") or os.path.expanduser("~/.cache/preview-edge/tools/bin/rathole")
 
 COMPARATORS = ["direct", "nginx", "rathole", "edge"]
-ROW_KEYS = ["rps_c64", "rps_c1", "latency", "conn_rate", "bulk", "h2", "bulk_rtt", "scale"]
+ROW_KEYS = ["rps_c64", "rps_c1", "latency", "conn_rate", "bulk", "h2", "bulk_rtt", "scale", "routes"]
 HOST = "hello-8080-bench.preview.localhost"
 HOST_RTT = "hello-8080-benchrtt.preview.localhost"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -281,7 +281,8 @@ class Bench:
         # One build for the whole run, even if cargo replaces the binaries meanwhile.
         bindir = os.path.join(work, "bin")
         os.makedirs(bindir)
-        for name in ("edge-proxy", "sidecar", "dev-certs", "bench-latency", "bench-delay", "bench-scale"):
+        for name in ("edge-proxy", "sidecar", "dev-certs", "bench-latency", "bench-delay", "bench-scale",
+                     "bench-routes"):
             src = os.path.join(RELEASE_DIR, name)
             if not os.path.exists(src):
                 raise HarnessError(f"{src} is missing: build with `cargo build --release --workspace --bins`")
@@ -870,6 +871,17 @@ def run_rows(b):
         add("scale", f"scale: {s['sidecars']:,} sidecars + {s['connections']:,} open connections, "
             "failed or dropped", "count", {**only_edge, "edge": dropped}, {"scale": s},
             must="1k sidecars + 10k conns, none dropped", aim="10k sidecars", better="lower", expected=["edge"])
+    if b.want("routes"):
+        log("route lookup with 10,000 custom-domain rules")
+        t0 = time.monotonic()
+        out = run([b.bin("bench-routes"), "10000"], timeout=120)
+        for ln in out.splitlines():
+            if not ln.startswith("{"):
+                note(ln.strip())
+        lookup = json.loads([ln for ln in out.splitlines() if ln.startswith("{")][-1])
+        add("routes", "route lookup, 10,000 rules: slowest case (ns)", "ns",
+            {**only_edge, "edge": lookup["slowest_lookup_ns"]}, {"edge": lookup}, better="lower",
+            expected=["edge"], seconds=time.monotonic() - t0)
     if b.only is None:
         for key, name, must, aim in (("wasm", "WASM header filter overhead", "≤ 10% rps", "≤ 3%"),
                                      ("auth", "auth (JWT verify per request) overhead", "≤ 5% rps",

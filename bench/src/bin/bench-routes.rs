@@ -1,6 +1,7 @@
-//! Route lookup cost with many custom-domain rules (run by `scripts/bench`):
+//! Route lookup cost with many custom-domain rules (a row of
+//! `scripts/bench`):
 //!
-//!     cargo run --release --example route_lookup -- [ROUTES]
+//!     bench-routes [ROUTES]
 //!
 //! Builds ROUTES rules (default 10,000: exact hosts, wildcards and path
 //! prefixes) through the real config loader, then times lookups that hit
