@@ -113,15 +113,22 @@ fn one_gib_upload_is_intact() {
     assert_eq!(json["sha256"], pattern::sha256(GIB).as_str());
 }
 
-#[tokio::test]
-async fn websocket_client_through_the_edge() {
-    let stack = Stack::start();
+/// A WebSocket to the sample service's `/ws` through the edge, past its
+/// `welcome`.
+async fn websocket(stack: &Stack) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
     let url = stack.url("hello-8080", "/ws").replace("http://", "ws://");
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", stack.http_port))
         .await
         .unwrap();
     let (mut ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("welcome"));
+    ws
+}
+
+#[tokio::test]
+async fn websocket_client_through_the_edge() {
+    let stack = Stack::start();
+    let mut ws = websocket(&stack).await;
     for i in 0..100 {
         ws.send(Message::text(format!("message {i}")))
             .await
@@ -189,12 +196,7 @@ fn a_response_cut_by_a_timeout_is_cut_not_rewritten() {
 #[tokio::test]
 async fn a_quiet_websocket_outlives_the_read_timeout() {
     let stack = Stack::start_with_edge_yaml("upstream:\n  read_timeout: 1s\n");
-    let url = stack.url("hello-8080", "/ws").replace("http://", "ws://");
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", stack.http_port))
-        .await
-        .unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
-    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("welcome"));
+    let mut ws = websocket(&stack).await;
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     ws.send(Message::text("still here")).await.unwrap();
     assert_eq!(

@@ -119,6 +119,24 @@ fn https_with_sni_and_http2() {
     assert_eq!((rc, version.as_str()), (0, "1.1"));
 }
 
+#[tokio::test]
+async fn websocket_over_tls() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let stack = start("");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], stack.https_port));
+    // WebSocket upgrades are HTTP/1.1: offer only that in ALPN, as browsers do.
+    let tls = test_support::tls::connect(addr, PREVIEW, Path::new(&stack.ca()), &["http/1.1"])
+        .await
+        .unwrap();
+    let url = format!("wss://{PREVIEW}:{}/ws", stack.https_port);
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tls).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("welcome"));
+    ws.send(Message::text("over tls")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("over tls"));
+    ws.close(None).await.unwrap();
+}
+
 #[test]
 fn unknown_names_get_the_default_certificate_or_no_handshake() {
     let stack = start("");

@@ -14,6 +14,7 @@ use crate::routes::{HostPattern, RouteRule, RouteTable};
 use crate::token::TokenHash;
 use crate::upstream::{Protocol, TlsUpstream};
 use std::sync::Arc;
+use tunnel_proto::UpstreamProtocol;
 
 /// Idle data streams each sidecar session keeps open by default.
 pub const DEFAULT_IDLE_STREAMS: u32 = tunnel_proto::transport::DEFAULT_IDLE_STREAMS;
@@ -625,10 +626,10 @@ fn validate_route_upstream(
     target: Option<&ServiceRef>,
     problems: &mut Vec<String>,
 ) -> Option<Protocol> {
-    let protocol = match (raw.protocol.as_str(), raw.tls) {
-        ("http1", None) => Protocol::Http1,
-        ("h2c", None) => Protocol::H2c,
-        ("tls", tls) => {
+    let protocol = match (UpstreamProtocol::from_name(&raw.protocol), raw.tls) {
+        (Some(UpstreamProtocol::Http1), None) => Protocol::Http1,
+        (Some(UpstreamProtocol::H2c), None) => Protocol::H2c,
+        (Some(UpstreamProtocol::Tls), tls) => {
             let tls = tls.unwrap_or(raw::RouteTls {
                 server_name: None,
                 ca: None,
@@ -659,13 +660,14 @@ fn validate_route_upstream(
                 verify: !tls.insecure_skip_verify,
             }))
         }
-        ("http1" | "h2c", Some(_)) => {
+        (Some(_), Some(_)) => {
             problems.push(format!("{path}.tls: only allowed with `protocol: tls`"));
             return None;
         }
-        (other, _) => {
+        (None, _) => {
             problems.push(format!(
-                "{path}.protocol: {other:?} must be http1, h2c or tls"
+                "{path}.protocol: {:?} must be http1, h2c or tls",
+                raw.protocol
             ));
             return None;
         }

@@ -139,16 +139,6 @@ impl From<(String, u16, String)> for Target {
     }
 }
 
-/// `http1`, `h2c` or `tls`.
-pub fn parse_protocol(text: &str) -> Option<UpstreamProtocol> {
-    match text {
-        "http1" => Some(UpstreamProtocol::Http1),
-        "h2c" => Some(UpstreamProtocol::H2c),
-        "tls" => Some(UpstreamProtocol::Tls),
-        _ => None,
-    }
-}
-
 /// The only places this sidecar connects to: `(service, port)` → address.
 /// Whatever the edge asks, nothing else is dialed.
 #[derive(Debug, Clone, Default)]
@@ -305,7 +295,7 @@ fn validate(raw: raw::SidecarFile) -> Result<SidecarConfig, Vec<String>> {
 /// The protocol and TLS settings of `targets[i]` (its name and address are
 /// checked by the caller).
 fn validate_target(i: usize, t: raw::Target, problems: &mut Vec<String>) -> Target {
-    let protocol = match t.protocol.as_deref().map(parse_protocol) {
+    let protocol = match t.protocol.as_deref().map(UpstreamProtocol::from_name) {
         None => UpstreamProtocol::Http1,
         Some(Some(p)) => p,
         Some(None) => {

@@ -5,7 +5,7 @@ use sidecar::config::{Allowlist, Secret, SidecarConfig, Target};
 use tunnel_proto::{UpstreamProtocol, UpstreamTls};
 
 fn parse_protocol(text: &str) -> Result<UpstreamProtocol, String> {
-    sidecar::config::parse_protocol(text).ok_or_else(|| "expected http1, h2c or tls".into())
+    UpstreamProtocol::from_name(text).ok_or_else(|| "expected http1, h2c or tls".into())
 }
 use sidecar::Sidecar;
 use tokio_util::sync::CancellationToken;

@@ -219,36 +219,22 @@ pub async fn client(
     authority: &str,
     ca: Option<&std::path::Path>,
 ) -> anyhow::Result<EchoClient<tonic::transport::Channel>> {
-    use hyper_util::rt::TokioIo;
-    use rustls::pki_types::pem::PemObject;
-
     let scheme = if ca.is_some() { "https" } else { "http" };
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .origin(format!("{scheme}://{authority}").parse()?);
     let channel = match ca {
         None => endpoint.connect().await?,
         Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca)? {
-                roots.add(cert?)?;
-            }
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let mut config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            config.alpn_protocols = vec![b"h2".to_vec()];
-            let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-            let server_name = rustls::pki_types::ServerName::try_from(
-                authority.split(':').next().unwrap_or_default().to_string(),
-            )?;
+            let ca = ca.to_path_buf();
+            let host = authority.split(':').next().unwrap_or_default().to_string();
             endpoint
                 .connect_with_connector(tower::service_fn(move |_uri| {
-                    let (connector, server_name) = (connector.clone(), server_name.clone());
+                    let (ca, host) = (ca.clone(), host.clone());
                     async move {
-                        let tcp = tokio::net::TcpStream::connect(addr).await?;
-                        let tls = connector.connect(server_name, tcp).await?;
-                        Ok::<_, std::io::Error>(TokioIo::new(tls))
+                        let tls = crate::tls::connect(addr, &host, &ca, &["h2"])
+                            .await
+                            .map_err(std::io::Error::other)?;
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
                     }
                 }))
                 .await?

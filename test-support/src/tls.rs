@@ -31,6 +31,55 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// The command-line flags of the test servers' binaries: where to listen,
+/// and optionally a certificate to serve TLS with.
+#[derive(Debug, clap::Args)]
+pub struct ListenArgs {
+    /// Address to listen on (port 0 picks a free one).
+    #[arg(long)]
+    pub listen: String,
+    /// Serve TLS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+impl ListenArgs {
+    /// The TLS config the flags ask for (offering `alpn`), if any.
+    pub fn tls(&self, alpn: &[&str]) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(server_config(cert, key, alpn)?)),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// A TLS client connection to `addr` for `server_name`, trusting the PEM
+/// roots in `ca`, offering `alpn`.
+pub async fn connect(
+    addr: std::net::SocketAddr,
+    server_name: &str,
+    ca: &Path,
+    alpn: &[&str],
+) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca)? {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string())?;
+    let tcp = TcpStream::connect(addr).await?;
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await?)
+}
+
 /// An accepted TLS connection.
 pub struct TlsConn(tokio_rustls::server::TlsStream<TcpStream>);
 

@@ -26,24 +26,15 @@ async fn report_cancellations(counters: Arc<GrpcCounters>) {
 #[derive(Parser)]
 #[command(about = "gRPC echo service for the conformance suite (h2c, or TLS with ALPN h2)")]
 struct Cli {
-    /// Address to listen on (port 0 picks a free one).
-    #[arg(long, default_value = "127.0.0.1:50051")]
-    listen: String,
-    /// Serve TLS with this PEM certificate chain (needs --tls-key).
-    #[arg(long, requires = "tls_key")]
-    tls_cert: Option<std::path::PathBuf>,
-    #[arg(long, requires = "tls_cert")]
-    tls_key: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    listen: test_support::tls::ListenArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let tls = match (&cli.tls_cert, &cli.tls_key) {
-        (Some(cert), Some(key)) => Some(test_support::tls::server_config(cert, key, &["h2"])?),
-        _ => None,
-    };
-    let listener = tokio::net::TcpListener::bind(&cli.listen).await?;
+    let tls = cli.listen.tls(&["h2"])?;
+    let listener = tokio::net::TcpListener::bind(&cli.listen.listen).await?;
     println!("listening {}", listener.local_addr()?);
     let stop = tokio_util::sync::CancellationToken::new();
     let service = EchoService::default();
