@@ -654,11 +654,11 @@ fn validate_route_upstream(
             let server_name = tls
                 .server_name
                 .or_else(|| target.map(|t| t.service.clone()))?;
-            Protocol::Tls(Arc::new(TlsUpstream {
+            Protocol::Tls(Arc::new(TlsUpstream::new(
                 server_name,
                 ca,
-                verify: !tls.insecure_skip_verify,
-            }))
+                !tls.insecure_skip_verify,
+            )))
         }
         (Some(_), Some(_)) => {
             problems.push(format!("{path}.tls: only allowed with `protocol: tls`"));

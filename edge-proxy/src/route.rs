@@ -33,10 +33,12 @@ pub struct Target {
 
 impl Target {
     /// Key of the upstream connection pool: connections are shared by
-    /// requests to the same service, never across services.
+    /// requests to the same service spoken to the same way, never across
+    /// services or protocol settings (a rule may override a registration).
     pub fn pool_key(&self) -> u64 {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.service.hash(&mut h);
+        self.protocol.hash(&mut h);
         h.finish()
     }
 }

@@ -5,6 +5,7 @@
 //! service end to end. A service's protocol comes from the sidecar's
 //! registration, or from a custom-domain rule that overrides it.
 
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +35,38 @@ pub struct TlsUpstream {
     /// Roots to trust instead of the system's.
     pub ca: Option<Arc<[WrappedX509]>>,
     pub verify: bool,
+    /// Hash of `ca`'s certificates, computed once: pooled connections are
+    /// reused only under the roots they were verified with (Pingora's own
+    /// reuse hash covers the name and the verify flags, not the roots).
+    ca_hash: u64,
+}
+
+impl TlsUpstream {
+    pub fn new(server_name: String, ca: Option<Arc<[WrappedX509]>>, verify: bool) -> Self {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for cert in ca.iter().flat_map(|c| c.iter()) {
+            cert.borrow_raw_cert().hash(&mut h);
+        }
+        Self {
+            server_name,
+            ca,
+            verify,
+            ca_hash: h.finish(),
+        }
+    }
+}
+
+/// Identifies what a pooled connection to a service was set up with.
+impl Hash for Protocol {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        std::mem::discriminant(self).hash(state);
+        if let Protocol::Tls(tls) = self {
+            tls.server_name.hash(state);
+            tls.verify.hash(state);
+            tls.ca.is_some().hash(state);
+            tls.ca_hash.hash(state);
+        }
+    }
 }
 
 impl std::fmt::Debug for Protocol {
@@ -74,11 +107,11 @@ impl Protocol {
                 } else {
                     tls.server_name
                 };
-                Ok(Protocol::Tls(Arc::new(TlsUpstream {
+                Ok(Protocol::Tls(Arc::new(TlsUpstream::new(
                     server_name,
                     ca,
-                    verify: !tls.insecure_skip_verify,
-                })))
+                    !tls.insecure_skip_verify,
+                ))))
             }
             Err(_) => Err(format!("unknown upstream protocol {protocol}")),
         }
@@ -154,16 +187,39 @@ mod tests {
         );
     }
 
+    fn pool_hash(p: &Protocol) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        p.hash(&mut h);
+        h.finish()
+    }
+
+    #[test]
+    fn connections_set_up_differently_hash_apart() {
+        let ca = |name: &str| {
+            let cert = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+            Some(parse_ca(cert.cert.pem().as_bytes()).unwrap())
+        };
+        let tls = |ca, verify| Protocol::Tls(Arc::new(TlsUpstream::new("api".into(), ca, verify)));
+        let kinds = [
+            Protocol::Http1,
+            Protocol::H2c,
+            tls(None, true),
+            tls(None, false),
+            tls(ca("a.example"), true),
+            tls(ca("b.example"), true),
+        ];
+        let hashes: std::collections::HashSet<u64> = kinds.iter().map(pool_hash).collect();
+        assert_eq!(hashes.len(), kinds.len());
+        // The same settings, registered twice, share connections.
+        assert_eq!(pool_hash(&tls(None, true)), pool_hash(&tls(None, true)));
+    }
+
     #[test]
     fn peers_speak_the_protocol() {
         let mut peer = HttpPeer::new(("127.0.0.1", 1), false, String::new());
         Protocol::H2c.configure(&mut peer, false);
         assert_eq!(peer.options.alpn, ALPN::H2);
-        let tls = Protocol::Tls(Arc::new(TlsUpstream {
-            server_name: "api.svc".into(),
-            ca: None,
-            verify: false,
-        }));
+        let tls = Protocol::Tls(Arc::new(TlsUpstream::new("api.svc".into(), None, false)));
         let mut peer = HttpPeer::new(("127.0.0.1", 1), true, String::new());
         tls.configure(&mut peer, true);
         assert_eq!(peer.options.alpn, ALPN::H1);
