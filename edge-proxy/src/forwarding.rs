@@ -7,9 +7,10 @@
 //! propagated from anyone (it is correlation, not identity); a missing or
 //! malformed one starts a new trace.
 
+use std::fmt::Write;
 use std::net::IpAddr;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 
 /// This hop, as the edge saw it.
 pub struct Hop<'a> {
@@ -21,55 +22,70 @@ pub struct Hop<'a> {
     pub host: Option<&'a str>,
 }
 
-/// Headers to set on the upstream request.
-pub fn headers(hop: &Hop, incoming: &HeaderMap) -> Vec<(&'static str, String)> {
+/// Headers to set on the upstream request, handed to `set` one by one
+/// (names are lowercase). Values are built with one allocation at most:
+/// this runs on every request.
+pub fn headers(hop: &Hop, incoming: &HeaderMap, mut set: impl FnMut(&'static str, HeaderValue)) {
     let kept = |name: &str| {
         hop.trusted
             .then(|| incoming.get(name).and_then(|v| v.to_str().ok()))
             .flatten()
             .filter(|v| !v.is_empty())
     };
-    let append = |name: &str, value: String| match kept(name) {
-        Some(previous) => format!("{previous}, {value}"),
-        None => value,
-    };
     let proto = if hop.tls { "https" } else { "http" };
-    let mut out = Vec::new();
     if let Some(ip) = hop.client_ip {
-        out.push(("x-forwarded-for", append("x-forwarded-for", ip.to_string())));
+        let value = match kept("x-forwarded-for") {
+            Some(previous) => format!("{previous}, {ip}"),
+            None => ip.to_string(),
+        };
+        set("x-forwarded-for", value_of(value));
     }
     if kept("x-forwarded-proto").is_none() {
-        out.push(("x-forwarded-proto", proto.to_string()));
+        set("x-forwarded-proto", HeaderValue::from_static(proto));
     }
     if let (None, Some(host)) = (kept("x-forwarded-host"), hop.host) {
-        out.push(("x-forwarded-host", host.to_string()));
+        set("x-forwarded-host", value_of(host.to_owned()));
     }
     if kept("x-forwarded-port").is_none() {
         let port = hop
             .host
             .and_then(|h| h.rsplit_once(':'))
-            .and_then(|(_, p)| p.parse::<u16>().ok())
-            .unwrap_or(if hop.tls { 443 } else { 80 });
-        out.push(("x-forwarded-port", port.to_string()));
+            .and_then(|(_, p)| p.parse::<u16>().ok());
+        set(
+            "x-forwarded-port",
+            match port {
+                Some(port) => HeaderValue::from(port),
+                None => HeaderValue::from_static(if hop.tls { "443" } else { "80" }),
+            },
+        );
     }
-    let node = match hop.client_ip {
-        Some(IpAddr::V6(ip)) => format!("\"[{ip}]\""),
-        Some(ip) => ip.to_string(),
-        None => "unknown".into(),
+    let mut element = String::with_capacity(64);
+    if let Some(previous) = kept("forwarded") {
+        element.push_str(previous);
+        element.push_str(", ");
+    }
+    // `write!` to a String cannot fail.
+    let _ = match hop.client_ip {
+        Some(IpAddr::V6(ip)) => write!(element, "for=\"[{ip}]\""),
+        Some(ip) => write!(element, "for={ip}"),
+        None => write!(element, "for=unknown"),
     };
-    let mut element = format!("for={node};proto={proto}");
+    let _ = write!(element, ";proto={proto}");
     if let Some(host) = hop.host {
-        element.push_str(&format!(";host=\"{host}\""));
+        let _ = write!(element, ";host=\"{host}\"");
     }
-    out.push(("forwarded", append("forwarded", element)));
+    set("forwarded", value_of(element));
     let traceparent = incoming
         .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| is_valid_traceparent(v))
-        .map(str::to_owned)
-        .unwrap_or_else(new_traceparent);
-    out.push(("traceparent", traceparent));
-    out
+        .filter(|v| v.to_str().is_ok_and(is_valid_traceparent))
+        .cloned()
+        .unwrap_or_else(|| value_of(new_traceparent()));
+    set("traceparent", traceparent);
+}
+
+/// A value built from parts that were already valid header text.
+fn value_of(text: String) -> HeaderValue {
+    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// The request id to use: a trusted hop's, if it sent a sane one.
@@ -104,11 +120,28 @@ pub fn is_valid_traceparent(value: &str) -> bool {
 
 /// Starts a sampled trace.
 pub fn new_traceparent() -> String {
-    format!(
-        "00-{:032x}-{:016x}-01",
-        rand::random::<u128>() | 1,
-        rand::random::<u64>() | 1
-    )
+    let mut out = String::with_capacity(55);
+    out.push_str("00-");
+    push_hex(&mut out, &(rand::random::<u128>() | 1).to_be_bytes());
+    out.push('-');
+    push_hex(&mut out, &(rand::random::<u64>() | 1).to_be_bytes());
+    out.push_str("-01");
+    out
+}
+
+/// 32 random lowercase hex digits.
+pub fn new_request_id() -> String {
+    let mut out = String::with_capacity(32);
+    push_hex(&mut out, &rand::random::<u128>().to_be_bytes());
+    out
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
 }
 
 #[cfg(test)]
@@ -121,6 +154,14 @@ mod tests {
             h.insert(*k, v.parse().unwrap());
         }
         h
+    }
+
+    fn headers(hop: &Hop, incoming: &HeaderMap) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        super::headers(hop, incoming, |name, value| {
+            out.push((name, value.to_str().unwrap().to_owned()))
+        });
+        out
     }
 
     fn get<'a>(out: &'a [(&'static str, String)], name: &str) -> Option<&'a str> {
@@ -192,6 +233,16 @@ mod tests {
         let out = headers(&h, &HeaderMap::new());
         assert_eq!(get(&out, "forwarded"), Some("for=\"[::1]\";proto=http"));
         assert_eq!(get(&out, "x-forwarded-port"), Some("80"));
+    }
+
+    #[test]
+    fn request_ids_are_32_hex_digits() {
+        let (a, b) = (new_request_id(), new_request_id());
+        assert_eq!(a.len(), 32);
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+        assert_ne!(a, b);
     }
 
     #[test]

@@ -72,17 +72,13 @@ fn is_tls(session: &Session) -> bool {
     session.digest().is_some_and(|d| d.ssl_digest.is_some())
 }
 
-pub fn new_request_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
-}
-
 #[async_trait]
 impl ProxyHttp for EdgeProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
-            request_id: new_request_id(),
+            request_id: forwarding::new_request_id(),
             target: None,
             failure: None,
             started: Instant::now(),
@@ -182,10 +178,13 @@ impl ProxyHttp for EdgeProxy {
             tls: is_tls(session),
             host: route::host(session.req_header()),
         };
-        for (name, value) in forwarding::headers(&hop, &session.req_header().headers) {
-            request.insert_header(name, value)?;
-        }
-        Ok(())
+        let mut result = Ok(());
+        forwarding::headers(&hop, &session.req_header().headers, |name, value| {
+            if result.is_ok() {
+                result = request.insert_header(name, value);
+            }
+        });
+        result
     }
 
     async fn response_filter(

@@ -46,8 +46,9 @@ pub struct Session {
     pub environment: String,
     pub sidecar_name: String,
     pub token: TokenHash,
-    /// What the sidecar registered: service and port → protocol.
-    routes: HashMap<(String, u16), Protocol>,
+    /// What the sidecar registered: service → its ports and their
+    /// protocols (looked up by `&str` on every request, without allocating).
+    routes: HashMap<String, Vec<(u16, Protocol)>>,
     idle: Mutex<VecDeque<DataStream>>,
     idle_ready: Notify,
     /// Idle streams wanted now: starts at the configured floor, doubles
@@ -90,7 +91,16 @@ impl Session {
             environment,
             sidecar_name,
             token,
-            routes,
+            routes: routes.into_iter().fold(
+                HashMap::new(),
+                |mut by_service, ((service, port), protocol)| {
+                    by_service
+                        .entry(service)
+                        .or_insert_with(Vec::new)
+                        .push((port, protocol));
+                    by_service
+                },
+            ),
             idle: Mutex::new(VecDeque::new()),
             idle_ready: Notify::new(),
             idle_target: AtomicU32::new(idle_target),
@@ -111,7 +121,11 @@ impl Session {
 
     /// How the sidecar said to speak to a service it registered.
     pub fn protocol(&self, service: &str, port: u16) -> Option<&Protocol> {
-        self.routes.get(&(service.to_string(), port))
+        self.routes
+            .get(service)?
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map(|(_, protocol)| protocol)
     }
 
     pub fn is_usable(&self) -> bool {
@@ -360,23 +374,20 @@ impl TunnelRegistry {
     /// sessions of its environment that registered the service and port.
     pub fn route(&self, url: &ServiceRef) -> Result<Arc<Session>, RouteError> {
         let sessions = self.sessions.read().unwrap();
-        let candidates: Vec<&Arc<Session>> = sessions
-            .by_environment
-            .get(&url.environment)
-            .map(|list| {
-                list.iter()
-                    .filter(|s| s.serves(&url.service, url.port))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let usable: Vec<&Arc<Session>> = candidates
-            .iter()
-            .copied()
-            .filter(|s| s.is_usable())
-            .collect();
-        if !usable.is_empty() {
-            let i = self.next.fetch_add(1, Ordering::Relaxed) % usable.len();
-            return Ok(usable[i].clone());
+        let candidates = || {
+            sessions
+                .by_environment
+                .get(&url.environment)
+                .into_iter()
+                .flatten()
+                .filter(|s| s.serves(&url.service, url.port))
+        };
+        let usable = candidates().filter(|s| s.is_usable()).count();
+        if usable > 0 {
+            let i = self.next.fetch_add(1, Ordering::Relaxed) % usable;
+            if let Some(s) = candidates().filter(|s| s.is_usable()).nth(i) {
+                return Ok(s.clone());
+            }
         }
         let environment_known = sessions.by_environment.contains_key(&url.environment)
             || self
@@ -385,7 +396,7 @@ impl TunnelRegistry {
                 .unwrap()
                 .known_environments
                 .contains(&url.environment);
-        if !candidates.is_empty()
+        if candidates().next().is_some()
             || (environment_known && !sessions.by_environment.contains_key(&url.environment))
         {
             Err(RouteError::Unavailable(url.environment.clone()))

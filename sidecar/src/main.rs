@@ -10,6 +10,11 @@ fn parse_protocol(text: &str) -> Result<UpstreamProtocol, String> {
 use sidecar::Sidecar;
 use tokio_util::sync::CancellationToken;
 
+/// jemalloc: less CPU per request than glibc's allocator and less memory
+/// kept per connection (measured in scripts/bench).
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// The sidecar: dials out to the edge and connects visitors to services.
 #[derive(Parser)]
 #[command(version, about)]

@@ -174,7 +174,11 @@ impl BodyReader {
     }
 
     fn prepare_buf(&mut self, buf_to_rewind: &[u8]) {
-        let mut body_buf = BytesMut::with_capacity(self.body_buf_size.max(buf_to_rewind.len()));
+        // PATCH(edge-proxy): size the buffer to the bytes already read; the
+        // first read from the stream reserves `body_buf_size`
+        // (prepare_buf_for_io). A small response that arrived with its header
+        // no longer costs a 64 KiB allocation.
+        let mut body_buf = BytesMut::with_capacity(buf_to_rewind.len());
         if !buf_to_rewind.is_empty() {
             self.rewind_buf_len = buf_to_rewind.len();
             // TODO: this is still 1 copy. Make it zero

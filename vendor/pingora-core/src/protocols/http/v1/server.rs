@@ -353,7 +353,10 @@ impl HttpSession {
                             req.method.unwrap_or(""),
                             // we path httparse to allow unsafe bytes in the str
                             req.path.unwrap_or("").as_bytes(),
-                            Some(req.headers.len()),
+                            // PATCH(edge-proxy): room for the headers a proxy
+                            // adds (forwarding, request id, trace context), so
+                            // adding them does not regrow both header maps.
+                            Some(req.headers.len() + 8),
                         )?);
 
                         request_header.set_version(match req.version {
