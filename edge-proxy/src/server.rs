@@ -14,9 +14,11 @@ use pingora_core::protocols::IO;
 use pingora_core::server::configuration::ServerConf;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tracing::{debug, info, warn};
+use tunnel_proto::coalesce::CoalescingIo;
 use tunnel_proto::transport::*;
 use tunnel_proto::tunnel_server::TunnelServer;
 use tunnel_proto::{edge_message, Drain};
@@ -148,8 +150,11 @@ impl Edge {
             )
             // Small frames of many streams share one TCP connection: Nagle's
             // algorithm would hold each behind the previous one's ACK.
+            // Frames of many streams leave in one write (CoalescingIo).
             .serve_with_incoming_shutdown(
-                TcpIncoming::from(tunnel).with_nodelay(Some(true)),
+                TcpIncoming::from(tunnel)
+                    .with_nodelay(Some(true))
+                    .map(|conn| conn.map(CoalescingIo::new)),
                 async {
                     let _ = stop_tunnel_rx.await;
                 },

@@ -1,7 +1,8 @@
 //! The tunnel protocol between sidecars and the edge: the `.proto`, its
 //! generated Rust code, and the transport settings both ends must agree on.
 //!
-//! Nothing outside this crate knows wire details. It does no I/O of its own.
+//! Nothing outside this crate knows wire details. Its one piece of I/O is
+//! [`coalesce::CoalescingIo`], the socket wrapper both ends put under HTTP/2.
 
 #![allow(clippy::all)]
 
@@ -11,6 +12,7 @@ pub mod v1 {
 
 pub use v1::*;
 
+pub mod coalesce;
 pub mod codec;
 pub mod transport;
 

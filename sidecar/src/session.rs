@@ -4,13 +4,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::Request;
 use tracing::{info, warn};
+use tunnel_proto::coalesce::CoalescingIo;
 use tunnel_proto::transport::*;
 use tunnel_proto::tunnel_client::TunnelClient;
 use tunnel_proto::{
@@ -62,13 +65,23 @@ pub fn endpoint(config: &SidecarConfig) -> Result<Endpoint, SessionError> {
         .map_err(|e| SessionError::Rejected(format!("edge URL {:?}: {e}", config.edge)))?;
     Ok(endpoint
         .connect_timeout(Duration::from_secs(10))
-        .tcp_nodelay(true)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME_SIZE)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true))
+}
+
+/// Opens the TCP connection to the edge: no Nagle delay (small frames of
+/// many streams share it), and frames batched into few writes
+/// ([`CoalescingIo`]).
+async fn dial(uri: Uri) -> std::io::Result<TokioIo<CoalescingIo<TcpStream>>> {
+    let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+    let port = uri.port_u16().unwrap_or(80);
+    let stream = TcpStream::connect((host, port)).await?;
+    stream.set_nodelay(true)?;
+    Ok(TokioIo::new(CoalescingIo::new(stream)))
 }
 
 /// Runs one session to its end. `on_welcome` is called once the edge has
@@ -78,14 +91,13 @@ pub async fn run(
     shutdown: &CancellationToken,
     on_welcome: impl FnOnce(&Welcome),
 ) -> Result<SessionEnd, SessionError> {
-    let channel: Channel =
-        endpoint(config)?
-            .connect()
-            .await
-            .map_err(|source| SessionError::Connect {
-                edge: config.edge.clone(),
-                source,
-            })?;
+    let channel: Channel = endpoint(config)?
+        .connect_with_connector(tower::service_fn(dial))
+        .await
+        .map_err(|source| SessionError::Connect {
+            edge: config.edge.clone(),
+            source,
+        })?;
     let client = TunnelClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
