@@ -173,9 +173,17 @@ impl Stack {
 
     /// `extra` is appended to the edge YAML (e.g. an `upstream:` section).
     pub fn start_with_edge_yaml(extra: &str) -> Self {
+        Self::start_with(extra, &[])
+    }
+
+    /// [`Stack::start_with_edge_yaml`], with more flags for the sample
+    /// upstream.
+    pub fn start_with(extra: &str, upstream_args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (edge, http_port, tunnel_addr) = start_edge(dir.path(), extra);
-        let upstream = Proc::spawn("sample-upstream", &["--listen", "127.0.0.1:0"]);
+        let mut args = vec!["--listen", "127.0.0.1:0"];
+        args.extend_from_slice(upstream_args);
+        let upstream = Proc::spawn("sample-upstream", &args);
         let upstream_addr = upstream.wait_line("listening ", Duration::from_secs(10))
             ["listening ".len()..]
             .to_string();

@@ -48,6 +48,48 @@ fn keep_alive_reaches_the_service_over_few_connections() {
     assert!(stats["connections"].as_u64().unwrap() <= 3, "{stats}");
 }
 
+fn upstream_stats(stack: &Stack) -> serde_json::Value {
+    let out = curl(&[&format!("http://{}/stats", stack.upstream_addr)]);
+    serde_json::from_str(&stdout(&out)).unwrap()
+}
+
+#[test]
+fn the_service_closing_idle_connections_loses_no_request() {
+    // Like a server with a short keep-alive timeout: every connection the
+    // edge keeps for reuse is closed by the service while it waits.
+    let stack = Stack::start_with("", &["--idle-close-ms", "100"]);
+    let url = stack.url("hello-8080", "/");
+    for i in 0..8 {
+        let out = curl(&["-sS", "-o", "/dev/null", "-w", "%{http_code}", &url]);
+        assert_eq!(stdout(&out), "200", "request {i}: {out:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let stats = upstream_stats(&stack);
+    assert!(stats["connections"].as_u64().unwrap() >= 8, "{stats}");
+}
+
+#[test]
+fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
+    let stack = Stack::start_with_edge_yaml("upstream:\n  idle_timeout: 300ms\n");
+    let url = stack.url("hello-8080", "/");
+    let out = curl(&["-sS", "-o", "/dev/null", "-w", "%{http_code}", &url]);
+    assert_eq!(stdout(&out), "200");
+    // The tunnelled connection is kept for reuse (the stats request is the other).
+    assert_eq!(upstream_stats(&stack)["open"], 2);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats = upstream_stats(&stack);
+        if stats["open"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still open: {stats}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // And the next request opens a new one.
+    let out = curl(&["-sS", "-o", "/dev/null", "-w", "%{http_code}", &url]);
+    assert_eq!(stdout(&out), "200");
+}
+
 #[test]
 fn errors_have_one_json_shape() {
     let stack = Stack::start();

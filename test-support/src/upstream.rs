@@ -38,7 +38,12 @@ type Body = BoxBody<Bytes, Infallible>;
 #[derive(Debug, Default)]
 pub struct Counters {
     pub connections: AtomicU64,
+    /// Connections open now.
+    pub open: AtomicU64,
     pub requests: AtomicU64,
+    /// Close a keep-alive connection that waits this long for its next
+    /// request (`None`: keep it).
+    pub idle_close: std::sync::OnceLock<std::time::Duration>,
     /// Responses of `/hold` waiting for their `/release`, by id.
     held: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
 }
@@ -117,18 +122,20 @@ pub async fn serve_with(
         };
         let _ = tcp.set_nodelay(true);
         counters.connections.fetch_add(1, Ordering::SeqCst);
+        counters.open.fetch_add(1, Ordering::SeqCst);
         let counters = counters.clone();
         let stop = stop.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
             match tls {
-                None => serve_connection(tcp, counters, stop).await,
+                None => serve_connection(tcp, counters.clone(), stop).await,
                 Some(acceptor) => {
                     if let Ok(tls) = acceptor.accept(tcp).await {
-                        serve_connection(tls, counters, stop).await
+                        serve_connection(tls, counters.clone(), stop).await
                     }
                 }
             }
+            counters.open.fetch_sub(1, Ordering::SeqCst);
         });
     }
 }
@@ -137,11 +144,20 @@ async fn serve_connection<IO>(io: IO, counters: Arc<Counters>, stop: Cancellatio
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let idle_close = counters.idle_close.get().copied();
     let service = hyper::service::service_fn(move |req| {
         counters.requests.fetch_add(1, Ordering::SeqCst);
         handle(req, counters.clone())
     });
-    let conn = hyper::server::conn::http1::Builder::new()
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    if let Some(idle) = idle_close {
+        // hyper's header read timeout also runs while a kept-alive
+        // connection waits for its next request.
+        builder
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(idle);
+    }
+    let conn = builder
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::select! {
@@ -297,6 +313,7 @@ async fn handle(
         ("GET", "/stats") => {
             let json = serde_json::json!({
                 "connections": counters.connections.load(Ordering::SeqCst),
+                "open": counters.open.load(Ordering::SeqCst),
                 "requests": counters.requests.load(Ordering::SeqCst),
             });
             full(StatusCode::OK, "application/json", json.to_string())

@@ -7,6 +7,10 @@ use clap::Parser;
 struct Cli {
     #[command(flatten)]
     listen: test_support::tls::ListenArgs,
+    /// Close a kept-alive connection after it waited this many milliseconds
+    /// for its next request (as servers with a keep-alive timeout do).
+    #[arg(long)]
+    idle_close_ms: Option<u64>,
 }
 
 #[tokio::main]
@@ -16,7 +20,12 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&cli.listen.listen).await?;
     println!("listening {}", listener.local_addr()?);
     let stop = tokio_util::sync::CancellationToken::new();
-    let counters = Default::default();
+    let counters = std::sync::Arc::new(test_support::upstream::Counters::default());
+    if let Some(ms) = cli.idle_close_ms {
+        let _ = counters
+            .idle_close
+            .set(std::time::Duration::from_millis(ms));
+    }
     tokio::select! {
         _ = test_support::upstream::serve_with(listener, tls, counters, stop.clone()) => {}
         _ = tokio::signal::ctrl_c() => stop.cancel(),
