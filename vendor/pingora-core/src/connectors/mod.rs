@@ -18,6 +18,8 @@ pub mod http;
 pub mod l4;
 #[cfg(feature = "any_tls")]
 mod tls;
+// PATCH(edge-proxy): a pool for virtual streams.
+mod virtual_pool;
 
 #[cfg(not(feature = "any_tls"))]
 use crate::tls::connectors as tls;
@@ -179,6 +181,8 @@ pub struct TransportConnector {
     /// for periodic metric reporting without needing access to the connector itself.
     unexpected_data_conn_count: Arc<AtomicU64>,
     keepalive_pool_callback: Option<PoolCallback>,
+    // PATCH(edge-proxy): idle virtual streams (see virtual_pool.rs).
+    virtual_pool: Arc<virtual_pool::VirtualPool>,
 }
 
 const DEFAULT_POOL_SIZE: usize = 128;
@@ -201,6 +205,7 @@ impl TransportConnector {
         let keepalive_pool_callback = options
             .as_ref()
             .and_then(|o| o.keepalive_pool_callback.clone());
+        let unexpected_data_conn_count = Arc::new(AtomicU64::new(0));
         TransportConnector {
             tls_ctx: tls::Connector::new(options),
             connection_pool: Arc::new(ConnectionPool::new(pool_size)),
@@ -208,7 +213,11 @@ impl TransportConnector {
             bind_to_v4,
             bind_to_v6,
             preferred_http_version: PreferredHttpVersion::new(),
-            unexpected_data_conn_count: Arc::new(AtomicU64::new(0)),
+            virtual_pool: virtual_pool::VirtualPool::new(
+                pool_size,
+                unexpected_data_conn_count.clone(),
+            ),
+            unexpected_data_conn_count,
             keepalive_pool_callback,
         }
     }
@@ -249,6 +258,10 @@ impl TransportConnector {
 
     /// Try to find a reusable connection to the given server [Peer]
     pub async fn reused_stream<P: Peer + Send + Sync>(&self, peer: &P) -> Option<Stream> {
+        // PATCH(edge-proxy): idle virtual streams live in their own pool.
+        if let Some(stream) = self.virtual_pool.take(peer.reuse_hash()) {
+            return Some(stream);
+        }
         match self.connection_pool.get(&peer.reuse_hash()) {
             Some(s) => {
                 debug!("find reusable stream, trying to acquire it");
@@ -318,6 +331,12 @@ impl TransportConnector {
         idle_timeout: Option<Duration>,
     ) {
         if !test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
+            return;
+        }
+        // PATCH(edge-proxy): a virtual stream (negative id) waits in the
+        // virtual pool, without a task of its own.
+        if stream.id() < 0 {
+            self.virtual_pool.put(key, stream, idle_timeout);
             return;
         }
         let id = stream.id();
