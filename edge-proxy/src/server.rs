@@ -275,9 +275,12 @@ async fn accept_loop(
             let stream: Box<dyn IO> = match tls {
                 None => Box::new(stream),
                 Some(acceptor) => {
+                    // Boxed: the handshake's state is several KiB, and inline
+                    // it would be part of every connection's task for the
+                    // connection's whole life.
                     match tokio::time::timeout(
                         TLS_HANDSHAKE_TIMEOUT,
-                        acceptor.tls_handshake(stream),
+                        Box::pin(acceptor.tls_handshake(stream)),
                     )
                     .await
                     {
