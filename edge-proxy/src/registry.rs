@@ -382,10 +382,12 @@ impl TunnelRegistry {
                 .flatten()
                 .filter(|s| s.serves(&url.service, url.port))
         };
-        let usable = candidates().filter(|s| s.is_usable()).count();
-        if usable > 0 {
-            let i = self.next.fetch_add(1, Ordering::Relaxed) % usable;
-            if let Some(s) = candidates().filter(|s| s.is_usable()).nth(i) {
+        let usable = || candidates().filter(|s| s.is_usable());
+        let count = usable().count();
+        if count > 0 {
+            let i = self.next.fetch_add(1, Ordering::Relaxed) % count;
+            // A session may have started draining since it was counted.
+            if let Some(s) = usable().nth(i).or_else(|| usable().next()) {
                 return Ok(s.clone());
             }
         }
