@@ -293,17 +293,28 @@ class Bench:
         return self.only is None or key in self.only
 
     # -- upstream
-    def nginx_common(self, name):
+    def start_nginx(self, name, purpose, workers, http, ports):
+        """Runs nginx from its own prefix directory under the work dir, with
+        `http` (indented lines) inside the common `http` block, and waits for
+        `ports`."""
         d = os.path.join(self.work, name)
         os.makedirs(os.path.join(d, "tmp"), exist_ok=True)
         user = "user root;" if os.geteuid() == 0 else ""
         temp = "\n".join(f"  {k}_temp_path {d}/tmp/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-        return d, user, temp
-
-    def start_nginx(self, name, conf_text, d, ports):
         conf = os.path.join(d, "nginx.conf")
         with open(conf, "w") as f:
-            f.write(conf_text)
+            f.write(f"""# {purpose}
+daemon off;
+master_process on;
+worker_processes {workers};
+{user}
+pid {d}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+{temp}
+{http}}}
+""")
         proc = self.procs.start(name, ["nginx", "-p", d, "-c", conf, "-e", os.path.join(d, "error.log")])
         for port in ports:
             deadline = time.monotonic() + 10
@@ -334,19 +345,8 @@ class Bench:
         os.makedirs(www)
         with open(os.path.join(www, "big.bin"), "wb") as f:
             f.truncate(self.bulk_bytes)  # sparse: reads are zeros, no disk
-        d, user, temp = self.nginx_common("upstream")
         up, up_tls = free_port(), free_port()
-        self.start_nginx("upstream", f"""# the upstream every comparator reaches
-daemon off;
-master_process on;
-worker_processes 1;
-{user}
-pid {d}/nginx.pid;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-{temp}
-  default_type application/octet-stream;
+        self.start_nginx("upstream", "the upstream every comparator reaches", 1, f"""  default_type application/octet-stream;
   sendfile on;
   tcp_nopush on;
   tcp_nodelay on;
@@ -360,8 +360,7 @@ http {{
     root {www};
     location = / {{ return 200 "Hello from the upstream\\n"; }}
   }}
-}}
-""", d, [up, up_tls])
+""", [up, up_tls])
         self.upstream = f"127.0.0.1:{up}"
         self.upstream_tls = f"127.0.0.1:{up_tls}"
         self.addr["direct"] = self.upstream
@@ -377,23 +376,13 @@ http {{
     # -- nginx reverse proxy
     def start_nginx_proxy(self):
         log("nginx reverse proxy")
-        d, user, temp = self.nginx_common("nginx")
         port, port_tls, port_rtt = free_port(), free_port(), free_port()
         self.nginx_rtt_port = port_rtt
         # bench-delay in front of the upstream, for the 10 ms RTT row: nginx
         # -> delay -> upstream (the hop a proxy adds, like edge -> sidecar).
         delay = self.start_delay("delay-nginx", self.upstream)
-        self.proc_nginx = self.start_nginx("nginx", f"""# nginx as a reverse proxy (the comparator)
-daemon off;
-master_process on;
-worker_processes {os.cpu_count() or 2};
-{user}
-pid {d}/nginx.pid;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-{temp}
-  keepalive_requests 10000000;
+        self.proc_nginx = self.start_nginx("nginx", "nginx as a reverse proxy (the comparator)",
+                                           os.cpu_count() or 2, f"""  keepalive_requests 10000000;
   keepalive_timeout 300s;
   proxy_http_version 1.1;
   proxy_set_header Connection "";
@@ -411,8 +400,7 @@ http {{
     listen 127.0.0.1:{port_rtt};
     location / {{ proxy_pass http://up_delayed; }}
   }}
-}}
-""", d, [port, port_tls, port_rtt])
+""", [port, port_tls, port_rtt])
         self.addr["nginx"] = f"127.0.0.1:{port}"
         self.tls["nginx"] = f"127.0.0.1:{port_tls}"
         self.hop["nginx"] = {"nginx": self.proc_nginx.pid}
