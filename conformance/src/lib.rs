@@ -179,8 +179,15 @@ impl Stack {
     /// [`Stack::start_with_edge_yaml`], with more flags for the sample
     /// upstream.
     pub fn start_with(extra: &str, upstream_args: &[&str]) -> Self {
+        Self::start_full(extra, &[], upstream_args)
+    }
+
+    /// [`Stack::start_with`], with more flags for the edge.
+    pub fn start_full(extra: &str, edge_args: &[&str], upstream_args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (edge, http_port, tunnel_addr) = start_edge(dir.path(), extra);
+        std::fs::write(dir.path().join("edge.yaml"), edge_yaml(extra)).unwrap();
+        let (edge, listening) = start_edge_with_args(dir.path(), edge_args);
+        let (http_port, tunnel_addr) = (listening.http_port, listening.tunnel);
         let mut args = vec!["--listen", "127.0.0.1:0"];
         args.extend_from_slice(upstream_args);
         let upstream = Proc::spawn("sample-upstream", &args);
@@ -288,8 +295,15 @@ pub struct Listening {
 
 /// Starts the edge on an existing `dir/edge.yaml`; returns it and where it listens.
 pub fn start_edge_listening(dir: &Path) -> (Proc, Listening) {
+    start_edge_with_args(dir, &[])
+}
+
+/// [`start_edge_listening`], with more command-line flags.
+pub fn start_edge_with_args(dir: &Path, args: &[&str]) -> (Proc, Listening) {
     let path = dir.join("edge.yaml");
-    let edge = Proc::spawn("edge-proxy", &["--config", path.to_str().unwrap()]);
+    let mut argv = vec!["--config", path.to_str().unwrap()];
+    argv.extend_from_slice(args);
+    let edge = Proc::spawn("edge-proxy", &argv);
     let line = edge.wait_line("edge-proxy listening", Duration::from_secs(10));
     let field = |key: &str| {
         line.split_whitespace()

@@ -53,6 +53,58 @@ fn upstream_stats(stack: &Stack) -> serde_json::Value {
     serde_json::from_str(&stdout(&out)).unwrap()
 }
 
+/// CPU time each thread of a process has run, by thread name.
+fn thread_run_times(pid: u32) -> std::collections::HashMap<String, u64> {
+    let mut times = std::collections::HashMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap();
+        let schedstat = std::fs::read_to_string(dir.join("schedstat")).unwrap();
+        let ns: u64 = schedstat
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        *times.entry(name.trim().to_string()).or_default() += ns;
+    }
+    times
+}
+
+#[test]
+fn visitors_are_spread_over_the_edge_workers() {
+    // Two workers; the sidecar's two connections (its default) are dealt
+    // one to each, and so are visitors' connections.
+    let stack = Stack::start_full("", &["--threads", "2"], &[]);
+    let before = thread_run_times(stack.edge.pid());
+    // 8 keep-alive connections, 100 requests each.
+    let url = stack.url("hello-8080", "/?[1-800]");
+    let out = curl(&[
+        "-sS",
+        "-Z",
+        "--parallel-max",
+        "8",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}\n",
+        &url,
+    ]);
+    let codes = stdout(&out);
+    assert_eq!(
+        codes.lines().filter(|c| *c == "200").count(),
+        800,
+        "{out:?}"
+    );
+    let after = thread_run_times(stack.edge.pid());
+    let ran = |name: &str| after[name] - before.get(name).copied().unwrap_or(0);
+    let (first, second) = (ran("edge-proxy"), ran("edge-worker-1"));
+    assert!(
+        first.min(second) * 4 >= first.max(second),
+        "the workers' shares are uneven: {first} ns and {second} ns"
+    );
+}
+
 #[test]
 fn the_service_closing_idle_connections_loses_no_request() {
     // Like a server with a short keep-alive timeout: every connection the

@@ -17,12 +17,12 @@ struct Cli {
     /// Edge configuration file (YAML).
     #[arg(long, short, global = true, default_value = "configs/edge.yaml")]
     config: PathBuf,
-    /// Worker threads. 1 (the default) runs everything on one thread: no
-    /// hand-offs between threads, the lowest latency and CPU per request
-    /// (one thread carries tens of thousands of requests/s). More threads
-    /// use more cores.
-    #[arg(long, global = true, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
-    threads: u16,
+    /// Worker threads (default: one per core). Each runs its own
+    /// single-threaded runtime and serves the visitor and sidecar
+    /// connections dealt to it; a request crosses no thread when its
+    /// worker serves a tunnel connection of the sidecar it goes to.
+    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -57,25 +57,21 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Run => run(&cli.config, cli.threads).map_err(|e| {
-            eprintln!("edge-proxy: {e:#}");
-            std::process::exit(1)
-        }),
+        Command::Run => {
+            run(&cli.config, cli.threads.map_or_else(cores, usize::from)).map_err(|e| {
+                eprintln!("edge-proxy: {e:#}");
+                std::process::exit(1)
+            })
+        }
     }
 }
 
-fn runtime(threads: u16) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(threads.into());
-        b
-    };
-    builder.enable_all().build()
+/// Cores this process may run on.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-fn run(path: &std::path::Path, threads: u16) -> anyhow::Result<()> {
+fn run(path: &std::path::Path, threads: usize) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -88,51 +84,55 @@ fn run(path: &std::path::Path, threads: u16) -> anyhow::Result<()> {
             std::process::exit(1);
         }
     };
-    runtime(threads)?.block_on(async {
-        // Handlers first: a signal that arrives once we are listening
-        // must shut down cleanly, not kill the process.
-        let shutdown = shutdown_signal()?;
-        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-        let http = tokio::net::TcpListener::bind(config.http_addr)
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            // Handlers first: a signal that arrives once we are listening
+            // must shut down cleanly, not kill the process.
+            let shutdown = shutdown_signal()?;
+            let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+            let http = tokio::net::TcpListener::bind(config.http_addr)
+                .await
+                .with_context(|| format!("listen.http: cannot bind {}", config.http_addr))?;
+            let tunnel = tokio::net::TcpListener::bind(config.tunnel_addr)
+                .await
+                .with_context(|| format!("listen.tunnel: cannot bind {}", config.tunnel_addr))?;
+            let https = match config.https_addr {
+                Some(addr) => Some(
+                    tokio::net::TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("listen.https: cannot bind {addr}"))?,
+                ),
+                None => None,
+            };
+            // One machine-readable line, for scripts and the conformance suite.
+            let https_text = match &https {
+                Some(l) => format!(" https={}", l.local_addr()?),
+                None => String::new(),
+            };
+            println!(
+                "edge-proxy listening http={}{https_text} tunnel={}",
+                http.local_addr()?,
+                tunnel.local_addr()?
+            );
+            let edge = Edge::new(config);
+            tokio::spawn(edge_proxy::reload::watch(
+                path.to_path_buf(),
+                edge.reloader(),
+                hangup,
+            ));
+            edge.serve(
+                edge_proxy::Listeners {
+                    http,
+                    https,
+                    tunnel,
+                    workers: threads,
+                },
+                shutdown,
+            )
             .await
-            .with_context(|| format!("listen.http: cannot bind {}", config.http_addr))?;
-        let tunnel = tokio::net::TcpListener::bind(config.tunnel_addr)
-            .await
-            .with_context(|| format!("listen.tunnel: cannot bind {}", config.tunnel_addr))?;
-        let https = match config.https_addr {
-            Some(addr) => Some(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("listen.https: cannot bind {addr}"))?,
-            ),
-            None => None,
-        };
-        // One machine-readable line, for scripts and the conformance suite.
-        let https_text = match &https {
-            Some(l) => format!(" https={}", l.local_addr()?),
-            None => String::new(),
-        };
-        println!(
-            "edge-proxy listening http={}{https_text} tunnel={}",
-            http.local_addr()?,
-            tunnel.local_addr()?
-        );
-        let edge = Edge::new(config);
-        tokio::spawn(edge_proxy::reload::watch(
-            path.to_path_buf(),
-            edge.reloader(),
-            hangup,
-        ));
-        edge.serve(
-            edge_proxy::Listeners {
-                http,
-                https,
-                tunnel,
-            },
-            shutdown,
-        )
-        .await
-    })
+        })
 }
 
 /// Resolves on SIGINT or SIGTERM; the handlers are installed on call.

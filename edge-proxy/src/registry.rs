@@ -7,6 +7,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::thread::ThreadId;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify};
@@ -46,6 +47,9 @@ pub struct Session {
     pub environment: String,
     pub sidecar_name: String,
     pub token: TokenHash,
+    /// The edge worker thread that serves this session's tunnel connection:
+    /// visitors on that thread use it first (no hand-off between threads).
+    pub worker: ThreadId,
     /// What the sidecar registered: service → its ports and their
     /// protocols (looked up by `&str` on every request, without allocating).
     routes: HashMap<String, Vec<(u16, Protocol)>>,
@@ -91,6 +95,7 @@ impl Session {
             environment,
             sidecar_name,
             token,
+            worker: std::thread::current().id(),
             routes: routes.into_iter().fold(
                 HashMap::new(),
                 |mut by_service, ((service, port), protocol)| {
@@ -356,6 +361,20 @@ impl TunnelRegistry {
         }
     }
 
+    /// Round robin over `count` sessions. A session may have started
+    /// draining since it was counted: then the first still usable one.
+    fn pick<'a, I: Iterator<Item = &'a Arc<Session>>>(
+        &self,
+        count: usize,
+        sessions: impl Fn() -> I,
+    ) -> Option<&'a Arc<Session>> {
+        if count == 0 {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % count;
+        sessions().nth(i).or_else(|| sessions().next())
+    }
+
     pub fn session(&self, id: &str) -> Option<Arc<Session>> {
         self.sessions.read().unwrap().by_id.get(id).cloned()
     }
@@ -371,7 +390,8 @@ impl TunnelRegistry {
     }
 
     /// Picks a session for a preview URL: round robin over the usable
-    /// sessions of its environment that registered the service and port.
+    /// sessions of its environment that registered the service and port,
+    /// those served by the calling worker thread first.
     pub fn route(&self, url: &ServiceRef) -> Result<Arc<Session>, RouteError> {
         let sessions = self.sessions.read().unwrap();
         let candidates = || {
@@ -382,14 +402,14 @@ impl TunnelRegistry {
                 .flatten()
                 .filter(|s| s.serves(&url.service, url.port))
         };
+        let here = std::thread::current().id();
+        let local = || candidates().filter(|s| s.is_usable() && s.worker == here);
         let usable = || candidates().filter(|s| s.is_usable());
-        let count = usable().count();
-        if count > 0 {
-            let i = self.next.fetch_add(1, Ordering::Relaxed) % count;
-            // A session may have started draining since it was counted.
-            if let Some(s) = usable().nth(i).or_else(|| usable().next()) {
-                return Ok(s.clone());
-            }
+        let picked = self
+            .pick(local().count(), local)
+            .or_else(|| self.pick(usable().count(), usable));
+        if let Some(s) = picked {
+            return Ok(s.clone());
         }
         let environment_known = sessions.by_environment.contains_key(&url.environment)
             || self
@@ -529,6 +549,45 @@ mod tests {
             .collect();
         assert_ne!(picks[0], picks[1]);
         assert_eq!(picks[0], picks[2]);
+    }
+
+    #[test]
+    fn prefers_sessions_served_by_the_calling_worker() {
+        let r = Arc::new(registry());
+        let here = session("demo", &[("web", 80)]);
+        // Sessions remember the thread that serves their connection.
+        let there = std::thread::spawn(|| session("demo", &[("web", 80)]))
+            .join()
+            .unwrap();
+        assert_ne!(here.worker, there.worker);
+        r.insert(there.clone());
+        r.insert(here.clone());
+        for _ in 0..4 {
+            assert!(Arc::ptr_eq(
+                &r.route(&url("web", 80, "demo")).unwrap(),
+                &here
+            ));
+        }
+        // Another worker gets its own, or any usable session if it has none.
+        let r2 = r.clone();
+        let from_elsewhere = std::thread::spawn(move || {
+            (0..4)
+                .map(|_| r2.route(&url("web", 80, "demo")).unwrap().id.clone())
+                .collect::<HashSet<_>>()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(
+            from_elsewhere.len(),
+            2,
+            "no local session: round robin over all"
+        );
+        // A draining local session is passed over.
+        here.set_draining();
+        assert!(Arc::ptr_eq(
+            &r.route(&url("web", 80, "demo")).unwrap(),
+            &there
+        ));
     }
 
     #[tokio::test]

@@ -35,10 +35,13 @@ impl Target {
     /// Key of the upstream connection pool: connections are shared by
     /// requests to the same service spoken to the same way, never across
     /// services or protocol settings (a rule may override a registration).
+    /// Nor across edge workers: a reused stream stays on the thread that
+    /// serves its tunnel connection.
     pub fn pool_key(&self) -> u64 {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.service.hash(&mut h);
         self.protocol.hash(&mut h);
+        self.session.worker.hash(&mut h);
         h.finish()
     }
 }

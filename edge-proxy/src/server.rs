@@ -2,21 +2,22 @@
 //! listener (tonic), on bound listeners, until a shutdown future resolves.
 
 use std::future::Future;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use pingora_core::apps::{HttpServerOptions, ServerApp};
 use pingora_core::listeners::tls::Acceptor;
-use pingora_core::protocols::l4::listener::Listener;
+use pingora_core::protocols::l4::stream::Stream;
 use pingora_core::protocols::l4::stream::{L4BufferSettings, DEFAULT_L4_WRITE_BUFFER_SIZE};
-use pingora_core::protocols::IO;
+use pingora_core::protocols::{GetSocketDigest, SocketDigest, IO};
 use pingora_core::server::configuration::ServerConf;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 use tracing::{debug, info, warn};
 use tunnel_proto::coalesce::CoalescingIo;
 use tunnel_proto::transport::*;
@@ -49,6 +50,9 @@ pub struct Listeners {
     /// TLS for visitors, if configured.
     pub https: Option<TcpListener>,
     pub tunnel: TcpListener,
+    /// Worker threads (at least 1), each with its own single-threaded
+    /// runtime: the caller's runtime is the first. See [`Workers`].
+    pub workers: usize,
 }
 
 /// Read buffer of a visitor's TLS connection: one full TLS record.
@@ -119,6 +123,7 @@ impl Edge {
             http,
             https,
             tunnel,
+            workers,
         } = listeners;
         let default_public_url = match &https {
             Some(l) => format!(
@@ -130,37 +135,6 @@ impl Edge {
                 http.local_addr().map(|a| a.port()).unwrap_or(80)
             ),
         };
-        let service = TunnelService::new(
-            self.registry.clone(),
-            self.config.clone(),
-            default_public_url,
-        );
-        let (stop_tunnel_tx, stop_tunnel_rx) = tokio::sync::oneshot::channel::<()>();
-        let grpc = tonic::transport::Server::builder()
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_frame_size(MAX_FRAME_SIZE)
-            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
-            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-            .add_service(
-                TunnelServer::new(service)
-                    .max_decoding_message_size(MAX_MESSAGE_SIZE)
-                    .max_encoding_message_size(MAX_MESSAGE_SIZE),
-            )
-            // Small frames of many streams share one TCP connection: Nagle's
-            // algorithm would hold each behind the previous one's ACK.
-            // Frames of many streams leave in one write (CoalescingIo).
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(tunnel)
-                    .with_nodelay(Some(true))
-                    .map(|conn| conn.map(CoalescingIo::new)),
-                async {
-                    let _ = stop_tunnel_rx.await;
-                },
-            );
-        let grpc = tokio::spawn(grpc);
-
         let conf = Arc::new(ServerConf {
             upstream_keepalive_pool_size: self.config.load().upstream.keepalive_pool_size,
             ..Default::default()
@@ -179,32 +153,49 @@ impl Edge {
         let mut options = HttpServerOptions::default();
         options.h2c = self.config.load().h2c;
         app.server_options = Some(options);
-        let app = Arc::new(app);
         let (stop_http_tx, stop_http_rx) = watch::channel(false);
-        let stop_accepting = CancellationToken::new();
-        let mut accept_loops = vec![tokio::spawn(accept_loop(
+        let shared = Shared {
+            app: Arc::new(app),
+            tls: https.as_ref().map(|_| {
+                Arc::new(Acceptor::from_server_config(tls::server_config(
+                    self.certificates.clone(),
+                )))
+            }),
+            tunnel_service: TunnelService::new(
+                self.registry.clone(),
+                self.config.clone(),
+                default_public_url,
+            ),
+            shutdown: stop_http_rx,
+            stop_accepting: CancellationToken::new(),
+            stop_tunnel: CancellationToken::new(),
+        };
+        let workers = Workers::start(workers.max(1), &shared)?;
+        let mut acceptors = vec![tokio::spawn(accept(
             http,
-            None,
-            app.clone(),
-            stop_http_rx.clone(),
-            stop_accepting.clone(),
+            Handoff::Visitor,
+            workers.queues.clone(),
+            shared.stop_accepting.clone(),
         ))];
         if let Some(https) = https {
-            let acceptor = Arc::new(Acceptor::from_server_config(tls::server_config(
-                self.certificates.clone(),
-            )));
-            accept_loops.push(tokio::spawn(accept_loop(
+            acceptors.push(tokio::spawn(accept(
                 https,
-                Some(acceptor),
-                app.clone(),
-                stop_http_rx.clone(),
-                stop_accepting.clone(),
+                Handoff::TlsVisitor,
+                workers.queues.clone(),
+                shared.stop_accepting.clone(),
             )));
         }
+        let tunnel_acceptor = tokio::spawn(accept(
+            tunnel,
+            |stream, _| Handoff::Tunnel(stream),
+            workers.queues.clone(),
+            shared.stop_tunnel.clone(),
+        ));
+
         shutdown.await;
-        stop_accepting.cancel();
-        for l in accept_loops {
-            let _ = l.await;
+        shared.stop_accepting.cancel();
+        for a in acceptors {
+            let _ = a.await;
         }
 
         info!("shutting down: draining tunnels and in-flight requests");
@@ -229,31 +220,103 @@ impl Edge {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let _ = stop_tunnel_tx.send(());
-        let _ = tokio::time::timeout(Duration::from_secs(2), grpc).await;
+        shared.stop_tunnel.cancel();
+        let _ = tunnel_acceptor.await;
+        workers.stopped().await;
         Ok(())
     }
 }
 
-type ProxyApp = pingora_proxy::HttpProxy<EdgeProxy>;
-
-/// Accepts visitors on one listener until `stop` is cancelled; with `tls`,
-/// each connection is a TLS handshake first (HTTP/2 if ALPN picks it).
-async fn accept_loop(
-    listener: TcpListener,
-    tls: Option<Arc<Acceptor>>,
+/// What every worker serves with.
+#[derive(Clone)]
+struct Shared {
     app: Arc<ProxyApp>,
+    /// Present when visitors are served over TLS.
+    tls: Option<Arc<Acceptor>>,
+    tunnel_service: TunnelService,
+    /// Tells Pingora that in-flight requests should wind down.
     shutdown: watch::Receiver<bool>,
+    stop_accepting: CancellationToken,
+    stop_tunnel: CancellationToken,
+}
+
+/// The edge's worker threads. Each runs a single-threaded runtime that
+/// serves the visitor and tunnel connections handed to it: the acceptors
+/// deal new connections round robin, so a sidecar's connections (two by
+/// default) land on different workers and visitors spread evenly. A
+/// visitor's request goes to a session whose tunnel connection its own
+/// worker serves when there is one, so its bytes cross no thread. A
+/// single-threaded runtime costs less per request than a work-stealing
+/// one, and N of them use N cores.
+struct Workers {
+    queues: Vec<mpsc::UnboundedSender<Handoff>>,
+    /// The first worker runs on the caller's runtime.
+    first: tokio::task::JoinHandle<()>,
+    /// The others, each a thread; each sends once it has stopped.
+    others: Vec<oneshot::Receiver<()>>,
+}
+
+/// A new connection for a worker.
+enum Handoff {
+    Visitor(std::net::TcpStream, std::net::SocketAddr),
+    TlsVisitor(std::net::TcpStream, std::net::SocketAddr),
+    Tunnel(std::net::TcpStream),
+}
+
+impl Workers {
+    fn start(count: usize, shared: &Shared) -> std::io::Result<Self> {
+        let (queue, handoffs) = mpsc::unbounded_channel();
+        let mut queues = vec![queue];
+        let first = tokio::spawn(run_worker(shared.clone(), handoffs));
+        let mut others = Vec::new();
+        for n in 1..count {
+            let (queue, handoffs) = mpsc::unbounded_channel();
+            queues.push(queue);
+            let shared = shared.clone();
+            let (stopped, done) = oneshot::channel();
+            others.push(done);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            std::thread::Builder::new()
+                .name(format!("edge-worker-{n}"))
+                .spawn(move || {
+                    runtime.block_on(run_worker(shared, handoffs));
+                    let _ = stopped.send(());
+                })?;
+        }
+        Ok(Self {
+            queues,
+            first,
+            others,
+        })
+    }
+
+    /// Waits for every worker to finish (after `stop_tunnel`).
+    async fn stopped(self) {
+        drop(self.queues);
+        let _ = self.first.await;
+        for done in self.others {
+            let _ = done.await;
+        }
+    }
+}
+
+/// Accepts connections until `stop` is cancelled and deals them to the
+/// workers in turn.
+async fn accept(
+    listener: TcpListener,
+    handoff: fn(std::net::TcpStream, std::net::SocketAddr) -> Handoff,
+    workers: Vec<mpsc::UnboundedSender<Handoff>>,
     stop: CancellationToken,
 ) {
-    // Pingora's listener records each client's address for the request.
-    let listener = Listener::from(listener);
+    let mut next = 0;
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = stop.cancelled() => return,
         };
-        let mut stream = match accepted {
+        let (stream, peer) = match accepted {
             Ok(s) => s,
             Err(e) => {
                 warn!(error = %e, "accept failed");
@@ -261,46 +324,125 @@ async fn accept_loop(
                 continue;
             }
         };
-        let _ = stream.set_nodelay();
-        // A response's header and body leave in one write; TLS reads whole
-        // records. Plain HTTP needs no read buffer (Pingora reads into its own).
-        stream.set_buffer(L4BufferSettings::new(
-            if tls.is_some() { TLS_READ_BUFFER } else { 0 },
-            DEFAULT_L4_WRITE_BUFFER_SIZE,
-        ));
-        let app = app.clone();
-        let shutdown = shutdown.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let stream: Box<dyn IO> = match tls {
-                None => Box::new(stream),
-                Some(acceptor) => {
-                    // Boxed: the handshake's state is several KiB, and inline
-                    // it would be part of every connection's task for the
-                    // connection's whole life.
-                    match tokio::time::timeout(
-                        TLS_HANDSHAKE_TIMEOUT,
-                        Box::pin(acceptor.tls_handshake(stream)),
-                    )
-                    .await
-                    {
-                        Ok(Ok(tls_stream)) => Box::new(tls_stream),
-                        Ok(Err(e)) => {
-                            debug!(error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            debug!("TLS handshake timed out");
-                            return;
-                        }
-                    }
-                }
-            };
-            let mut next = app.process_new(stream, &shutdown).await;
-            while let Some(stream) = next {
-                next = app.process_new(stream, &shutdown).await;
+        // Visitors: a response's header and body leave in one write anyway.
+        // Tunnels: small frames of many streams share one TCP connection,
+        // and Nagle's algorithm would hold each behind the previous one's
+        // ACK (frames of many streams leave in one write: CoalescingIo).
+        let _ = stream.set_nodelay(true);
+        // Out of this runtime's reactor, to be registered with the worker's.
+        match stream.into_std() {
+            Ok(stream) => {
+                let _ = workers[next % workers.len()].send(handoff(stream, peer));
+                next += 1;
             }
-        });
+            Err(e) => warn!(error = %e, "connection lost in hand-off"),
+        }
+    }
+}
+
+/// One worker's life: serve what it is handed until `stop_tunnel`.
+async fn run_worker(shared: Shared, mut handoffs: mpsc::UnboundedReceiver<Handoff>) {
+    // Each tunnel connection's HTTP/2 state and tasks live on this thread.
+    let (tunnels, incoming) = mpsc::unbounded_channel();
+    let incoming = UnboundedReceiverStream::new(incoming)
+        .map(|s: std::net::TcpStream| TcpStream::from_std(s).map(CoalescingIo::new));
+    let grpc = tokio::spawn(
+        tunnel_server(shared.tunnel_service.clone())
+            .serve_with_incoming_shutdown(incoming, shared.stop_tunnel.clone().cancelled_owned()),
+    );
+    loop {
+        let handoff = tokio::select! {
+            h = handoffs.recv() => h,
+            _ = shared.stop_tunnel.cancelled() => None,
+        };
+        let (stream, peer, tls) = match handoff {
+            None => break,
+            Some(Handoff::Tunnel(stream)) => {
+                let _ = tunnels.send(stream);
+                continue;
+            }
+            Some(Handoff::Visitor(stream, peer)) => (stream, peer, None),
+            Some(Handoff::TlsVisitor(stream, peer)) => (stream, peer, shared.tls.clone()),
+        };
+        match TcpStream::from_std(stream) {
+            Ok(stream) => {
+                tokio::spawn(serve_visitor(
+                    visitor_stream(stream, peer),
+                    tls,
+                    shared.clone(),
+                ));
+            }
+            Err(e) => warn!(error = %e, "cannot register a visitor's connection"),
+        }
+    }
+    shared.stop_tunnel.cancelled().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), grpc).await;
+}
+
+/// A visitor's connection as Pingora's stream, which records the client's
+/// address for the request (as Pingora's own listener does).
+fn visitor_stream(stream: TcpStream, peer: std::net::SocketAddr) -> Stream {
+    let mut stream = Stream::from(stream);
+    let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
+    let _ = digest.peer_addr.set(Some(peer.into()));
+    stream.set_socket_digest(digest);
+    stream
+}
+
+/// The gRPC server sidecars talk to, with the tunnel's HTTP/2 settings.
+fn tunnel_server(service: TunnelService) -> tonic::transport::server::Router {
+    tonic::transport::Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .add_service(
+            TunnelServer::new(service)
+                .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+        )
+}
+
+type ProxyApp = pingora_proxy::HttpProxy<EdgeProxy>;
+
+/// Serves one visitor's connection; with `tls`, a TLS handshake first
+/// (HTTP/2 if ALPN picks it).
+async fn serve_visitor(mut stream: Stream, tls: Option<Arc<Acceptor>>, shared: Shared) {
+    // A response's header and body leave in one write; TLS reads whole
+    // records. Plain HTTP needs no read buffer (Pingora reads into its own).
+    stream.set_buffer(L4BufferSettings::new(
+        if tls.is_some() { TLS_READ_BUFFER } else { 0 },
+        DEFAULT_L4_WRITE_BUFFER_SIZE,
+    ));
+    let stream: Box<dyn IO> = match tls {
+        None => Box::new(stream),
+        Some(acceptor) => {
+            // Boxed: the handshake's state is several KiB, and inline it
+            // would be part of every connection's task for the connection's
+            // whole life.
+            match tokio::time::timeout(
+                TLS_HANDSHAKE_TIMEOUT,
+                Box::pin(acceptor.tls_handshake(stream)),
+            )
+            .await
+            {
+                Ok(Ok(tls_stream)) => Box::new(tls_stream),
+                Ok(Err(e)) => {
+                    debug!(error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    debug!("TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
+    let mut next = shared.app.process_new(stream, &shared.shutdown).await;
+    while let Some(stream) = next {
+        next = shared.app.process_new(stream, &shared.shutdown).await;
     }
 }
 

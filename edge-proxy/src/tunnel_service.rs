@@ -35,6 +35,7 @@ const MISSED_HEARTBEATS: u32 = 3;
 /// Most routes one session may register.
 const MAX_ROUTES: usize = 1024;
 
+#[derive(Clone)]
 pub struct TunnelService {
     registry: Arc<TunnelRegistry>,
     config: Arc<ArcSwap<EdgeConfig>>,

@@ -145,6 +145,7 @@ impl TestEdge {
                 http,
                 https: None,
                 tunnel,
+                workers: 1,
             };
             let _ = edge
                 .serve(listeners, async {
