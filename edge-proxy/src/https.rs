@@ -5,6 +5,12 @@
 
 use crate::config::EdgeConfig;
 
+/// Whether plain-HTTP requests may be redirected at all (cheap; checked
+/// before the request's host is looked at).
+pub fn redirects(config: &EdgeConfig, https_port: Option<u16>) -> bool {
+    https_port.is_some() && config.tls.as_ref().is_some_and(|t| t.redirect_http)
+}
+
 /// Where a plain-HTTP request should go instead, if anywhere.
 /// `https_port` is the port the HTTPS listener is bound to (`None`: no
 /// HTTPS listener).

@@ -98,7 +98,7 @@ impl ProxyHttp for EdgeProxy {
             ctx.request_id = id;
         }
         ctx.long_lived = session.is_upgrade_req() || errors::is_grpc(session.req_header());
-        if !is_tls(session) {
+        if !is_tls(session) && https::redirects(&config, self.https_port) {
             let req = session.req_header();
             let host = route::host(req).and_then(|h| normalize_host(h).ok());
             let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
