@@ -269,6 +269,11 @@ class Bench:
         self.work = work
         self.procs = Processes(work)
         self.duration = 2 if args.quick else 10
+        # Load rows run each comparator in rounds, alternating, and keep each
+        # one's median round: this machine's speed drifts within a run, and
+        # one long measurement per comparator turns that drift into ratios.
+        self.rounds = 1 if args.quick else 3
+        self.round_seconds = max(1, round(self.duration / self.rounds))
         self.bulk_bytes = (256 if args.quick else 1024) * MIB
         self.scale_n = args.sidecars or (20 if args.quick else 1000)
         self.scale_m = args.connections or (200 if args.quick else 10000)
@@ -526,7 +531,7 @@ targets:
     # ------------------------------------------------------------ measurements
 
     def wrk(self, comp, conns, threads, extra=()):
-        argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{self.duration}s", "-H", f"Host: {HOST}", *extra,
+        argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{self.round_seconds}s", "-H", f"Host: {HOST}", *extra,
                 f"http://{self.addr[comp]}/"]
         pids = self.hop_pids(comp)
         cpu0 = cpu_seconds(pids)
@@ -550,7 +555,7 @@ targets:
 
     def latency(self, comp):
         out = run([self.bin("bench-latency"), "--addr", self.addr[comp], "--host", HOST,
-                   "--duration", str(self.duration), "--warmup", "0.5" if self.quick else "1"],
+                   "--duration", str(self.round_seconds), "--warmup", "0.5" if self.quick else "1"],
                   timeout=self.duration + 60, check=False)
         try:
             res = json.loads(out.strip().splitlines()[-1])
@@ -587,7 +592,7 @@ targets:
         return self.repeated_bulk(self.addr[comp], HOST, max_time=120)
 
     def h2load(self, comp):
-        argv = ["h2load", "-c4", "-m25", "-t1", "-D", str(self.duration), "--warm-up-time", "1",
+        argv = ["h2load", "-c4", "-m25", "-t1", "-D", str(self.round_seconds), "--warm-up-time", "1",
                 "-H", f":authority: {HOST}", f"https://{self.tls[comp]}/"]
         out = run(argv, timeout=self.duration + 60, check=False)
         fin = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", out)
@@ -752,6 +757,16 @@ def main():
     return 0
 
 
+def median_round(measured, better):
+    """The median of a comparator's rounds (value and its details); a round
+    without a number counts as the worst."""
+    valid = sorted((r for r in measured if r[0] is not None), key=lambda r: r[0], reverse=(better == "higher"))
+    if len(valid) < len(measured):
+        failed = next(r for r in measured if r[0] is None)
+        valid += [failed] * (len(measured) - len(valid))
+    return valid[len(valid) // 2]
+
+
 def run_rows(b):
     rows = []
     only_edge = {c: None for c in COMPARATORS}
@@ -763,26 +778,34 @@ def run_rows(b):
                      "seconds": round(seconds, 1)})
         return rows[-1]
 
-    def row(key, name, unit, fn, **kw):
-        """Measures `fn(comparator) -> (value, details)` for every comparator."""
+    def row(key, name, unit, fn, rounds=1, better="higher", **kw):
+        """Measures `fn(comparator) -> (value, details)` for every comparator,
+        `rounds` times in turn; each comparator's median round counts."""
         log(name)
         t0 = time.monotonic()
-        values, details = {}, {}
-        for comp in COMPARATORS:
-            # A failed measurement costs its cell, not the run (the missing
-            # number still fails it at the end).
-            dead = b.dead(comp)
-            try:
-                if dead:
-                    raise HarnessError(dead)
-                values[comp], details[comp] = fn(comp)
-            except HarnessError as e:
+        runs = {comp: [] for comp in COMPARATORS}
+        for _ in range(rounds):
+            for comp in COMPARATORS:
+                # A failed measurement costs its cell, not the run (the
+                # missing number still fails it at the end).
                 dead = b.dead(comp)
-                msg = f"{e}" + (f" ({dead})" if dead and dead not in str(e) else "")
-                values[comp], details[comp] = None, {"error": msg}
-                b.warnings.append(f"{name}, {comp}: {msg}")
-            note(f"{comp:8} {fmt(values[comp], unit)} {unit}")
-        return add(key, name, unit, values, details, seconds=time.monotonic() - t0, **kw)
+                try:
+                    if dead:
+                        raise HarnessError(dead)
+                    runs[comp].append(fn(comp))
+                except HarnessError as e:
+                    dead = b.dead(comp)
+                    msg = f"{e}" + (f" ({dead})" if dead and dead not in str(e) else "")
+                    runs[comp].append((None, {"error": msg}))
+                    b.warnings.append(f"{name}, {comp}: {msg}")
+        values, details = {}, {}
+        for comp, measured in runs.items():
+            values[comp], details[comp] = median_round(measured, better)
+            if rounds > 1:
+                details[comp]["rounds"] = [v for v, _ in measured]
+            note(f"{comp:8} {fmt(values[comp], unit)} {unit}"
+                 + (f"  (rounds: {', '.join(fmt(v, unit) for v, _ in measured)})" if rounds > 1 else ""))
+        return add(key, name, unit, values, details, seconds=time.monotonic() - t0, better=better, **kw)
 
     log(f"warm-up ({'1' if b.quick else '2'} s each)")
     for comp in COMPARATORS:
@@ -793,17 +816,17 @@ def run_rows(b):
 
     if b.want("rps_c64"):
         r = row("rps_c64", "requests/s, 64 connections, keep-alive", "req/s",
-                lambda c: b.wrk(c, 64, 2), must="≥ 1.0 × rathole", aim="≥ 1.0 × nginx")
+                lambda c: b.wrk(c, 64, 2), rounds=b.rounds, must="≥ 1.0 × rathole", aim="≥ 1.0 × nginx")
         add("cpu_per_request", "CPU of the middle hop per request (µs, 64-conn row)", "µs",
             {c: r["details"][c].get("cpu_us_per_request") for c in COMPARATORS},
             better="lower", expected=["nginx", "rathole", "edge"])
     if b.want("rps_c1"):
         row("rps_c1", "requests/s, 1 connection", "req/s",
-            lambda c: b.wrk(c, 1, 1), must="≥ 1.0 × rathole", aim="≥ 1.0 × nginx")
+            lambda c: b.wrk(c, 1, 1), rounds=b.rounds, must="≥ 1.0 × rathole", aim="≥ 1.0 × nginx")
     if b.want("latency"):
         r = row("latency_p50", "latency p50, 1 connection (µs)", "µs",
                 lambda c: (lambda res: (res["p50_us"] if res["requests"] else None, res))(b.latency(c)),
-                better="lower")
+                rounds=b.rounds, better="lower")
         add("latency_p99", "latency p99, 1 connection (µs)", "µs",
             {c: (d["p99_us"] if d.get("requests") else None) for c, d in r["details"].items()}, better="lower")
         p50, direct = r["values"], r["values"]["direct"]
@@ -812,13 +835,14 @@ def run_rows(b):
             must="≤ rathole's", aim="≤ nginx's", better="lower", expected=["nginx", "rathole", "edge"])
     if b.want("conn_rate"):
         row("conn_rate", "new connections/s (Connection: close, 16 conns)", "conn/s",
-            lambda c: b.wrk(c, 16, 2, ("-H", "Connection: close")), must="≥ 1.0 × rathole", aim="≥ 0.8 × nginx")
+            lambda c: b.wrk(c, 16, 2, ("-H", "Connection: close")), rounds=b.rounds, must="≥ 1.0 × rathole",
+            aim="≥ 0.8 × nginx")
     size = "1 GiB" if b.bulk_bytes == 1024 * MIB else f"{b.bulk_bytes // MIB} MiB"
     if b.want("bulk"):
         row("bulk", f"{size} download (MB/s)", "MB/s", b.bulk, must="≥ 1.0 × rathole", aim="≥ 1.0 × nginx")
     if b.want("h2"):
         row("h2_rps", "HTTP/2 over TLS requests/s (h2load, 4 conns × 25 streams)", "req/s", b.h2load,
-            must="≥ 0.8 × nginx", aim="≥ 1.0 × nginx")
+            rounds=b.rounds, must="≥ 0.8 × nginx", aim="≥ 1.0 × nginx")
 
     # Peak memory of the middle hops over the rows above (before the RTT row
     # starts extra processes).
@@ -946,7 +970,9 @@ def report(b, rows, total_secs):
             b.warnings.append(f"scale: edge logged {s['edge_log_warnings']} warnings/errors, e.g. {s['edge_log_sample'][:2]}")
 
     header = (f"Benchmark {date}, commit {commit}, {cores} cores, kernel {kernel}, "
-              f"{'quick' if b.quick else 'full'} run ({b.duration} s per measurement), total {total_secs:.0f} s")
+              f"{'quick' if b.quick else 'full'} run ({b.duration} s per measurement"
+              f"{f', load rows in {b.rounds} alternating rounds of {b.round_seconds} s, median' if b.rounds > 1 else ''})"
+              f", total {total_secs:.0f} s")
     cols = ["row", "direct", "nginx", "rathole", "edge", "edge÷direct", "edge÷nginx", "edge÷rathole",
             "must (edge)", "holds", "s"]
     table = []
