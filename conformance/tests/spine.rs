@@ -106,6 +106,40 @@ fn visitors_are_spread_over_the_edge_workers() {
 }
 
 #[test]
+fn stopping_the_edge_lets_every_worker_finish_its_requests() {
+    let mut stack = Stack::start_full("", &["--threads", "2"], &[]);
+    // Four slow requests on four connections: two on each worker.
+    let url = stack.url("hello-8080", "/slow?ms=1500&n=[1-4]");
+    let requests = std::thread::spawn(move || {
+        curl(&[
+            "-sS",
+            "-Z",
+            "--parallel-immediate",
+            "--parallel-max",
+            "4",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}\n",
+            &url,
+        ])
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    stack.edge.interrupt();
+    let out = requests.join().unwrap();
+    assert_eq!(
+        stdout(&out).lines().filter(|c| *c == "200").count(),
+        4,
+        "{out:?}"
+    );
+    assert!(
+        stack.edge.wait_exit(Duration::from_secs(15)).success(),
+        "{}",
+        stack.edge.output()
+    );
+}
+
+#[test]
 fn the_service_closing_idle_connections_loses_no_request() {
     // Like a server with a short keep-alive timeout: every connection the
     // edge keeps for reuse is closed by the service while it waits.
