@@ -20,17 +20,18 @@ pub fn redirect_location(
     host: &str,
     path_and_query: &str,
 ) -> Option<String> {
+    if !redirects(config, https_port) {
+        return None;
+    }
     let tls = config.tls.as_ref()?;
-    let https_port = https_port?;
-    if !tls.redirect_http
-        || tls
-            .plain_paths
-            .iter()
-            .any(|p| path_and_query.starts_with(p.as_str()))
+    if tls
+        .plain_paths
+        .iter()
+        .any(|p| path_and_query.starts_with(p.as_str()))
     {
         return None;
     }
-    let port = tls.redirect_port.unwrap_or(https_port);
+    let port = tls.redirect_port.or(https_port)?;
     let authority = if port == 443 {
         host.to_string()
     } else {

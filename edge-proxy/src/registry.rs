@@ -403,8 +403,8 @@ impl TunnelRegistry {
                 .filter(|s| s.serves(&url.service, url.port))
         };
         let here = std::thread::current().id();
-        let local = || candidates().filter(|s| s.is_usable() && s.worker == here);
         let usable = || candidates().filter(|s| s.is_usable());
+        let local = || usable().filter(|s| s.worker == here);
         let picked = self
             .pick(local().count(), local)
             .or_else(|| self.pick(usable().count(), usable));
