@@ -134,6 +134,18 @@ impl Proc {
         }
     }
 
+    /// Asserts the process exits with success within 15 s (its output in
+    /// the failure message).
+    pub fn assert_exits_cleanly(&mut self) {
+        let status = self.wait_exit(Duration::from_secs(15));
+        assert!(
+            status.success(),
+            "{} exited with {status}:\n{}",
+            self.name,
+            self.output()
+        );
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }

@@ -132,11 +132,7 @@ fn stopping_the_edge_lets_every_worker_finish_its_requests() {
         4,
         "{out:?}"
     );
-    assert!(
-        stack.edge.wait_exit(Duration::from_secs(15)).success(),
-        "{}",
-        stack.edge.output()
-    );
+    stack.edge.assert_exits_cleanly();
 }
 
 #[test]
@@ -362,7 +358,7 @@ fn laptop_mode_exposes_a_local_port() {
     );
     assert!(stdout(&curl(&[&url])).contains("Hello from the sample service"));
     expose.interrupt();
-    assert!(expose.wait_exit(Duration::from_secs(15)).success());
+    expose.assert_exits_cleanly();
 }
 
 #[test]
@@ -370,17 +366,9 @@ fn ctrl_c_stops_edge_and_sidecar_cleanly() {
     let mut stack = Stack::start();
     let mut sidecar = stack.sidecar.take().unwrap();
     sidecar.interrupt();
-    assert!(
-        sidecar.wait_exit(Duration::from_secs(15)).success(),
-        "{}",
-        sidecar.output()
-    );
+    sidecar.assert_exits_cleanly();
     stack.edge.interrupt();
-    assert!(
-        stack.edge.wait_exit(Duration::from_secs(15)).success(),
-        "{}",
-        stack.edge.output()
-    );
+    stack.edge.assert_exits_cleanly();
 }
 
 #[test]
