@@ -602,14 +602,17 @@ targets:
         proto = re.search(r"Application protocol: (\S+)", out)
         if not fin or not req:
             raise HarnessError(f"h2load said: {out[-1500:]}")
+        # "finished in" includes the warm-up; h2load's req/s and counts cover
+        # only the measured period.
         secs = float(fin.group(1)) / (1000 if fin.group(2) == "ms" else 1)
+        done = int(req.group(3))
         ok2xx = int(codes.group(1)) if codes else int(req.group(4))
         detail = {"succeeded": int(req.group(4)), "failed": int(req.group(5)), "errored": int(req.group(6)),
                   "status_2xx": ok2xx, "non_2xx": sum(map(int, codes.groups()[1:])) if codes else None,
                   "protocol": proto.group(1) if proto else None, "seconds": secs}
         if proto and proto.group(1) != "h2":
             self.warnings.append(f"h2load {comp}: negotiated {proto.group(1)}, not h2")
-        value = ok2xx / secs if secs > 0 and ok2xx else None
+        value = float(fin.group(3)) * ok2xx / done if done and ok2xx else None
         return value, detail
 
     def bulk_rtt(self, comp):
