@@ -286,7 +286,9 @@ impl HttpSession {
 
                         let mut response_header = match ResponseHeader::build(
                             resp.code.unwrap(),
-                            Some(resp.headers.len()),
+                            // PATCH(edge-proxy): room for the headers a proxy
+                            // adds to a response (request id, HSTS, ...).
+                            Some(resp.headers.len() + 4),
                         ) {
                             Ok(header) => Box::new(header),
                             Err(e) => return self.fail_response_header_read(e),
