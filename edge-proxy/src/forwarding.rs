@@ -312,3 +312,49 @@ mod tests {
         }
     }
 }
+
+/// The vendored pingora-http patches the edge relies on for these headers
+/// (vendor/pingora-http/PATCHES.md): they must not change what is sent.
+#[cfg(test)]
+mod pingora_http_patches {
+    use pingora_http::RequestHeader;
+
+    fn wire(req: &RequestHeader) -> String {
+        let mut buf = bytes::BytesMut::new();
+        req.header_to_h1_wire(&mut buf);
+        String::from_utf8(buf.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn a_copy_with_room_keeps_every_header_its_case_and_order() {
+        let mut req = RequestHeader::build("GET", b"/a?b=c", None).unwrap();
+        req.append_header("Host", "web.example").unwrap();
+        req.append_header("X-Multi", "one").unwrap();
+        req.append_header("accept", "*/*").unwrap();
+        req.append_header("x-multi", "two").unwrap();
+        let mut copy = req.clone_with_room(8);
+        assert_eq!(wire(&copy), wire(&req));
+        assert_eq!(copy.uri, req.uri);
+        assert_eq!(copy.method, req.method);
+        let before: Vec<_> = copy.headers.get_all("x-multi").iter().cloned().collect();
+        assert_eq!(before, ["one", "two"]);
+        copy.insert_header("x-forwarded-for", "192.0.2.1").unwrap();
+        assert!(wire(&copy).ends_with("x-forwarded-for: 192.0.2.1\r\n"));
+        assert!(wire(&req).find("x-forwarded-for").is_none());
+    }
+
+    #[test]
+    fn static_names_are_inserted_as_given_and_other_names_still_parse() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("x-request-id", "abc").unwrap();
+        req.insert_header("content-length", "0").unwrap();
+        req.insert_header("X-Titled", "1").unwrap();
+        assert_eq!(req.headers["x-request-id"], "abc");
+        assert_eq!(req.headers[http::header::CONTENT_LENGTH], "0");
+        assert_eq!(req.headers["x-titled"], "1");
+        let wire = wire(&req);
+        assert!(wire.contains("x-request-id: abc\r\n"), "{wire}");
+        assert!(wire.contains("X-Titled: 1\r\n"), "{wire}");
+        assert!(req.insert_header("bad name", "1").is_err());
+    }
+}
