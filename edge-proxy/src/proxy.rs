@@ -67,6 +67,17 @@ fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
         .map(|a| a.ip())
 }
 
+/// A header value HTTP/2 sends as a literal "never indexed": a value unique
+/// to each response (a request id) would otherwise enter the connection's
+/// HPACK table every time and push out the values worth indexing (`date`,
+/// `content-type`, ...).
+fn unindexed(value: &str) -> Result<http::HeaderValue> {
+    let mut value =
+        http::HeaderValue::from_str(value).map_err(|_| Error::new(ErrorType::InvalidHTTPHeader))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
 /// Whether the visitor's connection is TLS.
 fn is_tls(session: &Session) -> bool {
     session.digest().is_some_and(|d| d.ssl_digest.is_some())
@@ -193,7 +204,7 @@ impl ProxyHttp for EdgeProxy {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        response.insert_header("x-request-id", &ctx.request_id)?;
+        response.insert_header("x-request-id", unindexed(&ctx.request_id)?)?;
         if is_tls(session) {
             let host = route::host(session.req_header()).and_then(|h| normalize_host(h).ok());
             if let Some(value) = host.and_then(|h| https::hsts(&self.config.load(), &h)) {
