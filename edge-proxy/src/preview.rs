@@ -3,6 +3,8 @@
 //! Service names may contain `-`; the last two `-`-separated parts of the
 //! first label are the port and the environment.
 
+use std::borrow::Cow;
+
 use crate::config::is_label;
 
 /// A service as visitors name it: environment, service name and port.
@@ -28,7 +30,11 @@ impl ServiceRef {
     /// Resolves a `Host` header value (which may carry a port) against the
     /// preview domains.
     pub fn from_preview_host(host: &str, domains: &[String]) -> Result<Self, HostError> {
-        let host = normalize_host(host)?;
+        Self::from_normalized_host(&normalize_host(host)?, domains)
+    }
+
+    /// Like `from_preview_host`, for a host `normalize_host` returned.
+    pub fn from_normalized_host(host: &str, domains: &[String]) -> Result<Self, HostError> {
         let label = domains
             .iter()
             .find_map(|d| host.strip_suffix(d.as_str())?.strip_suffix('.'))
@@ -65,8 +71,9 @@ impl ServiceRef {
     }
 }
 
-/// A `Host` header value → lowercase host name without port or final dot.
-pub fn normalize_host(host: &str) -> Result<String, HostError> {
+/// A `Host` header value → lowercase host name without port or final dot
+/// (borrowed when the value is one already: this runs on every request).
+pub fn normalize_host(host: &str) -> Result<Cow<'_, str>, HostError> {
     if host.starts_with('[') {
         return Err(HostError::NotFound); // an IPv6 literal is never a routed host
     }
@@ -81,7 +88,12 @@ pub fn normalize_host(host: &str) -> Result<String, HostError> {
     {
         return Err(HostError::Malformed);
     }
-    Ok(host.trim_end_matches('.').to_ascii_lowercase())
+    let host = host.trim_end_matches('.');
+    Ok(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    })
 }
 
 /// `host[:port]` → host. `None` if the port part is garbage.

@@ -206,8 +206,8 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         response.insert_header("x-request-id", unindexed(&ctx.request_id)?)?;
         if is_tls(session) {
-            let host = route::host(session.req_header()).and_then(|h| normalize_host(h).ok());
-            if let Some(value) = host.and_then(|h| https::hsts(&self.config.load(), &h)) {
+            let host = route::host(session.req_header());
+            if let Some(value) = https::hsts(&self.config.load(), host) {
                 response.insert_header("strict-transport-security", value)?;
             }
         }

@@ -74,7 +74,7 @@ pub fn resolve(
             )
         }
         None => (
-            ServiceRef::from_preview_host(&host, &config.preview_domains)?,
+            ServiceRef::from_normalized_host(&host, &config.preview_domains)?,
             None,
             upstream.connect_timeout,
             upstream.read_timeout,
