@@ -124,13 +124,16 @@ fn value_of(text: String) -> HeaderValue {
 
 /// The request id to use: a trusted hop's, if it sent a sane one.
 pub fn trusted_request_id(incoming: &HeaderMap, trusted: bool) -> Option<String> {
+    if !trusted {
+        return None;
+    }
     let id = incoming.get("x-request-id")?.to_str().ok()?;
     let sane = !id.is_empty()
         && id.len() <= 128
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
-    (trusted && sane).then(|| id.to_string())
+    sane.then(|| id.to_string())
 }
 
 /// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, ids not all zero.

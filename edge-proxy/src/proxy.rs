@@ -145,7 +145,7 @@ impl ProxyHttp for EdgeProxy {
         // The address is never dialed: the custom connector below opens a
         // tunnel stream instead.
         let mut peer = HttpPeer::new(
-            ("127.0.0.1", target.service.port),
+            std::net::SocketAddr::from(([127, 0, 0, 1], target.service.port)),
             target.protocol.is_tls(),
             String::new(),
         );

@@ -394,33 +394,37 @@ impl TunnelRegistry {
     /// those served by the calling worker thread first.
     pub fn route(&self, url: &ServiceRef) -> Result<Arc<Session>, RouteError> {
         let sessions = self.sessions.read().unwrap();
+        let in_environment = sessions.by_environment.get(&url.environment);
         let candidates = || {
-            sessions
-                .by_environment
-                .get(&url.environment)
+            in_environment
                 .into_iter()
                 .flatten()
                 .filter(|s| s.serves(&url.service, url.port))
         };
         let here = std::thread::current().id();
         let usable = || candidates().filter(|s| s.is_usable());
-        let local = || usable().filter(|s| s.worker == here);
-        let picked = self
-            .pick(local().count(), local)
-            .or_else(|| self.pick(usable().count(), usable));
+        // One pass to count, one to pick (this runs on every request).
+        let (mut n_usable, mut n_local) = (0, 0);
+        for s in usable() {
+            n_usable += 1;
+            n_local += usize::from(s.worker == here);
+        }
+        let picked = if n_local > 0 {
+            self.pick(n_local, || usable().filter(|s| s.worker == here))
+        } else {
+            self.pick(n_usable, usable)
+        };
         if let Some(s) = picked {
             return Ok(s.clone());
         }
-        let environment_known = sessions.by_environment.contains_key(&url.environment)
+        let environment_known = in_environment.is_some()
             || self
                 .auth
                 .read()
                 .unwrap()
                 .known_environments
                 .contains(&url.environment);
-        if candidates().next().is_some()
-            || (environment_known && !sessions.by_environment.contains_key(&url.environment))
-        {
+        if candidates().next().is_some() || (environment_known && in_environment.is_none()) {
             Err(RouteError::Unavailable(url.environment.clone()))
         } else {
             Err(RouteError::NotFound)
