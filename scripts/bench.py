@@ -238,16 +238,17 @@ def proc_children(pid):
 
 
 def cpu_seconds(pids):
-    """utime + stime of the processes (all their threads, dead ones too)."""
-    total = 0
+    """(utime, stime) of the processes (all their threads, dead ones too)."""
+    user = system = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            user += int(fields[11])
+            system += int(fields[12])
         except (OSError, IndexError, ValueError):
             pass
-    return total / CLK_TCK
+    return user / CLK_TCK, system / CLK_TCK
 
 
 def status_kib(pid, field):
@@ -534,9 +535,10 @@ targets:
         argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{self.round_seconds}s", "-H", f"Host: {HOST}", *extra,
                 f"http://{self.addr[comp]}/"]
         pids = self.hop_pids(comp)
-        cpu0 = cpu_seconds(pids)
+        user0, system0 = cpu_seconds(pids)
         out = run(argv, timeout=self.duration + 60)
-        cpu = cpu_seconds(pids) - cpu0
+        user1, system1 = cpu_seconds(pids)
+        user, cpu = user1 - user0, (user1 - user0) + (system1 - system0)
         m = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M)
         n = re.search(r"^\s+(\d+) requests in ([\d.]+)(\w+)", out, re.M)
         non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -548,6 +550,7 @@ targets:
                   "cpu_s": round(cpu, 3)}
         if pids and requests:
             detail["cpu_us_per_request"] = round(cpu / requests * 1e6, 2)
+            detail["user_cpu_us_per_request"] = round(user / requests * 1e6, 2)
         value = float(m.group(1)) if m else None
         if value is not None and requests and detail["non_2xx"] == requests:
             value = None  # nothing but errors is no number
@@ -823,6 +826,9 @@ def run_rows(b):
         add("cpu_per_request", "CPU of the middle hop per request (µs, 64-conn row)", "µs",
             {c: r["details"][c].get("cpu_us_per_request") for c in COMPARATORS},
             better="lower", expected=["nginx", "rathole", "edge"])
+        add("user_cpu_per_request", "… of which in user space (µs)", "µs",
+            {c: r["details"][c].get("user_cpu_us_per_request") for c in COMPARATORS},
+            better="lower", expected=["nginx", "rathole", "edge"])
     if b.want("rps_c1"):
         row("rps_c1", "requests/s, 1 connection", "req/s",
             lambda c: b.wrk(c, 1, 1), rounds=b.rounds, must="≥ 1.0 × rathole", aim="≥ 1.0 × nginx")
@@ -991,7 +997,8 @@ def report(b, rows, total_secs):
         f"{os.cpu_count()} workers, keepalive upstream, no disk buffering; rathole 0.5 defaults over TCP; "
         "edge + sidecar with their default settings (sidecar `connections: 2`).",
         "CPU per request: utime+stime of the middle-hop processes (nginx master + workers; rathole server + client; "
-        "edge + sidecar) during the 64-connection row ÷ requests. Peak RSS: VmHWM summed over those processes "
+        "edge + sidecar) during the 64-connection row ÷ requests, and its utime part (the rest is the kernel's: "
+        "reads, writes, wake-ups, loopback delivery). Peak RSS: VmHWM summed over those processes "
         "after the h2 row (before the RTT and scale rows).",
         "HTTP/2: h2load -c4 -m25 over TLS; nginx and the edge terminate TLS, rathole carries it to the "
         "upstream's TLS port, direct is that port.",
