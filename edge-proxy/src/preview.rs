@@ -144,7 +144,20 @@ mod tests {
 
     #[test]
     fn host_is_case_insensitive_and_may_end_with_a_dot() {
-        assert!(parse("WebApp-80-Demo.Preview.Localhost.").is_ok());
+        let p = parse("WebApp-80-Demo.Preview.Localhost.").unwrap();
+        assert_eq!(
+            (p.service.as_str(), p.environment.as_str()),
+            ("webapp", "demo")
+        );
+        assert_eq!(
+            normalize_host("A.Preview.Localhost.:80").unwrap(),
+            "a.preview.localhost"
+        );
+        // Already normal: borrowed, not copied.
+        assert!(matches!(
+            normalize_host("a.preview.localhost:80").unwrap(),
+            Cow::Borrowed("a.preview.localhost")
+        ));
     }
 
     #[test]
