@@ -409,18 +409,11 @@ impl RequestHeader {
     /// step by step (`HeaderMap::reserve` does not grow a map whose index
     /// table is already large enough).
     pub fn clone_with_room(&self, additional: usize) -> Self {
-        let mut base = ReqBuilder::new()
-            .method(self.base.method.clone())
-            .uri(self.base.uri.clone())
-            .version(self.base.version)
-            .body(())
-            .unwrap()
-            .into_parts()
-            .0;
-        base.headers = map_with_room(&self.base.headers, additional);
-        base.extensions = self.base.extensions.clone();
         Self {
-            base,
+            base: clone_req_parts_with(
+                &self.base,
+                map_with_room(&self.base.headers, additional),
+            ),
             header_name_map: self
                 .header_name_map
                 .as_ref()
@@ -836,6 +829,12 @@ fn parse_request_target(target: &[u8]) -> Result<ParsedRequestTarget> {
 }
 
 fn clone_req_parts(me: &ReqParts) -> ReqParts {
+    clone_req_parts_with(me, me.headers.clone())
+}
+
+// PATCH(edge-proxy): `clone_req_parts` with the given headers (for
+// `RequestHeader::clone_with_room`).
+fn clone_req_parts_with(me: &ReqParts, headers: HMap) -> ReqParts {
     let mut parts = ReqBuilder::new()
         .method(me.method.clone())
         .uri(me.uri.clone())
@@ -844,7 +843,7 @@ fn clone_req_parts(me: &ReqParts) -> ReqParts {
         .unwrap()
         .into_parts()
         .0;
-    parts.headers = me.headers.clone();
+    parts.headers = headers;
     parts.extensions = me.extensions.clone();
     parts
 }
@@ -885,6 +884,22 @@ fn http_header_map_upper_bound(size_hint: Option<usize>) -> usize {
     )
 }
 
+// PATCH(edge-proxy): a header's name and its case-preserving form; a name
+// that is free to parse already (see `IntoCaseHeaderName::parsed_header_name`)
+// is not parsed again.
+fn header_names(name: impl IntoCaseHeaderName) -> Result<(HeaderName, CaseHeaderName)> {
+    let parsed = name.parsed_header_name();
+    let case_header_name = name.into_case_header_name();
+    let header_name = match parsed {
+        Some(name) => name,
+        None => case_header_name
+            .as_slice()
+            .try_into()
+            .or_err(InvalidHTTPHeader, "invalid header name")?,
+    };
+    Ok((header_name, case_header_name))
+}
+
 #[inline]
 fn append_header_value<T>(
     name_map: Option<&mut CaseMap>,
@@ -892,16 +907,7 @@ fn append_header_value<T>(
     name: impl IntoCaseHeaderName,
     value: T,
 ) -> Result<bool> {
-    // PATCH(edge-proxy): see `IntoCaseHeaderName::parsed_header_name`.
-    let parsed = name.parsed_header_name();
-    let case_header_name = name.into_case_header_name();
-    let header_name: HeaderName = match parsed {
-        Some(name) => name,
-        None => case_header_name
-            .as_slice()
-            .try_into()
-            .or_err(InvalidHTTPHeader, "invalid header name")?,
-    };
+    let (header_name, case_header_name) = header_names(name)?;
     // store the original case in the map
     if let Some(name_map) = name_map {
         // Use the non-panicking `try_append`: the infallible `append` calls
@@ -926,16 +932,7 @@ fn insert_header_value<T>(
     name: impl IntoCaseHeaderName,
     value: T,
 ) -> Result<()> {
-    // PATCH(edge-proxy): see `IntoCaseHeaderName::parsed_header_name`.
-    let parsed = name.parsed_header_name();
-    let case_header_name = name.into_case_header_name();
-    let header_name: HeaderName = match parsed {
-        Some(name) => name,
-        None => case_header_name
-            .as_slice()
-            .try_into()
-            .or_err(InvalidHTTPHeader, "invalid header name")?,
-    };
+    let (header_name, case_header_name) = header_names(name)?;
     if let Some(name_map) = name_map {
         // store the original case in the map
         name_map.insert(header_name.clone(), case_header_name);
