@@ -538,7 +538,8 @@ targets:
         user0, system0 = cpu_seconds(pids)
         out = run(argv, timeout=self.duration + 60)
         user1, system1 = cpu_seconds(pids)
-        user, cpu = user1 - user0, (user1 - user0) + (system1 - system0)
+        user = user1 - user0
+        cpu = user + (system1 - system0)
         m = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M)
         n = re.search(r"^\s+(\d+) requests in ([\d.]+)(\w+)", out, re.M)
         non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
