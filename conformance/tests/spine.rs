@@ -309,6 +309,50 @@ fn a_pausing_response_is_passed_on_not_held_back() {
 }
 
 #[test]
+fn a_visitor_who_leaves_early_does_not_leave_its_answer_to_the_next() {
+    use std::io::Write;
+    let stack = Stack::start();
+    // Warm the pool: the next requests find a pooled stream.
+    assert_eq!(
+        stdout(&curl(&[&stack.url("hello-8080", "/")])),
+        "Hello from the sample service, through the tunnel.\n"
+    );
+    let mut visitor = std::net::TcpStream::connect(("127.0.0.1", stack.http_port)).unwrap();
+    write!(
+        visitor,
+        "GET /slow?ms=600 HTTP/1.1\r\nHost: hello-8080-demo.preview.localhost\r\n\r\n"
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    drop(visitor);
+    // The edge gives up on the request when the visitor leaves, not when
+    // the answer comes (at 600 ms).
+    let line = stack
+        .edge
+        .wait_line("path=\"/slow\"", Duration::from_secs(5));
+    let duration_us: u64 = line
+        .split("duration_us=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|d| d.parse().ok())
+        .unwrap_or_else(|| panic!("no duration in {line}"));
+    assert!(duration_us < 500_000, "{line}");
+    assert!(line.contains("error="), "{line}");
+    // The slow answer is due now; a stream that still carried it must not
+    // go back to the pool.
+    std::thread::sleep(Duration::from_millis(600));
+    let url = stack.url("hello-8080", "/");
+    let out = stdout(&curl(&[url.as_str(), url.as_str(), url.as_str()]));
+    assert_eq!(
+        out,
+        "Hello from the sample service, through the tunnel.\n".repeat(3),
+        "{out}"
+    );
+    // Warm-up, the slow one, three, and this one.
+    assert_eq!(upstream_stats(&stack)["requests"], 6);
+}
+
+#[test]
 fn a_response_cut_by_a_timeout_is_cut_not_rewritten() {
     let stack = Stack::start_with_edge_yaml("upstream:\n  read_timeout: 1s\n");
     let out = curl(&[&stack.url("hello-8080", "/hold?id=never")]);

@@ -115,7 +115,8 @@ where
             return (false, true, Some(e));
         }
 
-        session.set_upstream_h1_upgrade_request_status(is_h1_upgrade_req(&req));
+        let upgrade = is_h1_upgrade_req(&req);
+        session.set_upstream_h1_upgrade_request_status(upgrade);
 
         session.upstream_compression.request_filter(&req);
 
@@ -126,6 +127,22 @@ where
             Err(e) => {
                 return (false, false, Some(e.into_up()));
             }
+        }
+
+        // PATCH(edge-proxy): most requests have no body; see `proxy_bodiless`.
+        if !upgrade
+            && !session.downstream_session.is_custom()
+            && !session.cache.enabled()
+            && !session.cache.bypassing()
+            && session.as_mut().is_body_empty()
+        {
+            session.as_mut().enable_retry_buffering();
+            return match self.proxy_bodiless(session, client_session, ctx).await {
+                Ok((downstream_can_reuse, upstream_can_reuse)) => {
+                    (downstream_can_reuse, upstream_can_reuse, None)
+                }
+                Err(e) => (false, false, Some(e)),
+            };
         }
 
         let mut downstream_custom_message_writer = session
@@ -191,6 +208,124 @@ where
             }
             Err(e) => (false, false, Some(e)),
         }
+    }
+
+    /// PATCH(edge-proxy): proxies a request without a body in one loop.
+    ///
+    /// `proxy_1to1` runs two halves joined by two task pipes: the upstream
+    /// half reads the response and sends each task through a channel, which
+    /// wakes the request's own task to poll the whole future again so the
+    /// downstream half can filter and write it. Without a request body
+    /// there is nothing to stream upstream, so this does what the two halves
+    /// would, in the same order and with the same filters and errors, in
+    /// one loop: no channels, no shared pipe state, no extra wake per
+    /// response. Requests that upgrade, use the cache or custom messages
+    /// keep the two halves.
+    ///
+    /// Returns whether the downstream and the upstream connections can be
+    /// reused.
+    async fn proxy_bodiless(
+        &self,
+        session: &mut Session,
+        client_session: &mut HttpSessionV1,
+        ctx: &mut SV::CTX,
+    ) -> Result<(bool, bool)>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        // The downstream half: the request body filters see the (empty)
+        // body end once, as `send_body_to_pipe` shows it to them.
+        let mut data = None;
+        session
+            .downstream_modules_ctx
+            .request_body_filter(&mut data, true)
+            .await?;
+        self.inner
+            .request_body_filter(session, &mut data, true, ctx)
+            .await?;
+
+        // The upstream half: end the request body, then read the response.
+        let mut upstream_can_reuse = true;
+        let mut send_error = None;
+        if let Err(e) = send_body_to1(client_session, Some(HttpTask::Body(data, true))).await {
+            warn!("send error, draining read buf: {e}");
+            upstream_can_reuse = false;
+            send_error = Some(e);
+        }
+
+        let mut serve_from_cache = ServeFromCache::new();
+        let mut range_body_filter = RangeBodyFilter::new();
+        // The downstream is watched for a close while the response is
+        // awaited, as the downstream half does.
+        let mut watch_downstream = true;
+        let mut response_done = false;
+        while !response_done {
+            let first = tokio::select! {
+                task = client_session.read_response_task() => task,
+                idle = session.downstream_session.read_body_or_idle(true), if watch_downstream => {
+                    match idle {
+                        Err(e) => return Err(e.into_down()),
+                        // No body is expected: neither session returns one
+                        // here. Stop watching rather than spin.
+                        Ok(_) => {
+                            watch_downstream = false;
+                            continue;
+                        }
+                    }
+                }
+            };
+            // Batch what is already readable (usually the body that came
+            // with the header), as `process_upstream_tasks` batches what the
+            // pipe holds, so the response leaves in one write.
+            let mut tasks = Vec::with_capacity(TASK_BUFFER_SIZE);
+            let mut next = Some(first);
+            while let Some(read) = next.take() {
+                let task = match read {
+                    Ok(task) => task,
+                    // The upstream half sends the error down the pipe.
+                    Err(e) => HttpTask::Failed(send_error.take().unwrap_or(e).into_up()),
+                };
+                let end = task.is_end();
+                tasks.push(task);
+                if !end && tasks.len() < TASK_BUFFER_SIZE {
+                    next =
+                        tokio::task::unconstrained(client_session.read_response_task()).now_or_never();
+                }
+            }
+
+            let mut filtered_tasks = Vec::with_capacity(tasks.len());
+            for mut t in tasks {
+                #[cfg(feature = "upstream_modules")]
+                if let HttpTask::Header(header, end_of_stream) = &t {
+                    self.inner
+                        .adjust_upstream_modules(session, header, *end_of_stream, ctx)
+                        .await?;
+                }
+                #[cfg(feature = "upstream_modules")]
+                session.upstream_modules_filter_task(&mut t).await?;
+                session.upstream_compression.response_filter(&mut t);
+                let task = self
+                    .h1_response_filter(
+                        session,
+                        t,
+                        ctx,
+                        &mut serve_from_cache,
+                        &mut range_body_filter,
+                        false,
+                    )
+                    .await?;
+                filtered_tasks.push(task);
+            }
+            response_done = session.write_response_tasks(filtered_tasks).await?;
+        }
+
+        let mut reuse_downstream = true;
+        if let Err(e) = session.as_mut().finish_body().await {
+            error!("Error finish sending body to downstream: {}", e);
+            reuse_downstream = false;
+        }
+        Ok((reuse_downstream, upstream_can_reuse))
     }
 
     pub(crate) async fn proxy_to_h1_upstream(
