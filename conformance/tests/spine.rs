@@ -309,6 +309,43 @@ fn a_pausing_response_is_passed_on_not_held_back() {
 }
 
 #[test]
+fn hop_by_hop_headers_stop_at_the_edge() {
+    let stack = Stack::start();
+    let url = stack.url("hello-8080", "/headers");
+    let hop_by_hop = [
+        "Connection: keep-alive, X-Nominated",
+        "Keep-Alive: timeout=5",
+        "Proxy-Connection: keep-alive",
+        "Proxy-Authorization: Basic Zm9vOmJhcg==",
+        "TE: trailers",
+        "Trailer: X-Checksum",
+        "X-Nominated: dropped because Connection names it",
+    ];
+    let mut args = vec![url.as_str(), "-H", "X-Kept: yes"];
+    for h in &hop_by_hop {
+        args.extend(["-H", h]);
+    }
+    let body = stdout(&curl(&args));
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["x-kept"], "yes", "{body}");
+    for name in [
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "x-nominated",
+    ] {
+        assert!(
+            seen.get(name).is_none(),
+            "{name} reached the service: {body}"
+        );
+    }
+    // The edge's own hop to the service is keep-alive HTTP/1.1.
+    assert_ne!(seen["connection"], "keep-alive, X-Nominated", "{body}");
+}
+
+#[test]
 fn a_visitor_who_leaves_early_does_not_leave_its_answer_to_the_next() {
     use std::io::Write;
     let stack = Stack::start();
