@@ -339,6 +339,15 @@ pub fn start_edge_file(dir: &Path) -> (Proc, u16, String) {
 }
 
 /// Runs curl; panics if it cannot start.
+/// The `duration_us` of one of the edge's request log lines.
+pub fn logged_duration_us(line: &str) -> u64 {
+    line.split("duration_us=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|d| d.parse().ok())
+        .unwrap_or_else(|| panic!("no duration in {line}"))
+}
+
 pub fn curl(args: &[&str]) -> Output {
     Command::new("curl")
         .args(["-sS", "--max-time", "120"])

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use conformance::{curl, curl_with_stdin, sh, start_edge, Proc, Stack, TOKEN};
+use conformance::{curl, curl_with_stdin, logged_duration_us, sh, start_edge, Proc, Stack, TOKEN};
 use futures::{SinkExt, StreamExt};
 use test_support::pattern;
 use tokio_tungstenite::tungstenite::Message;
@@ -367,13 +367,7 @@ fn a_visitor_who_leaves_early_does_not_leave_its_answer_to_the_next() {
     let line = stack
         .edge
         .wait_line("path=\"/slow\"", Duration::from_secs(5));
-    let duration_us: u64 = line
-        .split("duration_us=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|d| d.parse().ok())
-        .unwrap_or_else(|| panic!("no duration in {line}"));
-    assert!(duration_us < 500_000, "{line}");
+    assert!(logged_duration_us(&line) < 500_000, "{line}");
     assert!(line.contains("error="), "{line}");
     // The slow answer is due now; a stream that still carried it must not
     // go back to the pool.

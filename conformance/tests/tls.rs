@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use conformance::{bin, curl, edge_yaml_with, Proc, ENV, TOKEN};
+use conformance::{bin, curl, edge_yaml_with, logged_duration_us, Proc, ENV, TOKEN};
 use test_support::certs;
 
 struct TlsStack {
@@ -117,6 +117,23 @@ fn https_with_sni_and_http2() {
         &["--http1.1", "-o", "/dev/null", "-w", "%{http_version}"],
     );
     assert_eq!((rc, version.as_str()), (0, "1.1"));
+}
+
+#[test]
+fn an_http2_visitor_who_leaves_early_ends_the_request() {
+    let stack = start("");
+    let (rc, _) = stack.curl(PREVIEW, "/slow?ms=800", &["--http2", "--max-time", "0.2"]);
+    assert_eq!(rc, 28, "curl should have timed out");
+    // The edge gives up when the visitor's connection goes, not when the
+    // answer comes (at 800 ms).
+    let line = stack
+        .edge
+        .wait_line("path=\"/slow\"", Duration::from_secs(5));
+    assert!(logged_duration_us(&line) < 600_000, "{line}");
+    assert!(line.contains("error="), "{line}");
+    let (rc, body) = stack.curl(PREVIEW, "/", &["--http2"]);
+    assert_eq!(rc, 0, "{body}");
+    assert!(body.contains("Hello from the sample service"), "{body}");
 }
 
 #[tokio::test]
