@@ -338,7 +338,6 @@ pub fn start_edge_file(dir: &Path) -> (Proc, u16, String) {
     (edge, l.http_port, l.tunnel)
 }
 
-/// Runs curl; panics if it cannot start.
 /// The `duration_us` of one of the edge's request log lines.
 pub fn logged_duration_us(line: &str) -> u64 {
     line.split("duration_us=")
@@ -348,6 +347,7 @@ pub fn logged_duration_us(line: &str) -> u64 {
         .unwrap_or_else(|| panic!("no duration in {line}"))
 }
 
+/// Runs curl; panics if it cannot start.
 pub fn curl(args: &[&str]) -> Output {
     Command::new("curl")
         .args(["-sS", "--max-time", "120"])

@@ -341,7 +341,8 @@ fn hop_by_hop_headers_stop_at_the_edge() {
             "{name} reached the service: {body}"
         );
     }
-    // The edge's own hop to the service is keep-alive HTTP/1.1.
+    // The visitor's Connection header is not passed on: the edge's hop to
+    // the service has its own.
     assert_ne!(seen["connection"], "keep-alive, X-Nominated", "{body}");
 }
 
