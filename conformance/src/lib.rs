@@ -104,6 +104,20 @@ impl Proc {
         }
     }
 
+    /// Asserts the edge logged a failed request for `path` that it ended
+    /// within `limit` (its `duration_us`), waiting up to 5 s for the line.
+    pub fn assert_request_failed_within(&self, path: &str, limit: Duration) {
+        let line = self.wait_line(&format!("path=\"{path}\""), Duration::from_secs(5));
+        let duration_us: u128 = line
+            .split("duration_us=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|d| d.parse().ok())
+            .unwrap_or_else(|| panic!("no duration in {line}"));
+        assert!(duration_us < limit.as_micros(), "{line}");
+        assert!(line.contains("error="), "{line}");
+    }
+
     pub fn output(&self) -> String {
         self.output.lines.lock().unwrap().join("\n")
     }
@@ -336,15 +350,6 @@ pub fn start_edge_with_args(dir: &Path, args: &[&str]) -> (Proc, Listening) {
 pub fn start_edge_file(dir: &Path) -> (Proc, u16, String) {
     let (edge, l) = start_edge_listening(dir);
     (edge, l.http_port, l.tunnel)
-}
-
-/// The `duration_us` of one of the edge's request log lines.
-pub fn logged_duration_us(line: &str) -> u64 {
-    line.split("duration_us=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|d| d.parse().ok())
-        .unwrap_or_else(|| panic!("no duration in {line}"))
 }
 
 /// Runs curl; panics if it cannot start.
