@@ -7,22 +7,20 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::Stream as _;
 use pingora_core::connectors::L4Connect;
 use pingora_core::protocols::l4::socket::SocketAddr;
 use pingora_core::protocols::l4::stream::Stream;
 use pingora_core::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
 use pingora_error::{Error, ErrorType};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_util::sync::PollSender;
-use tonic::Streaming;
 use tracing::warn;
+use tunnel_proto::h2grpc::{self, FrameSink, FrameSource, StreamBroken};
 use tunnel_proto::{stream_frame::Kind, ErrorCode, StreamFrame};
 
 use crate::registry::{DataStream, Session, TakeError};
@@ -76,17 +74,17 @@ impl TunnelConnector {
                 self.port.into(),
                 self.request_id.clone(),
             );
-            if stream.to_sidecar.send(open).await.is_err() {
+            if stream.to_sidecar.send_frame(&open).await.is_err() {
                 continue; // the sidecar dropped this idle stream
             }
             let verdict =
-                tokio::time::timeout(self.connect_timeout, stream.from_sidecar.message()).await;
+                tokio::time::timeout(self.connect_timeout, stream.from_sidecar.next()).await;
             match verdict {
                 Err(_) => return Err(TunnelError::ConnectTimeout(self.connect_timeout)),
-                Ok(Ok(Some(StreamFrame {
+                Ok(Some(Ok(StreamFrame {
                     kind: Some(Kind::Opened(_)),
                 }))) => return Ok(stream),
-                Ok(Ok(Some(StreamFrame {
+                Ok(Some(Ok(StreamFrame {
                     kind: Some(Kind::Error(e)),
                 }))) => {
                     let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Internal);
@@ -131,13 +129,12 @@ impl L4Connect for TunnelConnector {
     }
 }
 
-/// A tunnel data stream as an async byte stream.
+/// A tunnel data stream as an async byte stream. Writes go into the
+/// HTTP/2 stream from the caller's task, reads come straight out of it.
 #[derive(Debug)]
 pub struct TunnelSocket {
-    // Mutexes only to be `Sync` (a `VirtualSocket` bound); accessed through
-    // `get_mut`, so never locked.
-    from_sidecar: Mutex<Streaming<StreamFrame>>,
-    to_sidecar: Mutex<PollSender<StreamFrame>>,
+    from_sidecar: FrameSource,
+    to_sidecar: FrameSink,
     pending: Bytes,
     read_closed: bool,
     fin_sent: bool,
@@ -146,11 +143,21 @@ pub struct TunnelSocket {
 impl TunnelSocket {
     pub fn new(stream: DataStream) -> Self {
         Self {
-            from_sidecar: Mutex::new(stream.from_sidecar),
-            to_sidecar: Mutex::new(PollSender::new(stream.to_sidecar)),
+            from_sidecar: stream.from_sidecar,
+            to_sidecar: stream.to_sidecar,
             pending: Bytes::new(),
             read_closed: false,
             fin_sent: false,
+        }
+    }
+}
+
+/// Both sides said `Fin`: the call ends cleanly. Otherwise dropping the
+/// stream resets it, and the sidecar closes the service's connection.
+impl Drop for TunnelSocket {
+    fn drop(&mut self) {
+        if self.fin_sent && self.read_closed {
+            self.to_sidecar.finish();
         }
     }
 }
@@ -160,6 +167,10 @@ fn broken(what: &str) -> io::Error {
         io::ErrorKind::ConnectionReset,
         format!("tunnel stream {what}"),
     )
+}
+
+fn broke(e: StreamBroken) -> io::Error {
+    broken(&e.0)
 }
 
 impl AsyncRead for TunnelSocket {
@@ -178,8 +189,7 @@ impl AsyncRead for TunnelSocket {
             if this.read_closed {
                 return Poll::Ready(Ok(()));
             }
-            let inbound = this.from_sidecar.get_mut().unwrap();
-            match ready!(Pin::new(inbound).poll_next(cx)) {
+            match ready!(this.from_sidecar.poll_next(cx)) {
                 Some(Ok(frame)) => match frame.kind {
                     Some(Kind::Data(bytes)) => this.pending = bytes,
                     Some(Kind::Fin(_)) => this.read_closed = true,
@@ -191,7 +201,7 @@ impl AsyncRead for TunnelSocket {
                     }
                     _ => {} // nothing else is valid mid-stream; newer kinds are ignored
                 },
-                Some(Err(status)) => return Poll::Ready(Err(broken(status.message()))),
+                Some(Err(e)) => return Poll::Ready(Err(broke(e))),
                 None => return Poll::Ready(Err(broken("ended without fin"))),
             }
         }
@@ -205,11 +215,11 @@ impl AsyncWrite for TunnelSocket {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let tx = this.to_sidecar.get_mut().unwrap();
-        ready!(tx.poll_reserve(cx)).map_err(|_| broken("closed"))?;
+        ready!(this.to_sidecar.poll_ready(cx)).map_err(broke)?;
         let n = buf.len().min(tunnel_proto::transport::CHUNK_SIZE);
-        tx.send_item(StreamFrame::data(Bytes::copy_from_slice(&buf[..n])))
-            .map_err(|_| broken("closed"))?;
+        this.to_sidecar
+            .send(h2grpc::encode_data(&buf[..n]))
+            .map_err(broke)?;
         Poll::Ready(Ok(n))
     }
 
@@ -220,10 +230,10 @@ impl AsyncWrite for TunnelSocket {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if !this.fin_sent {
-            let tx = this.to_sidecar.get_mut().unwrap();
-            ready!(tx.poll_reserve(cx)).map_err(|_| broken("closed"))?;
-            tx.send_item(StreamFrame::fin())
-                .map_err(|_| broken("closed"))?;
+            ready!(this.to_sidecar.poll_ready(cx)).map_err(broke)?;
+            this.to_sidecar
+                .send(h2grpc::encode(&StreamFrame::fin()))
+                .map_err(broke)?;
             this.fin_sent = true;
         }
         Poll::Ready(Ok(()))

@@ -11,21 +11,18 @@ use std::thread::ThreadId;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify};
-use tonic::{Status, Streaming};
-use tunnel_proto::{edge_message, EdgeMessage, StreamFrame, TunnelStats, WantStreams};
+use tonic::Status;
+use tunnel_proto::h2grpc::{FrameSink, FrameSource};
+use tunnel_proto::{edge_message, EdgeMessage, TunnelStats, WantStreams};
 
 use crate::preview::ServiceRef;
 use crate::token::TokenHash;
 use crate::upstream::Protocol;
 
-/// Edge → sidecar half of a data stream. Frames, not `Result`s: a queue
-/// preallocates its slots, and a `Status` would triple their size.
-pub type FrameSender = mpsc::Sender<StreamFrame>;
-
 /// A data stream the sidecar opened and the edge has not used yet.
 pub struct DataStream {
-    pub to_sidecar: FrameSender,
-    pub from_sidecar: Streaming<StreamFrame>,
+    pub to_sidecar: FrameSink,
+    pub from_sidecar: FrameSource,
 }
 
 /// Most idle streams a busy session is asked to keep open ahead.
@@ -167,22 +164,22 @@ impl Session {
         }
     }
 
-    /// Parks a stream the sidecar opened. False (and the stream dropped) if
-    /// the pool is full or the session is gone.
-    pub fn add_idle(&self, stream: DataStream) -> bool {
+    /// Parks a stream the sidecar opened. Gives it back if the pool is full
+    /// or the session is gone.
+    pub fn add_idle(&self, stream: DataStream) -> Result<(), DataStream> {
         if self.closed.load(Ordering::Relaxed) {
-            return false;
+            return Err(stream);
         }
         {
             let mut idle = self.idle.lock().unwrap();
             if idle.len() >= self.idle_limit() {
-                return false;
+                return Err(stream);
             }
             idle.push_back(stream);
         }
         self.want_pending.store(false, Ordering::Relaxed);
         self.idle_ready.notify_one();
-        true
+        Ok(())
     }
 
     /// Takes an idle stream, waiting up to `timeout` (and asking the sidecar
@@ -217,7 +214,7 @@ impl Session {
         let mut idle = self.idle.lock().unwrap();
         let stream = loop {
             let s = idle.pop_front()?;
-            if !s.to_sidecar.is_closed() {
+            if !s.from_sidecar.is_closed() {
                 break s;
             }
         };

@@ -1,5 +1,5 @@
 //! Runs the edge: the visitor HTTP listener (Pingora) and the tunnel
-//! listener (tonic), on bound listeners, until a shutdown future resolves.
+//! listener (HTTP/2, gRPC), on bound listeners, until a shutdown future resolves.
 
 use std::future::Future;
 use std::os::fd::AsRawFd;
@@ -15,13 +15,10 @@ use pingora_core::protocols::{GetSocketDigest, SocketDigest, IO};
 use pingora_core::server::configuration::ServerConf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_stream::wrappers::UnboundedReceiverStream;
-use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 use tunnel_proto::coalesce::CoalescingIo;
-use tunnel_proto::transport::*;
-use tunnel_proto::tunnel_server::TunnelServer;
 use tunnel_proto::{edge_message, Drain};
 
 use arc_swap::ArcSwap;
@@ -34,9 +31,6 @@ use crate::tunnel_service::TunnelService;
 
 /// In-flight requests get this long to finish at shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// Most concurrent streams on one sidecar connection (data streams are
-/// proxied connections).
-pub const MAX_STREAMS_PER_CONNECTION: u32 = 8192;
 
 pub struct Edge {
     config: Arc<ArcSwap<EdgeConfig>>,
@@ -187,7 +181,7 @@ impl Edge {
         }
         let tunnel_acceptor = tokio::spawn(accept(
             tunnel,
-            |stream, _| Handoff::Tunnel(stream),
+            Handoff::Tunnel,
             workers.queues.clone(),
             shared.stop_tunnel.clone(),
         ));
@@ -260,7 +254,7 @@ struct Workers {
 enum Handoff {
     Visitor(std::net::TcpStream, std::net::SocketAddr),
     TlsVisitor(std::net::TcpStream, std::net::SocketAddr),
-    Tunnel(std::net::TcpStream),
+    Tunnel(std::net::TcpStream, std::net::SocketAddr),
 }
 
 impl Workers {
@@ -343,13 +337,7 @@ async fn accept(
 /// One worker's life: serve what it is handed until `stop_tunnel`.
 async fn run_worker(shared: Shared, mut handoffs: mpsc::UnboundedReceiver<Handoff>) {
     // Each tunnel connection's HTTP/2 state and tasks live on this thread.
-    let (tunnels, incoming) = mpsc::unbounded_channel();
-    let incoming = UnboundedReceiverStream::new(incoming)
-        .map(|s: std::net::TcpStream| TcpStream::from_std(s).map(CoalescingIo::new));
-    let grpc = tokio::spawn(
-        tunnel_server(shared.tunnel_service.clone())
-            .serve_with_incoming_shutdown(incoming, shared.stop_tunnel.clone().cancelled_owned()),
-    );
+    let tunnels = TaskTracker::new();
     loop {
         let handoff = tokio::select! {
             h = handoffs.recv() => h,
@@ -357,8 +345,17 @@ async fn run_worker(shared: Shared, mut handoffs: mpsc::UnboundedReceiver<Handof
         };
         let (stream, peer, tls) = match handoff {
             None => break,
-            Some(Handoff::Tunnel(stream)) => {
-                let _ = tunnels.send(stream);
+            Some(Handoff::Tunnel(stream, peer)) => {
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => {
+                        tunnels.spawn(shared.tunnel_service.clone().serve_connection(
+                            CoalescingIo::new(stream),
+                            Some(peer),
+                            shared.stop_tunnel.clone(),
+                        ));
+                    }
+                    Err(e) => warn!(error = %e, "cannot register a tunnel connection"),
+                }
                 continue;
             }
             Some(Handoff::Visitor(stream, peer)) => (stream, peer, None),
@@ -376,7 +373,8 @@ async fn run_worker(shared: Shared, mut handoffs: mpsc::UnboundedReceiver<Handof
         }
     }
     shared.stop_tunnel.cancelled().await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), grpc).await;
+    tunnels.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), tunnels.wait()).await;
 }
 
 /// A visitor's connection as Pingora's stream, which records the client's
@@ -387,22 +385,6 @@ fn visitor_stream(stream: TcpStream, peer: std::net::SocketAddr) -> Stream {
     let _ = digest.peer_addr.set(Some(peer.into()));
     stream.set_socket_digest(digest);
     stream
-}
-
-/// The gRPC server sidecars talk to, with the tunnel's HTTP/2 settings.
-fn tunnel_server(service: TunnelService) -> tonic::transport::server::Router {
-    tonic::transport::Server::builder()
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_FRAME_SIZE)
-        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .add_service(
-            TunnelServer::new(service)
-                .max_decoding_message_size(MAX_MESSAGE_SIZE)
-                .max_encoding_message_size(MAX_MESSAGE_SIZE),
-        )
 }
 
 type ProxyApp = pingora_proxy::HttpProxy<EdgeProxy>;

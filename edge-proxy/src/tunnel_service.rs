@@ -1,20 +1,28 @@
 //! The gRPC side of the edge: sidecars dial in here.
 //!
-//! `Control` authenticates a sidecar, checks what it may register, and keeps
-//! its session alive; `Data` parks the streams a sidecar opens ahead of time
-//! in that session's pool.
+//! [`TunnelService::serve_connection`] serves one sidecar connection over
+//! HTTP/2. `Data` streams (those a sidecar opens ahead of time) are parked
+//! in their session's pool as they are, without tonic (see
+//! `tunnel_proto::h2grpc`); every other RPC goes to the tonic service:
+//! `Control` authenticates a sidecar, checks what it may register, and
+//! keeps its session alive.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{info, warn};
-use tunnel_proto::tunnel_server::Tunnel;
+use tracing::{debug, info, warn};
+use tunnel_proto::h2grpc::{self, FrameSink, FrameSource, Role, DATA_PATH};
+use tunnel_proto::transport::*;
+use tunnel_proto::tunnel_server::{Tunnel, TunnelServer};
 use tunnel_proto::{
     edge_message, sidecar_message, EdgeMessage, HeartbeatAck, Hello, SidecarMessage, StreamFrame,
     Welcome, CAPABILITIES, PROTOCOL_VERSION, SESSION_METADATA, VERSION_METADATA,
@@ -28,6 +36,11 @@ use crate::registry::{ClusterGrant, DataStream, Session, TunnelRegistry};
 use crate::token::{bearer, TokenHash};
 use crate::upstream::Protocol;
 
+/// Most concurrent streams on one sidecar connection (data streams are
+/// proxied connections).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 8192;
+/// Largest header block a sidecar may send.
+const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
 /// How long a new control stream may take to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Missed heartbeats before a session is declared dead.
@@ -142,10 +155,7 @@ fn admit(hello: &Hello, grant: &ClusterGrant) -> Result<(String, Routes), Status
 #[tonic::async_trait]
 impl Tunnel for TunnelService {
     type ControlStream = ReceiverStream<Result<EdgeMessage, Status>>;
-    type DataStream = futures::stream::Map<
-        ReceiverStream<StreamFrame>,
-        fn(StreamFrame) -> Result<StreamFrame, Status>,
-    >;
+    type DataStream = ReceiverStream<Result<StreamFrame, Status>>;
 
     async fn control(
         &self,
@@ -220,40 +230,114 @@ impl Tunnel for TunnelService {
 
     async fn data(
         &self,
-        request: Request<Streaming<StreamFrame>>,
+        _request: Request<Streaming<StreamFrame>>,
     ) -> Result<Response<Self::DataStream>, Status> {
-        let version = request
-            .metadata()
-            .get(VERSION_METADATA)
-            .and_then(|v| v.to_str().ok());
+        // `serve_connection` takes every Data stream before tonic sees it.
+        Err(Status::internal(
+            "data streams are served by the connection, not by tonic",
+        ))
+    }
+}
+
+impl TunnelService {
+    /// Serves one sidecar connection until it closes, its keep-alive pings
+    /// go unanswered, or `stop` is cancelled (then gracefully: GOAWAY, and
+    /// the streams in flight finish).
+    pub async fn serve_connection<T>(self, io: T, peer: Option<SocketAddr>, stop: CancellationToken)
+    where
+        T: AsyncRead + AsyncWrite + Unpin,
+    {
+        let handshake = h2::server::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME_SIZE)
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            .max_header_list_size(MAX_HEADER_LIST_SIZE)
+            .handshake(io);
+        let mut connection = match tokio::time::timeout(HELLO_TIMEOUT, handshake).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return debug!(?peer, error = %e, "tunnel handshake failed"),
+            Err(_) => return debug!(?peer, "tunnel handshake timed out"),
+        };
+        let pings = connection.ping_pong().expect("taken once");
+        let keepalive = h2grpc::keepalive(pings, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT);
+        tokio::pin!(keepalive);
+        let rpcs = TunnelServer::new(self.clone())
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        let mut stopping = false;
+        loop {
+            tokio::select! {
+                next = connection.accept() => match next {
+                    Some(Ok((request, respond))) => {
+                        if request.uri().path() == DATA_PATH {
+                            self.park_data_stream(request, respond);
+                        } else {
+                            tokio::spawn(h2grpc::serve_rpc(rpcs.clone(), request, respond, peer));
+                        }
+                    }
+                    Some(Err(e)) => break debug!(?peer, error = %e, "tunnel connection failed"),
+                    None => break,
+                },
+                reason = &mut keepalive => break warn!(?peer, %reason, "tunnel connection lost"),
+                _ = stop.cancelled(), if !stopping => {
+                    stopping = true;
+                    connection.graceful_shutdown();
+                }
+            }
+        }
+    }
+
+    /// Checks a new data stream and parks it in its session's pool, or
+    /// answers it with the gRPC status that says why not.
+    fn park_data_stream(
+        &self,
+        request: http::Request<h2::RecvStream>,
+        mut respond: h2::server::SendResponse<Bytes>,
+    ) {
+        let session = match self.admit_data_stream(request.headers()) {
+            Ok(session) => session,
+            Err(status) => {
+                let refusal = h2grpc::status_response(status.code(), status.message());
+                let _ = respond.send_response(refusal, true);
+                return;
+            }
+        };
+        let Ok(send) = respond.send_response(h2grpc::ok_response(), false) else {
+            return;
+        };
+        let stream = DataStream {
+            to_sidecar: FrameSink::new(send, Role::Server),
+            from_sidecar: FrameSource::new(request.into_body()),
+        };
+        if let Err(mut refused) = session.add_idle(stream) {
+            refused.to_sidecar.fail(
+                tonic::Code::ResourceExhausted,
+                "too many idle data streams for this session",
+            );
+        }
+    }
+
+    fn admit_data_stream(&self, headers: &http::HeaderMap) -> Result<Arc<Session>, Status> {
+        let version = headers.get(VERSION_METADATA).and_then(|v| v.to_str().ok());
         if version != Some("1") {
             return Err(Status::failed_precondition(format!(
                 "data stream protocol version {version:?} is not supported (expected \"{PROTOCOL_VERSION}\")"
             )));
         }
-        let session = request
-            .metadata()
+        let session = headers
             .get(SESSION_METADATA)
             .and_then(|v| v.to_str().ok())
             .and_then(|id| self.registry.session(id))
             .ok_or_else(|| Status::not_found("unknown tunnel session"))?;
-        let (token, _) = self.authenticate(request.metadata())?;
+        let metadata = MetadataMap::from_headers(headers.clone());
+        let (token, _) = self.authenticate(&metadata)?;
         if token != session.token {
             return Err(Status::permission_denied(
                 "this token does not own the session",
             ));
         }
-        let (tx, rx) = mpsc::channel(tunnel_proto::transport::STREAM_QUEUE);
-        let stream = DataStream {
-            to_sidecar: tx,
-            from_sidecar: request.into_inner(),
-        };
-        if !session.add_idle(stream) {
-            return Err(Status::resource_exhausted(
-                "too many idle data streams for this session",
-            ));
-        }
-        Ok(Response::new(ReceiverStream::new(rx).map(Ok as fn(_) -> _)))
+        Ok(session)
     }
 }
 

@@ -4,8 +4,7 @@
 //! Nothing outside this crate knows wire details. Its one piece of I/O is
 //! [`coalesce::CoalescingIo`], the socket wrapper both ends put under HTTP/2.
 
-#![allow(clippy::all)]
-
+#[allow(clippy::all)]
 pub mod v1 {
     tonic::include_proto!("tunnel.v1");
 }
@@ -14,6 +13,7 @@ pub use v1::*;
 
 pub mod coalesce;
 pub mod codec;
+pub mod h2grpc;
 pub mod transport;
 
 /// The protocol version this build speaks.

@@ -4,16 +4,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
+use bytes::Bytes;
+use http::Uri;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::Request;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use tunnel_proto::coalesce::CoalescingIo;
+use tunnel_proto::h2grpc::{self, H2Channel};
 use tunnel_proto::transport::*;
 use tunnel_proto::tunnel_client::TunnelClient;
 use tunnel_proto::{
@@ -40,11 +41,8 @@ pub enum SessionEnd {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    #[error("cannot connect to the edge at {edge}: {source}")]
-    Connect {
-        edge: String,
-        source: tonic::transport::Error,
-    },
+    #[error("cannot connect to the edge at {edge}: {reason}")]
+    Connect { edge: String, reason: String },
     #[error("the edge rejected this sidecar: {0}")]
     Rejected(String),
     #[error("tunnel lost: {0}")]
@@ -60,28 +58,48 @@ impl SessionError {
     }
 }
 
-pub fn endpoint(config: &SidecarConfig) -> Result<Endpoint, SessionError> {
-    let endpoint = Endpoint::from_shared(config.edge.clone())
-        .map_err(|e| SessionError::Rejected(format!("edge URL {:?}: {e}", config.edge)))?;
-    Ok(endpoint
-        .connect_timeout(Duration::from_secs(10))
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_FRAME_SIZE)
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true))
+/// How long dialing the edge and the HTTP/2 handshake may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The edge's tunnel URL as a URI.
+pub fn edge_uri(config: &SidecarConfig) -> Result<Uri, SessionError> {
+    config
+        .edge
+        .parse()
+        .map_err(|e| SessionError::Rejected(format!("edge URL {:?}: {e}", config.edge)))
 }
 
-/// Opens the TCP connection to the edge: no Nagle delay (small frames of
-/// many streams share it), and frames batched into few writes
-/// ([`CoalescingIo`]).
-async fn dial(uri: Uri) -> std::io::Result<TokioIo<CoalescingIo<TcpStream>>> {
+/// Opens the TCP connection to the edge (no Nagle delay: small frames of
+/// many streams share it; frames batched into few writes by
+/// [`CoalescingIo`]) and speaks HTTP/2 on it with the tunnel's settings.
+/// The connection is driven, with keep-alive pings, by a task of its own
+/// until the edge closes it or every handle to it is gone.
+async fn connect(uri: &Uri) -> Result<h2::client::SendRequest<Bytes>, String> {
     let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
     let port = uri.port_u16().unwrap_or(80);
-    let stream = TcpStream::connect((host, port)).await?;
-    stream.set_nodelay(true)?;
-    Ok(TokioIo::new(CoalescingIo::new(stream)))
+    let stream = TcpStream::connect((host, port))
+        .await
+        .map_err(|e| e.to_string())?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let (send, mut connection) = h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .handshake(CoalescingIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    let pings = connection.ping_pong().expect("taken once");
+    tokio::spawn(async move {
+        tokio::select! {
+            ended = connection => if let Err(e) = ended {
+                debug!(error = %e, "tunnel connection ended");
+            },
+            reason = h2grpc::keepalive(pings, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT) => {
+                warn!(%reason, "tunnel connection lost");
+            }
+        }
+    });
+    Ok(send)
 }
 
 /// Runs one session to its end. `on_welcome` is called once the edge has
@@ -91,18 +109,27 @@ pub async fn run(
     shutdown: &CancellationToken,
     on_welcome: impl FnOnce(&Welcome),
 ) -> Result<SessionEnd, SessionError> {
-    let channel: Channel = endpoint(config)?
-        .connect_with_connector(tower::service_fn(dial))
-        .await
-        .map_err(|source| SessionError::Connect {
-            edge: config.edge.clone(),
-            source,
-        })?;
-    let client = TunnelClient::new(channel)
+    let uri = edge_uri(config)?;
+    let connection = match tokio::time::timeout(CONNECT_TIMEOUT, connect(&uri)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(reason)) => {
+            return Err(SessionError::Connect {
+                edge: config.edge.clone(),
+                reason,
+            })
+        }
+        Err(_) => {
+            let reason = format!("no answer within {CONNECT_TIMEOUT:?}");
+            return Err(SessionError::Connect {
+                edge: config.edge.clone(),
+                reason,
+            });
+        }
+    };
+    let client = TunnelClient::with_origin(H2Channel(connection.clone()), uri.clone())
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
-    let authorization = format!("Bearer {}", config.token.expose())
-        .parse::<tonic::metadata::MetadataValue<_>>()
+    let authorization = http::HeaderValue::try_from(format!("Bearer {}", config.token.expose()))
         .map_err(|_| {
             SessionError::Rejected("the token has characters not allowed in a header".into())
         })?;
@@ -119,9 +146,10 @@ pub async fn run(
         .send(message(sidecar_message::Kind::Hello(hello)))
         .await;
     let mut request = Request::new(ReceiverStream::new(control_rx));
+    let bearer = authorization.to_str().expect("checked above").parse();
     request
         .metadata_mut()
-        .insert("authorization", authorization.clone());
+        .insert("authorization", bearer.expect("checked above"));
     let mut inbound = client
         .clone()
         .control(request)
@@ -144,7 +172,8 @@ pub async fn run(
 
     let stats = Arc::new(Stats::default());
     let pool = Arc::new(StreamPool {
-        client,
+        connection,
+        data_uri: data_uri(&uri)?,
         session_id: welcome
             .session_id
             .parse()
@@ -219,6 +248,13 @@ async fn wait_idle(stats: &Stats, grace: Duration) {
     while stats.active.load(std::sync::atomic::Ordering::Relaxed) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Where data streams are opened: the `Data` RPC on the edge's URL.
+fn data_uri(edge: &Uri) -> Result<Uri, SessionError> {
+    let mut parts = edge.clone().into_parts();
+    parts.path_and_query = Some(h2grpc::DATA_PATH.parse().expect("a valid path"));
+    Uri::from_parts(parts).map_err(|e| SessionError::Rejected(format!("edge URL {edge}: {e}")))
 }
 
 fn message(kind: sidecar_message::Kind) -> SidecarMessage {

@@ -7,17 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderValue, Uri};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
-use tonic::{Request, Streaming};
 use tracing::{debug, warn};
-use tunnel_proto::transport::{CHUNK_SIZE, STREAM_QUEUE};
-use tunnel_proto::tunnel_client::TunnelClient;
+use tunnel_proto::h2grpc::{self, FrameSink, FrameSource, Role, DATA_HEADROOM};
+use tunnel_proto::transport::CHUNK_SIZE;
 use tunnel_proto::{stream_frame::Kind, ErrorCode, Open, StreamFrame, TunnelStats};
 
 use crate::config::Allowlist;
@@ -46,9 +42,12 @@ impl Stats {
 
 /// What every data stream of one session shares.
 pub struct StreamPool {
-    pub client: TunnelClient<Channel>,
-    pub session_id: MetadataValue<tonic::metadata::Ascii>,
-    pub authorization: MetadataValue<tonic::metadata::Ascii>,
+    /// The session's HTTP/2 connection to the edge.
+    pub connection: h2::client::SendRequest<Bytes>,
+    /// The `Data` RPC's URI.
+    pub data_uri: Uri,
+    pub session_id: HeaderValue,
+    pub authorization: HeaderValue,
     pub targets: Allowlist,
     pub connect_timeout: Duration,
     pub stats: Arc<Stats>,
@@ -62,26 +61,48 @@ impl StreamPool {
         self.tasks.spawn(async move { pool.serve_one().await });
     }
 
-    async fn serve_one(self: Arc<Self>) {
-        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        let mut request = Request::new(ReceiverStream::new(rx));
-        let md = request.metadata_mut();
-        md.insert("authorization", self.authorization.clone());
-        md.insert(tunnel_proto::SESSION_METADATA, self.session_id.clone());
-        md.insert(
+    /// Opens a `Data` RPC: its two halves once the edge has accepted it.
+    async fn open_data_stream(&self) -> Result<(FrameSink, FrameSource), String> {
+        let mut request = http::Request::post(self.data_uri.clone())
+            .body(())
+            .expect("a valid request");
+        let headers = request.headers_mut();
+        let grpc = HeaderValue::from_static(h2grpc::GRPC_CONTENT_TYPE);
+        headers.insert(http::header::CONTENT_TYPE, grpc);
+        headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+        headers.insert(http::header::AUTHORIZATION, self.authorization.clone());
+        headers.insert(tunnel_proto::SESSION_METADATA, self.session_id.clone());
+        headers.insert(
             tunnel_proto::VERSION_METADATA,
-            MetadataValue::from(tunnel_proto::PROTOCOL_VERSION),
+            HeaderValue::from(tunnel_proto::PROTOCOL_VERSION),
         );
-        let mut inbound = match self.client.clone().data(request).await {
-            Ok(response) => response.into_inner(),
-            Err(status) => {
-                debug!(code = ?status.code(), message = status.message(), "data stream not accepted");
-                return;
-            }
+        let mut connection = self
+            .connection
+            .clone()
+            .ready()
+            .await
+            .map_err(|e| e.to_string())?;
+        let (response, send) = connection
+            .send_request(request, false)
+            .map_err(|e| e.to_string())?;
+        let response = response.await.map_err(|e| e.to_string())?;
+        if let Some(refused) = h2grpc::status_error(response.headers()) {
+            return Err(refused.0);
+        }
+        Ok((
+            FrameSink::new(send, Role::Client),
+            FrameSource::new(response.into_body()),
+        ))
+    }
+
+    async fn serve_one(self: Arc<Self>) {
+        let (mut sink, mut source) = match self.open_data_stream().await {
+            Ok(halves) => halves,
+            Err(reason) => return debug!(%reason, "data stream not accepted"),
         };
         // Idle until the edge needs a connection, or the session ends.
-        let open = match inbound.message().await {
-            Ok(Some(StreamFrame {
+        let open = match source.next().await {
+            Some(Ok(StreamFrame {
                 kind: Some(Kind::Open(open)),
             })) => open,
             _ => return,
@@ -97,16 +118,16 @@ impl StreamPool {
                     request_id = %open.request_id, service = %open.service, port = open.port,
                     code = ?code, %message, "stream refused"
                 );
-                let _ = tx.send(StreamFrame::error(code, message)).await;
-                close_gracefully(tx, inbound).await;
+                let _ = sink.send_frame(&StreamFrame::error(code, message)).await;
+                close_gracefully(sink, source).await;
                 return;
             }
         };
-        if tx.send(StreamFrame::opened()).await.is_err() {
+        if sink.send_frame(&StreamFrame::opened()).await.is_err() {
             return;
         }
         self.stats.active.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = pipe(tcp, inbound, tx, &self.stats).await {
+        if let Err(e) = pipe(tcp, sink, source, &self.stats).await {
             debug!(request_id = %open.request_id, error = %e, "stream ended abnormally");
         }
         self.stats.active.fetch_sub(1, Ordering::Relaxed);
@@ -148,11 +169,12 @@ impl StreamPool {
 /// ends both at once.
 pub async fn pipe(
     tcp: TcpStream,
-    mut inbound: Streaming<StreamFrame>,
-    tx: mpsc::Sender<StreamFrame>,
+    mut sink: FrameSink,
+    mut source: FrameSource,
     stats: &Stats,
 ) -> io::Result<()> {
     let (mut rd, mut wr) = tcp.into_split();
+    let edge_closed = || io::Error::new(io::ErrorKind::BrokenPipe, "edge closed the stream");
     let from_target = async {
         let mut buf = BytesMut::new();
         // Buffers start small (idle connections stay cheap) and grow to
@@ -160,38 +182,36 @@ pub async fn pipe(
         let mut size = FIRST_READ_BUFFER;
         loop {
             // Small reads share one allocation: a new one only when little
-            // room is left (each read's bytes leave as `Bytes`).
-            if buf.capacity() - buf.len() < MIN_READ_ROOM {
-                buf = BytesMut::with_capacity(size);
+            // room is left (each read's bytes leave as `Bytes`). Each read
+            // lands behind room for its frame's header, which is written
+            // there: the bytes are never copied.
+            if buf.capacity() - buf.len() < DATA_HEADROOM + MIN_READ_ROOM {
+                buf = BytesMut::with_capacity(DATA_HEADROOM + size);
             }
-            let room = buf.capacity() - buf.len();
-            let n = rd.read_buf(&mut buf).await?;
+            buf.put_bytes(0, DATA_HEADROOM);
+            let room = (buf.capacity() - buf.len()).min(CHUNK_SIZE);
+            let n = rd.read_buf(&mut (&mut buf).limit(room)).await?;
             if n == room {
                 size = (size * 2).min(CHUNK_SIZE);
             }
             if n == 0 {
-                let _ = tx.send(StreamFrame::fin()).await;
-                return Ok(());
+                let _ = sink.send_frame(&StreamFrame::fin()).await;
+                return io::Result::Ok(());
             }
             stats
                 .bytes_from_targets
                 .fetch_add(n as u64, Ordering::Relaxed);
-            if tx
-                .send(StreamFrame::data(buf.split().freeze()))
+            std::future::poll_fn(|cx| sink.poll_ready(cx))
                 .await
-                .is_err()
-            {
-                return Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    "edge closed the stream",
-                ));
-            }
+                .map_err(|_| edge_closed())?;
+            sink.send(h2grpc::frame_in_place(buf.split()))
+                .map_err(|_| edge_closed())?;
         }
     };
     let to_target = async {
         loop {
-            match inbound.message().await {
-                Ok(Some(StreamFrame {
+            match source.next().await {
+                Some(Ok(StreamFrame {
                     kind: Some(Kind::Data(bytes)),
                 })) => {
                     stats
@@ -199,14 +219,14 @@ pub async fn pipe(
                         .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                     wr.write_all(&bytes).await?;
                 }
-                Ok(Some(StreamFrame {
+                Some(Ok(StreamFrame {
                     kind: Some(Kind::Fin(_)),
                 })) => {
                     wr.shutdown().await?;
                     return Ok(());
                 }
-                Ok(Some(_)) => {} // nothing else is valid mid-stream; newer kinds are ignored
-                Ok(None) | Err(_) => {
+                Some(Ok(_)) => {} // nothing else is valid mid-stream; newer kinds are ignored
+                None | Some(Err(_)) => {
                     return Err(io::Error::new(
                         io::ErrorKind::ConnectionAborted,
                         "edge abandoned the stream",
@@ -227,7 +247,7 @@ pub async fn pipe(
         io::Result::Ok(())
     };
     both.await?;
-    close_gracefully(tx, inbound).await;
+    close_gracefully(sink, source).await;
     Ok(())
 }
 
@@ -241,11 +261,11 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Ends our half of the stream and waits for the edge to end its half, so
 /// that the frames still queued (the last data, an error) are delivered:
-/// dropping the response first would cancel the call and discard them.
-async fn close_gracefully(tx: mpsc::Sender<StreamFrame>, mut inbound: Streaming<StreamFrame>) {
-    drop(tx);
+/// dropping the stream first would reset it and discard them.
+async fn close_gracefully(mut sink: FrameSink, mut source: FrameSource) {
+    sink.finish();
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        while let Ok(Some(_)) = inbound.message().await {}
+        while let Some(Ok(_)) = source.next().await {}
     })
     .await;
 }
