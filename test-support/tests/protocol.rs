@@ -209,3 +209,92 @@ async fn many_tiny_frames_to_a_stalled_visitor_do_not_reset_the_tunnel() {
     let text = stalled.text().await.unwrap();
     assert_eq!(text.matches("data: event").count(), 20000);
 }
+
+#[tokio::test]
+async fn a_stock_grpc_client_serves_data_streams_and_both_ends_close_cleanly() {
+    // The edge's data streams are plain gRPC: a generated tonic client (not
+    // our sidecar) holds a session, parks a data stream and answers the
+    // edge's Open; data and Fin travel both ways, and the call ends with
+    // grpc-status OK once both sides said Fin.
+    let edge = TestEdge::builder().start().await;
+    let mut client = TunnelClient::connect(edge.tunnel_url()).await.unwrap();
+    let hello = SidecarMessage {
+        kind: Some(sidecar_message::Kind::Hello(Hello {
+            protocol_version: tunnel_proto::PROTOCOL_VERSION,
+            environment: DEFAULT_ENV.into(),
+            routes: vec![tunnel_proto::Route {
+                service: "raw".into(),
+                port: 5000,
+                ..Default::default()
+            }],
+            ..Default::default()
+        })),
+    };
+    let mut request =
+        tonic::Request::new(futures::stream::iter([hello]).chain(futures::stream::pending()));
+    let bearer: MetadataValue<_> = format!("Bearer {DEFAULT_TOKEN}").parse().unwrap();
+    request
+        .metadata_mut()
+        .insert("authorization", bearer.clone());
+    let mut control = client.control(request).await.unwrap().into_inner();
+    let welcome = match control.message().await.unwrap().unwrap().kind {
+        Some(tunnel_proto::edge_message::Kind::Welcome(w)) => w,
+        other => panic!("expected Welcome, got {other:?}"),
+    };
+
+    let (to_edge, outbound) = tokio::sync::mpsc::channel::<StreamFrame>(8);
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outbound));
+    let md = request.metadata_mut();
+    md.insert("authorization", bearer);
+    md.insert(
+        tunnel_proto::VERSION_METADATA,
+        MetadataValue::from_static("1"),
+    );
+    md.insert(
+        tunnel_proto::SESSION_METADATA,
+        welcome.session_id.parse().unwrap(),
+    );
+    let mut from_edge = client.data(request).await.unwrap().into_inner();
+    let grpc_peer = tokio::spawn(async move {
+        use tunnel_proto::stream_frame::Kind;
+        let open = from_edge.message().await.unwrap().unwrap();
+        assert!(
+            matches!(open.kind, Some(Kind::Open(ref o)) if o.service == "raw" && o.port == 5000)
+        );
+        to_edge.send(StreamFrame::opened()).await.unwrap();
+        let mut got = Vec::new();
+        loop {
+            match from_edge.message().await.unwrap().unwrap().kind {
+                Some(Kind::Data(b)) => got.extend_from_slice(&b),
+                Some(Kind::Fin(_)) => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        to_edge
+            .send(StreamFrame::data(format!("got {} bytes", got.len()).into()))
+            .await
+            .unwrap();
+        to_edge.send(StreamFrame::fin()).await.unwrap();
+        // The edge ends its half once both sides said Fin: a clean end of
+        // the call, not a reset.
+        let end = from_edge.message().await;
+        drop(to_edge);
+        end
+    });
+
+    let mut stream = connector(&edge, "raw", 5000)
+        .connect(&any_addr())
+        .await
+        .expect("the stock client's stream opens");
+    stream.write_all(&[7u8; 70_000]).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert_eq!(answer, "got 70000 bytes");
+    drop(stream);
+    let end = tokio::time::timeout(Duration::from_secs(5), grpc_peer)
+        .await
+        .expect("the call ends")
+        .unwrap();
+    assert!(matches!(end, Ok(None)), "a clean end, got {end:?}");
+}
