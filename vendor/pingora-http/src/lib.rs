@@ -403,30 +403,28 @@ impl RequestHeader {
 }
 
 impl RequestHeader {
-    /// PATCH(edge-proxy): a clone with room for `additional` more headers in
-    /// both header maps. A plain clone has none, and a proxy's added headers
-    /// (forwarding, request id, trace context) would then regrow both maps
-    /// step by step (`HeaderMap::reserve` does not grow a map whose index
-    /// table is already large enough).
-    pub fn clone_with_room(&self, additional: usize) -> Self {
+    /// PATCH(edge-proxy): a copy with room for `additional` more headers,
+    /// whose names are sent in lowercase (the copy has no case map, as an
+    /// HTTP/2 request has none). A plain clone has no room, and a proxy's
+    /// added headers (forwarding, request id, trace context) would then
+    /// regrow the map step by step (`HeaderMap::reserve` does not grow a map
+    /// whose index table is already large enough); a case map would double
+    /// the cost of every header added.
+    pub fn lowercase_copy_with_room(&self, additional: usize) -> Self {
         Self {
             base: clone_req_parts_with(
                 &self.base,
                 map_with_room(&self.base.headers, additional),
             ),
-            header_name_map: self
-                .header_name_map
-                .as_ref()
-                .map(|map| map_with_room(map, additional)),
+            header_name_map: None,
             raw_target: self.raw_target.clone(),
             send_end_stream: self.send_end_stream,
         }
     }
 }
 
-// PATCH(edge-proxy): see `RequestHeader::clone_with_room`. Appending in
-// iteration order keeps every name's values, and both maps' orders, as they
-// were (the case map and the value map are written out side by side).
+// PATCH(edge-proxy): see `RequestHeader::lowercase_copy_with_room`.
+// Appending in iteration order keeps every name's values in their order.
 fn map_with_room<T: Clone>(map: &HMap<T>, additional: usize) -> HMap<T> {
     let mut copy = HMap::with_capacity(map.len() + additional);
     for (name, value) in map.iter() {
@@ -833,7 +831,7 @@ fn clone_req_parts(me: &ReqParts) -> ReqParts {
 }
 
 // PATCH(edge-proxy): `clone_req_parts` with the given headers (for
-// `RequestHeader::clone_with_room`).
+// `RequestHeader::lowercase_copy_with_room`).
 fn clone_req_parts_with(me: &ReqParts, headers: HMap) -> ReqParts {
     let mut parts = ReqBuilder::new()
         .method(me.method.clone())

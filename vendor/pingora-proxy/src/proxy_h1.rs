@@ -46,8 +46,9 @@ where
         // phase 2 send to upstream
 
         // PATCH(edge-proxy): a copy with room for the headers a proxy adds
-        // (forwarding, request id, trace context), see `clone_with_room`.
-        let mut req = session.req_header().clone_with_room(8);
+        // (forwarding, request id, trace context) and lowercase names, see
+        // `lowercase_copy_with_room`.
+        let mut req = session.req_header().lowercase_copy_with_room(8);
         let authority_policy = AuthorityPolicy::from(session.downstream_session.is_custom());
         let downstream_had_host = req.headers.contains_key(http::header::HOST);
         req.set_version(Version::HTTP_11);
