@@ -10,7 +10,17 @@
 use std::fmt::Write;
 use std::net::IpAddr;
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// Names of the headers set here and by the proxy, parsed at compile time
+/// (a name given as text is looked up in the standard names on every use).
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+pub static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// This hop, as the edge saw it.
 pub struct Hop<'a> {
@@ -22,10 +32,14 @@ pub struct Hop<'a> {
     pub host: Option<&'a str>,
 }
 
-/// Headers to set on the upstream request, handed to `set` one by one
-/// (names are lowercase). Values are built with one allocation at most:
-/// this runs on every request.
-pub fn headers(hop: &Hop, incoming: &HeaderMap, mut set: impl FnMut(&'static str, HeaderValue)) {
+/// Headers to set on the upstream request, handed to `set` one by one.
+/// Values are built with one allocation at most: this runs on every
+/// request.
+pub fn headers(
+    hop: &Hop,
+    incoming: &HeaderMap,
+    mut set: impl FnMut(&'static HeaderName, HeaderValue),
+) {
     let kept = |name: &str| {
         hop.trusted
             .then(|| incoming.get(name).and_then(|v| v.to_str().ok()))
@@ -40,13 +54,13 @@ pub fn headers(hop: &Hop, incoming: &HeaderMap, mut set: impl FnMut(&'static str
             value.push_str(", ");
         }
         push_ip(&mut value, ip);
-        set("x-forwarded-for", value_of(value));
+        set(&X_FORWARDED_FOR, value_of(value));
     }
     if kept("x-forwarded-proto").is_none() {
-        set("x-forwarded-proto", HeaderValue::from_static(proto));
+        set(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     if let (None, Some(host)) = (kept("x-forwarded-host"), hop.host) {
-        set("x-forwarded-host", value_of(host.to_owned()));
+        set(&X_FORWARDED_HOST, value_of(host.to_owned()));
     }
     if kept("x-forwarded-port").is_none() {
         let port = hop
@@ -54,7 +68,7 @@ pub fn headers(hop: &Hop, incoming: &HeaderMap, mut set: impl FnMut(&'static str
             .and_then(|h| h.rsplit_once(':'))
             .and_then(|(_, p)| p.parse::<u16>().ok());
         set(
-            "x-forwarded-port",
+            &X_FORWARDED_PORT,
             match port {
                 Some(port) => HeaderValue::from(port),
                 None => HeaderValue::from_static(if hop.tls { "443" } else { "80" }),
@@ -85,13 +99,13 @@ pub fn headers(hop: &Hop, incoming: &HeaderMap, mut set: impl FnMut(&'static str
         element.push_str(host);
         element.push('"');
     }
-    set("forwarded", value_of(element));
+    set(&FORWARDED, value_of(element));
     let traceparent = incoming
         .get("traceparent")
         .filter(|v| v.to_str().is_ok_and(is_valid_traceparent))
         .cloned()
         .unwrap_or_else(|| value_of(new_traceparent()));
-    set("traceparent", traceparent);
+    set(&TRACEPARENT, traceparent);
 }
 
 /// Appends `ip` in its usual text form; IPv4 without `fmt` (this runs
@@ -196,7 +210,7 @@ mod tests {
     fn headers(hop: &Hop, incoming: &HeaderMap) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
         super::headers(hop, incoming, |name, value| {
-            out.push((name, value.to_str().unwrap().to_owned()))
+            out.push((name.as_str(), value.to_str().unwrap().to_owned()))
         });
         out
     }

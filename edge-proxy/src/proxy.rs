@@ -176,7 +176,7 @@ impl ProxyHttp for EdgeProxy {
         request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        request.insert_header("x-request-id", &ctx.request_id)?;
+        request.insert_header(&forwarding::X_REQUEST_ID, &ctx.request_id)?;
         if let Some(path) = ctx.target.as_ref().and_then(|t| t.upstream_path.as_deref()) {
             let uri = path
                 .parse()
@@ -204,7 +204,7 @@ impl ProxyHttp for EdgeProxy {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        response.insert_header("x-request-id", unindexed(&ctx.request_id)?)?;
+        response.insert_header(&forwarding::X_REQUEST_ID, unindexed(&ctx.request_id)?)?;
         if is_tls(session) {
             let host = route::host(session.req_header());
             if let Some(value) = https::hsts(&self.config.load(), host) {

@@ -79,11 +79,21 @@ impl IntoCaseHeaderName for HeaderName {
     fn into_case_header_name(self) -> CaseHeaderName {
         CaseHeaderName(titled_header_name(&self))
     }
+
+    // PATCH(edge-proxy): already parsed (a `const` name costs nothing).
+    fn parsed_header_name(&self) -> Option<HeaderName> {
+        Some(self.clone())
+    }
 }
 
 impl IntoCaseHeaderName for &HeaderName {
     fn into_case_header_name(self) -> CaseHeaderName {
         CaseHeaderName(titled_header_name(self))
+    }
+
+    // PATCH(edge-proxy): already parsed.
+    fn parsed_header_name(&self) -> Option<HeaderName> {
+        Some((*self).clone())
     }
 }
 

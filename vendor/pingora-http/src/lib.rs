@@ -882,20 +882,23 @@ fn http_header_map_upper_bound(size_hint: Option<usize>) -> usize {
     )
 }
 
-// PATCH(edge-proxy): a header's name and its case-preserving form; a name
-// that is free to parse already (see `IntoCaseHeaderName::parsed_header_name`)
-// is not parsed again.
-fn header_names(name: impl IntoCaseHeaderName) -> Result<(HeaderName, CaseHeaderName)> {
-    let parsed = name.parsed_header_name();
+// PATCH(edge-proxy): a header's name, and its case-preserving form only when
+// there is a case map to keep it in (titling a `HeaderName` allocates); a
+// name that is free to parse already (see
+// `IntoCaseHeaderName::parsed_header_name`) is not parsed again.
+fn header_names(
+    name: impl IntoCaseHeaderName,
+    keep_case: bool,
+) -> Result<(HeaderName, Option<CaseHeaderName>)> {
+    if let Some(parsed) = name.parsed_header_name() {
+        return Ok((parsed, keep_case.then(|| name.into_case_header_name())));
+    }
     let case_header_name = name.into_case_header_name();
-    let header_name = match parsed {
-        Some(name) => name,
-        None => case_header_name
-            .as_slice()
-            .try_into()
-            .or_err(InvalidHTTPHeader, "invalid header name")?,
-    };
-    Ok((header_name, case_header_name))
+    let header_name = case_header_name
+        .as_slice()
+        .try_into()
+        .or_err(InvalidHTTPHeader, "invalid header name")?;
+    Ok((header_name, keep_case.then_some(case_header_name)))
 }
 
 #[inline]
@@ -905,9 +908,9 @@ fn append_header_value<T>(
     name: impl IntoCaseHeaderName,
     value: T,
 ) -> Result<bool> {
-    let (header_name, case_header_name) = header_names(name)?;
+    let (header_name, case_header_name) = header_names(name, name_map.is_some())?;
     // store the original case in the map
-    if let Some(name_map) = name_map {
+    if let (Some(name_map), Some(case_header_name)) = (name_map, case_header_name) {
         // Use the non-panicking `try_append`: the infallible `append` calls
         // `.expect("size overflows MAX_SIZE")` internally, which would abort the
         // process if the case map ever exceeded `http`'s `MAX_SIZE` (1 << 15).
@@ -930,8 +933,8 @@ fn insert_header_value<T>(
     name: impl IntoCaseHeaderName,
     value: T,
 ) -> Result<()> {
-    let (header_name, case_header_name) = header_names(name)?;
-    if let Some(name_map) = name_map {
+    let (header_name, case_header_name) = header_names(name, name_map.is_some())?;
+    if let (Some(name_map), Some(case_header_name)) = (name_map, case_header_name) {
         // store the original case in the map
         name_map.insert(header_name.clone(), case_header_name);
     }
