@@ -48,8 +48,10 @@ pub fn headers(
     };
     let proto = if hop.tls { "https" } else { "http" };
     if let Some(ip) = hop.client_ip {
-        let mut value = String::with_capacity(48);
-        if let Some(previous) = kept("x-forwarded-for") {
+        let previous = kept("x-forwarded-for");
+        // Room for the chain so far, ", " and the longest IPv6 address.
+        let mut value = String::with_capacity(previous.map_or(0, str::len) + 2 + 39);
+        if let Some(previous) = previous {
             value.push_str(previous);
             value.push_str(", ");
         }
@@ -75,8 +77,12 @@ pub fn headers(
             },
         );
     }
-    let mut element = String::with_capacity(64);
-    if let Some(previous) = kept("forwarded") {
+    let previous = kept("forwarded");
+    // Room for the chain so far, ", ", `for="[<IPv6>]"`, `;proto=https`
+    // and `;host="<host>"`: built in one allocation.
+    let room = previous.map_or(0, str::len) + 2 + 47 + 12 + 8 + hop.host.map_or(0, str::len);
+    let mut element = String::with_capacity(room);
+    if let Some(previous) = previous {
         element.push_str(previous);
         element.push_str(", ");
     }

@@ -228,6 +228,11 @@ impl FrameSink {
         // One byte, as hyper does: h2 raises the claim to what is buffered.
         self.send.reserve_capacity(1);
         while self.send.capacity() == 0 {
+            // Waiting: wake up for a reset too, not only for more window.
+            if let Poll::Ready(reason) = self.send.poll_reset(cx) {
+                let why = reason.map_or_else(|e| e.to_string(), |r| format!("reset ({r:?})"));
+                return Poll::Ready(Err(StreamBroken(why)));
+            }
             match ready!(self.send.poll_capacity(cx)) {
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Poll::Ready(Err(e.into())),
@@ -266,11 +271,6 @@ impl FrameSink {
         let _ = self
             .send
             .send_trailers(status_response(code, message).headers().clone());
-    }
-
-    /// Whether the peer reset the stream.
-    pub fn poll_reset(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        self.send.poll_reset(cx).map(|_| ())
     }
 }
 
