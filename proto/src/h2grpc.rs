@@ -225,21 +225,7 @@ impl FrameSink {
     /// Ready once the stream has flow-control window for more: like a
     /// bounded queue, a slow reader at the far end holds the writer back.
     pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamBroken>> {
-        // One byte, as hyper does: h2 raises the claim to what is buffered.
-        self.send.reserve_capacity(1);
-        while self.send.capacity() == 0 {
-            // Waiting: wake up for a reset too, not only for more window.
-            if let Poll::Ready(reason) = self.send.poll_reset(cx) {
-                let why = reason.map_or_else(|e| e.to_string(), |r| format!("reset ({r:?})"));
-                return Poll::Ready(Err(StreamBroken(why)));
-            }
-            match ready!(self.send.poll_capacity(cx)) {
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Poll::Ready(Err(e.into())),
-                None => return Poll::Ready(Err(StreamBroken("stream closed".into()))),
-            }
-        }
-        Poll::Ready(Ok(()))
+        poll_window(&mut self.send, cx)
     }
 
     /// Sends an encoded message ([`encode`], [`encode_data`],
@@ -248,10 +234,15 @@ impl FrameSink {
         Ok(self.send.send_data(message, false)?)
     }
 
+    /// Waits for window, then sends an encoded message.
+    pub async fn send_when_ready(&mut self, message: Bytes) -> Result<(), StreamBroken> {
+        poll_fn(|cx| self.poll_ready(cx)).await?;
+        self.send(message)
+    }
+
     /// Waits for window, then sends `frame`.
     pub async fn send_frame(&mut self, frame: &StreamFrame) -> Result<(), StreamBroken> {
-        poll_fn(|cx| self.poll_ready(cx)).await?;
-        self.send(encode(frame))
+        self.send_when_ready(encode(frame)).await
     }
 
     /// Ends this half of the RPC cleanly. Whatever was sent before is still
@@ -272,6 +263,29 @@ impl FrameSink {
             .send
             .send_trailers(status_response(code, message).headers().clone());
     }
+}
+
+/// Ready once `send` has flow-control window for more data, or failed if
+/// the stream was reset or closed meanwhile.
+fn poll_window(
+    send: &mut SendStream<Bytes>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), StreamBroken>> {
+    // One byte, as hyper does: h2 raises the claim to what is buffered.
+    send.reserve_capacity(1);
+    while send.capacity() == 0 {
+        // Waiting: wake up for a reset too, not only for more window.
+        if let Poll::Ready(reason) = send.poll_reset(cx) {
+            let why = reason.map_or_else(|e| e.to_string(), |r| format!("reset ({r:?})"));
+            return Poll::Ready(Err(StreamBroken(why)));
+        }
+        match ready!(send.poll_capacity(cx)) {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Poll::Ready(Err(e.into())),
+            None => return Poll::Ready(Err(StreamBroken("stream closed".into()))),
+        }
+    }
+    Poll::Ready(Ok(()))
 }
 
 fn ok_trailers() -> HeaderMap {
@@ -366,12 +380,8 @@ pub fn status_error(headers: &HeaderMap) -> Option<StreamBroken> {
 
 /// A gRPC error answer with no body (a "trailers-only" response).
 pub fn status_response(code: tonic::Code, message: &str) -> http::Response<()> {
-    let mut response = http::Response::new(());
+    let mut response = ok_response();
     let headers = response.headers_mut();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static(GRPC_CONTENT_TYPE),
-    );
     headers.insert("grpc-status", HeaderValue::from(code as i32));
     if let Ok(v) = HeaderValue::from_str(message) {
         headers.insert("grpc-message", v);
@@ -468,21 +478,8 @@ where
         match frame.into_data() {
             Ok(data) if data.is_empty() => {}
             Ok(data) => {
-                send.reserve_capacity(1);
-                let ready = poll_fn(|cx| {
-                    if send.poll_reset(cx).is_ready() {
-                        return Poll::Ready(false);
-                    }
-                    while send.capacity() == 0 {
-                        match ready!(send.poll_capacity(cx)) {
-                            Some(Ok(_)) => {}
-                            _ => return Poll::Ready(false),
-                        }
-                    }
-                    Poll::Ready(true)
-                })
-                .await;
-                if !ready || send.send_data(data, false).is_err() {
+                let ready = poll_fn(|cx| poll_window(&mut send, cx)).await;
+                if ready.is_err() || send.send_data(data, false).is_err() {
                     return;
                 }
             }

@@ -110,29 +110,24 @@ pub async fn run(
     on_welcome: impl FnOnce(&Welcome),
 ) -> Result<SessionEnd, SessionError> {
     let uri = edge_uri(config)?;
-    let connection = match tokio::time::timeout(CONNECT_TIMEOUT, connect(&uri)).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(reason)) => {
-            return Err(SessionError::Connect {
-                edge: config.edge.clone(),
-                reason,
-            })
-        }
-        Err(_) => {
-            let reason = format!("no answer within {CONNECT_TIMEOUT:?}");
-            return Err(SessionError::Connect {
-                edge: config.edge.clone(),
-                reason,
-            });
-        }
-    };
+    let connection = tokio::time::timeout(CONNECT_TIMEOUT, connect(&uri))
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {CONNECT_TIMEOUT:?}")))
+        .map_err(|reason| SessionError::Connect {
+            edge: config.edge.clone(),
+            reason,
+        })?;
     let client = TunnelClient::with_origin(H2Channel(connection.clone()), uri.clone())
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
-    let authorization = http::HeaderValue::try_from(format!("Bearer {}", config.token.expose()))
-        .map_err(|_| {
-            SessionError::Rejected("the token has characters not allowed in a header".into())
-        })?;
+    let bearer = format!("Bearer {}", config.token.expose());
+    let not_a_header =
+        || SessionError::Rejected("the token has characters not allowed in a header".into());
+    // The same value twice: tonic's metadata for the control call, a plain
+    // header for the data streams opened on h2 directly.
+    let authorization = http::HeaderValue::try_from(&bearer).map_err(|_| not_a_header())?;
+    let control_authorization =
+        tonic::metadata::MetadataValue::try_from(&bearer).map_err(|_| not_a_header())?;
 
     let (control, control_rx) = mpsc::channel(16);
     let hello = Hello {
@@ -146,10 +141,9 @@ pub async fn run(
         .send(message(sidecar_message::Kind::Hello(hello)))
         .await;
     let mut request = Request::new(ReceiverStream::new(control_rx));
-    let bearer = authorization.to_str().expect("checked above").parse();
     request
         .metadata_mut()
-        .insert("authorization", bearer.expect("checked above"));
+        .insert("authorization", control_authorization);
     let mut inbound = client
         .clone()
         .control(request)

@@ -201,10 +201,8 @@ pub async fn pipe(
             stats
                 .bytes_from_targets
                 .fetch_add(n as u64, Ordering::Relaxed);
-            std::future::poll_fn(|cx| sink.poll_ready(cx))
+            sink.send_when_ready(h2grpc::frame_in_place(buf.split()))
                 .await
-                .map_err(|_| edge_closed())?;
-            sink.send(h2grpc::frame_in_place(buf.split()))
                 .map_err(|_| edge_closed())?;
         }
     };
