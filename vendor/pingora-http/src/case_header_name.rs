@@ -80,7 +80,7 @@ impl IntoCaseHeaderName for HeaderName {
         CaseHeaderName(titled_header_name(&self))
     }
 
-    // PATCH(edge-proxy): already parsed (a `const` name costs nothing).
+    // PATCH(edge-proxy): already parsed (a `static` name costs nothing).
     fn parsed_header_name(&self) -> Option<HeaderName> {
         Some(self.clone())
     }
