@@ -10,6 +10,20 @@ use edge_proxy::{token::TokenHash, Edge, EdgeConfig};
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read when it starts (`_RJEM_MALLOC_CONF` in the
+/// environment still overrides them). Each thread caches freed blocks per
+/// size, by default as few as 20 of the larger sizes: fewer than a worker
+/// has requests in flight, so under load (HTTP/2 with 100 streams) every
+/// request overflowed those caches and refilled them, creating and
+/// releasing whole slabs. A floor of 64 took that out: edge instructions
+/// per request -3.5% over HTTP/2, -1.7% for HTTP/1.1 at 64 connections.
+#[allow(unsafe_code)] // jemalloc looks this symbol up by name
+#[export_name = "_rjem_malloc_conf"]
+#[used]
+static MALLOC_CONF: Option<&'static std::ffi::c_char> =
+    // SAFETY: a reference to the first byte of a static NUL-terminated string.
+    Some(unsafe { &*c"tcache_nslots_small_min:64,tcache_nslots_large:64".as_ptr() });
+
 /// The edge proxy: public front door for services behind sidecar tunnels.
 #[derive(Parser)]
 #[command(version, about)]

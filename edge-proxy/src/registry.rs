@@ -5,6 +5,17 @@
 //! streams the sidecar opens ahead of time).
 
 use std::collections::{HashMap, HashSet, VecDeque};
+
+/// Maps looked up on every request, by keys the config or the sidecars
+/// chose (a visitor's host only looks up): foldhash, not SipHash.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// The calling thread's id, without `thread::current()`'s reference count
+/// traffic (asked on every request).
+fn current_worker() -> ThreadId {
+    thread_local!(static WORKER: ThreadId = std::thread::current().id());
+    WORKER.with(|id| *id)
+}
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::ThreadId;
@@ -49,7 +60,7 @@ pub struct Session {
     pub worker: ThreadId,
     /// What the sidecar registered: service → its ports and their
     /// protocols (looked up by `&str` on every request, without allocating).
-    routes: HashMap<String, Vec<(u16, Protocol)>>,
+    routes: FastMap<String, Vec<(u16, Protocol)>>,
     idle: Mutex<VecDeque<DataStream>>,
     idle_ready: Notify,
     /// Idle streams wanted now: starts at the configured floor, doubles
@@ -92,9 +103,9 @@ impl Session {
             environment,
             sidecar_name,
             token,
-            worker: std::thread::current().id(),
+            worker: current_worker(),
             routes: routes.into_iter().fold(
-                HashMap::new(),
+                FastMap::default(),
                 |mut by_service, ((service, port), protocol)| {
                     by_service
                         .entry(service)
@@ -287,7 +298,7 @@ pub struct ClusterGrant {
 
 #[derive(Default)]
 struct Sessions {
-    by_environment: HashMap<String, Vec<Arc<Session>>>,
+    by_environment: FastMap<String, Vec<Arc<Session>>>,
     by_id: HashMap<String, Arc<Session>>,
 }
 
@@ -398,7 +409,7 @@ impl TunnelRegistry {
                 .flatten()
                 .filter(|s| s.serves(&url.service, url.port))
         };
-        let here = std::thread::current().id();
+        let here = current_worker();
         let usable = || candidates().filter(|s| s.is_usable());
         // One pass to count, one to pick (this runs on every request).
         let (mut n_usable, mut n_local) = (0, 0);

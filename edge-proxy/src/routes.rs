@@ -62,8 +62,9 @@ impl RouteRule {
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     rules: Vec<RouteRule>,
-    exact: HashMap<String, Vec<usize>>,
-    wildcard: HashMap<String, Vec<usize>>,
+    // foldhash: looked up on every request (keys come from the config).
+    exact: HashMap<String, Vec<usize>, foldhash::fast::RandomState>,
+    wildcard: HashMap<String, Vec<usize>, foldhash::fast::RandomState>,
 }
 
 impl RouteTable {

@@ -316,6 +316,55 @@ async fn malformed_host_is_400() {
     assert!(resp.contains("\"code\":\"BAD_REQUEST\""), "{resp}");
 }
 
+/// The visitor gets the service's header names without their case: the
+/// common standard names titled, the rest lowercase, values and order as the
+/// service sent them (the edge keeps no case map for responses).
+#[tokio::test]
+async fn response_header_names_reach_visitors_titled_or_lowercase() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let edge = TestEdge::builder().start().await;
+    let service = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let _sidecar = TestSidecar::builder(&edge)
+        .target("raw", 80, service.local_addr().unwrap())
+        .start()
+        .await;
+    tokio::spawn(async move {
+        let (mut conn, _) = service.accept().await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8];
+            conn.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        conn.write_all(
+            b"HTTP/1.1 200 OK\r\nCONTENT-TYPE: text/plain\r\nX-Mixed-Case: One\r\n\
+              x-mixed-case: Two\r\nETag: \"v1\"\r\nContent-Length: 2\r\n\r\nok",
+        )
+        .await
+        .unwrap();
+    });
+    let mut tcp = tokio::net::TcpStream::connect(edge.http_addr)
+        .await
+        .unwrap();
+    let host = format!("raw-80-{DEFAULT_ENV}.preview.localhost");
+    tcp.write_all(
+        format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut resp = String::new();
+    tcp.read_to_string(&mut resp).await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("\r\nContent-Type: text/plain\r\n"), "{resp}");
+    assert!(resp.contains("\r\nContent-Length: 2\r\n"), "{resp}");
+    assert!(
+        resp.contains("\r\nx-mixed-case: One\r\nx-mixed-case: Two\r\n"),
+        "{resp}"
+    );
+    assert!(resp.contains("\r\netag: \"v1\"\r\n"), "{resp}");
+    assert!(resp.ends_with("\r\n\r\nok"), "{resp}");
+}
+
 #[tokio::test]
 async fn known_environment_without_tunnel_is_503() {
     let edge = TestEdge::builder().start().await;

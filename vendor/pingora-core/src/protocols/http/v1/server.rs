@@ -25,7 +25,10 @@ use once_cell::sync::Lazy;
 use percent_encoding::{percent_encode, AsciiSet, CONTROLS};
 use pingora_error::{Error, ErrorType::*, OrErr, Result};
 use pingora_http::{IntoCaseHeaderName, RequestHeader, ResponseHeader};
-use pingora_timeout::timeout;
+// PATCH(edge-proxy): tokio's timer wheel, one per runtime: the edge runs a
+// runtime per worker thread, so no lock is shared (pingora-timeout's timer
+// boxed a future and registered a `Notify` per read that waited).
+use tokio::time::timeout;
 use regex::bytes::Regex;
 use std::any::Any;
 use std::collections::VecDeque;
