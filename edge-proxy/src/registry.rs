@@ -5,17 +5,6 @@
 //! streams the sidecar opens ahead of time).
 
 use std::collections::{HashMap, HashSet, VecDeque};
-
-/// Maps looked up on every request, by keys the config or the sidecars
-/// chose (a visitor's host only looks up): foldhash, not SipHash.
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
-/// The calling thread's id, without `thread::current()`'s reference count
-/// traffic (asked on every request).
-fn current_worker() -> ThreadId {
-    thread_local!(static WORKER: ThreadId = std::thread::current().id());
-    WORKER.with(|id| *id)
-}
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::ThreadId;
@@ -48,6 +37,13 @@ pub enum RouteError {
     Unavailable(String),
 }
 
+/// The calling thread's id, without `thread::current()`'s reference count
+/// traffic (asked on every request).
+fn current_worker() -> ThreadId {
+    thread_local!(static WORKER: ThreadId = std::thread::current().id());
+    WORKER.with(|id| *id)
+}
+
 /// One connected sidecar session.
 pub struct Session {
     pub id: String,
@@ -59,8 +55,10 @@ pub struct Session {
     /// visitors on that thread use it first (no hand-off between threads).
     pub worker: ThreadId,
     /// What the sidecar registered: service → its ports and their
-    /// protocols (looked up by `&str` on every request, without allocating).
-    routes: FastMap<String, Vec<(u16, Protocol)>>,
+    /// protocols (looked up by `&str` on every request, without allocating;
+    /// foldhash, not SipHash: the sidecar chose the keys, a visitor only
+    /// looks up).
+    routes: foldhash::HashMap<String, Vec<(u16, Protocol)>>,
     idle: Mutex<VecDeque<DataStream>>,
     idle_ready: Notify,
     /// Idle streams wanted now: starts at the configured floor, doubles
@@ -105,7 +103,7 @@ impl Session {
             token,
             worker: current_worker(),
             routes: routes.into_iter().fold(
-                FastMap::default(),
+                foldhash::HashMap::default(),
                 |mut by_service, ((service, port), protocol)| {
                     by_service
                         .entry(service)
@@ -298,7 +296,8 @@ pub struct ClusterGrant {
 
 #[derive(Default)]
 struct Sessions {
-    by_environment: FastMap<String, Vec<Arc<Session>>>,
+    /// Looked up on every request (foldhash, as `Session::routes`).
+    by_environment: foldhash::HashMap<String, Vec<Arc<Session>>>,
     by_id: HashMap<String, Arc<Session>>,
 }
 

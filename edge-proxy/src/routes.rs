@@ -5,7 +5,6 @@
 //! by wildcard suffix, so a request looks at the rules for its own host and
 //! its parent domains only, and picks the earliest that matches its path.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::preview::ServiceRef;
@@ -63,8 +62,8 @@ impl RouteRule {
 pub struct RouteTable {
     rules: Vec<RouteRule>,
     // foldhash: looked up on every request (keys come from the config).
-    exact: HashMap<String, Vec<usize>, foldhash::fast::RandomState>,
-    wildcard: HashMap<String, Vec<usize>, foldhash::fast::RandomState>,
+    exact: foldhash::HashMap<String, Vec<usize>>,
+    wildcard: foldhash::HashMap<String, Vec<usize>>,
 }
 
 impl RouteTable {

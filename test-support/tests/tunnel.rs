@@ -298,20 +298,25 @@ async fn unknown_host_is_404_route_not_found() {
     }
 }
 
+/// Sends `request` as written (no client normalizing it) and reads the
+/// answer until the edge closes the connection.
+async fn raw_exchange(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut resp = String::new();
+    tcp.read_to_string(&mut resp).await.unwrap();
+    resp
+}
+
 #[tokio::test]
 async fn malformed_host_is_400() {
     let (edge, _upstream, _sidecar) = stack().await;
-    let mut tcp = tokio::net::TcpStream::connect(edge.http_addr)
-        .await
-        .unwrap();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    tcp.write_all(
-        b"GET / HTTP/1.1\r\nHost: bad_host!.preview.localhost\r\nConnection: close\r\n\r\n",
+    let resp = raw_exchange(
+        edge.http_addr,
+        "GET / HTTP/1.1\r\nHost: bad_host!.preview.localhost\r\nConnection: close\r\n\r\n",
     )
-    .await
-    .unwrap();
-    let mut resp = String::new();
-    tcp.read_to_string(&mut resp).await.unwrap();
+    .await;
     assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
     assert!(resp.contains("\"code\":\"BAD_REQUEST\""), "{resp}");
 }
@@ -343,17 +348,12 @@ async fn response_header_names_reach_visitors_titled_or_lowercase() {
         .await
         .unwrap();
     });
-    let mut tcp = tokio::net::TcpStream::connect(edge.http_addr)
-        .await
-        .unwrap();
     let host = format!("raw-80-{DEFAULT_ENV}.preview.localhost");
-    tcp.write_all(
-        format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    let resp = raw_exchange(
+        edge.http_addr,
+        &format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
     )
-    .await
-    .unwrap();
-    let mut resp = String::new();
-    tcp.read_to_string(&mut resp).await.unwrap();
+    .await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(resp.contains("\r\nContent-Type: text/plain\r\n"), "{resp}");
     assert!(resp.contains("\r\nContent-Length: 2\r\n"), "{resp}");
