@@ -23,12 +23,14 @@ kernel, every process started here and stopped on exit or Ctrl-C):
   nginx     client -> nginx reverse proxy (2 workers = cores, upstream
             keepalive, HTTP/1.1, Connection "", no disk buffering) -> upstream
   rathole   client -> rathole server -> rathole client -> upstream (TCP)
+  nginx+rathole  client -> nginx (as above) -> rathole server -> rathole
+            client -> upstream: an HTTP hop and a tunnel, the edge's work
   edge      client -> edge-proxy -> gRPC tunnel -> sidecar -> upstream,
             Host hello-8080-bench.preview.localhost, sidecar defaults
             (2 sessions)
 
 HTTP/2 row: h2load over TLS (ALPN h2, the dev-certs certificate) to the
-upstream's TLS port (direct), to nginx and to the edge, which terminate TLS
+upstream's TLS port (direct), to nginx, nginx+rathole and the edge, which terminate TLS
 and speak HTTP/1.1 onwards; rathole forwards the TLS bytes to the upstream's
 TLS port. Every request carries the same Host header. Load: wrk (HTTP/1.1), h2load
 (HTTP/2 over TLS), curl (bulk), bench-latency (one connection, every
@@ -60,7 +62,11 @@ RELEASE_DIR = os.environ.get("RELEASE_DIR") or os.path.join(
     os.environ.get("CARGO_TARGET_DIR") or os.path.expanduser("~/.cache/preview-edge/target"), "release")
 RATHOLE = os.environ.get("RATHOLE") or os.path.expanduser("~/.cache/preview-edge/tools/bin/rathole")
 
-COMPARATORS = ["direct", "nginx", "rathole", "edge"]
+# "nginx+rathole" is nginx as the reverse proxy in front of a rathole
+# tunnel: an HTTP-aware hop and a tunnel, the same work as edge + sidecar
+# (PERF.md's targets compare us with each half of it alone).
+COMPARATORS = ["direct", "nginx", "rathole", "nginx+rathole", "edge"]
+MIDDLE_HOPS = ["nginx", "rathole", "nginx+rathole", "edge"]
 ROW_KEYS = ["rps_c64", "rps_c1", "latency", "conn_rate", "bulk", "h2", "bulk_rtt", "scale", "routes"]
 HOST = "hello-8080-bench.preview.localhost"
 HOST_RTT = "hello-8080-benchrtt.preview.localhost"
@@ -377,26 +383,24 @@ http {{
         self.start_edge()
         self.start_nginx_proxy()
         self.start_rathole()
+        self.start_nginx_rathole()
         self.start_sidecar()
 
     # -- nginx reverse proxy
-    def start_nginx_proxy(self):
-        log("nginx reverse proxy")
+    def nginx_proxy(self, name, purpose, upstream, delayed):
+        """nginx as a reverse proxy to `upstream` (plain HTTP and TLS with
+        HTTP/2), and on a third port to `delayed` (the 10 ms RTT row).
+        Returns (proc, port, TLS port, RTT port)."""
         port, port_tls, port_rtt = free_port(), free_port(), free_port()
-        self.nginx_rtt_port = port_rtt
-        # bench-delay in front of the upstream, for the 10 ms RTT row: nginx
-        # -> delay -> upstream (the hop a proxy adds, like edge -> sidecar).
-        delay = self.start_delay("delay-nginx", self.upstream)
-        self.proc_nginx = self.start_nginx("nginx", "nginx as a reverse proxy (the comparator)",
-                                           os.cpu_count() or 2, f"""  keepalive_requests 10000000;
+        proc = self.start_nginx(name, purpose, os.cpu_count() or 2, f"""  keepalive_requests 10000000;
   keepalive_timeout 300s;
   proxy_http_version 1.1;
   proxy_set_header Connection "";
   proxy_max_temp_file_size 0;
   ssl_certificate {self.cert};
   ssl_certificate_key {self.key};
-  upstream up {{ server {self.upstream}; keepalive 256; keepalive_requests 10000000; }}
-  upstream up_delayed {{ server {delay}; keepalive 16; }}
+  upstream up {{ server {upstream}; keepalive 256; keepalive_requests 10000000; }}
+  upstream up_delayed {{ server {delayed}; keepalive 16; }}
   server {{
     listen 127.0.0.1:{port} backlog=4096;
     listen 127.0.0.1:{port_tls} ssl http2 backlog=4096;
@@ -407,18 +411,41 @@ http {{
     location / {{ proxy_pass http://up_delayed; }}
   }}
 """, [port, port_tls, port_rtt])
+        return proc, port, port_tls, port_rtt
+
+    def start_nginx_proxy(self):
+        log("nginx reverse proxy")
+        # bench-delay in front of the upstream, for the 10 ms RTT row: nginx
+        # -> delay -> upstream (the hop a proxy adds, like edge -> sidecar).
+        delay = self.start_delay("delay-nginx", self.upstream)
+        proc, port, port_tls, self.nginx_rtt_port = self.nginx_proxy(
+            "nginx", "nginx as a reverse proxy (the comparator)", self.upstream, delay)
         self.addr["nginx"] = f"127.0.0.1:{port}"
         self.tls["nginx"] = f"127.0.0.1:{port_tls}"
-        self.hop["nginx"] = {"nginx": self.proc_nginx.pid}
+        self.hop["nginx"] = {"nginx": proc.pid}
         wait_http("nginx", self.addr["nginx"])
 
+    def start_nginx_rathole(self):
+        log("nginx in front of rathole")
+        addrs, srv, cli = self.rathole_pair("nx-rathole", {"web": self.upstream})
+        # The RTT row starts its own delayed rathole pair on this port.
+        self.nx_rathole_rtt_visitor = free_port()
+        proc, port, port_tls, self.nx_rathole_rtt_port = self.nginx_proxy(
+            "nginx-rathole", "nginx as a reverse proxy through a rathole tunnel (the comparator)",
+            addrs["web"], f"127.0.0.1:{self.nx_rathole_rtt_visitor}")
+        comp = "nginx+rathole"
+        self.addr[comp] = f"127.0.0.1:{port}"
+        self.tls[comp] = f"127.0.0.1:{port_tls}"
+        self.hop[comp] = {"nginx": proc.pid, "server": srv.pid, "client": cli.pid}
+        wait_http(comp, self.addr[comp])
+
     # -- rathole
-    def rathole_pair(self, name, services, via_delay=False):
+    def rathole_pair(self, name, services, via_delay=False, ports=None):
         """A rathole server + client; `services` maps service name to the
-        upstream address. Returns ({service: visitor address}, server proc,
-        client proc)."""
+        upstream address, `ports` optionally a service to its visitor port.
+        Returns ({service: visitor address}, server proc, client proc)."""
         ctrl = free_port()
-        visitors = {svc: free_port() for svc in services}
+        visitors = {svc: (ports or {}).get(svc) or free_port() for svc in services}
         d = os.path.join(self.work, name)
         os.makedirs(d, exist_ok=True)
         server = f'[server]\nbind_addr = "127.0.0.1:{ctrl}"\ndefault_token = "{self.token}"\n'
@@ -513,6 +540,7 @@ targets:
         """Why a comparator's processes are gone, or None while they run."""
         procs = {"direct": ["upstream"], "nginx": ["upstream", "nginx"],
                  "rathole": ["upstream", "rathole-server", "rathole-client"],
+                 "nginx+rathole": ["upstream", "nginx-rathole", "nx-rathole-server", "nx-rathole-client"],
                  "edge": ["upstream", "edge", "sidecar"]}[comp]
         gone = []
         for name, proc in self.procs.running:
@@ -632,6 +660,10 @@ targets:
             elif comp == "rathole":
                 addrs, _, _ = self.rathole_pair("rathole-rtt", {"web": self.upstream}, via_delay=True)
                 addr, host = addrs["web"], HOST
+            elif comp == "nginx+rathole":
+                self.rathole_pair("nx-rathole-rtt", {"web": self.upstream}, via_delay=True,
+                                  ports={"web": self.nx_rathole_rtt_visitor})
+                addr, host = f"127.0.0.1:{self.nx_rathole_rtt_port}", HOST
             else:
                 delay = self.start_delay("delay-edge", self.edge_tunnel)
                 self.launch_sidecar("sidecar-rtt", delay, "benchrtt")
@@ -810,7 +842,7 @@ def run_rows(b):
             values[comp], details[comp] = median_round(measured, better)
             if rounds > 1:
                 details[comp]["rounds"] = [v for v, _ in measured]
-            note(f"{comp:8} {fmt(values[comp], unit)} {unit}"
+            note(f"{comp:13} {fmt(values[comp], unit)} {unit}"
                  + (f"  (rounds: {', '.join(fmt(v, unit) for v, _ in measured)})" if rounds > 1 else ""))
         return add(key, name, unit, values, details, seconds=time.monotonic() - t0, better=better, **kw)
 
@@ -826,10 +858,10 @@ def run_rows(b):
                 lambda c: b.wrk(c, 64, 2), rounds=b.rounds, must="≥ 1.0 × rathole", aim="≥ 1.0 × nginx")
         add("cpu_per_request", "CPU of the middle hop per request (µs, 64-conn row)", "µs",
             {c: r["details"][c].get("cpu_us_per_request") for c in COMPARATORS},
-            better="lower", expected=["nginx", "rathole", "edge"])
+            better="lower", expected=MIDDLE_HOPS)
         add("user_cpu_per_request", "… of which in user space (µs)", "µs",
             {c: r["details"][c].get("user_cpu_us_per_request") for c in COMPARATORS},
-            better="lower", expected=["nginx", "rathole", "edge"])
+            better="lower", expected=MIDDLE_HOPS)
     if b.want("rps_c1"):
         row("rps_c1", "requests/s, 1 connection", "req/s",
             lambda c: b.wrk(c, 1, 1), rounds=b.rounds, must="≥ 1.0 × rathole", aim="≥ 1.0 × nginx")
@@ -842,7 +874,7 @@ def run_rows(b):
         p50, direct = r["values"], r["values"]["direct"]
         add("latency_added", "added p50 latency over direct, 1 connection (µs)", "µs",
             {c: (p50[c] - direct if None not in (p50[c], direct) and c != "direct" else None) for c in COMPARATORS},
-            must="≤ rathole's", aim="≤ nginx's", better="lower", expected=["nginx", "rathole", "edge"])
+            must="≤ rathole's", aim="≤ nginx's", better="lower", expected=MIDDLE_HOPS)
     if b.want("conn_rate"):
         row("conn_rate", "new connections/s (Connection: close, 16 conns)", "conn/s",
             lambda c: b.wrk(c, 16, 2, ("-H", "Connection: close")), rounds=b.rounds, must="≥ 1.0 × rathole",
@@ -860,7 +892,7 @@ def run_rows(b):
     add("peak_rss", "peak RSS of the middle hop (MiB, all its processes)", "MiB",
         {c: (sum(rss[c].values()) / 1024 if c in rss else None) for c in COMPARATORS},
         {c: {k: round(v / 1024, 1) for k, v in parts.items()} for c, parts in rss.items()},
-        better="lower", expected=["nginx", "rathole", "edge"])
+        better="lower", expected=MIDDLE_HOPS)
 
     if b.want("bulk_rtt"):
         row("bulk_rtt", f"{size} download, 10 ms RTT on the middle hop (MB/s)", "MB/s", b.bulk_rtt,
@@ -954,7 +986,7 @@ def report(b, rows, total_secs):
     missing = []
     for r in rows:
         r["ratios"] = {f"edge/{c}": ratio(r["values"].get("edge"), r["values"].get(c))
-                       for c in ("direct", "nginx", "rathole")}
+                       for c in COMPARATORS if c != "edge"}
         r["holds"] = judge(r, b.quick)
         for c in r["expected"]:
             if r["values"].get(c) is None:
@@ -983,8 +1015,8 @@ def report(b, rows, total_secs):
               f"{'quick' if b.quick else 'full'} run ({b.duration} s per measurement"
               f"{f', load rows in {b.rounds} alternating rounds of {b.round_seconds} s, median' if b.rounds > 1 else ''})"
               f", total {total_secs:.0f} s")
-    cols = ["row", "direct", "nginx", "rathole", "edge", "edge÷direct", "edge÷nginx", "edge÷rathole",
-            "must (edge)", "holds", "s"]
+    cols = ["row", *COMPARATORS, *(f"edge÷{c}" for c in COMPARATORS if c != "edge"), "must (edge)", "holds", "s"]
+    left = (0, len(cols) - 3, len(cols) - 2)  # row, must, holds
     table = []
     for r in rows:
         u = r["unit"]
@@ -998,13 +1030,13 @@ def report(b, rows, total_secs):
         f"{os.cpu_count()} workers, keepalive upstream, no disk buffering; rathole 0.5 defaults over TCP; "
         "edge + sidecar with their default settings (sidecar `connections: 2`).",
         "CPU per request: utime+stime of the middle-hop processes (nginx master + workers; rathole server + client; "
-        "edge + sidecar) during the 64-connection row ÷ requests, and its utime part (the rest is the kernel's: "
+        "nginx + rathole server + client; edge + sidecar) during the 64-connection row ÷ requests, and its utime part (the rest is the kernel's: "
         "reads, writes, wake-ups, loopback delivery). Peak RSS: VmHWM summed over those processes "
         "after the h2 row (before the RTT and scale rows).",
-        "HTTP/2: h2load -c4 -m25 over TLS; nginx and the edge terminate TLS, rathole carries it to the "
-        "upstream's TLS port, direct is that port.",
+        "HTTP/2: h2load -c4 -m25 over TLS; nginx, nginx+rathole and the edge terminate TLS (the latter two "
+        "send HTTP/1.1 through their tunnel), rathole carries it to the upstream's TLS port, direct is that port.",
         "10 ms RTT: bench-delay (5 ms each way, bandwidth unlimited) between edge and sidecar, rathole client "
-        "and server, nginx and upstream, and client and upstream for direct; median of the transfers in the row time (1 to 5).",
+        "and server (also behind nginx for nginx+rathole), nginx and upstream, and client and upstream for direct; median of the transfers in the row time (1 to 5).",
         "scale: bench-scale runs N sidecars (`connections: 1` each, own environment) in one process against a "
         "fresh edge, then holds M responses open through it, spread over the sidecars; memory is the edge's "
         "VmRSS growth ÷ count; every response is then checked complete and exact, every tunnel still up.",
@@ -1017,11 +1049,11 @@ def report(b, rows, total_secs):
 
     widths = [max(len(cols[i]), *(len(t[i]) for t in table)) for i in range(len(cols))]
     text = [header, ""]
-    text.append("  ".join(cols[i].ljust(widths[i]) if i in (0, 8, 9) else cols[i].rjust(widths[i])
+    text.append("  ".join(cols[i].ljust(widths[i]) if i in left else cols[i].rjust(widths[i])
                           for i in range(len(cols))).rstrip())
     text.append("  ".join("-" * widths[i] for i in range(len(cols))))
     for cells in table:
-        text.append("  ".join(cells[i].ljust(widths[i]) if i in (0, 8, 9) else cells[i].rjust(widths[i])
+        text.append("  ".join(cells[i].ljust(widths[i]) if i in left else cells[i].rjust(widths[i])
                               for i in range(len(cols))).rstrip())
     if b.warnings:
         text += ["", "warnings:"] + [f"  - {w}" for w in b.warnings]
