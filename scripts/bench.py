@@ -67,7 +67,7 @@ RATHOLE = os.environ.get("RATHOLE") or os.path.expanduser("~/.cache/preview-edge
 # (PERF.md's targets compare us with each half of it alone).
 COMPARATORS = ["direct", "nginx", "rathole", "nginx+rathole", "edge"]
 MIDDLE_HOPS = [c for c in COMPARATORS if c != "direct"]  # the rows about the hop in between
-ROW_KEYS = ["rps_c64", "rps_c1", "latency", "conn_rate", "bulk", "h2", "bulk_rtt", "scale", "routes"]
+ROW_KEYS = ["rps_c64", "rps_c1", "latency", "conn_rate", "bulk", "h2", "stalled", "bulk_rtt", "scale", "routes"]
 HOST = "hello-8080-bench.preview.localhost"
 HOST_RTT = "hello-8080-benchrtt.preview.localhost"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -284,6 +284,7 @@ class Bench:
         self.bulk_bytes = (256 if args.quick else 1024) * MIB
         self.scale_n = args.sidecars or (20 if args.quick else 1000)
         self.scale_m = args.connections or (200 if args.quick else 10000)
+        self.stall_n = 20 if args.quick else 100
         self.token = f"bench-{random.getrandbits(64):016x}"
         self.addr = {}     # comparator -> host:port (plain HTTP)
         self.tls = {}      # comparator -> host:port (TLS, HTTP/2)
@@ -647,6 +648,42 @@ targets:
         value = float(fin.group(3)) * ok2xx / done if done and ok2xx else None
         return value, detail
 
+    def stalled(self, comp):
+        """A steady client (bench-latency, one connection) while `stall_n`
+        visitors stall a download of /big.bin (a 4 KiB receive buffer, only
+        the status line read), beside the same client just before without
+        them; and the middle hop's RSS growth per stalled visitor."""
+        pids = self.hop_pids(comp)
+        rss = lambda: sum(status_kib(pid, "VmRSS") or 0 for pid in pids)
+        unloaded = self.latency(comp)
+        rss0 = rss()
+        host, port = self.addr[comp].rsplit(":", 1)
+        socks = []
+        try:
+            for _ in range(self.stall_n):
+                s = socket.socket()
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                s.settimeout(10)
+                s.connect((host, int(port)))
+                socks.append(s)
+                s.sendall(f"GET /big.bin HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+                first = s.recv(12)
+                if not first.startswith(b"HTTP/1.1 200"):
+                    raise HarnessError(f"a download meant to stall got {first!r}")
+            loaded = self.latency(comp)
+            rss1 = rss()
+        except OSError as e:
+            raise HarnessError(f"stalling visitors: {e}")
+        finally:
+            for s in socks:
+                s.close()
+        detail = {"stalled": self.stall_n, "unloaded": unloaded, "loaded": loaded,
+                  "failed": loaded.get("errors", 0)}
+        if pids:
+            detail["rss_kib_before"], detail["rss_kib_during"] = rss0, rss1
+            detail["kib_per_stalled"] = round(max(rss1 - rss0, 0) / self.stall_n, 1)
+        return (loaded["p99_us"] if loaded.get("requests") else None), detail
+
     def bulk_rtt(self, comp):
         """1 GiB (256 MiB quick) through a path with 10 ms RTT on the middle
         hop. Components are started for this row only."""
@@ -886,6 +923,18 @@ def run_rows(b):
         row("h2_rps", "HTTP/2 over TLS requests/s (h2load, 4 conns × 25 streams)", "req/s", b.h2load,
             rounds=b.rounds, must="≥ 0.8 × nginx", aim="≥ 1.0 × nginx")
 
+    if b.want("stalled"):
+        r = row("stalled_p99", f"latency p99 while {b.stall_n} visitors stall a download (µs)", "µs", b.stalled,
+                better="lower", must="0 failed, ≤ 2 × unloaded p99", aim="≤ 1.2 × unloaded p99")
+        d = r["details"]
+        add("stalled_unloaded_p99", "… the same client without them, just before (µs)", "µs",
+            {c: d[c].get("unloaded", {}).get("p99_us") for c in COMPARATORS}, better="lower")
+        add("stalled_failed", "… its failed requests while they stall", "count",
+            {c: d[c].get("failed") for c in COMPARATORS}, better="lower")
+        add("stalled_rss", "RSS of the middle hop per stalled visitor (KiB)", "KiB",
+            {c: d[c].get("kib_per_stalled") for c in COMPARATORS}, must="≤ 1 MiB", aim="≤ 256 KiB",
+            better="lower", expected=MIDDLE_HOPS)
+
     # Peak memory of the middle hops over the rows above (before the RTT row
     # starts extra processes).
     rss = {c: b.peak_rss(c) for c in COMPARATORS if b.hop.get(c)}
@@ -962,6 +1011,12 @@ def judge(r, quick):
         return "yes" if e >= 500 else "no"
     if key in ("mem_tunnel", "mem_connection"):
         return "yes" if e <= 64 else "no"
+    if key == "stalled_p99":
+        d = r["details"]["edge"]
+        unloaded = d.get("unloaded", {}).get("p99_us")
+        return "n/a" if not unloaded else ("yes" if d.get("failed") == 0 and e <= 2 * unloaded else "no")
+    if key == "stalled_rss":
+        return "yes" if e <= 1024 else "no"
     if key == "scale":
         d = r["details"]["scale"]
         if e > 0:

@@ -172,6 +172,16 @@ impl Drop for Proc {
     }
 }
 
+/// Resident memory of a process, in KiB (`VmRSS` in `/proc/<pid>/status`).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS for {pid}"))
+}
+
 pub fn signal(pid: u32, sig: &str) {
     let status = Command::new("kill")
         .arg(format!("-{sig}"))
@@ -188,6 +198,7 @@ pub struct Stack {
     pub upstream: Proc,
     pub sidecar: Option<Proc>,
     pub http_port: u16,
+    pub https_port: Option<u16>,
     pub tunnel_addr: String,
     pub upstream_addr: String,
 }
@@ -212,6 +223,25 @@ impl Stack {
     pub fn start_full(extra: &str, edge_args: &[&str], upstream_args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("edge.yaml"), edge_yaml(extra)).unwrap();
+        Self::start_in(dir, edge_args, upstream_args)
+    }
+
+    /// [`Stack::start_with_edge_yaml`] with an HTTPS listener too, serving
+    /// a certificate for `*.preview.localhost` from a local CA (`ca.pem`
+    /// in [`Stack::dir`]); plain HTTP is not redirected.
+    pub fn start_https(extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        test_support::certs::write(dir.path(), "", &["*.preview.localhost".into()], false).unwrap();
+        let tls = "tls:\n  certificates:\n    - { cert: cert.pem, key: key.pem }\n  redirect_http: false\n";
+        std::fs::write(
+            dir.path().join("edge.yaml"),
+            edge_yaml_with(&format!("{tls}{extra}"), true),
+        )
+        .unwrap();
+        Self::start_in(dir, &[], &[])
+    }
+
+    fn start_in(dir: tempfile::TempDir, edge_args: &[&str], upstream_args: &[&str]) -> Self {
         let (edge, listening) = start_edge_with_args(dir.path(), edge_args);
         let (http_port, tunnel_addr) = (listening.http_port, listening.tunnel);
         let mut args = vec!["--listen", "127.0.0.1:0"];
@@ -226,6 +256,7 @@ impl Stack {
             upstream,
             sidecar: None,
             http_port,
+            https_port: listening.https_port,
             tunnel_addr,
             upstream_addr,
         };
@@ -246,9 +277,10 @@ impl Stack {
     pub fn start_sidecar(&mut self) {
         let path = self.sidecar_yaml();
         let sidecar = Proc::spawn("sidecar", &["run", "--config", path.to_str().unwrap()]);
-        sidecar.wait_line(
-            "Forwarding http://hello-8080-demo.preview.localhost",
-            Duration::from_secs(10),
+        let forwarding = sidecar.wait_line("Forwarding ", Duration::from_secs(10));
+        assert!(
+            forwarding.contains("://hello-8080-demo.preview.localhost"),
+            "{forwarding}"
         );
         self.sidecar = Some(sidecar);
         // Every session (the default is two) up before tests count on them.

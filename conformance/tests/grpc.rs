@@ -59,7 +59,7 @@ impl GrpcStack {
         let (grpc_tls, grpc_tls_addr) = spawn_listening("grpc-upstream", &tls_args);
         let (https_upstream, https_addr) = spawn_listening("sample-upstream", &tls_args);
 
-        let edge_extra = "  h2c: true\n".to_string()
+        let edge_extra = "visitors:\n  h2c: true\n".to_string()
             + "tls:\n  certificates:\n    - { cert: edge-cert.pem, key: edge-key.pem }\n"
             // Plain HTTP serves (h2c) instead of redirecting to HTTPS.
             + "  redirect_http: false\n"

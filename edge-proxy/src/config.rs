@@ -17,7 +17,16 @@ use std::sync::Arc;
 use tunnel_proto::UpstreamProtocol;
 
 /// Idle data streams each sidecar session keeps open by default.
-pub const DEFAULT_IDLE_STREAMS: u32 = tunnel_proto::transport::DEFAULT_IDLE_STREAMS;
+pub const DEFAULT_IDLE_STREAMS: u32 = tunnel_transport::settings::DEFAULT_IDLE_STREAMS;
+/// Heartbeat period the edge asks sidecars for; three missed end a session.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = tunnel_transport::settings::HEARTBEAT_INTERVAL;
+/// How long a visitor may take to send a whole request head (and a new
+/// connection its first one).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a visitor's idle keep-alive connection stays open.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+/// How long a visitor may take nothing of a response before it is closed.
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a request waits for a data stream when a session's pool is empty.
 pub const DEFAULT_OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the sidecar may take to connect to the target.
@@ -51,6 +60,8 @@ pub mod raw {
         pub tunnel: Tunnel,
         #[serde(default)]
         pub upstream: Upstream,
+        #[serde(default)]
+        pub visitors: Visitors,
     }
 
     #[derive(Debug, Deserialize)]
@@ -59,9 +70,19 @@ pub mod raw {
         pub http: String,
         pub https: Option<String>,
         pub tunnel: String,
-        /// Accept HTTP/2 with prior knowledge on `http`.
+        /// The old place of `visitors.h2c`, kept to say where it went.
+        pub h2c: Option<bool>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Visitors {
+        /// Accept HTTP/2 with prior knowledge on `listen.http`.
         #[serde(default)]
         pub h2c: bool,
+        pub header_timeout: Option<String>,
+        pub keepalive_timeout: Option<String>,
+        pub send_timeout: Option<String>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -161,6 +182,7 @@ pub mod raw {
     pub struct Tunnel {
         pub idle_streams: Option<u32>,
         pub open_stream_timeout: Option<String>,
+        pub heartbeat_interval: Option<String>,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -178,8 +200,6 @@ pub mod raw {
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
     pub http_addr: SocketAddr,
-    /// HTTP/2 with prior knowledge on the plain listener.
-    pub h2c: bool,
     pub https_addr: Option<SocketAddr>,
     pub tls: Option<TlsSettings>,
     /// Things worth a warning that do not stop the config (expired certificates).
@@ -194,6 +214,7 @@ pub struct EdgeConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub tunnel: TunnelSettings,
     pub upstream: UpstreamSettings,
+    pub visitors: VisitorSettings,
 }
 
 /// Visitor TLS: loaded certificates and what to do for unknown names.
@@ -237,6 +258,22 @@ pub struct Cluster {
 pub struct TunnelSettings {
     pub idle_streams: u32,
     pub open_stream_timeout: Duration,
+    pub heartbeat_interval: Duration,
+}
+
+/// How the edge treats visitors' connections.
+#[derive(Debug, Clone)]
+pub struct VisitorSettings {
+    /// HTTP/2 with prior knowledge on the plain listener.
+    pub h2c: bool,
+    /// A request head (and a new connection's first one) must arrive whole
+    /// within this.
+    pub header_timeout: Duration,
+    /// An idle keep-alive connection closes after this.
+    pub keepalive_timeout: Duration,
+    /// A visitor that takes nothing of a response for this long is closed
+    /// (its tunnel stream reset, the service's connection closed).
+    pub send_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -293,6 +330,10 @@ fn validate(raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<String>> 
         problems.push("listen.https: needs at least one entry in tls.certificates".into());
     }
     let tunnel_addr = socket_addr(&raw.listen.tunnel, "listen.tunnel", &mut problems);
+    if raw.listen.h2c.is_some() {
+        problems
+            .push("listen.h2c: moved to visitors.h2c (every listen.* key is an address)".into());
+    }
 
     if raw.preview.domains.is_empty() {
         problems.push("preview.domains: at least one preview domain is required".into());
@@ -393,7 +434,46 @@ fn validate(raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<String>> 
             DEFAULT_OPEN_STREAM_TIMEOUT,
             &mut problems,
         ),
+        heartbeat_interval: duration(
+            &raw.tunnel.heartbeat_interval,
+            "tunnel.heartbeat_interval",
+            DEFAULT_HEARTBEAT_INTERVAL,
+            &mut problems,
+        ),
     };
+    if tunnel.heartbeat_interval < Duration::from_millis(100) {
+        problems.push("tunnel.heartbeat_interval: at least 100ms".into());
+    }
+    let visitors = VisitorSettings {
+        h2c: raw.visitors.h2c,
+        header_timeout: duration(
+            &raw.visitors.header_timeout,
+            "visitors.header_timeout",
+            DEFAULT_HEADER_TIMEOUT,
+            &mut problems,
+        ),
+        keepalive_timeout: duration(
+            &raw.visitors.keepalive_timeout,
+            "visitors.keepalive_timeout",
+            DEFAULT_KEEPALIVE_TIMEOUT,
+            &mut problems,
+        ),
+        send_timeout: duration(
+            &raw.visitors.send_timeout,
+            "visitors.send_timeout",
+            DEFAULT_SEND_TIMEOUT,
+            &mut problems,
+        ),
+    };
+    for (key, value) in [
+        ("visitors.header_timeout", visitors.header_timeout),
+        ("visitors.keepalive_timeout", visitors.keepalive_timeout),
+        ("visitors.send_timeout", visitors.send_timeout),
+    ] {
+        if value < Duration::from_secs(1) {
+            problems.push(format!("{key}: at least 1s"));
+        }
+    }
     let upstream = UpstreamSettings {
         connect_timeout: duration(
             &raw.upstream.connect_timeout,
@@ -430,7 +510,6 @@ fn validate(raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<String>> 
     }
     Ok(EdgeConfig {
         http_addr: http_addr.expect("checked"),
-        h2c: raw.listen.h2c,
         https_addr,
         tls,
         warnings,
@@ -442,6 +521,7 @@ fn validate(raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<String>> 
         trusted_proxies,
         tunnel,
         upstream,
+        visitors,
     })
 }
 

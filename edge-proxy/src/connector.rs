@@ -3,16 +3,16 @@
 //! `TunnelConnector` is the peer's custom L4 connector: it takes a pre-opened
 //! data stream from the session, tells the sidecar where to connect, and
 //! waits for the sidecar's verdict (the equivalent of a TCP handshake with
-//! the service). `TunnelSocket` then moves bytes as `StreamFrame`s.
+//! the service). `TunnelSocket` then moves bytes as `StreamFrame`s, as
+//! the stream's credit allows.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use pingora_core::connectors::L4Connect;
 use pingora_core::protocols::l4::socket::SocketAddr;
 use pingora_core::protocols::l4::stream::Stream;
@@ -20,10 +20,10 @@ use pingora_core::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSo
 use pingora_error::{Error, ErrorType};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::warn;
-use tunnel_proto::h2grpc::{self, FrameSink, FrameSource, StreamBroken};
 use tunnel_proto::{stream_frame::Kind, ErrorCode, StreamFrame};
+use tunnel_transport::{DataStream, StreamIo};
 
-use crate::registry::{DataStream, Session, TakeError};
+use crate::registry::{Session, TakeError};
 
 /// Times a connect tries another pooled stream when one turns out dead.
 const STALE_STREAM_RETRIES: usize = 3;
@@ -74,11 +74,10 @@ impl TunnelConnector {
                 self.port.into(),
                 self.request_id.clone(),
             );
-            if stream.to_sidecar.send_frame(&open).await.is_err() {
+            if stream.send_frame(&open).await.is_err() {
                 continue; // the sidecar dropped this idle stream
             }
-            let verdict =
-                tokio::time::timeout(self.connect_timeout, stream.from_sidecar.next()).await;
+            let verdict = tokio::time::timeout(self.connect_timeout, stream.next_frame()).await;
             match verdict {
                 Err(_) => return Err(TunnelError::ConnectTimeout(self.connect_timeout)),
                 Ok(Some(Ok(StreamFrame {
@@ -111,7 +110,7 @@ impl L4Connect for TunnelConnector {
     async fn connect(&self, _addr: &SocketAddr) -> pingora_error::Result<Stream> {
         match self.open().await {
             Ok(stream) => {
-                let socket = TunnelSocket::new(stream);
+                let socket = TunnelSocket(StreamIo::new(stream));
                 Ok(Stream::from(VirtualSocketStream::new(Box::new(socket))))
             }
             Err(e) => {
@@ -129,49 +128,9 @@ impl L4Connect for TunnelConnector {
     }
 }
 
-/// A tunnel data stream as an async byte stream. Writes go into the
-/// HTTP/2 stream from the caller's task, reads come straight out of it.
+/// A tunnel data stream as Pingora's upstream socket.
 #[derive(Debug)]
-pub struct TunnelSocket {
-    from_sidecar: FrameSource,
-    to_sidecar: FrameSink,
-    pending: Bytes,
-    read_closed: bool,
-    fin_sent: bool,
-}
-
-impl TunnelSocket {
-    pub fn new(stream: DataStream) -> Self {
-        Self {
-            from_sidecar: stream.from_sidecar,
-            to_sidecar: stream.to_sidecar,
-            pending: Bytes::new(),
-            read_closed: false,
-            fin_sent: false,
-        }
-    }
-}
-
-/// Both sides said `Fin`: the call ends cleanly. Otherwise dropping the
-/// stream resets it, and the sidecar closes the service's connection.
-impl Drop for TunnelSocket {
-    fn drop(&mut self) {
-        if self.fin_sent && self.read_closed {
-            self.to_sidecar.finish();
-        }
-    }
-}
-
-fn broken(what: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::ConnectionReset,
-        format!("tunnel stream {what}"),
-    )
-}
-
-fn broke(e: StreamBroken) -> io::Error {
-    broken(&e.0)
-}
+pub struct TunnelSocket(StreamIo);
 
 impl AsyncRead for TunnelSocket {
     fn poll_read(
@@ -179,32 +138,7 @@ impl AsyncRead for TunnelSocket {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        loop {
-            if !this.pending.is_empty() {
-                let n = this.pending.len().min(buf.remaining());
-                buf.put_slice(&this.pending.split_to(n));
-                return Poll::Ready(Ok(()));
-            }
-            if this.read_closed {
-                return Poll::Ready(Ok(()));
-            }
-            match ready!(this.from_sidecar.poll_next(cx)) {
-                Some(Ok(frame)) => match frame.kind {
-                    Some(Kind::Data(bytes)) => this.pending = bytes,
-                    Some(Kind::Fin(_)) => this.read_closed = true,
-                    Some(Kind::Error(e)) => {
-                        return Poll::Ready(Err(io::Error::other(format!(
-                            "sidecar: {}",
-                            e.message
-                        ))))
-                    }
-                    _ => {} // nothing else is valid mid-stream; newer kinds are ignored
-                },
-                Some(Err(e)) => return Poll::Ready(Err(broke(e))),
-                None => return Poll::Ready(Err(broken("ended without fin"))),
-            }
-        }
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
     }
 }
 
@@ -214,29 +148,15 @@ impl AsyncWrite for TunnelSocket {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        ready!(this.to_sidecar.poll_ready(cx)).map_err(broke)?;
-        let n = buf.len().min(tunnel_proto::transport::CHUNK_SIZE);
-        this.to_sidecar
-            .send(h2grpc::encode_data(&buf[..n]))
-            .map_err(broke)?;
-        Poll::Ready(Ok(n))
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.fin_sent {
-            ready!(this.to_sidecar.poll_ready(cx)).map_err(broke)?;
-            this.to_sidecar
-                .send(h2grpc::encode(&StreamFrame::fin()))
-                .map_err(broke)?;
-            this.fin_sent = true;
-        }
-        Poll::Ready(Ok(()))
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
     }
 }
 

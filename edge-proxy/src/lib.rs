@@ -20,6 +20,7 @@
 //! - [`tls`]: visitor TLS, certificates chosen by SNI.
 //! - [`token`]: sidecar token hashing.
 //! - [`upstream`]: how the edge speaks to a service (HTTP/1.1, h2c, TLS).
+//! - [`visitor`]: a visitor's connection: protocol sniffing, request-head deadline.
 
 pub mod config;
 pub mod connector;
@@ -37,6 +38,7 @@ pub mod tls;
 pub mod token;
 pub mod tunnel_service;
 pub mod upstream;
+pub mod visitor;
 
 pub use config::EdgeConfig;
 pub use server::{Edge, Listeners};

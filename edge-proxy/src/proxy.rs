@@ -12,7 +12,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tracing::info;
 
-use crate::config::EdgeConfig;
+use crate::config::{EdgeConfig, VisitorSettings};
 use crate::connector::TunnelConnector;
 use crate::errors::{self, Failure};
 use crate::forwarding;
@@ -20,7 +20,9 @@ use crate::https;
 use crate::preview::normalize_host;
 use crate::registry::TunnelRegistry;
 use crate::route::{self, Target};
+use crate::visitor::HeadDeadline;
 
+#[derive(Clone)]
 pub struct EdgeProxy {
     pub config: Arc<ArcSwap<EdgeConfig>>,
     pub registry: Arc<TunnelRegistry>,
@@ -78,6 +80,23 @@ fn unindexed(value: &str) -> Result<http::HeaderValue> {
     Ok(value)
 }
 
+/// The HTTP/1 connection's request-head deadline, if this is one.
+fn head_deadline(session: &Session) -> Option<&HeadDeadline> {
+    session.stream()?.as_any().downcast_ref::<HeadDeadline>()
+}
+
+/// Applies the visitor settings to the connection a request came on: its
+/// head has arrived, an idle keep-alive connection closes after
+/// `keepalive_timeout`, and a visitor that takes nothing of the response
+/// for `send_timeout` is closed (which resets its tunnel stream).
+fn visitor_connection(session: &mut Session, visitors: &VisitorSettings) {
+    if let Some(conn) = head_deadline(session) {
+        conn.head_received();
+    }
+    session.set_keepalive(Some(visitors.keepalive_timeout.as_secs()));
+    session.set_write_timeout(Some(visitors.send_timeout));
+}
+
 /// Whether the visitor's connection is TLS.
 fn is_tls(session: &Session) -> bool {
     session.digest().is_some_and(|d| d.ssl_digest.is_some())
@@ -101,6 +120,7 @@ impl ProxyHttp for EdgeProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let config = self.config.load();
+        visitor_connection(session, &config.visitors);
         ctx.trusted_hop = client_ip(session)
             .is_some_and(|ip| config.trusted_proxies.iter().any(|n| n.contains(&ip)));
         if let Some(id) =
@@ -230,6 +250,9 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(conn) = head_deadline(session) {
+            conn.request_done();
+        }
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())

@@ -12,18 +12,12 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify};
 use tonic::Status;
-use tunnel_proto::h2grpc::{FrameSink, FrameSource};
 use tunnel_proto::{edge_message, EdgeMessage, TunnelStats, WantStreams};
+use tunnel_transport::DataStream;
 
 use crate::preview::ServiceRef;
 use crate::token::TokenHash;
 use crate::upstream::Protocol;
-
-/// A data stream the sidecar opened and the edge has not used yet.
-pub struct DataStream {
-    pub to_sidecar: FrameSink,
-    pub from_sidecar: FrameSource,
-}
 
 /// Most idle streams a busy session is asked to keep open ahead.
 pub const MAX_IDLE_TARGET: u32 = 256;
@@ -175,14 +169,14 @@ impl Session {
 
     /// Parks a stream the sidecar opened. Gives it back if the pool is full
     /// or the session is gone.
-    pub fn add_idle(&self, stream: DataStream) -> Result<(), DataStream> {
+    pub fn add_idle(&self, stream: DataStream) -> Result<(), Box<DataStream>> {
         if self.closed.load(Ordering::Relaxed) {
-            return Err(stream);
+            return Err(Box::new(stream));
         }
         {
             let mut idle = self.idle.lock().unwrap();
             if idle.len() >= self.idle_limit() {
-                return Err(stream);
+                return Err(Box::new(stream));
             }
             idle.push_back(stream);
         }
@@ -223,7 +217,7 @@ impl Session {
         let mut idle = self.idle.lock().unwrap();
         let stream = loop {
             let s = idle.pop_front()?;
-            if !s.from_sidecar.is_closed() {
+            if !s.is_closed() {
                 break s;
             }
         };

@@ -11,6 +11,7 @@ use pingora_core::apps::{HttpServerOptions, ServerApp};
 use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::l4::stream::Stream;
 use pingora_core::protocols::l4::stream::{L4BufferSettings, DEFAULT_L4_WRITE_BUFFER_SIZE};
+use pingora_core::protocols::tls::ALPN;
 use pingora_core::protocols::{GetSocketDigest, SocketDigest, IO};
 use pingora_core::server::configuration::ServerConf;
 use tokio::net::{TcpListener, TcpStream};
@@ -18,8 +19,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
-use tunnel_proto::coalesce::CoalescingIo;
 use tunnel_proto::{edge_message, Drain};
+use tunnel_transport::coalesce::CoalescingIo;
 
 use arc_swap::ArcSwap;
 
@@ -28,6 +29,7 @@ use crate::proxy::EdgeProxy;
 use crate::registry::{Authorizations, ClusterGrant, TunnelRegistry};
 use crate::tls::{self, CertStore, SniResolver};
 use crate::tunnel_service::TunnelService;
+use crate::visitor::{self, FirstBytes, HeadDeadline};
 
 /// In-flight requests get this long to finish at shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -143,13 +145,21 @@ impl Edge {
                 .and_then(|l| l.local_addr().ok())
                 .map(|a| a.port()),
         };
-        let mut app = pingora_proxy::http_proxy(&conf, proxy);
-        let mut options = HttpServerOptions::default();
-        options.h2c = self.config.load().h2c;
-        app.server_options = Some(options);
+        // Two apps: plain connections are sniffed here, and those that
+        // start with the HTTP/2 preface go to the one that speaks h2c.
+        let visitors = self.config.load().visitors.clone();
+        let app = |h2c: bool| {
+            let mut app = pingora_proxy::http_proxy(&conf, proxy.clone());
+            let mut options = HttpServerOptions::default();
+            options.h2c = h2c;
+            options.h2_idle_timeout = Some(visitors.keepalive_timeout);
+            app.server_options = Some(options);
+            Arc::new(app)
+        };
         let (stop_http_tx, stop_http_rx) = watch::channel(false);
         let shared = Shared {
-            app: Arc::new(app),
+            app: app(false),
+            h2c_app: app(true),
             tls: https.as_ref().map(|_| {
                 Arc::new(Acceptor::from_server_config(tls::server_config(
                     self.certificates.clone(),
@@ -160,6 +170,7 @@ impl Edge {
                 self.config.clone(),
                 default_public_url,
             ),
+            config: self.config.clone(),
             shutdown: stop_http_rx,
             stop_accepting: CancellationToken::new(),
             stop_tunnel: CancellationToken::new(),
@@ -225,9 +236,12 @@ impl Edge {
 #[derive(Clone)]
 struct Shared {
     app: Arc<ProxyApp>,
+    /// Serves plain connections that began with the HTTP/2 preface.
+    h2c_app: Arc<ProxyApp>,
     /// Present when visitors are served over TLS.
     tls: Option<Arc<Acceptor>>,
     tunnel_service: TunnelService,
+    config: Arc<ArcSwap<EdgeConfig>>,
     /// Tells Pingora that in-flight requests should wind down.
     shutdown: watch::Receiver<bool>,
     stop_accepting: CancellationToken,
@@ -363,11 +377,7 @@ async fn run_worker(shared: Shared, mut handoffs: mpsc::UnboundedReceiver<Handof
         };
         match TcpStream::from_std(stream) {
             Ok(stream) => {
-                tokio::spawn(serve_visitor(
-                    visitor_stream(stream, peer),
-                    tls,
-                    shared.clone(),
-                ));
+                tokio::spawn(serve_visitor(stream, peer, tls, shared.clone()));
             }
             Err(e) => warn!(error = %e, "cannot register a visitor's connection"),
         }
@@ -390,8 +400,33 @@ fn visitor_stream(stream: TcpStream, peer: std::net::SocketAddr) -> Stream {
 type ProxyApp = pingora_proxy::HttpProxy<EdgeProxy>;
 
 /// Serves one visitor's connection; with `tls`, a TLS handshake first
-/// (HTTP/2 if ALPN picks it).
-async fn serve_visitor(mut stream: Stream, tls: Option<Arc<Acceptor>>, shared: Shared) {
+/// (HTTP/2 if ALPN picks it). A plain connection that begins with the
+/// HTTP/2 preface is served as HTTP/2 where `visitors.h2c` allows it.
+/// Every HTTP/1 request head has `visitors.header_timeout` to arrive, the
+/// first one counted from the connection's start.
+async fn serve_visitor(
+    mut tcp: TcpStream,
+    peer: std::net::SocketAddr,
+    tls: Option<Arc<Acceptor>>,
+    shared: Shared,
+) {
+    let visitors = shared.config.load().visitors.clone();
+    let mut app = &shared.app;
+    let mut first_bytes = Vec::new();
+    if tls.is_none() && visitors.h2c {
+        match tokio::time::timeout(visitors.header_timeout, visitor::sniff(&mut tcp)).await {
+            Ok(Ok((kind, read))) => {
+                if kind == FirstBytes::Http2 {
+                    app = &shared.h2c_app;
+                }
+                first_bytes = read;
+            }
+            Ok(Err(e)) => return debug!(error = %e, "connection closed before a request"),
+            Err(_) => return debug!("no request within visitors.header_timeout"),
+        }
+    }
+    let mut stream = visitor_stream(tcp, peer);
+    stream.rewind(&first_bytes);
     // A response's header and body leave in one write; TLS reads whole
     // records. Plain HTTP needs no read buffer (Pingora reads into its own).
     stream.set_buffer(L4BufferSettings::new(
@@ -422,9 +457,18 @@ async fn serve_visitor(mut stream: Stream, tls: Option<Arc<Acceptor>>, shared: S
             }
         }
     };
-    let mut next = shared.app.process_new(stream, &shared.shutdown).await;
+    // HTTP/2 with prior knowledge was recognised by its whole preface;
+    // by ALPN, the preface is still to come.
+    let stream: Box<dyn IO> = if std::ptr::eq(app, &shared.h2c_app) {
+        stream
+    } else if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+        Box::new(HeadDeadline::preface(stream, visitors.header_timeout))
+    } else {
+        Box::new(HeadDeadline::new(stream, visitors.header_timeout))
+    };
+    let mut next = app.process_new(stream, &shared.shutdown).await;
     while let Some(stream) = next {
-        next = shared.app.process_new(stream, &shared.shutdown).await;
+        next = app.process_new(stream, &shared.shutdown).await;
     }
 }
 
@@ -449,8 +493,8 @@ impl Reloader {
         if old.upstream.keepalive_pool_size != new.upstream.keepalive_pool_size {
             warn!("upstream.keepalive_pool_size changed; it takes effect on restart");
         }
-        if old.h2c != new.h2c {
-            warn!("listen.h2c changed in the config; it takes effect on restart");
+        if old.visitors.h2c != new.visitors.h2c {
+            warn!("visitors.h2c changed in the config; it takes effect on restart");
         }
         if old.https_addr != new.https_addr {
             warn!("listen.https changed in the config; it takes effect on restart");

@@ -3,7 +3,7 @@
 //! [`TunnelService::serve_connection`] serves one sidecar connection over
 //! HTTP/2. `Data` streams (those a sidecar opens ahead of time) are parked
 //! in their session's pool as they are, without tonic (see
-//! `tunnel_proto::h2grpc`); every other RPC goes to the tonic service:
+//! `tunnel_transport::data`); every other RPC goes to the tonic service:
 //! `Control` authenticates a sidecar, checks what it may register, and
 //! keeps its session alive.
 
@@ -20,25 +20,23 @@ use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
-use tunnel_proto::h2grpc::{self, FrameSink, FrameSource, Role, DATA_PATH};
-use tunnel_proto::transport::*;
 use tunnel_proto::tunnel_server::{Tunnel, TunnelServer};
 use tunnel_proto::{
     edge_message, sidecar_message, EdgeMessage, HeartbeatAck, Hello, SidecarMessage, StreamFrame,
-    Welcome, CAPABILITIES, PROTOCOL_VERSION, SESSION_METADATA, VERSION_METADATA,
+    Welcome, CAPABILITIES, MAX_MESSAGE_SIZE, PROTOCOL_VERSION, SESSION_METADATA, VERSION_METADATA,
 };
+use tunnel_transport::grpc::{self, DATA_PATH};
+use tunnel_transport::settings::*;
+use tunnel_transport::{keepalive, rpc, ConnectionFlow, DataStream, Role};
 
 use arc_swap::ArcSwap;
 
 use crate::config::{is_label, EdgeConfig};
 use crate::preview::ServiceRef;
-use crate::registry::{ClusterGrant, DataStream, Session, TunnelRegistry};
+use crate::registry::{ClusterGrant, Session, TunnelRegistry};
 use crate::token::{bearer, TokenHash};
 use crate::upstream::Protocol;
 
-/// Most concurrent streams on one sidecar connection (data streams are
-/// proxied connections).
-pub const MAX_STREAMS_PER_CONNECTION: u32 = 8192;
 /// Largest header block a sidecar may send.
 const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
 /// How long a new control stream may take to say Hello.
@@ -203,7 +201,7 @@ impl Tunnel for TunnelService {
                 self.url_for(&config, &service)
             })
             .collect();
-        let heartbeat = tunnel_proto::transport::HEARTBEAT_INTERVAL;
+        let heartbeat = config.tunnel.heartbeat_interval;
         let welcome = Welcome {
             protocol_version: PROTOCOL_VERSION,
             capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
@@ -260,7 +258,10 @@ impl TunnelService {
             Err(_) => return debug!(?peer, "tunnel handshake timed out"),
         };
         let pings = connection.ping_pong().expect("taken once");
-        let keepalive = h2grpc::keepalive(pings, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT);
+        // What the connection's data streams share: the round trip the
+        // keep-alive measures, and the budget their windows grow from.
+        let flow = Arc::new(ConnectionFlow::default());
+        let keepalive = keepalive::keepalive(pings, &flow, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT);
         tokio::pin!(keepalive);
         let rpcs = TunnelServer::new(self.clone())
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
@@ -271,9 +272,9 @@ impl TunnelService {
                 next = connection.accept() => match next {
                     Some(Ok((request, respond))) => {
                         if request.uri().path() == DATA_PATH {
-                            self.park_data_stream(request, respond);
+                            self.park_data_stream(request, respond, &flow);
                         } else {
-                            tokio::spawn(h2grpc::serve_rpc(rpcs.clone(), request, respond, peer));
+                            tokio::spawn(rpc::serve_rpc(rpcs.clone(), request, respond, peer));
                         }
                     }
                     Some(Err(e)) => break debug!(?peer, error = %e, "tunnel connection failed"),
@@ -294,24 +295,22 @@ impl TunnelService {
         &self,
         request: http::Request<h2::RecvStream>,
         mut respond: h2::server::SendResponse<Bytes>,
+        flow: &Arc<ConnectionFlow>,
     ) {
         let session = match self.admit_data_stream(request.headers()) {
             Ok(session) => session,
             Err(status) => {
-                let refusal = h2grpc::status_response(status.code(), status.message());
+                let refusal = grpc::status_response(status.code(), status.message());
                 let _ = respond.send_response(refusal, true);
                 return;
             }
         };
-        let Ok(send) = respond.send_response(h2grpc::ok_response(), false) else {
+        let Ok(send) = respond.send_response(grpc::ok_response(), false) else {
             return;
         };
-        let stream = DataStream {
-            to_sidecar: FrameSink::new(send, Role::Server),
-            from_sidecar: FrameSource::new(request.into_body()),
-        };
+        let stream = DataStream::new(send, request.into_body(), Role::Server, flow.clone());
         if let Err(mut refused) = session.add_idle(stream) {
-            refused.to_sidecar.fail(
+            refused.fail(
                 tonic::Code::ResourceExhausted,
                 "too many idle data streams for this session",
             );
@@ -320,7 +319,7 @@ impl TunnelService {
 
     fn admit_data_stream(&self, headers: &http::HeaderMap) -> Result<Arc<Session>, Status> {
         let version = headers.get(VERSION_METADATA).and_then(|v| v.to_str().ok());
-        if version != Some("1") {
+        if version.and_then(|v| v.parse().ok()) != Some(PROTOCOL_VERSION) {
             return Err(Status::failed_precondition(format!(
                 "data stream protocol version {version:?} is not supported (expected \"{PROTOCOL_VERSION}\")"
             )));

@@ -1,8 +1,8 @@
 //! The tunnel protocol between sidecars and the edge: the `.proto`, its
-//! generated Rust code, and the transport settings both ends must agree on.
-//!
-//! Nothing outside this crate knows wire details. Its one piece of I/O is
-//! [`coalesce::CoalescingIo`], the socket wrapper both ends put under HTTP/2.
+//! generated Rust code, and the constants both ends must agree on (version,
+//! capabilities, metadata keys, per-stream credit, message size). This
+//! crate is the wire only: how both ends run it over HTTP/2 is in the
+//! `tunnel-transport` crate.
 
 #[allow(clippy::all)]
 pub mod v1 {
@@ -11,16 +11,27 @@ pub mod v1 {
 
 pub use v1::*;
 
-pub mod coalesce;
 pub mod codec;
-pub mod h2grpc;
-pub mod transport;
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol version this build speaks. Version 2 added per-stream
+/// credit (`StreamFrame.credit`): a version 1 peer sends data without it.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Capabilities this build announces in Hello/Welcome.
-pub const CAPABILITIES: &[&str] = &["data-preopen", "half-close", "want-streams"];
+pub const CAPABILITIES: &[&str] = &[
+    "data-preopen",
+    "half-close",
+    "want-streams",
+    "stream-credit",
+];
+
+/// Payload bytes each side of a data stream may send before the other side
+/// grants more (`StreamFrame.credit`).
+pub const INITIAL_STREAM_CREDIT: u64 = 128 * 1024;
+/// Most credit a side grants beyond what it has received.
+pub const MAX_STREAM_CREDIT: u64 = 16 * 1024 * 1024;
+/// Largest gRPC message accepted (a data chunk plus framing, with headroom).
+pub const MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 
 /// Request metadata key carrying the negotiated version on data streams.
 pub const VERSION_METADATA: &str = "x-tunnel-version";
@@ -62,6 +73,11 @@ impl StreamFrame {
                 port,
                 request_id,
             })),
+        }
+    }
+    pub fn credit(bytes: u64) -> Self {
+        Self {
+            kind: Some(stream_frame::Kind::Credit(Credit { bytes })),
         }
     }
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {

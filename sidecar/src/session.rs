@@ -13,14 +13,16 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Request;
 use tracing::{debug, info, warn};
-use tunnel_proto::coalesce::CoalescingIo;
-use tunnel_proto::h2grpc::{self, H2Channel};
-use tunnel_proto::transport::*;
 use tunnel_proto::tunnel_client::TunnelClient;
 use tunnel_proto::{
     edge_message, sidecar_message, Drain, EdgeMessage, Heartbeat, Hello, SidecarMessage, Welcome,
-    CAPABILITIES, PROTOCOL_VERSION,
+    CAPABILITIES, MAX_MESSAGE_SIZE, PROTOCOL_VERSION,
 };
+use tunnel_transport::coalesce::CoalescingIo;
+use tunnel_transport::grpc::DATA_PATH;
+use tunnel_transport::rpc::H2Channel;
+use tunnel_transport::settings::*;
+use tunnel_transport::{keepalive, ConnectionFlow};
 
 use crate::config::SidecarConfig;
 use crate::stream::{Stats, StreamPool};
@@ -73,8 +75,12 @@ pub fn edge_uri(config: &SidecarConfig) -> Result<Uri, SessionError> {
 /// many streams share it; frames batched into few writes by
 /// [`CoalescingIo`]) and speaks HTTP/2 on it with the tunnel's settings.
 /// The connection is driven, with keep-alive pings, by a task of its own
-/// until the edge closes it or every handle to it is gone.
-async fn connect(uri: &Uri) -> Result<h2::client::SendRequest<Bytes>, String> {
+/// until the edge closes it or every handle to it is gone. The pings also
+/// measure the round trip its data streams size their windows by (`flow`).
+async fn connect(
+    uri: &Uri,
+    flow: Arc<ConnectionFlow>,
+) -> Result<h2::client::SendRequest<Bytes>, String> {
     let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
     let port = uri.port_u16().unwrap_or(80);
     let stream = TcpStream::connect((host, port))
@@ -94,7 +100,7 @@ async fn connect(uri: &Uri) -> Result<h2::client::SendRequest<Bytes>, String> {
             ended = connection => if let Err(e) = ended {
                 debug!(error = %e, "tunnel connection ended");
             },
-            reason = h2grpc::keepalive(pings, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT) => {
+            reason = keepalive::keepalive(pings, &flow, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT) => {
                 warn!(%reason, "tunnel connection lost");
             }
         }
@@ -110,7 +116,8 @@ pub async fn run(
     on_welcome: impl FnOnce(&Welcome),
 ) -> Result<SessionEnd, SessionError> {
     let uri = edge_uri(config)?;
-    let connection = tokio::time::timeout(CONNECT_TIMEOUT, connect(&uri))
+    let flow = Arc::new(ConnectionFlow::default());
+    let connection = tokio::time::timeout(CONNECT_TIMEOUT, connect(&uri, flow.clone()))
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {CONNECT_TIMEOUT:?}")))
         .map_err(|reason| SessionError::Connect {
@@ -167,6 +174,7 @@ pub async fn run(
     let stats = Arc::new(Stats::default());
     let pool = Arc::new(StreamPool {
         connection,
+        flow,
         data_uri: data_uri(&uri)?,
         session_id: welcome
             .session_id
@@ -247,7 +255,7 @@ async fn wait_idle(stats: &Stats, grace: Duration) {
 /// Where data streams are opened: the `Data` RPC on the edge's URL.
 fn data_uri(edge: &Uri) -> Result<Uri, SessionError> {
     let mut parts = edge.clone().into_parts();
-    parts.path_and_query = Some(h2grpc::DATA_PATH.parse().expect("a valid path"));
+    parts.path_and_query = Some(DATA_PATH.parse().expect("a valid path"));
     Uri::from_parts(parts).map_err(|e| SessionError::Rejected(format!("edge URL {edge}: {e}")))
 }
 

@@ -1,20 +1,24 @@
 //! One proxied connection at the sidecar: a data stream opened ahead of
 //! time, then, when the edge says where, a TCP connection to the target and
-//! bytes piped both ways with half-close.
+//! bytes piped both ways with half-close, as the stream's credit allows.
 
+use std::future::poll_fn;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderValue, Uri};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
-use tunnel_proto::h2grpc::{self, FrameSink, FrameSource, Role, DATA_HEADROOM};
-use tunnel_proto::transport::CHUNK_SIZE;
 use tunnel_proto::{stream_frame::Kind, ErrorCode, Open, StreamFrame, TunnelStats};
+use tunnel_transport::grpc::{self, DATA_HEADROOM};
+use tunnel_transport::settings::CHUNK_SIZE;
+use tunnel_transport::{ConnectionFlow, DataStream, Role};
 
 use crate::config::Allowlist;
 
@@ -44,6 +48,8 @@ impl Stats {
 pub struct StreamPool {
     /// The session's HTTP/2 connection to the edge.
     pub connection: h2::client::SendRequest<Bytes>,
+    /// What the connection's data streams share (round trip, window budget).
+    pub flow: Arc<ConnectionFlow>,
     /// The `Data` RPC's URI.
     pub data_uri: Uri,
     pub session_id: HeaderValue,
@@ -61,14 +67,14 @@ impl StreamPool {
         self.tasks.spawn(async move { pool.serve_one().await });
     }
 
-    /// Opens a `Data` RPC: its two halves once the edge has accepted it.
-    async fn open_data_stream(&self) -> Result<(FrameSink, FrameSource), String> {
+    /// Opens a `Data` RPC, once the edge has accepted it.
+    async fn open_data_stream(&self) -> Result<DataStream, String> {
         let mut request = http::Request::post(self.data_uri.clone())
             .body(())
             .expect("a valid request");
         let headers = request.headers_mut();
-        let grpc = HeaderValue::from_static(h2grpc::GRPC_CONTENT_TYPE);
-        headers.insert(http::header::CONTENT_TYPE, grpc);
+        let content_type = HeaderValue::from_static(grpc::GRPC_CONTENT_TYPE);
+        headers.insert(http::header::CONTENT_TYPE, content_type);
         headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
         headers.insert(http::header::AUTHORIZATION, self.authorization.clone());
         headers.insert(tunnel_proto::SESSION_METADATA, self.session_id.clone());
@@ -86,22 +92,24 @@ impl StreamPool {
             .send_request(request, false)
             .map_err(|e| e.to_string())?;
         let response = response.await.map_err(|e| e.to_string())?;
-        if let Some(refused) = h2grpc::status_error(response.headers()) {
+        if let Some(refused) = grpc::status_error(response.headers()) {
             return Err(refused.0);
         }
-        Ok((
-            FrameSink::new(send, Role::Client),
-            FrameSource::new(response.into_body()),
+        Ok(DataStream::new(
+            send,
+            response.into_body(),
+            Role::Client,
+            self.flow.clone(),
         ))
     }
 
     async fn serve_one(self: Arc<Self>) {
-        let (mut sink, mut source) = match self.open_data_stream().await {
-            Ok(halves) => halves,
+        let mut stream = match self.open_data_stream().await {
+            Ok(stream) => stream,
             Err(reason) => return debug!(%reason, "data stream not accepted"),
         };
         // Idle until the edge needs a connection, or the session ends.
-        let open = match source.next().await {
+        let open = match stream.next_frame().await {
             Some(Ok(StreamFrame {
                 kind: Some(Kind::Open(open)),
             })) => open,
@@ -118,17 +126,18 @@ impl StreamPool {
                     request_id = %open.request_id, service = %open.service, port = open.port,
                     code = ?code, %message, "stream refused"
                 );
-                let _ = sink.send_frame(&StreamFrame::error(code, message)).await;
-                close_gracefully(sink, source).await;
+                let _ = stream.send_frame(&StreamFrame::error(code, message)).await;
+                close_gracefully(stream).await;
                 return;
             }
         };
-        if sink.send_frame(&StreamFrame::opened()).await.is_err() {
+        if stream.send_frame(&StreamFrame::opened()).await.is_err() {
             return;
         }
         self.stats.active.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = pipe(tcp, sink, source, &self.stats).await {
-            debug!(request_id = %open.request_id, error = %e, "stream ended abnormally");
+        match pipe(tcp, &mut stream, &self.stats).await {
+            Ok(()) => close_gracefully(stream).await,
+            Err(e) => debug!(request_id = %open.request_id, error = %e, "stream ended abnormally"),
         }
         self.stats.active.fetch_sub(1, Ordering::Relaxed);
     }
@@ -164,89 +173,104 @@ impl StreamPool {
     }
 }
 
-/// Pipes bytes both ways until both directions have finished. A direction
-/// finishes with a half-close (`fin`); an abandoned stream or a socket error
-/// ends both at once.
-pub async fn pipe(
-    tcp: TcpStream,
-    mut sink: FrameSink,
-    mut source: FrameSource,
-    stats: &Stats,
-) -> io::Result<()> {
-    let (mut rd, mut wr) = tcp.into_split();
+/// Pipes bytes both ways until both directions have finished: the
+/// service's bytes go out as the stream's credit allows (the service's TCP
+/// connection holds the rest), and the edge's are written to the service
+/// as it takes them (its credit is granted back as they are). A direction
+/// finishes with a half-close (`fin`); an abandoned stream or a socket
+/// error ends both at once.
+pub async fn pipe(mut tcp: TcpStream, stream: &mut DataStream, stats: &Stats) -> io::Result<()> {
+    let (mut rd, mut wr) = tcp.split();
     let edge_closed = || io::Error::new(io::ErrorKind::BrokenPipe, "edge closed the stream");
-    let from_target = async {
-        let mut buf = BytesMut::new();
-        // Buffers start small (idle connections stay cheap) and grow to
-        // CHUNK_SIZE while reads fill them (bulk transfers).
-        let mut size = FIRST_READ_BUFFER;
-        loop {
-            // Small reads share one allocation: a new one only when little
-            // room is left (each read's bytes leave as `Bytes`). Each read
-            // lands behind room for its frame's header, which is written
-            // there: the bytes are never copied.
-            if buf.capacity() - buf.len() < DATA_HEADROOM + MIN_READ_ROOM {
-                buf = BytesMut::with_capacity(DATA_HEADROOM + size);
-            }
-            buf.put_bytes(0, DATA_HEADROOM);
-            let room = (buf.capacity() - buf.len()).min(CHUNK_SIZE);
-            let n = rd.read_buf(&mut (&mut buf).limit(room)).await?;
-            if n == room {
-                size = (size * 2).min(CHUNK_SIZE);
-            }
-            if n == 0 {
-                let _ = sink.send_frame(&StreamFrame::fin()).await;
-                return io::Result::Ok(());
-            }
-            stats
-                .bytes_from_targets
-                .fetch_add(n as u64, Ordering::Relaxed);
-            sink.send_when_ready(h2grpc::frame_in_place(buf.split()))
-                .await
-                .map_err(|_| edge_closed())?;
-        }
-    };
-    let to_target = async {
-        loop {
-            match source.next().await {
-                Some(Ok(StreamFrame {
-                    kind: Some(Kind::Data(bytes)),
-                })) => {
-                    stats
-                        .bytes_to_targets
-                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                    wr.write_all(&bytes).await?;
+    // Service -> edge. Buffers start small (idle connections stay cheap)
+    // and grow to CHUNK_SIZE while reads fill them (bulk transfers). Small
+    // reads share one allocation; each read lands behind room for its
+    // frame's header, which is written there: the bytes are never copied.
+    let mut buf = BytesMut::new();
+    let mut size = FIRST_READ_BUFFER;
+    let mut from_done = false;
+    // Edge -> service: the chunk being written.
+    let mut pending = Bytes::new();
+    let mut to_done = false;
+    poll_fn(|cx| loop {
+        let mut progress = false;
+        if !from_done {
+            if let Poll::Ready(credit) = stream.poll_send_credit(cx) {
+                let credit = credit.map_err(|_| edge_closed())?;
+                if buf.capacity() - buf.len() < DATA_HEADROOM + MIN_READ_ROOM {
+                    buf = BytesMut::with_capacity(DATA_HEADROOM + size);
                 }
-                Some(Ok(StreamFrame {
-                    kind: Some(Kind::Fin(_)),
-                })) => {
-                    wr.shutdown().await?;
-                    return Ok(());
-                }
-                Some(Ok(_)) => {} // nothing else is valid mid-stream; newer kinds are ignored
-                None | Some(Err(_)) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::ConnectionAborted,
-                        "edge abandoned the stream",
-                    ))
+                let start = buf.len();
+                buf.put_bytes(0, DATA_HEADROOM);
+                let room = (buf.capacity() - buf.len()).min(CHUNK_SIZE).min(credit);
+                let read = tokio_util::io::poll_read_buf(
+                    Pin::new(&mut rd),
+                    cx,
+                    &mut (&mut buf).limit(room),
+                );
+                match read {
+                    Poll::Pending => buf.truncate(start),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(0)) => {
+                        buf.truncate(start);
+                        stream.send_fin().map_err(|_| edge_closed())?;
+                        from_done = true;
+                        progress = true;
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        if n == room {
+                            size = (size * 2).min(CHUNK_SIZE);
+                        }
+                        stats
+                            .bytes_from_targets
+                            .fetch_add(n as u64, Ordering::Relaxed);
+                        let frame = grpc::frame_in_place(buf.split());
+                        stream.send_data(frame, n).map_err(|_| edge_closed())?;
+                        progress = true;
+                    }
                 }
             }
         }
-    };
-    let both = async {
-        tokio::pin!(from_target, to_target);
-        let (mut from_done, mut to_done) = (false, false);
-        while !(from_done && to_done) {
-            tokio::select! {
-                r = &mut from_target, if !from_done => { r?; from_done = true; }
-                r = &mut to_target, if !to_done => { r?; to_done = true; }
+        if !to_done {
+            if pending.is_empty() {
+                match stream.poll_read(cx) {
+                    Poll::Pending => {}
+                    Poll::Ready(Ok(Some(chunk))) => {
+                        stats
+                            .bytes_to_targets
+                            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        pending = chunk;
+                        progress = true;
+                    }
+                    Poll::Ready(Ok(None)) => {
+                        if Pin::new(&mut wr).poll_shutdown(cx)?.is_ready() {
+                            to_done = true;
+                            progress = true;
+                        }
+                    }
+                    Poll::Ready(Err(_)) => {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::ConnectionAborted,
+                            "edge abandoned the stream",
+                        )))
+                    }
+                }
+            }
+            if !pending.is_empty() {
+                if let Poll::Ready(n) = Pin::new(&mut wr).poll_write(cx, &pending) {
+                    pending.advance(n?);
+                    progress = true;
+                }
             }
         }
-        io::Result::Ok(())
-    };
-    both.await?;
-    close_gracefully(sink, source).await;
-    Ok(())
+        if from_done && to_done {
+            return Poll::Ready(Ok(()));
+        }
+        if !progress {
+            return Poll::Pending;
+        }
+    })
+    .await
 }
 
 /// Below this much free room, a read gets a fresh buffer.
@@ -260,10 +284,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Ends our half of the stream and waits for the edge to end its half, so
 /// that the frames still queued (the last data, an error) are delivered:
 /// dropping the stream first would reset it and discard them.
-async fn close_gracefully(mut sink: FrameSink, mut source: FrameSource) {
-    sink.finish();
-    let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        while let Some(Ok(_)) = source.next().await {}
-    })
-    .await;
+async fn close_gracefully(mut stream: DataStream) {
+    stream.finish();
+    let _ = tokio::time::timeout(CLOSE_GRACE, stream.drain()).await;
 }

@@ -10,6 +10,9 @@
 //! - `GET /slow?ms=500` — answers after a delay
 //! - `GET /hold?id=x` — `Content-Length: 13`: `first\n` at once, `second\n`
 //!   once `GET /release?id=x` is called
+//! - `POST /absorb?id=x` — reads nothing of the body until
+//!   `GET /release?id=x`, then reads it all and answers with its length
+//!   (a service that stops reading an upload)
 //! - `GET /headers` — the request headers as JSON
 //! - `GET /stats` — `{"connections": …, "requests": …}`
 //! - `GET /ws` — WebSocket echo; says `welcome` first
@@ -260,6 +263,18 @@ async fn handle(
                 }
             });
             resp
+        }
+        ("POST", "/absorb") => {
+            counters
+                .hold(&query(&req, "id").unwrap_or_default())
+                .notified()
+                .await;
+            let mut body = req.into_body();
+            let mut n = 0u64;
+            while let Some(Ok(frame)) = body.frame().await {
+                n += frame.data_ref().map_or(0, |d| d.len() as u64);
+            }
+            full(StatusCode::OK, "text/plain", format!("{n}\n"))
         }
         ("GET", "/release") => {
             counters

@@ -154,7 +154,7 @@ async fn the_edge_refuses_unknown_protocol_versions() {
     let mut request = tonic::Request::new(futures::stream::pending::<StreamFrame>());
     request.metadata_mut().insert(
         tunnel_proto::VERSION_METADATA,
-        MetadataValue::from_static("1"),
+        MetadataValue::from(tunnel_proto::PROTOCOL_VERSION),
     );
     request.metadata_mut().insert(
         tunnel_proto::SESSION_METADATA,
@@ -248,7 +248,7 @@ async fn a_stock_grpc_client_serves_data_streams_and_both_ends_close_cleanly() {
     md.insert("authorization", bearer);
     md.insert(
         tunnel_proto::VERSION_METADATA,
-        MetadataValue::from_static("1"),
+        MetadataValue::from(tunnel_proto::PROTOCOL_VERSION),
     );
     md.insert(
         tunnel_proto::SESSION_METADATA,
@@ -267,6 +267,8 @@ async fn a_stock_grpc_client_serves_data_streams_and_both_ends_close_cleanly() {
             match from_edge.message().await.unwrap().unwrap().kind {
                 Some(Kind::Data(b)) => got.extend_from_slice(&b),
                 Some(Kind::Fin(_)) => break,
+                // Credit for what this peer sends; it sends little.
+                Some(Kind::Credit(_)) => {}
                 other => panic!("unexpected {other:?}"),
             }
         }
