@@ -146,6 +146,10 @@ impl Edge {
         let mut app = pingora_proxy::http_proxy(&conf, proxy);
         let mut options = HttpServerOptions::default();
         options.h2c = self.config.load().h2c;
+        // Room in each upstream request for the headers the edge adds: the
+        // request id, X-Forwarded-For/-Proto/-Host/-Port, Forwarded,
+        // traceparent, and Host for an HTTP/2 visitor.
+        options.upstream_request_header_room = 8;
         app.server_options = Some(options);
         let (stop_http_tx, stop_http_rx) = watch::channel(false);
         let shared = Shared {
