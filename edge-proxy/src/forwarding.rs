@@ -337,7 +337,7 @@ mod tests {
 }
 
 /// The vendored pingora-http patches the edge relies on for these headers
-/// (vendor/pingora-http/PATCHES.md): they must not change what is sent.
+/// (patches/pingora/, see patches/README.md): they must not change what is sent.
 #[cfg(test)]
 mod pingora_http_patches {
     use pingora_http::RequestHeader;

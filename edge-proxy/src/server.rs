@@ -153,6 +153,10 @@ impl Edge {
             let mut options = HttpServerOptions::default();
             options.h2c = h2c;
             options.h2_idle_timeout = Some(visitors.keepalive_timeout);
+            // Room in each upstream request for the headers the edge adds:
+            // the request id, X-Forwarded-For/-Proto/-Host/-Port, Forwarded,
+            // traceparent, and Host for an HTTP/2 visitor.
+            options.upstream_request_header_room = 8;
             app.server_options = Some(options);
             Arc::new(app)
         };

@@ -39,8 +39,9 @@ impl CaseHeaderName {
 pub trait IntoCaseHeaderName {
     fn into_case_header_name(self) -> CaseHeaderName;
 
-    /// PATCH(edge-proxy): the name already parsed, when that is free.
-    /// Parsing a name that is not one of the standard ones allocates.
+    /// PATCH(edge-proxy): the name already parsed, when that is free (a
+    /// `HeaderName`). Parsing a name that is not one of the standard ones
+    /// allocates.
     #[doc(hidden)]
     fn parsed_header_name(&self) -> Option<HeaderName> {
         None
@@ -62,16 +63,6 @@ impl IntoCaseHeaderName for String {
 impl IntoCaseHeaderName for &'static str {
     fn into_case_header_name(self) -> CaseHeaderName {
         CaseHeaderName(self.into())
-    }
-
-    // PATCH(edge-proxy): a static lowercase name becomes a `HeaderName`
-    // that borrows it, without allocating.
-    fn parsed_header_name(&self) -> Option<HeaderName> {
-        let lowercase_token = !self.is_empty()
-            && self
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        lowercase_token.then(|| HeaderName::from_static(self))
     }
 }
 

@@ -1103,6 +1103,52 @@ fn case_header_iter<'a>(
 mod tests {
     use super::*;
 
+    // PATCH(edge-proxy): `RequestHeader::lowercase_copy_with_room`.
+    #[test]
+    fn lowercase_copy_keeps_every_header_in_order_has_room_and_no_case_map() {
+        let mut req = RequestHeader::build("GET", b"/a?b=c", None).unwrap();
+        req.append_header("Host", "web.example").unwrap();
+        req.append_header("X-Multi", "one").unwrap();
+        req.append_header("accept", "*/*").unwrap();
+        req.append_header("x-multi", "two").unwrap();
+        let mut copy = req.lowercase_copy_with_room(8);
+        assert_eq!(copy.uri, req.uri);
+        assert_eq!(copy.method, req.method);
+        assert!(copy.headers.capacity() >= req.headers.len() + 8);
+        let mut wire = bytes::BytesMut::new();
+        copy.header_to_h1_wire(&mut wire);
+        // A name's values stay together and in order; Pingora titles Host.
+        assert_eq!(
+            &wire[..],
+            b"Host: web.example\r\nx-multi: one\r\nx-multi: two\r\naccept: */*\r\n"
+        );
+        copy.insert_header("X-Added", "1").unwrap();
+        let mut wire = bytes::BytesMut::new();
+        copy.header_to_h1_wire(&mut wire);
+        assert!(wire.ends_with(b"x-added: 1\r\n"));
+        assert!(req.headers.get("x-added").is_none());
+    }
+
+    // PATCH(edge-proxy): header-names-parsed-once.
+    #[test]
+    fn a_header_name_is_used_as_given_with_or_without_a_case_map() {
+        static CUSTOM: HeaderName = HeaderName::from_static("x-custom");
+        assert_eq!(CUSTOM.parsed_header_name(), Some(CUSTOM.clone()));
+        assert_eq!("x-custom".parsed_header_name(), None);
+        let mut no_case = RequestHeader::build_no_case("GET", b"/", None).unwrap();
+        no_case.insert_header(&CUSTOM, "1").unwrap();
+        no_case.append_header(CUSTOM.clone(), "2").unwrap();
+        let mut wire = bytes::BytesMut::new();
+        no_case.header_to_h1_wire(&mut wire);
+        assert_eq!(&wire[..], b"x-custom: 1\r\nx-custom: 2\r\n");
+        let mut with_case = RequestHeader::build("GET", b"/", None).unwrap();
+        with_case.insert_header(&CUSTOM, "1").unwrap();
+        let mut wire = bytes::BytesMut::new();
+        with_case.header_to_h1_wire(&mut wire);
+        assert_eq!(&wire[..], b"x-custom: 1\r\n");
+        assert!(with_case.insert_header("bad name", "1").is_err());
+    }
+
     #[test]
     fn header_map_upper_bound() {
         assert_eq!(8, http_header_map_upper_bound(None));

@@ -1603,7 +1603,9 @@ where
 fn boxed_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
     let mut slot = Box::<F>::new_uninit();
     slot.write(make());
-    // SAFETY: initialized just above.
+    // SAFETY: `write` initialized the slot just above. The one `unsafe` in
+    // the series: `Box::write` (Rust 1.87) would do this safely, but this
+    // crate supports Rust 1.85 (patches/pingora: request-future-built-in-place).
     Box::into_pin(unsafe { slot.assume_init() })
 }
 
@@ -1984,6 +1986,24 @@ mod tests {
         let mut session = Session::new_h1(Box::new(stream));
         session.read_request().await.unwrap();
         session
+    }
+
+    // PATCH(edge-proxy): request-future-built-in-place.
+    #[tokio::test]
+    async fn a_future_boxed_in_place_is_built_once_and_runs_to_its_output() {
+        let built = std::sync::atomic::AtomicUsize::new(0);
+        let future = boxed_in_place(|| {
+            built.fetch_add(1, Ordering::Relaxed);
+            // A future larger than its first state, as a request's is.
+            async {
+                let state = [7u8; 16 * 1024];
+                tokio::task::yield_now().await;
+                state.iter().map(|&b| b as usize).sum::<usize>()
+            }
+        });
+        assert_eq!(built.load(Ordering::Relaxed), 1);
+        assert!(std::mem::size_of_val(&*future) >= 16 * 1024);
+        assert_eq!(future.await, 7 * 16 * 1024);
     }
 
     async fn new_upgrade_request_session(written: Arc<Mutex<Vec<u8>>>) -> Session {

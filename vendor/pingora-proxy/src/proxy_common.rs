@@ -565,6 +565,36 @@ impl PipeState {
 mod tests {
     use super::*;
 
+    // PATCH(edge-proxy): hop-by-hop-names-once.
+    #[test]
+    fn a_request_without_hop_by_hop_headers_is_left_alone_and_one_with_them_loses_all() {
+        let names: Vec<&str> = STANDARD_HOP_BY_HOP.iter().map(|n| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                KEEP_ALIVE,
+                PROXY_CONNECTION,
+                "proxy-authenticate",
+                "proxy-authorization",
+                "te",
+                "trailer",
+                "transfer-encoding",
+                "connection",
+                "upgrade",
+                HTTP2_SETTINGS,
+            ]
+        );
+        let mut req = request_with_headers(&[("Host", "example.com"), ("accept", "*/*")]);
+        let before = req.headers.clone();
+        strip_standard_hop_by_hop_headers(&mut req);
+        assert_eq!(req.headers, before);
+        for name in &STANDARD_HOP_BY_HOP {
+            req.append_header(name, "x").unwrap();
+        }
+        strip_standard_hop_by_hop_headers(&mut req);
+        assert_eq!(req.headers, before);
+    }
+
     fn request_with_headers(headers: &[(&str, &str)]) -> RequestHeader {
         let mut request = RequestHeader::build("GET", b"/", Some(headers.len())).unwrap();
         request.set_version(http::Version::HTTP_11);

@@ -45,10 +45,14 @@ where
 
         // phase 2 send to upstream
 
-        // PATCH(edge-proxy): a copy with room for the headers a proxy adds
-        // (forwarding, request id, trace context) and lowercase names, see
+        // PATCH(edge-proxy): a copy with lowercase names and room for the
+        // headers the application adds (`upstream_request_header_room`), see
         // `lowercase_copy_with_room`.
-        let mut req = session.req_header().lowercase_copy_with_room(8);
+        let room = self
+            .server_options
+            .as_ref()
+            .map_or(0, |o| o.upstream_request_header_room);
+        let mut req = session.req_header().lowercase_copy_with_room(room);
         let authority_policy = AuthorityPolicy::from(session.downstream_session.is_custom());
         let downstream_had_host = req.headers.contains_key(http::header::HOST);
         req.set_version(Version::HTTP_11);
@@ -1301,6 +1305,76 @@ mod tests {
     use std::sync::Arc;
     use tokio::io::AsyncWriteExt;
 
+    // PATCH(edge-proxy): the upstream copy of the request.
+    struct AddsAHeader;
+
+    #[async_trait]
+    impl ProxyHttp for AddsAHeader {
+        /// The room the upstream request had for added headers.
+        type CTX = usize;
+
+        fn new_ctx(&self) -> Self::CTX {
+            0
+        }
+
+        async fn upstream_peer(
+            &self,
+            _session: &mut Session,
+            _ctx: &mut Self::CTX,
+        ) -> Result<Box<HttpPeer>> {
+            unreachable!("the test calls proxy_1to1 directly")
+        }
+
+        async fn upstream_request_filter(
+            &self,
+            _session: &mut Session,
+            upstream_request: &mut RequestHeader,
+            room: &mut Self::CTX,
+        ) -> Result<()> {
+            *room = upstream_request.headers.capacity() - upstream_request.headers.len();
+            upstream_request.insert_header("X-Added", "1")?;
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_upstream_request_has_lowercase_names_and_the_room_the_options_ask_for() {
+        use tokio::io::AsyncReadExt;
+        let mut proxy = HttpProxy::new(AddsAHeader, Arc::new(ServerConf::default()));
+        let mut options = HttpServerOptions::default();
+        options.upstream_request_header_room = 8;
+        proxy.server_options = Some(options);
+        let (mut visitor, downstream) = tokio::io::duplex(4096);
+        visitor
+            .write_all(b"GET / HTTP/1.1\r\nHost: example.com\r\nX-Mixed-Case: 1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut session = Session::new_h1(Box::new(downstream) as pingora_core::protocols::Stream);
+        session.read_request().await.unwrap();
+        let (upstream, mut service) = tokio::io::duplex(4096);
+        let mut client =
+            HttpSessionV1::new(Box::new(upstream) as pingora_core::protocols::Stream);
+        service
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        // Not connected to: the test hands proxy_1to1 its upstream session.
+        let peer = HttpPeer::new("127.0.0.1:80", false, String::new());
+        let mut room = 0;
+        let (_, _, error) = proxy
+            .proxy_1to1(&mut session, &mut client, &peer, &mut room)
+            .await;
+        assert!(error.is_none(), "{error:?}");
+        assert!(room >= 8, "room for {room} more headers");
+        let mut request = vec![0; 256];
+        let n = service.read(&mut request).await.unwrap();
+        let request = std::str::from_utf8(&request[..n]).unwrap();
+        assert!(request.starts_with("GET / HTTP/1.1\r\n"), "{request}");
+        assert!(request.contains("\r\nHost: example.com\r\n"), "{request}");
+        assert!(request.contains("\r\nx-mixed-case: 1\r\n"), "{request}");
+        assert!(request.contains("\r\nx-added: 1\r\n"), "{request}");
+    }
+
     struct ResponseFilter101;
 
     #[async_trait]
@@ -1405,5 +1479,88 @@ mod tests {
 
         assert_eq!(err.etype(), &InvalidHTTPHeader);
         assert_eq!(err.esource(), &ErrorSource::Upstream);
+    }
+
+    // PATCH(edge-proxy): the tests of `proxy_bodiless`.
+    struct Plain;
+
+    #[async_trait]
+    impl ProxyHttp for Plain {
+        type CTX = ();
+
+        fn new_ctx(&self) -> Self::CTX {}
+
+        async fn upstream_peer(
+            &self,
+            _session: &mut Session,
+            _ctx: &mut Self::CTX,
+        ) -> Result<Box<HttpPeer>> {
+            unreachable!("the tests call proxy_bodiless directly")
+        }
+    }
+
+    /// A visitor's session with a bodiless GET read, the visitor's end of the
+    /// connection, and an upstream session whose request header is written,
+    /// with the service's end of its connection.
+    async fn bodiless_exchange() -> (
+        Session,
+        tokio::io::DuplexStream,
+        HttpSessionV1,
+        tokio::io::DuplexStream,
+    ) {
+        let (mut visitor, downstream) = tokio::io::duplex(4096);
+        visitor
+            .write_all(b"GET /a HTTP/1.1\r\nHost: example.com\r\n\r\n")
+            .await
+            .unwrap();
+        let mut session = Session::new_h1(Box::new(downstream) as pingora_core::protocols::Stream);
+        session.read_request().await.unwrap();
+        let (upstream, service) = tokio::io::duplex(4096);
+        let mut client =
+            HttpSessionV1::new(Box::new(upstream) as pingora_core::protocols::Stream);
+        client
+            .write_request_header(Box::new(session.req_header().clone()))
+            .await
+            .unwrap();
+        (session, visitor, client, service)
+    }
+
+    #[tokio::test]
+    async fn a_bodiless_request_gets_the_whole_response_and_both_connections_stay_reusable() {
+        use tokio::io::AsyncReadExt;
+        let proxy = HttpProxy::new(Plain, Arc::new(ServerConf::default()));
+        let (mut session, mut visitor, mut client, mut service) = bodiless_exchange().await;
+        service
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Case: One\r\n\r\nhello")
+            .await
+            .unwrap();
+        let reuse = proxy
+            .proxy_bodiless(&mut session, &mut client, &mut ())
+            .await
+            .unwrap();
+        assert_eq!(reuse, (true, true));
+        drop(session);
+        let mut answer = String::new();
+        visitor.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\nhello"), "{answer}");
+        let mut request = vec![0; 64];
+        let n = service.read(&mut request).await.unwrap();
+        assert!(request[..n].starts_with(b"GET /a HTTP/1.1\r\n"));
+    }
+
+    #[tokio::test]
+    async fn a_visitor_who_leaves_while_the_answer_is_awaited_ends_the_request() {
+        let proxy = HttpProxy::new(Plain, Arc::new(ServerConf::default()));
+        let (mut session, visitor, mut client, _service) = bodiless_exchange().await;
+        drop(visitor);
+        // The service never answers: only watching the visitor ends this.
+        let result = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            proxy.proxy_bodiless(&mut session, &mut client, &mut ()),
+        )
+        .await
+        .expect("the visitor's close must end the request");
+        assert!(result.is_err());
     }
 }

@@ -89,6 +89,14 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None`
     pub h2_idle_timeout: Option<Duration>,
+
+    /// PATCH(edge-proxy): room for this many more headers in the copy of a
+    /// request that goes to an HTTP/1 upstream, for the headers the
+    /// application adds to it (`upstream_request_filter`). Without room
+    /// each added header may regrow the copy's header map.
+    ///
+    /// Default: `0`
+    pub upstream_request_header_room: usize,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.

@@ -381,9 +381,7 @@ impl TransportConnector {
         if let Some(s) = reused_stream {
             Ok((s, true))
         } else {
-            // PATCH(edge-proxy): connecting is the rare path; boxed, its large
-            // future is not part of every request's future (see PATCHES.md).
-            let s = Box::pin(self.new_stream(peer)).await?;
+            let s = self.new_stream(peer).await?;
             Ok((s, false))
         }
     }

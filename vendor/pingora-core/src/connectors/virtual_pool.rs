@@ -139,5 +139,118 @@ impl VirtualPool {
             });
         });
     }
+}
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocols::l4::stream::Stream as L4Stream;
+    use crate::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, DuplexStream, ReadBuf};
+
+    #[derive(Debug)]
+    struct Duplex(DuplexStream);
+
+    impl AsyncRead for Duplex {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Duplex {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    impl VirtualSocket for Duplex {
+        fn set_socket_option(&self, _opt: VirtualSockOpt) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A virtual stream, and its peer's end.
+    fn virtual_stream() -> (Stream, DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(64);
+        let stream = L4Stream::from(VirtualSocketStream::new(Box::new(Duplex(ours))));
+        (Box::new(stream), theirs)
+    }
+
+    fn pool(capacity: usize) -> Arc<VirtualPool> {
+        VirtualPool::new(capacity, Arc::new(AtomicU64::new(0)))
+    }
+
+    #[tokio::test]
+    async fn a_released_stream_is_taken_again_under_its_key_only() {
+        let pool = pool(4);
+        let (stream, _peer) = virtual_stream();
+        let id = stream.id();
+        pool.put(1, stream, None);
+        assert!(pool.take(2).is_none());
+        assert_eq!(pool.take(1).map(|s| s.id()), Some(id));
+        assert!(pool.take(1).is_none());
+    }
+
+    #[tokio::test]
+    async fn expired_streams_and_those_whose_peer_closed_are_not_taken() {
+        let pool = pool(4);
+        let (stream, _peer) = virtual_stream();
+        pool.put(1, stream, Some(Duration::ZERO));
+        assert!(pool.take(1).is_none());
+        let (stream, peer) = virtual_stream();
+        pool.put(1, stream, None);
+        drop(peer);
+        assert!(pool.take(1).is_none());
+        assert_eq!(pool.idle.lock().unwrap().count, 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_pool_closes_the_streams_it_cannot_keep() {
+        let pool = pool(2);
+        let mut peers = Vec::new();
+        for key in 0..3 {
+            let (stream, peer) = virtual_stream();
+            pool.put(key, stream, None);
+            peers.push(peer);
+        }
+        assert!(pool.take(0).is_some());
+        assert!(pool.take(1).is_some());
+        assert!(pool.take(2).is_none());
+        let mut byte = [0u8; 1];
+        assert_eq!(peers[2].read(&mut byte).await.unwrap(), 0, "closed");
+    }
+
+    #[tokio::test]
+    async fn the_sweeper_closes_idle_streams_whose_peer_closed() {
+        let pool = pool(4);
+        let (stream, peer) = virtual_stream();
+        pool.put(1, stream, None);
+        drop(peer);
+        let deadline = Instant::now() + SWEEP_INTERVAL * 20;
+        while pool.idle.lock().unwrap().count > 0 {
+            assert!(Instant::now() < deadline, "not swept");
+            tokio::time::sleep(SWEEP_INTERVAL / 5).await;
+        }
+    }
 }

@@ -174,4 +174,20 @@ mod tests {
         stream.write_all(content).await.unwrap();
         assert_eq!(write_buf.lock().unwrap().as_slice(), content);
     }
+
+    // PATCH(edge-proxy): virtual-stream-ids.
+    #[test]
+    fn each_virtual_stream_has_an_id_of_its_own_and_no_fd_could_have_it() {
+        use crate::protocols::UniqueID;
+        let new_stream = || {
+            Stream::from(VirtualSocketStream::new(Box::new(StaticVirtualSocket {
+                content: Vec::new(),
+                read_pos: 0,
+                write_buf: Arc::new(Mutex::new(Vec::new())),
+            })))
+        };
+        let (a, b) = (new_stream(), new_stream());
+        assert!(a.id() < -1 && b.id() < -1, "{} {}", a.id(), b.id());
+        assert_ne!(a.id(), b.id());
+    }
 }

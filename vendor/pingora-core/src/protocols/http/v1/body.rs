@@ -2039,6 +2039,21 @@ mod tests {
         let _ = env_logger::builder().is_test(true).try_init();
     }
 
+    // PATCH(edge-proxy): body-buffer-sized-to-what-was-read.
+    #[tokio::test]
+    async fn a_body_buffer_starts_at_the_size_of_what_came_with_the_header() {
+        let mut body_reader = BodyReader::new(false);
+        body_reader.init_content_length(8, b"abc");
+        assert_eq!(body_reader.body_buf.as_ref().unwrap().capacity(), 3);
+        // The rest is still read from the stream.
+        let mut mock_io = Builder::new().read(&b"defgh"[..]).build();
+        let res = body_reader.read_body(&mut mock_io).await.unwrap().unwrap();
+        assert_eq!(body_reader.get_body(&res), b"abc");
+        let res = body_reader.read_body(&mut mock_io).await.unwrap().unwrap();
+        assert_eq!(body_reader.get_body(&res), b"defgh");
+        assert!(body_reader.read_body(&mut mock_io).await.unwrap().is_none());
+    }
+
     #[test]
     fn content_length_zero_owned_rewind_becomes_overread_without_copying() {
         let rewind = BytesMut::from(&b"next request"[..]);

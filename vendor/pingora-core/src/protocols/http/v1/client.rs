@@ -19,10 +19,7 @@ use http::{header, header::AsHeaderName, HeaderValue, StatusCode, Version};
 use log::{debug, trace};
 use pingora_error::{Error, ErrorType::*, OrErr, Result, RetryType};
 use pingora_http::{HMap, IntoCaseHeaderName, RequestHeader, ResponseHeader};
-// PATCH(edge-proxy): tokio's timer wheel, one per runtime: the edge runs a
-// runtime per worker thread, so no lock is shared (pingora-timeout's timer
-// boxed a future and registered a `Notify` per read that waited).
-use tokio::time::timeout;
+use pingora_timeout::timeout;
 use std::io::ErrorKind;
 use std::str;
 use std::time::Duration;
@@ -292,12 +289,10 @@ impl HttpSession {
                         // clone and a zipped walk on every response. Without
                         // it the common names (Content-Type, Date, ...) still
                         // reach HTTP/1 visitors titled and the rest lowercase,
-                        // as Envoy and HAProxy send them. And room for the
-                        // headers a proxy adds to a response (request id,
-                        // HSTS, ...).
+                        // as Envoy and HAProxy send them.
                         let mut response_header = match ResponseHeader::build_no_case(
                             resp.code.unwrap(),
-                            Some(resp.headers.len() + 4),
+                            Some(resp.headers.len()),
                         ) {
                             Ok(header) => Box::new(header),
                             Err(e) => return self.fail_response_header_read(e),

@@ -25,10 +25,7 @@ use once_cell::sync::Lazy;
 use percent_encoding::{percent_encode, AsciiSet, CONTROLS};
 use pingora_error::{Error, ErrorType::*, OrErr, Result};
 use pingora_http::{IntoCaseHeaderName, RequestHeader, ResponseHeader};
-// PATCH(edge-proxy): tokio's timer wheel, one per runtime: the edge runs a
-// runtime per worker thread, so no lock is shared (pingora-timeout's timer
-// boxed a future and registered a `Notify` per read that waited).
-use tokio::time::timeout;
+use pingora_timeout::timeout;
 use regex::bytes::Regex;
 use std::any::Any;
 use std::collections::VecDeque;
@@ -356,10 +353,7 @@ impl HttpSession {
                             req.method.unwrap_or(""),
                             // we path httparse to allow unsafe bytes in the str
                             req.path.unwrap_or("").as_bytes(),
-                            // PATCH(edge-proxy): room for the headers a proxy
-                            // adds (forwarding, request id, trace context), so
-                            // adding them does not regrow both header maps.
-                            Some(req.headers.len() + 8),
+                            Some(req.headers.len()),
                         )?);
 
                         request_header.set_version(match req.version {

@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""The edge's instructions per request, counted by callgrind (see scripts/callgrind).
+
+sample-upstream <- sidecar <- tunnel <- edge-proxy (under callgrind) <- h2load.
+A warm-up load runs first; callgrind's counters are then zeroed, a bounded
+load of keep-alive requests runs (one request in flight per connection, or
+--streams per HTTP/2 connection), the counters are dumped, and the edge's
+total Ir over that load is divided by the requests that succeeded. Prints
+one line: the protocol, the requests, Ir per request.
+"""
+
+import argparse
+import glob
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+RELEASE_DIR = os.environ["RELEASE_DIR"]
+HOST = "hello-8080-bench.preview.localhost"
+TOKEN = "callgrind-token"
+
+
+def start(work, name, argv, ready, timeout=120.0):
+    log = open(os.path.join(work, f"{name}.log"), "wb")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env=dict(os.environ, RUST_LOG="warn"), start_new_session=True)
+    log.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(os.path.join(work, f"{name}.log"), errors="replace") as f:
+            found = re.search(ready, f.read(), re.M)
+        if found:
+            return proc, found
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    with open(os.path.join(work, f"{name}.log"), errors="replace") as f:
+        sys.exit(f"{name} did not start:\n{f.read()[-3000:]}")
+
+
+def h2load(addr, requests, connections, streams, h2):
+    argv = ["h2load", "-n", str(requests), "-c", str(connections), "-m", str(streams), "-t", "1",
+            "-H", f":authority: {HOST}", f"http://{addr}/"]
+    if not h2:
+        argv.insert(1, "--h1")
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=3600).stdout
+    done = re.search(r"status codes: (\d+) 2xx", out)
+    if not done or int(done.group(1)) != requests:
+        sys.exit(f"h2load: not every request succeeded:\n{out[-2000:]}")
+    return int(done.group(1))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--h2", action="store_true", help="HTTP/2 with prior knowledge (h2c) from the visitor")
+    parser.add_argument("--streams", type=int, default=1, help="requests in flight per connection")
+    parser.add_argument("--threads", type=int, default=2, help="the edge's worker threads")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (printed)")
+    args = parser.parse_args()
+
+    work = tempfile.mkdtemp(prefix="callgrind-")
+    procs = []
+    try:
+        upstream, found = start(work, "upstream", [f"{RELEASE_DIR}/sample-upstream", "--listen", "127.0.0.1:0"],
+                                r"listening (\S+)")
+        procs.append(upstream)
+        upstream_addr = found.group(1)
+        token_hash = subprocess.run([f"{RELEASE_DIR}/edge-proxy", "hash-token", TOKEN], capture_output=True,
+                                    text=True, check=True).stdout.strip()
+        h2c = ", h2c: true" if args.h2 else ""
+        with open(os.path.join(work, "edge.yaml"), "w") as f:
+            f.write(f"""listen: {{ http: 127.0.0.1:0, tunnel: 127.0.0.1:0{h2c} }}
+preview: {{ domains: [preview.localhost] }}
+clusters:
+  - name: bench
+    token_sha256: "{token_hash}"
+    environments: [bench]
+""")
+        out_file = os.path.join(work, "callgrind.out")
+        edge, _ = start(work, "edge", ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}",
+                                       f"{RELEASE_DIR}/edge-proxy", "--config", os.path.join(work, "edge.yaml"),
+                                       "--threads", str(args.threads)], r"edge-proxy listening .*")
+        procs.append(edge)
+        with open(os.path.join(work, "edge.log")) as f:
+            listening = dict(re.findall(r"(\w+)=(\S+)", re.search(r"edge-proxy listening .*", f.read()).group(0)))
+        with open(os.path.join(work, "sidecar.yaml"), "w") as f:
+            f.write(f"""edge: http://{listening['tunnel']}
+token: {TOKEN}
+environment: bench
+targets:
+  - {{ service: hello, port: 8080, address: {upstream_addr} }}
+""")
+        sidecar, _ = start(work, "sidecar", [f"{RELEASE_DIR}/sidecar", "run", "--config",
+                                             os.path.join(work, "sidecar.yaml")], r"^Forwarding")
+        procs.append(sidecar)
+
+        h2load(listening["http"], max(1000, args.requests // 10), args.connections, args.streams, args.h2)
+        subprocess.run(["callgrind_control", "--zero", str(edge.pid)], check=True, capture_output=True)
+        requests = h2load(listening["http"], args.requests, args.connections, args.streams, args.h2)
+        subprocess.run(["callgrind_control", "--dump", str(edge.pid)], check=True, capture_output=True)
+
+        total = 0
+        for dump in glob.glob(out_file + "*"):
+            with open(dump) as f:
+                for line in f:
+                    if line.startswith("summary:") or line.startswith("totals:"):
+                        total += int(line.split()[1])
+                        break
+        if not total:
+            sys.exit(f"no callgrind dump in {work}")
+        proto = "h2c" if args.h2 else "http/1.1"
+        print(f"{proto} {args.connections}x{args.streams}: {requests} requests, "
+              f"{total / requests / 1000:.1f}k Ir per request at the edge")
+    finally:
+        for proc in reversed(procs):
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=30)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(proc.pid, signal.SIGKILL)
+        if args.keep:
+            print(f"kept {work}", file=sys.stderr)
+        else:
+            subprocess.run(["rm", "-rf", work])
+
+
+if __name__ == "__main__":
+    main()
