@@ -79,7 +79,15 @@ impl<S: std::hash::BuildHasher> Claims for HashMap<String, String, S> {
     }
 }
 
-impl Claims for [(&str, &str)] {
+impl Claims for Vec<(String, String)> {
+    fn claim(&self, name: &str) -> Option<&str> {
+        self.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Claims for &[(&str, &str)] {
     fn claim(&self, name: &str) -> Option<&str> {
         self.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
     }

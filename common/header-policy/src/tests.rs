@@ -547,7 +547,14 @@ fn facts_host_without_port() {
 fn claims_from_several_shapes() {
     let pairs: &[(&str, &str)] = &[("sub", "a")];
     let map: std::collections::HashMap<String, String> = [("sub".into(), "b".into())].into();
+    let owned = vec![("sub".to_string(), "c".to_string())];
     assert_eq!(pairs.claim("sub"), Some("a"));
+    assert_eq!(owned.claim("sub"), Some("c"));
+    let as_facts = RequestFacts {
+        claims: Some(&pairs),
+        ..Default::default()
+    };
+    assert_eq!(as_facts.claims.unwrap().claim("sub"), Some("a"));
     assert_eq!(map.claim("sub"), Some("b"));
     assert_eq!(map.claim("email"), None);
 }
