@@ -171,11 +171,14 @@ pub fn is_field_value(s: &str) -> bool {
         && !s.ends_with([' ', '\t'])
 }
 
-/// Names only the proxy may write: framing, hop-by-hop, and the host. A
-/// policy that changed them would break the connection or the routing, and
-/// hosts treat them differently (HTTP/2 has no `connection`).
+/// Names only the proxy may write: framing, hop-by-hop, the host, and
+/// `x-forwarded-proto`. A policy that changed them would break the
+/// connection or the routing, and hosts treat them differently (HTTP/2 has
+/// no `connection`; Envoy routes no request without `x-forwarded-proto`:
+/// a filter that removes it gets a 404). Strip prefixes pass over them.
 pub const MANAGED_NAMES: &[&str] = &[
     "host",
+    "x-forwarded-proto",
     "content-length",
     "transfer-encoding",
     "connection",
@@ -185,6 +188,11 @@ pub const MANAGED_NAMES: &[&str] = &[
     "te",
     "trailer",
 ];
+
+/// Whether `name` (any case) is one of [`MANAGED_NAMES`].
+pub fn is_managed(name: &str) -> bool {
+    MANAGED_NAMES.iter().any(|m| m.eq_ignore_ascii_case(name))
+}
 
 /// The one value of `name` when there is exactly one and it is UTF-8: how a
 /// request's `Origin` is read for [`RequestFacts`](crate::RequestFacts).

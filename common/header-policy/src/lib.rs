@@ -33,7 +33,9 @@ pub mod validate;
 
 pub use config::RawPolicy;
 pub use cors::DEFAULT_ALLOW_METHODS;
-pub use headers::{is_field_value, is_token, single_value, HeaderList, Headers};
+pub use headers::{
+    is_field_value, is_managed, is_token, single_value, HeaderList, Headers, MANAGED_NAMES,
+};
 pub use policy::{Claims, Decision, LocalResponse, Needs, Policy, RequestFacts};
 pub use security::{
     DEFAULT_HSTS_MAX_AGE, RECOMMENDED_FRAME_ANCESTORS, RECOMMENDED_FRAME_OPTIONS,

@@ -6,7 +6,7 @@ use std::fmt;
 
 use crate::conditions::Conditions;
 use crate::cors::Cors;
-use crate::headers::Headers;
+use crate::headers::{is_managed, Headers};
 use crate::security::SecurityHeaders;
 use crate::template::{Template, Uses};
 
@@ -195,7 +195,7 @@ impl Direction {
                 let hit = self.strip_prefixes.iter().any(|p| {
                     name.len() >= p.len()
                         && name.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
-                });
+                }) && !is_managed(name);
                 if hit && !doomed.iter().any(|d| d.eq_ignore_ascii_case(name)) {
                     doomed.push(name.to_owned());
                 }

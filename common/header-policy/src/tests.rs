@@ -575,3 +575,25 @@ fn switches_take_one_shape() {
         );
     }
 }
+
+#[test]
+fn prefix_strips_pass_over_managed_names() {
+    let p = policy("strip: { request: [x-*, h*] }");
+    let mut h = list(&[
+        ("Host", "a.com"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-For", "192.0.2.1"),
+        ("X-A", "1"),
+        ("Hop", "1"),
+    ]);
+    p.on_request(&RequestFacts::default(), &mut h);
+    assert_eq!(
+        h.grouped(),
+        list(&[("host", "a.com"), ("x-forwarded-proto", "https")]).grouped()
+    );
+    let p = problems("request: [{remove: [X-Forwarded-Proto]}]");
+    assert!(
+        p[0].contains("x-forwarded-proto is managed by the proxy"),
+        "{p:?}"
+    );
+}

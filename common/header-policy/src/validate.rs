@@ -4,7 +4,7 @@
 
 use crate::conditions::{Conditions, HostPattern};
 use crate::config::{FieldMap, OneOrMany, RawPolicy, RawRule, Seconds, Switch};
-use crate::headers::{is_token, MANAGED_NAMES};
+use crate::headers::{is_managed, is_token};
 use crate::policy::{CorsSetting, Direction, Policy, Rule};
 use crate::template::Template;
 
@@ -78,10 +78,10 @@ fn name_problem(name: &str) -> Option<String> {
     if !is_token(name) {
         return Some("not a valid header name".into());
     }
-    let lower = name.to_ascii_lowercase();
-    if MANAGED_NAMES.contains(&lower.as_str()) {
+    if is_managed(name) {
         return Some(format!(
-            "{lower} is managed by the proxy (framing, hop-by-hop or routing) and cannot be changed by a header policy"
+            "{} is managed by the proxy (framing, hop-by-hop or routing) and cannot be changed by a header policy",
+            name.to_ascii_lowercase()
         ));
     }
     None
