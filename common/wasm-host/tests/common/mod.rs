@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod corpus;
+pub mod envoy;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
