@@ -339,6 +339,18 @@ impl<'de> Deserialize<'de> for Seconds {
                     .map(Seconds::Number)
                     .map_err(|_| E::custom("a duration must not be negative"))
             }
+
+            /// Whole numbers written as floats: JSON from a protobuf
+            /// `Struct` (Istio's `pluginConfig`) may carry `600.0`.
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                if v >= 0.0 && v.fract() == 0.0 && v <= u64::MAX as f64 {
+                    Ok(Seconds::Number(v as u64))
+                } else {
+                    Err(E::custom(
+                        "a number of seconds must be whole and not negative",
+                    ))
+                }
+            }
         }
 
         deserializer.deserialize_any(SecondsVisitor)

@@ -51,6 +51,14 @@ impl HeaderList {
         Self { fields }
     }
 
+    /// Takes fields as a host hands them over, lowercasing names in place.
+    pub fn from_owned(mut fields: Vec<(String, Vec<u8>)>) -> Self {
+        for (name, _) in &mut fields {
+            name.make_ascii_lowercase();
+        }
+        Self { fields }
+    }
+
     pub fn len(&self) -> usize {
         self.fields.len()
     }

@@ -302,10 +302,20 @@ impl Policy {
 
     /// Whether applying the policy can change anything.
     pub fn is_noop(&self) -> bool {
-        self.request.is_noop()
-            && self.response.is_noop()
-            && self.security_headers.is_empty()
-            && !matches!(self.cors, CorsSetting::On(_))
+        !self.acts_on_request() && !self.acts_on_response()
+    }
+
+    /// Whether [`Policy::on_request`] can do anything (a host may skip
+    /// reading the request headers when not).
+    pub fn acts_on_request(&self) -> bool {
+        !self.request.is_noop() || matches!(self.cors, CorsSetting::On(_))
+    }
+
+    /// Whether [`Policy::on_response`] can do anything.
+    pub fn acts_on_response(&self) -> bool {
+        !self.response.is_noop()
+            || !self.security_headers.is_empty()
+            || matches!(self.cors, CorsSetting::On(_))
     }
 
     /// Which facts the policy reads.

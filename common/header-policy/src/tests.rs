@@ -427,6 +427,10 @@ fn json_and_yaml_read_the_same() {
                    "security_headers":{"hsts":{"max_age":60}},"cors":false}"#;
     let yaml = "request: [{when: {path: [/x]}, set: {X-A: 1}}]\nsecurity_headers: {hsts: {max_age: 1m}}\ncors: false\n";
     assert_eq!(policy(json), policy(yaml));
+    // Istio hands a protobuf Struct over as JSON, whole numbers as floats.
+    let from_struct = r#"{"request":[{"when":{"path":"/x"},"set":{"X-A":"1"}}],"security_headers":{"hsts":{"max_age":60.0}},"cors":false}"#;
+    assert_eq!(policy(from_struct), policy(yaml));
+    assert!(problems(r#"{"cors":{"allow_origins":["*"],"max_age":1.5}}"#)[0].contains("whole"));
     assert!(policy("").is_noop() && policy("  \n").is_noop() && policy("{}").is_noop());
     assert!(!policy(EXAMPLE).is_noop());
 }
