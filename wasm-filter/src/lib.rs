@@ -6,8 +6,8 @@
 //!
 //! What the filter reads from the host, and where hosts differ:
 //! - request headers and response headers, read once per phase and edited
-//!   with single-header calls (a set is a remove then an add, the same on
-//!   every host);
+//!   with single-header calls (a set is `proxy_replace_header_map_value`:
+//!   every value removed, one added, in Envoy and in the edge's host);
 //! - method, host and path from the pseudo-headers when the map has them
 //!   (Envoy), else from the properties `request.method`, `request.host`,
 //!   `request.path` (the edge's host has no pseudo-headers);
@@ -21,10 +21,17 @@
 
 use std::rc::Rc;
 
-use header_policy::{Decision, HeaderList, Headers, Policy, RequestFacts};
+mod host;
+
+use header_policy::{Decision, Headers, Policy, RequestFacts};
+use host::{property, HostHeaders};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
+
+#[cfg(all(target_family = "wasm", not(target_feature = "atomics")))]
+#[global_allocator]
+static TALC: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -104,8 +111,11 @@ impl Context for PolicyStream {}
 
 impl HttpContext for PolicyStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if !self.policy.acts_on_request() && !self.policy.acts_on_response() {
+            return Action::Continue;
+        }
         let mut headers = HostHeaders::read(MapType::HttpRequestHeaders);
-        self.facts = OwnedFacts::read(self.policy.needs(), &headers.list);
+        self.facts = OwnedFacts::read(self.policy.needs(), &headers);
         match self.policy.on_request(&self.facts.facts(), &mut headers) {
             Decision::Continue => Action::Continue,
             Decision::Respond(answer) => {
@@ -122,7 +132,7 @@ impl HttpContext for PolicyStream {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if !self.answered {
+        if !self.answered && self.policy.acts_on_response() {
             let mut headers = HostHeaders::read(MapType::HttpResponseHeaders);
             self.policy.on_response(&self.facts.facts(), &mut headers);
         }
@@ -130,53 +140,77 @@ impl HttpContext for PolicyStream {
     }
 }
 
-/// [`RequestFacts`] with owned strings, kept between the two phases.
+/// [`RequestFacts`] kept between the two phases, in one buffer.
 #[derive(Default)]
 struct OwnedFacts {
-    method: String,
-    host: String,
-    path: String,
-    route: Option<String>,
-    request_id: Option<String>,
-    client_ip: Option<String>,
-    origin: Option<String>,
+    buf: String,
+    method: (usize, usize),
+    host: (usize, usize),
+    path: (usize, usize),
+    route: Option<(usize, usize)>,
+    request_id: Option<(usize, usize)>,
+    client_ip: Option<(usize, usize)>,
+    origin: Option<(usize, usize)>,
     claims: Vec<(String, String)>,
 }
 
 impl OwnedFacts {
-    fn read(needs: &header_policy::Needs, headers: &HeaderList) -> Self {
-        let header = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .map(str::to_owned)
-        };
-        let header_or_property =
-            |name: &str, path: &[&str]| header(name).or_else(|| property(path)).unwrap_or_default();
+    fn read(needs: &header_policy::Needs, headers: &HostHeaders) -> Self {
         let mut facts = OwnedFacts::default();
+        let header =
+            |name: &'static str| headers.get(name).and_then(|v| std::str::from_utf8(v).ok());
+        let keep = |buf: &mut String, value: Option<&str>| {
+            value.map(|v| {
+                buf.push_str(v);
+                (buf.len() - v.len(), buf.len())
+            })
+        };
+        let keep_owned = |buf: &mut String, value: Option<String>| keep(buf, value.as_deref());
+        let empty = (0, 0);
         if needs.method {
-            facts.method = header_or_property(":method", &["request", "method"]);
+            facts.method = match header(":method") {
+                Some(m) => keep(&mut facts.buf, Some(m)),
+                None => keep_owned(&mut facts.buf, property(b"request\0method")),
+            }
+            .unwrap_or(empty);
         }
         if needs.host {
-            facts.host = header_or_property(":authority", &["request", "host"]);
+            facts.host = match header(":authority") {
+                Some(h) => keep(&mut facts.buf, Some(h)),
+                None => keep_owned(&mut facts.buf, property(b"request\0host")),
+            }
+            .unwrap_or(empty);
         }
         if needs.path {
-            facts.path = header_or_property(":path", &["request", "path"]);
+            facts.path = match header(":path") {
+                Some(p) => keep(&mut facts.buf, Some(p)),
+                None => keep_owned(&mut facts.buf, property(b"request\0path")),
+            }
+            .unwrap_or(empty);
         }
         if needs.route {
-            facts.route = property(&["xds", "route_name"]).filter(|r| !r.is_empty());
+            let route = property(b"xds\0route_name").filter(|r| !r.is_empty());
+            facts.route = keep_owned(&mut facts.buf, route);
         }
         if needs.request_id {
-            facts.request_id = header("x-request-id").or_else(|| property(&["request", "id"]));
+            facts.request_id = match header("x-request-id") {
+                Some(id) => keep(&mut facts.buf, Some(id)),
+                None => keep_owned(&mut facts.buf, property(b"request\0id")),
+            };
         }
         if needs.client_ip {
-            facts.client_ip = property(&["source", "address"]).map(|a| ip_of(&a).to_owned());
+            let address = property(b"source\0address");
+            facts.client_ip = keep(&mut facts.buf, address.as_deref().map(ip_of));
         }
         if needs.origin {
-            facts.origin = header_policy::single_value(headers, "origin").map(str::to_owned);
+            facts.origin = keep(
+                &mut facts.buf,
+                header_policy::single_value(headers, "origin"),
+            );
         }
         for name in &needs.claims {
-            if let Some(value) = property(&["identity", "claims", name]) {
+            let path = [&b"identity\0claims\0"[..], name.as_bytes()].concat();
+            if let Some(value) = property(&path) {
                 facts.claims.push((name.clone(), value));
             }
         }
@@ -184,23 +218,18 @@ impl OwnedFacts {
     }
 
     fn facts(&self) -> RequestFacts<'_> {
+        let s = |(a, b): (usize, usize)| &self.buf[a..b];
         RequestFacts {
-            method: &self.method,
-            host: &self.host,
-            path: &self.path,
-            route: self.route.as_deref(),
-            request_id: self.request_id.as_deref(),
-            client_ip: self.client_ip.as_deref(),
-            origin: self.origin.as_deref(),
+            method: s(self.method),
+            host: s(self.host),
+            path: s(self.path),
+            route: self.route.map(s),
+            request_id: self.request_id.map(s),
+            client_ip: self.client_ip.map(s),
+            origin: self.origin.map(s),
             claims: Some(&self.claims),
         }
     }
-}
-
-/// A string property, `None` when absent or not UTF-8.
-fn property(path: &[&str]) -> Option<String> {
-    let bytes = hostcalls::get_property(path.to_vec()).ok()??;
-    String::from_utf8(bytes).ok()
 }
 
 /// The IP of `ip:port`, `[v6]:port`, or a bare address.
@@ -211,47 +240,5 @@ fn ip_of(address: &str) -> &str {
     match address.split_once(':') {
         Some((ip, port)) if !port.contains(':') => ip,
         _ => address,
-    }
-}
-
-/// One of the host's header maps: read once, edited through single-header
-/// calls so nothing else in the map moves.
-struct HostHeaders {
-    map: MapType,
-    list: HeaderList,
-}
-
-impl HostHeaders {
-    fn read(map: MapType) -> Self {
-        let pairs = hostcalls::get_map_bytes(map).unwrap_or_default();
-        HostHeaders {
-            map,
-            list: HeaderList::from_pairs(pairs),
-        }
-    }
-}
-
-impl Headers for HostHeaders {
-    fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
-        self.list.get_all(name)
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        Headers::iter(&self.list)
-    }
-
-    fn set(&mut self, name: &str, value: &[u8]) {
-        self.remove(name);
-        self.append(name, value);
-    }
-
-    fn append(&mut self, name: &str, value: &[u8]) {
-        self.list.append(name, value);
-        let _ = hostcalls::add_map_value_bytes(self.map, name, value);
-    }
-
-    fn remove(&mut self, name: &str) {
-        self.list.remove(name);
-        let _ = hostcalls::remove_map_value(self.map, name);
     }
 }
