@@ -3,6 +3,11 @@
 //! edits replayed onto the embedder's map when the callback returns (never
 //! when it traps, so a crashed filter leaves the request as it was).
 //! Buffers keep their capacity: no allocation per request once warm.
+//!
+//! As in Envoy, the request map starts with the pseudo-headers `:method`,
+//! `:scheme`, `:authority`, `:path` and the response map with `:status`, so
+//! filters written for Envoy read them the same way. They are read-only
+//! here: the embedder's map has no such fields to write back to.
 
 use std::ops::Range;
 
@@ -13,6 +18,7 @@ struct Field {
     name: (u32, u32),
     value: (u32, u32),
     live: bool,
+    pseudo: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -38,22 +44,40 @@ fn range((start, len): (u32, u32)) -> Range<usize> {
 }
 
 impl FieldMap {
-    /// Replaces the contents with the embedder's map; clears the journal.
-    pub(crate) fn load(&mut self, headers: &impl Headers) {
+    /// Replaces the contents with `pseudo` (read-only, empty values
+    /// skipped) and the embedder's map; clears the journal.
+    pub(crate) fn load(&mut self, pseudo: &[(&str, &[u8])], headers: &impl Headers) {
         self.buf.clear();
         self.fields.clear();
         self.journal.clear();
         self.size = 0;
-        for (name, value) in headers.iter() {
-            let name = self.push(name.as_bytes());
-            let value = self.push(value);
-            self.fields.push(Field {
-                name,
-                value,
-                live: true,
-            });
-            self.size += (name.1 + value.1) as usize;
+        for (name, value) in pseudo {
+            if !value.is_empty() {
+                self.push_field(name.as_bytes(), value, true);
+            }
         }
+        for (name, value) in headers.iter() {
+            self.push_field(name.as_bytes(), value, false);
+        }
+    }
+
+    fn push_field(&mut self, name: &[u8], value: &[u8], pseudo: bool) {
+        let name = self.push(name);
+        let value = self.push(value);
+        self.fields.push(Field {
+            name,
+            value,
+            live: true,
+            pseudo,
+        });
+        self.size += (name.1 + value.1) as usize;
+    }
+
+    /// Whether `value` is what the pseudo-header `name` holds.
+    pub(crate) fn pseudo_is(&self, name: &[u8], value: &[u8]) -> bool {
+        self.fields
+            .iter()
+            .any(|f| f.pseudo && self.bytes(f.name) == name && self.bytes(f.value) == value)
     }
 
     /// Empties the map (no embedder map in this phase).
@@ -116,6 +140,7 @@ impl FieldMap {
             name,
             value,
             live: true,
+            pseudo: false,
         });
         self.size += (name.1 + value.1) as usize;
         self.journal.push(Op::Append { name, value });
@@ -130,6 +155,7 @@ impl FieldMap {
             name,
             value,
             live: true,
+            pseudo: false,
         });
         self.size += (name.1 + value.1) as usize;
         self.journal.push(Op::Set { name, value });
@@ -142,12 +168,14 @@ impl FieldMap {
         }
     }
 
-    /// Replaces the whole map.
+    /// Replaces every field but the pseudo-headers.
     pub(crate) fn replace_all(&mut self, pairs: &[(&[u8], &[u8])]) {
         for f in &mut self.fields {
-            f.live = false;
+            if f.live && !f.pseudo {
+                f.live = false;
+                self.size -= (f.name.1 + f.value.1) as usize;
+            }
         }
-        self.size = 0;
         self.journal.push(Op::Clear);
         for (n, v) in pairs {
             self.append(n, v);
@@ -159,7 +187,7 @@ impl FieldMap {
         let mut any = false;
         for i in 0..self.fields.len() {
             let f = self.fields[i];
-            if f.live && self.buf[range(f.name)].eq_ignore_ascii_case(name) {
+            if f.live && !f.pseudo && self.buf[range(f.name)].eq_ignore_ascii_case(name) {
                 self.fields[i].live = false;
                 self.size -= (f.name.1 + f.value.1) as usize;
                 any = true;
@@ -208,36 +236,55 @@ mod tests {
     fn edits_replay_onto_the_embedder_map() {
         let mut embedder = HeaderList::from_pairs([("a", "1"), ("b", "2"), ("a", "3")]);
         let mut map = FieldMap::default();
-        map.load(&embedder);
+        map.load(&[(":path", b"/x"), (":scheme", b"")], &embedder);
         assert_eq!(map.get(b"A"), Some(&b"1"[..]));
-        assert_eq!(map.len(), 3);
+        assert_eq!(map.get(b":path"), Some(&b"/x"[..]));
+        assert_eq!(
+            map.get(b":scheme"),
+            None,
+            "empty pseudo-headers are left out"
+        );
+        assert_eq!(map.len(), 4);
         map.remove(b"A");
         map.append(b"C", b"x");
         map.set(b"b", b"4");
         map.remove(b"missing");
-        assert_eq!(map.len(), 2);
-        assert_eq!(map.size(), "c".len() + 1 + "b".len() + 1);
+        assert_eq!(map.len(), 3);
+        assert_eq!(map.size(), ":path/x".len() + "c".len() + 1 + "b".len() + 1);
         map.replay(&mut embedder);
         assert_eq!(
             embedder.grouped(),
             HeaderList::from_pairs([("c", "x"), ("b", "4")]).grouped()
         );
         let pairs: Vec<_> = map.pairs().collect();
-        assert_eq!(pairs, [(&b"c"[..], &b"x"[..]), (&b"b"[..], &b"4"[..])]);
+        assert_eq!(
+            pairs,
+            [
+                (&b":path"[..], &b"/x"[..]),
+                (&b"c"[..], &b"x"[..]),
+                (&b"b"[..], &b"4"[..])
+            ]
+        );
     }
 
     #[test]
     fn replace_all_clears_first() {
         let mut embedder = HeaderList::from_pairs([("a", "1"), ("b", "2")]);
         let mut map = FieldMap::default();
-        map.load(&embedder);
+        map.load(&[(":status", b"200")], &embedder);
         map.replace_all(&[(b"z", b"9"), (b"a", b"0")]);
+        assert_eq!(
+            map.get(b":status"),
+            Some(&b"200"[..]),
+            "pseudo-headers stay"
+        );
+        assert!(map.pseudo_is(b":status", b"200") && !map.pseudo_is(b":status", b"404"));
         map.replay(&mut embedder);
         assert_eq!(
             embedder.grouped(),
             HeaderList::from_pairs([("z", "9"), ("a", "0")]).grouped()
         );
-        map.load(&embedder);
+        map.load(&[], &embedder);
         assert!(!map.changed());
     }
 }

@@ -353,7 +353,9 @@ struct Callbacks {
 /// context configured.
 struct Vm {
     store: Store<HostState>,
-    calls: Callbacks,
+    /// Shared so a call can borrow a callback while the store is borrowed
+    /// mutably (cloning a `TypedFunc` costs a type-registry round trip).
+    calls: Arc<Callbacks>,
     deadline_ticks: u64,
 }
 
@@ -388,7 +390,7 @@ impl Vm {
             .or_else(|_| instance.get_typed_func::<i32, i32>(&mut store, "malloc"))
             .map_err(|e| failed("the allocator export", e))?;
         store.data_mut().memory = memory;
-        store.data_mut().alloc = Some(alloc);
+        store.data_mut().alloc = Some(Arc::new(alloc));
 
         macro_rules! export {
             ($name:literal) => {
@@ -419,9 +421,10 @@ impl Vm {
         };
         let mut vm = Vm {
             store,
-            calls,
+            calls: Arc::new(calls),
             deadline_ticks,
         };
+        let calls = vm.calls.clone();
         // The specification's order: _initialize then main, or _start.
         if let Some(f) = initialize {
             vm.call("_initialize", Phase::Lifecycle, 0, |s| f.call(s, ()))
@@ -435,7 +438,7 @@ impl Vm {
                 .map_err(|e| StartError::Failed(e.to_string()))?;
         }
         vm.store.data_mut().root_context = ROOT_CONTEXT;
-        if let Some(f) = vm.calls.context_create.clone() {
+        if let Some(f) = &calls.context_create {
             vm.call(
                 "proxy_on_context_create",
                 Phase::Lifecycle,
@@ -449,13 +452,13 @@ impl Vm {
             (
                 "proxy_on_vm_start",
                 Phase::VmStart,
-                vm.calls.vm_start.clone(),
+                calls.vm_start.as_ref(),
                 spec.vm_configuration.len(),
             ),
             (
                 "proxy_on_configure",
                 Phase::Configure,
-                vm.calls.configure.clone(),
+                calls.configure.as_ref(),
                 spec.configuration.len(),
             ),
         ] {
@@ -512,6 +515,16 @@ impl Vm {
             }
         })
     }
+}
+
+/// A status code as three ASCII digits.
+fn itoa3(code: u16) -> [u8; 3] {
+    let code = code.min(999);
+    [
+        b'0' + (code / 100) as u8,
+        b'0' + (code / 10 % 10) as u8,
+        b'0' + (code % 10) as u8,
+    ]
 }
 
 /// A wasmtime error in one line.
@@ -606,7 +619,8 @@ impl FilterInstance {
         }
         let context = self.next_context();
         let vm = self.vm.as_mut().expect("started above");
-        if let Some(f) = vm.calls.context_create.clone() {
+        let calls = vm.calls.clone();
+        if let Some(f) = &calls.context_create {
             let result = vm.call("proxy_on_context_create", Phase::Lifecycle, context, |s| {
                 f.call(s, (context as i32, ROOT_CONTEXT as i32))
             });
@@ -727,17 +741,34 @@ impl FilterInstance {
         let vm = self.vm_for(stream)?;
         let index = phase.map().expect("an HTTP phase");
         let state = vm.store.data_mut();
-        state.maps[index].load(headers);
+        let status = info.response_code.map(itoa3);
+        let pseudo: [(&str, &[u8]); 4] = match phase {
+            Phase::RequestHeaders => [
+                (":method", info.method.as_bytes()),
+                (":scheme", info.scheme.as_bytes()),
+                (":authority", info.authority.as_bytes()),
+                (":path", info.path.as_bytes()),
+            ],
+            Phase::ResponseHeaders => [
+                (":status", status.as_ref().map_or(&b""[..], |s| &s[..])),
+                ("", b""),
+                ("", b""),
+                ("", b""),
+            ],
+            _ => [("", b""); 4],
+        };
+        state.maps[index].load(&pseudo, headers);
         state.props.load(info);
         state.local_reply = None;
         state.reset = false;
         state.resumed = false;
         let fields = state.maps[index].len() as i32;
         let context = stream.context as i32;
+        let calls = vm.calls.clone();
         let (name, result) = match (phase, end_of_stream) {
             (Phase::RequestHeaders, Some(eos)) => (
                 "proxy_on_request_headers",
-                vm.calls.request_headers.clone().map(|f| {
+                calls.request_headers.as_ref().map(|f| {
                     vm.call("proxy_on_request_headers", phase, stream.context, |s| {
                         f.call(s, (context, fields, eos as i32))
                     })
@@ -745,7 +776,7 @@ impl FilterInstance {
             ),
             (Phase::ResponseHeaders, Some(eos)) => (
                 "proxy_on_response_headers",
-                vm.calls.response_headers.clone().map(|f| {
+                calls.response_headers.as_ref().map(|f| {
                     vm.call("proxy_on_response_headers", phase, stream.context, |s| {
                         f.call(s, (context, fields, eos as i32))
                     })
@@ -753,7 +784,7 @@ impl FilterInstance {
             ),
             (Phase::RequestTrailers, _) => (
                 "proxy_on_request_trailers",
-                vm.calls.request_trailers.clone().map(|f| {
+                calls.request_trailers.as_ref().map(|f| {
                     vm.call("proxy_on_request_trailers", phase, stream.context, |s| {
                         f.call(s, (context, fields))
                     })
@@ -761,7 +792,7 @@ impl FilterInstance {
             ),
             (_, _) => (
                 "proxy_on_response_trailers",
-                vm.calls.response_trailers.clone().map(|f| {
+                calls.response_trailers.as_ref().map(|f| {
                     vm.call("proxy_on_response_trailers", phase, stream.context, |s| {
                         f.call(s, (context, fields))
                     })
@@ -811,21 +842,17 @@ impl FilterInstance {
         let Ok(vm) = self.vm_for(&stream) else { return };
         let context = stream.context;
         let c = context as i32;
-        let calls = (
-            vm.calls.done.clone(),
-            vm.calls.log.clone(),
-            vm.calls.delete.clone(),
-        );
+        let calls = vm.calls.clone();
         let result = (|| {
-            if let Some(f) = calls.0 {
+            if let Some(f) = &calls.done {
                 // A filter that answers "not done" is finalized anyway: this
                 // host does not keep contexts past their stream.
                 vm.call("proxy_on_done", Phase::Lifecycle, context, |s| f.call(s, c))?;
             }
-            if let Some(f) = calls.1 {
+            if let Some(f) = &calls.log {
                 vm.call("proxy_on_log", Phase::Lifecycle, context, |s| f.call(s, c))?;
             }
-            if let Some(f) = calls.2 {
+            if let Some(f) = &calls.delete {
                 vm.call("proxy_on_delete", Phase::Lifecycle, context, |s| {
                     f.call(s, c)
                 })?;

@@ -496,15 +496,20 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                 let Some(pairs) = abi::deserialize_pairs(bytes) else {
                     return status::BAD_ARGUMENT;
                 };
-                let total: usize = pairs.iter().map(|(n, v)| n.len() + v.len()).sum();
+                // Pseudo-headers may come back unchanged (a filter that read
+                // the pairs and sets them again), never changed.
+                let (pseudo, fields): (Vec<_>, Vec<_>) =
+                    pairs.iter().partition(|(n, _)| n.starts_with(b":"));
+                let total: usize = fields.iter().map(|(n, v)| n.len() + v.len()).sum();
                 if total > state.limits.max_header_bytes
-                    || !pairs
+                    || !fields
                         .iter()
                         .all(|(n, v)| abi::is_header_name(n) && abi::is_header_value(v))
+                    || !pseudo.iter().all(|(n, v)| state.maps[i].pseudo_is(n, v))
                 {
                     return status::BAD_ARGUMENT;
                 }
-                state.maps[i].replace_all(&pairs);
+                state.maps[i].replace_all(&fields);
                 status::OK
             }))
         },
@@ -581,7 +586,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                 let Some(key) = abi::slice(memory, key, key_len) else {
                     return status::INVALID_MEMORY_ACCESS;
                 };
-                if !fits(state, i, key, b"") {
+                if !fits(state, i, key, b"") || key.starts_with(b":") {
                     return status::BAD_ARGUMENT;
                 }
                 state.maps[i].remove(key);
@@ -1029,13 +1034,14 @@ fn buffer_missing(kind: i32) -> i32 {
 
 /// A property: one the guest set for this context, the plugin's own, or
 /// one the embedder gave for this callback.
-fn property<'a>(state: &'a HostState, path: &[u8]) -> Option<&'a [u8]> {
-    if let Some((_, _, v)) = state
+fn property<'a>(state: &'a mut HostState, path: &[u8]) -> Option<&'a [u8]> {
+    let context = state.context;
+    if let Some(i) = state
         .set_props
         .iter()
-        .find(|(c, p, _)| *c == state.context && p == path)
+        .position(|(c, p, _)| *c == context && p == path)
     {
-        return Some(v);
+        return Some(&state.set_props[i].2);
     }
     let spec = &state.shared.spec;
     match path {

@@ -42,6 +42,10 @@ pub struct StreamInfo<'a> {
 pub(crate) struct PropertyTable {
     buf: Vec<u8>,
     entries: Vec<((u32, u32), (u32, u32))>,
+    /// Addresses are formatted only when asked for.
+    source: Option<SocketAddr>,
+    destination: Option<SocketAddr>,
+    formatted: Vec<u8>,
 }
 
 impl PropertyTable {
@@ -56,14 +60,13 @@ impl PropertyTable {
         self.text(&[b"request", b"scheme"], info.scheme);
         self.text(&[b"request", b"protocol"], info.protocol);
         self.text(&[b"request", b"id"], info.request_id.unwrap_or_default());
+        self.source = info.source;
+        self.destination = info.destination;
         for (name, addr) in [
             (&b"source"[..], info.source),
             (b"destination", info.destination),
         ] {
             if let Some(addr) = addr {
-                self.entry(&[name, b"address"], |buf| {
-                    let _ = write!(buf, "{addr}");
-                });
                 self.entry(&[name, b"port"], |buf| {
                     buf.extend_from_slice(&i64::from(addr.port()).to_le_bytes())
                 });
@@ -115,7 +118,18 @@ impl PropertyTable {
 
     /// The value at `path` (NUL-separated segments; a single dotted
     /// segment such as `source.address` is read as its parts too).
-    pub(crate) fn get(&self, path: &[u8]) -> Option<&[u8]> {
+    pub(crate) fn get(&mut self, path: &[u8]) -> Option<&[u8]> {
+        let addr = match path {
+            b"source\0address" | b"source.address" => Some(self.source),
+            b"destination\0address" | b"destination.address" => Some(self.destination),
+            _ => None,
+        };
+        if let Some(addr) = addr {
+            let addr = addr?;
+            self.formatted.clear();
+            let _ = write!(self.formatted, "{addr}");
+            return Some(&self.formatted);
+        }
         let lookup = |matches: &dyn Fn(&[u8]) -> bool| {
             self.entries
                 .iter()

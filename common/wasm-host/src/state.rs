@@ -141,7 +141,9 @@ pub(crate) struct HostState {
     pub(crate) limits: Limits,
     pub(crate) limiter: Limiter,
     pub(crate) memory: Option<Memory>,
-    pub(crate) alloc: Option<TypedFunc<i32, i32>>,
+    /// Shared so a host call can hold it while the store is borrowed
+    /// (cloning a `TypedFunc` itself costs a type-registry round trip).
+    pub(crate) alloc: Option<std::sync::Arc<TypedFunc<i32, i32>>>,
     pub(crate) phase: Phase,
     /// The context the callback runs for (or the effective one).
     pub(crate) context: u32,
