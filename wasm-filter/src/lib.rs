@@ -8,9 +8,9 @@
 //! - request headers and response headers, read once per phase and edited
 //!   with single-header calls (a set is `proxy_replace_header_map_value`:
 //!   every value removed, one added, in Envoy and in the edge's host);
-//! - method, host and path from the pseudo-headers when the map has them
-//!   (Envoy), else from the properties `request.method`, `request.host`,
-//!   `request.path` (the edge's host has no pseudo-headers);
+//! - method, host and path from the pseudo-headers `:method`, `:authority`,
+//!   `:path` (Envoy and the edge's host both have them), else from the
+//!   properties `request.method`, `request.host`, `request.path`;
 //! - the request id from `x-request-id`, else the property `request.id`;
 //! - the client IP from `source.address` (`ip:port`, `[ip]:port`);
 //! - the route from `xds.route_name` (Envoy: the route's `name`);
@@ -34,7 +34,6 @@ use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 static TALC: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
 
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
         Box::new(PolicyRoot { policy: Rc::new(Policy::default()) })
     });
@@ -111,7 +110,7 @@ impl Context for PolicyStream {}
 
 impl HttpContext for PolicyStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if !self.policy.acts_on_request() && !self.policy.acts_on_response() {
+        if self.policy.is_noop() {
             return Action::Continue;
         }
         let mut headers = HostHeaders::read(MapType::HttpRequestHeaders);

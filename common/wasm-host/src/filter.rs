@@ -279,6 +279,7 @@ impl WasmFilter {
     /// first stream.
     pub fn instantiate(&self) -> FilterInstance {
         FilterInstance {
+            id: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
             filter: self.clone(),
             vm: None,
             generation: 0,
@@ -557,16 +558,23 @@ fn describe(e: &wasmtime::Error, limits: Limits) -> String {
 }
 
 /// A request/response pair in progress, from [`FilterInstance::new_stream`]
-/// until [`FilterInstance::end_stream`].
+/// until [`FilterInstance::end_stream`] (which the embedder must call, or
+/// the guest keeps the stream's state). Only for the instance that made it:
+/// another one panics.
 #[derive(Debug)]
 pub struct Stream {
+    instance: u64,
     context: u32,
     generation: u64,
 }
 
+/// Tells instances apart, so a stream is only ever used with its own.
+static NEXT_INSTANCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// The filter on one thread. Not `Sync`; call from the thread that owns
 /// it. After a crash it replaces its instance before the next stream.
 pub struct FilterInstance {
+    id: u64,
     filter: WasmFilter,
     vm: Option<Vm>,
     generation: u64,
@@ -634,6 +642,7 @@ impl FilterInstance {
             .live_streams
             .push(context);
         Ok(Stream {
+            instance: self.id,
             context,
             generation: self.generation,
         })
@@ -667,6 +676,10 @@ impl FilterInstance {
     }
 
     fn vm_for(&mut self, stream: &Stream) -> Result<&mut Vm, FilterError> {
+        assert_eq!(
+            stream.instance, self.id,
+            "a stream used with another instance"
+        );
         match &mut self.vm {
             Some(vm) if stream.generation == self.generation => Ok(vm),
             _ => Err(FilterError::StreamLost {

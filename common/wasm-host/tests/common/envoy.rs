@@ -33,25 +33,31 @@ pub fn envoy_binary() -> PathBuf {
     path
 }
 
+/// Header fields in order, as written on the wire.
+pub type Fields = Vec<(String, String)>;
+
+/// What the upstream received, per case.
+type Received = Arc<Mutex<HashMap<usize, Fields>>>;
+
 /// One raw HTTP/1.1 exchange: status and header fields in order.
 #[derive(Debug, Clone)]
 pub struct Response {
     pub status: u16,
-    pub headers: Vec<(String, String)>,
+    pub headers: Fields,
 }
 
 /// An upstream that answers each request with the headers registered for
 /// the `case=N` in its query, and keeps the headers it received per case.
 pub struct Upstream {
     pub port: u16,
-    received: Arc<Mutex<HashMap<usize, Vec<(String, String)>>>>,
+    received: Received,
 }
 
 impl Upstream {
-    pub fn start(responses: HashMap<usize, Vec<(String, String)>>) -> Upstream {
+    pub fn start(responses: HashMap<usize, Fields>) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
         let port = listener.local_addr().unwrap().port();
-        let received: Arc<Mutex<HashMap<usize, Vec<(String, String)>>>> = Default::default();
+        let received: Received = Default::default();
         let responses = Arc::new(responses);
         let seen = received.clone();
         std::thread::spawn(move || {
@@ -65,15 +71,15 @@ impl Upstream {
     }
 
     /// The headers the upstream got for `case`, if the request reached it.
-    pub fn received(&self, case: usize) -> Option<Vec<(String, String)>> {
+    pub fn received(&self, case: usize) -> Option<Fields> {
         self.received.lock().unwrap().get(&case).cloned()
     }
 }
 
 fn serve(
     conn: TcpStream,
-    responses: &HashMap<usize, Vec<(String, String)>>,
-    seen: &Mutex<HashMap<usize, Vec<(String, String)>>>,
+    responses: &HashMap<usize, Fields>,
+    seen: &Mutex<HashMap<usize, Fields>>,
 ) {
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     let mut out = conn;
@@ -112,7 +118,7 @@ fn serve(
 
 /// A request or status line and the header fields after it; `None` at the
 /// end of the connection.
-fn read_head(reader: &mut impl BufRead) -> Option<(String, Vec<(String, String)>)> {
+fn read_head(reader: &mut impl BufRead) -> Option<(String, Fields)> {
     let mut first = String::new();
     if reader.read_line(&mut first).ok()? == 0 {
         return None;
