@@ -176,24 +176,29 @@ impl Envoy {
         let log: Arc<Mutex<Vec<String>>> = Default::default();
         let (ready_tx, ready_rx) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
-        let lines = log.clone();
+        // From here on a panic drops `envoy`, which kills the process.
+        let mut envoy = Envoy {
+            child,
+            ports: HashMap::new(),
+            log: log.clone(),
+            _dir: dir,
+        };
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if line.contains("starting main dispatch loop") {
                     let _ = ready_tx.send(());
                 }
-                lines.lock().unwrap().push(line);
+                log.lock().unwrap().push(line);
             }
         });
         if ready_rx.recv_timeout(START_TIMEOUT).is_err() {
-            let _ = child.kill();
-            panic!("Envoy did not start:\n{}", log.lock().unwrap().join("\n"));
+            panic!("Envoy did not start:\n{}", envoy.log_text());
         }
         let admin = std::fs::read_to_string(&admin_file).expect("admin address file");
         let listeners = http_get(admin.trim(), "/listeners?format=json");
         let json: serde_json::Value = serde_json::from_str(&listeners).expect("listeners JSON");
-        let ports = json["listener_statuses"]
+        envoy.ports = json["listener_statuses"]
             .as_array()
             .expect("listener_statuses")
             .iter()
@@ -205,12 +210,7 @@ impl Envoy {
                 (name, port)
             })
             .collect();
-        Envoy {
-            child,
-            ports,
-            log,
-            _dir: dir,
-        }
+        envoy
     }
 
     pub fn log_text(&self) -> String {
