@@ -16,17 +16,19 @@ use conformance::{rss_kib, Proc, TOKEN};
 
 /// A download far larger than any buffer on the way.
 const BIG: &str = "/bytes/500000000";
-/// What the edge may hold per stalled connection: the tunnel stream's
-/// initial credit (128 KiB) plus a chunk in hand and Pingora's buffers
-/// (docs/design.md, "Isolation"). The sidecar holds less.
-const BOUND_PER_STALLED_KIB: u64 = 512;
+/// What the edge may hold per stalled connection (PERF.md: at most 1 MiB):
+/// the tunnel stream's window (64 KiB, or what it grew to while the
+/// visitor's kernel socket buffer took the first megabytes) and what
+/// Pingora holds for the response it is writing (docs/design.md,
+/// "Isolation"). The sidecar holds less.
+const BOUND_PER_STALLED_KIB: u64 = 1024;
 /// RSS that moves with load whatever the stalls: each worker thread's
 /// allocator caches.
 const SLACK_KIB: u64 = 4 * 1024;
 /// A tunnel connection's window growth budget
 /// (`tunnel_transport::flow::GROWTH_BUDGET`, 32 MiB): what streams whose
-/// readers moved data fast before they stopped may hold beyond the bound,
-/// per tunnel connection (the sidecar keeps two).
+/// readers moved data fast for a while before they stopped may hold
+/// beyond the bound, per tunnel connection (the sidecar keeps two).
 const GROWTH_BUDGET_KIB: u64 = 32 * 1024;
 /// Heartbeat period the edge asks for: three missed ones end a session, so
 /// a steady phase of several periods would see a starved session die.

@@ -7,6 +7,7 @@ use edge_proxy::{token::TokenHash, Edge, EdgeConfig};
 /// jemalloc: less CPU per request than glibc's allocator (whose large
 /// frees consolidate the heap) and less memory per tunnel and connection
 /// (measured in scripts/bench).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -17,6 +18,7 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// request overflowed those caches and refilled them, creating and
 /// releasing whole slabs. A floor of 64 took that out: edge instructions
 /// per request -3.5% over HTTP/2, -1.7% for HTTP/1.1 at 64 connections.
+#[cfg(feature = "jemalloc")]
 #[allow(unsafe_code)] // jemalloc looks this symbol up by name
 #[export_name = "_rjem_malloc_conf"]
 #[used]

@@ -258,10 +258,10 @@ impl TunnelService {
             Err(_) => return debug!(?peer, "tunnel handshake timed out"),
         };
         let pings = connection.ping_pong().expect("taken once");
-        // What the connection's data streams share: the round trip the
-        // keep-alive measures, and the budget their windows grow from.
+        // What the connection's data streams share: the budget their
+        // windows grow from.
         let flow = Arc::new(ConnectionFlow::default());
-        let keepalive = keepalive::keepalive(pings, &flow, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT);
+        let keepalive = keepalive::keepalive(pings, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT);
         tokio::pin!(keepalive);
         let rpcs = TunnelServer::new(self.clone())
             .max_decoding_message_size(MAX_MESSAGE_SIZE)

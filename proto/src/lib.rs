@@ -27,7 +27,7 @@ pub const CAPABILITIES: &[&str] = &[
 
 /// Payload bytes each side of a data stream may send before the other side
 /// grants more (`StreamFrame.credit`).
-pub const INITIAL_STREAM_CREDIT: u64 = 128 * 1024;
+pub const INITIAL_STREAM_CREDIT: u64 = 64 * 1024;
 /// Most credit a side grants beyond what it has received.
 pub const MAX_STREAM_CREDIT: u64 = 16 * 1024 * 1024;
 /// Largest gRPC message accepted (a data chunk plus framing, with headroom).
@@ -78,6 +78,11 @@ impl StreamFrame {
     pub fn credit(bytes: u64) -> Self {
         Self {
             kind: Some(stream_frame::Kind::Credit(Credit { bytes })),
+        }
+    }
+    pub fn blocked() -> Self {
+        Self {
+            kind: Some(stream_frame::Kind::Blocked(Blocked {})),
         }
     }
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {

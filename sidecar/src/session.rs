@@ -75,12 +75,8 @@ pub fn edge_uri(config: &SidecarConfig) -> Result<Uri, SessionError> {
 /// many streams share it; frames batched into few writes by
 /// [`CoalescingIo`]) and speaks HTTP/2 on it with the tunnel's settings.
 /// The connection is driven, with keep-alive pings, by a task of its own
-/// until the edge closes it or every handle to it is gone. The pings also
-/// measure the round trip its data streams size their windows by (`flow`).
-async fn connect(
-    uri: &Uri,
-    flow: Arc<ConnectionFlow>,
-) -> Result<h2::client::SendRequest<Bytes>, String> {
+/// until the edge closes it or every handle to it is gone.
+async fn connect(uri: &Uri) -> Result<h2::client::SendRequest<Bytes>, String> {
     let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
     let port = uri.port_u16().unwrap_or(80);
     let stream = TcpStream::connect((host, port))
@@ -100,7 +96,7 @@ async fn connect(
             ended = connection => if let Err(e) = ended {
                 debug!(error = %e, "tunnel connection ended");
             },
-            reason = keepalive::keepalive(pings, &flow, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT) => {
+            reason = keepalive::keepalive(pings, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT) => {
                 warn!(%reason, "tunnel connection lost");
             }
         }
@@ -116,8 +112,7 @@ pub async fn run(
     on_welcome: impl FnOnce(&Welcome),
 ) -> Result<SessionEnd, SessionError> {
     let uri = edge_uri(config)?;
-    let flow = Arc::new(ConnectionFlow::default());
-    let connection = tokio::time::timeout(CONNECT_TIMEOUT, connect(&uri, flow.clone()))
+    let connection = tokio::time::timeout(CONNECT_TIMEOUT, connect(&uri))
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {CONNECT_TIMEOUT:?}")))
         .map_err(|reason| SessionError::Connect {
@@ -174,7 +169,7 @@ pub async fn run(
     let stats = Arc::new(Stats::default());
     let pool = Arc::new(StreamPool {
         connection,
-        flow,
+        flow: Arc::new(ConnectionFlow::default()),
         data_uri: data_uri(&uri)?,
         session_id: welcome
             .session_id

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use h2::{RecvStream, SendStream};
 use tunnel_proto::{stream_frame::Kind, StreamFrame, INITIAL_STREAM_CREDIT};
 
-use crate::flow::{ConnectionFlow, RecvWindow};
+use crate::flow::{ConnectionFlow, RecvWindow, SendStarvation};
 use crate::grpc::{encode, ok_trailers, status_error, status_response, Decoder, StreamBroken};
 
 /// Which end of the RPC: it decides how a side ends its half.
@@ -47,6 +47,8 @@ pub struct DataStream {
     window: RecvWindow,
     /// Payload bytes this side may still send.
     send_credit: u64,
+    /// Whether running out of credit is worth saying `blocked`.
+    starvation: SendStarvation,
     /// Payload received and not read yet, in order.
     inbound: VecDeque<Bytes>,
     /// The peer said `fin`: after `inbound`, the reader sees the end.
@@ -77,6 +79,7 @@ impl DataStream {
             flow,
             window: RecvWindow::new(Instant::now()),
             send_credit: INITIAL_STREAM_CREDIT,
+            starvation: SendStarvation::new(Instant::now()),
             inbound: VecDeque::new(),
             peer_fin: false,
             peer_done: false,
@@ -188,7 +191,12 @@ impl DataStream {
                 }
                 Some(Kind::Credit(c)) => {
                     self.send_credit += c.bytes;
+                    self.starvation.credited(Instant::now());
                     wake(&mut self.write_waker, cx);
+                }
+                Some(Kind::Blocked(_)) => {
+                    let credit = self.window.on_blocked(Instant::now(), &self.flow);
+                    self.grant(credit);
                 }
                 Some(Kind::Fin(_)) => {
                     self.peer_fin = true;
@@ -242,10 +250,14 @@ impl DataStream {
     }
 
     fn consumed(&mut self, n: usize) {
-        if let Some(credit) = self
+        let credit = self
             .window
-            .on_consumed(n as u64, Instant::now(), &self.flow)
-        {
+            .on_consumed(n as u64, Instant::now(), &self.flow);
+        self.grant(credit);
+    }
+
+    fn grant(&mut self, credit: Option<u64>) {
+        if let Some(credit) = credit {
             // A small control frame: HTTP/2 always has room for it (see
             // `settings`), and a closed half has no one to grant it to.
             let _ = self
@@ -269,6 +281,12 @@ impl DataStream {
                 return Poll::Ready(Err(StreamBroken(
                     "the peer ended the stream while we were sending".into(),
                 )));
+            }
+            if self.starvation.exhausted(Instant::now()) {
+                // The window holds this stream back: the receiver uses
+                // this to tell a window that is too small from a slow
+                // reader.
+                let _ = self.send.send_data(encode(&StreamFrame::blocked()), false);
             }
             if self.poll_pull(cx).is_pending() {
                 self.write_waker = Some(cx.waker().clone());

@@ -12,7 +12,7 @@
 //! - [`io`]: a data stream as `AsyncRead + AsyncWrite`.
 //! - [`grpc`]: gRPC message framing of `StreamFrame`s, statuses.
 //! - [`rpc`]: the `Control` RPC on h2 streams (tonic on our streams).
-//! - [`keepalive`]: PINGs that detect dead peers and measure round trips.
+//! - [`keepalive`]: PINGs that detect dead peers.
 //! - [`coalesce`]: the socket wrapper that batches small writes.
 
 pub mod coalesce;

@@ -34,8 +34,7 @@ const _: () = assert!(
 pub const MAX_FRAME_SIZE: u32 = 1024 * 1024 - 1;
 /// Largest payload read from a socket into one data frame.
 pub const CHUNK_SIZE: usize = 64 * 1024;
-/// HTTP/2 PING interval: dead peers are noticed without traffic, and each
-/// pong measures the round trip the streams' windows are sized by.
+/// HTTP/2 PING interval, so dead peers are noticed without traffic.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 /// How long a PING may go unanswered.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
