@@ -117,6 +117,15 @@ fn https_with_sni_and_http2() {
         &["--http1.1", "-o", "/dev/null", "-w", "%{http_version}"],
     );
     assert_eq!((rc, version.as_str()), (0, "1.1"));
+    // The name each handshake asked for is known to the request, over
+    // HTTP/2 and HTTP/1.1 alike.
+    let timeout = std::time::Duration::from_secs(5);
+    stack.edge.wait_line("sni=\"shop.example.test\"", timeout);
+    for http in ["HTTP/2.0", "HTTP/1.1"] {
+        stack
+            .edge
+            .wait_line(&format!("http={http} sni=\"{PREVIEW}\""), timeout);
+    }
 }
 
 #[test]

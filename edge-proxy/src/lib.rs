@@ -3,42 +3,34 @@
 //! Visitors reach services through Pingora; each upstream connection is a
 //! data stream of a gRPC tunnel that a sidecar dialed out to us.
 //!
-//! # Layout
-//! - [`config`]: YAML → validated runtime config.
-//! - [`preview`]: preview-URL parsing (`<service>-<port>-<env>.<domain>`).
-//! - [`route`]: request → target session.
-//! - [`routes`]: custom-domain rules (host + path → service), indexed.
-//! - [`proxy`]: Pingora's phases (`ProxyHttp`).
-//! - [`connector`]: tunnel streams as Pingora upstream sockets.
-//! - [`registry`]: live sessions and their idle data-stream pools.
-//! - [`reload`]: config hot reload (file changes, SIGHUP).
-//! - [`tunnel_service`]: the gRPC service sidecars dial.
-//! - [`errors`]: the one place errors become HTTP responses.
-//! - [`forwarding`]: `X-Forwarded-*`, `Forwarded`, request ids, `traceparent`.
-//! - [`https`]: HTTP→HTTPS redirects and HSTS.
-//! - [`server`]: wires listeners, runtime and shutdown.
-//! - [`tls`]: visitor TLS, certificates chosen by SNI.
-//! - [`token`]: sidecar token hashing.
-//! - [`upstream`]: how the edge speaks to a service (HTTP/1.1, h2c, TLS).
-//! - [`visitor`]: a visitor's connection: protocol sniffing, request-head deadline.
+//! # Rooms
+//!
+//! Each folder is a room with one role; its `mod.rs` says what lives there
+//! and which other rooms it may use. The rooms form layers, and a room only
+//! uses the ones below it (`tests::rooms_use_only_the_rooms_below` checks):
+//!
+//! | room          | role                                                      |
+//! |---------------|-----------------------------------------------------------|
+//! | [`routing`]   | host names, preview URLs, custom-domain rules, upstream protocols: pure |
+//! | [`tls`]       | visitor certificates, chosen by SNI                       |
+//! | [`config`]    | YAML → validated config, sidecar token hashes             |
+//! | [`tunnel`]    | the gRPC service sidecars dial, live sessions, streams as upstream sockets |
+//! | [`http`]      | a visitor's request: context, phases, forwarding, errors  |
+//! | [`reload`]    | applies a new config to the running edge                  |
+//! | [`server`]    | listeners, worker runtimes, shutdown: wires the rest      |
+//!
+//! A request's way through them is walked file by file in `docs/design.md`.
 
 pub mod config;
-pub mod connector;
-pub mod errors;
-pub mod forwarding;
-pub mod https;
-pub mod preview;
-pub mod proxy;
-pub mod registry;
+pub mod http;
 pub mod reload;
-pub mod route;
-pub mod routes;
+pub mod routing;
 pub mod server;
 pub mod tls;
-pub mod token;
-pub mod tunnel_service;
-pub mod upstream;
-pub mod visitor;
+pub mod tunnel;
 
 pub use config::EdgeConfig;
 pub use server::{Edge, Listeners};
+
+#[cfg(test)]
+mod tests;

@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use edge_proxy::{token::TokenHash, Edge, EdgeConfig};
+use edge_proxy::{config::token::TokenHash, Edge, EdgeConfig};
 
 /// jemalloc: less CPU per request than glibc's allocator (whose large
 /// frees consolidate the heap) and less memory per tunnel and connection

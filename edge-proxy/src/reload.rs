@@ -2,7 +2,10 @@
 //! certificate or key it names) changes (polled,
 //! which also sees Kubernetes ConfigMap symlink swaps) and on SIGHUP. A new
 //! config that does not validate is refused with every reason logged; the
-//! last good one keeps running.
+//! last good one keeps running. [`Reloader`] swaps it into the running
+//! edge: config, certificates, what each token grants.
+//!
+//! Above `config`, `tls` and `tunnel`, which it updates; below `server`.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -12,7 +15,13 @@ use tokio::signal::unix::Signal;
 use tracing::error;
 
 use crate::config::EdgeConfig;
-use crate::server::Reloader;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tracing::{info, warn};
+
+use crate::tls::{CertStore, SniResolver};
+use crate::tunnel::registry::{Authorizations, TunnelRegistry};
 
 /// How often the file is checked for changes.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -49,4 +58,74 @@ fn fingerprint(path: &Path, others: &[PathBuf]) -> u64 {
         std::fs::read(file).ok().hash(&mut h);
     }
     h.finish()
+}
+
+/// Applies a new config to a running edge.
+#[derive(Clone)]
+pub struct Reloader {
+    config: Arc<ArcSwap<EdgeConfig>>,
+    registry: Arc<TunnelRegistry>,
+    certificates: Arc<SniResolver>,
+}
+
+impl Reloader {
+    pub fn new(
+        config: Arc<ArcSwap<EdgeConfig>>,
+        registry: Arc<TunnelRegistry>,
+        certificates: Arc<SniResolver>,
+    ) -> Self {
+        Self {
+            config,
+            registry,
+            certificates,
+        }
+    }
+
+    /// Swaps `new` in atomically: requests already routed keep the settings
+    /// they started with. Listen addresses and the keep-alive pool size only
+    /// change on restart (a warning says so). Sessions whose token no longer
+    /// grants their environment are closed.
+    pub fn apply(&self, new: EdgeConfig, trigger: &str) {
+        let old = self.config.load();
+        if old.http_addr != new.http_addr || old.tunnel_addr != new.tunnel_addr {
+            warn!("listen addresses changed in the config; they take effect on restart");
+        }
+        if old.upstream.keepalive_pool_size != new.upstream.keepalive_pool_size {
+            warn!("upstream.keepalive_pool_size changed; it takes effect on restart");
+        }
+        if old.visitors.h2c != new.visitors.h2c {
+            warn!("visitors.h2c changed in the config; it takes effect on restart");
+        }
+        if old.https_addr != new.https_addr {
+            warn!("listen.https changed in the config; it takes effect on restart");
+        }
+        for warning in &new.warnings {
+            warn!("{warning}");
+        }
+        let routes = new.routes.len();
+        self.certificates.replace(cert_store(&new));
+        self.registry
+            .set_authorizations(Authorizations::from_config(&new));
+        self.config.store(Arc::new(new));
+        let revoked = self.registry.revoke_unauthorized();
+        info!(trigger, routes, revoked, "config reloaded");
+    }
+
+    /// The files whose changes trigger a reload besides the config itself.
+    pub fn watched_files(&self) -> Vec<std::path::PathBuf> {
+        self.config
+            .load()
+            .tls
+            .as_ref()
+            .map(|t| t.files.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// The visitor certificates a config names.
+pub fn cert_store(config: &EdgeConfig) -> CertStore {
+    match &config.tls {
+        Some(tls) => CertStore::new(&tls.certificates, tls.fallback_to_default),
+        None => CertStore::default(),
+    }
 }

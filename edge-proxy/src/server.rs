@@ -11,6 +11,7 @@ use pingora_core::apps::{HttpServerOptions, ServerApp};
 use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::l4::stream::Stream;
 use pingora_core::protocols::l4::stream::{L4BufferSettings, DEFAULT_L4_WRITE_BUFFER_SIZE};
+use pingora_core::protocols::tls::server::handshake_with_callback;
 use pingora_core::protocols::tls::ALPN;
 use pingora_core::protocols::{GetSocketDigest, SocketDigest, IO};
 use pingora_core::server::configuration::ServerConf;
@@ -25,11 +26,12 @@ use tunnel_transport::coalesce::CoalescingIo;
 use arc_swap::ArcSwap;
 
 use crate::config::EdgeConfig;
-use crate::proxy::EdgeProxy;
-use crate::registry::{Authorizations, ClusterGrant, TunnelRegistry};
-use crate::tls::{self, CertStore, SniResolver};
-use crate::tunnel_service::TunnelService;
-use crate::visitor::{self, FirstBytes, HeadDeadline};
+use crate::http::phases::EdgeProxy;
+use crate::http::visitor::{self, FirstBytes, HeadDeadline};
+use crate::reload::{self, Reloader};
+use crate::tls::{self, SniResolver};
+use crate::tunnel::registry::{Authorizations, TunnelRegistry};
+use crate::tunnel::service::TunnelService;
 
 /// In-flight requests get this long to finish at shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -57,34 +59,11 @@ const TLS_READ_BUFFER: usize = 16 * 1024 + 512;
 /// How long a visitor may take to complete the TLS handshake.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn cert_store(config: &EdgeConfig) -> CertStore {
-    match &config.tls {
-        Some(tls) => CertStore::new(&tls.certificates, tls.fallback_to_default),
-        None => CertStore::default(),
-    }
-}
-
-pub fn authorizations(config: &EdgeConfig) -> Authorizations {
-    let mut auth = Authorizations::default();
-    for c in &config.clusters {
-        auth.known_environments
-            .extend(c.environments.iter().cloned());
-        auth.by_token.insert(
-            c.token.clone(),
-            ClusterGrant {
-                cluster: c.name.clone(),
-                environments: c.environments.clone(),
-            },
-        );
-    }
-    auth
-}
-
 impl Edge {
     pub fn new(config: EdgeConfig) -> Self {
-        let registry = Arc::new(TunnelRegistry::new(authorizations(&config)));
+        let registry = Arc::new(TunnelRegistry::new(Authorizations::from_config(&config)));
         let certificates = Arc::new(SniResolver::default());
-        certificates.replace(cert_store(&config));
+        certificates.replace(reload::cert_store(&config));
         for warning in &config.warnings {
             warn!("{warning}");
         }
@@ -97,11 +76,11 @@ impl Edge {
 
     /// Something that swaps in a new config while the edge runs.
     pub fn reloader(&self) -> Reloader {
-        Reloader {
-            config: self.config.clone(),
-            registry: self.registry.clone(),
-            certificates: self.certificates.clone(),
-        }
+        Reloader::new(
+            self.config.clone(),
+            self.registry.clone(),
+            self.certificates.clone(),
+        )
     }
 
     pub fn registry(&self) -> Arc<TunnelRegistry> {
@@ -445,7 +424,11 @@ async fn serve_visitor(
             // whole life.
             match tokio::time::timeout(
                 TLS_HANDSHAKE_TIMEOUT,
-                Box::pin(acceptor.tls_handshake(stream)),
+                Box::pin(handshake_with_callback(
+                    &acceptor,
+                    stream,
+                    &tls::RecordServerName,
+                )),
             )
             .await
             {
@@ -473,54 +456,5 @@ async fn serve_visitor(
     let mut next = app.process_new(stream, &shared.shutdown).await;
     while let Some(stream) = next {
         next = app.process_new(stream, &shared.shutdown).await;
-    }
-}
-
-/// Applies a new config to a running edge.
-#[derive(Clone)]
-pub struct Reloader {
-    config: Arc<ArcSwap<EdgeConfig>>,
-    registry: Arc<TunnelRegistry>,
-    certificates: Arc<SniResolver>,
-}
-
-impl Reloader {
-    /// Swaps `new` in atomically: requests already routed keep the settings
-    /// they started with. Listen addresses and the keep-alive pool size only
-    /// change on restart (a warning says so). Sessions whose token no longer
-    /// grants their environment are closed.
-    pub fn apply(&self, new: EdgeConfig, trigger: &str) {
-        let old = self.config.load();
-        if old.http_addr != new.http_addr || old.tunnel_addr != new.tunnel_addr {
-            warn!("listen addresses changed in the config; they take effect on restart");
-        }
-        if old.upstream.keepalive_pool_size != new.upstream.keepalive_pool_size {
-            warn!("upstream.keepalive_pool_size changed; it takes effect on restart");
-        }
-        if old.visitors.h2c != new.visitors.h2c {
-            warn!("visitors.h2c changed in the config; it takes effect on restart");
-        }
-        if old.https_addr != new.https_addr {
-            warn!("listen.https changed in the config; it takes effect on restart");
-        }
-        for warning in &new.warnings {
-            warn!("{warning}");
-        }
-        let routes = new.routes.len();
-        self.certificates.replace(cert_store(&new));
-        self.registry.set_authorizations(authorizations(&new));
-        self.config.store(Arc::new(new));
-        let revoked = self.registry.revoke_unauthorized();
-        info!(trigger, routes, revoked, "config reloaded");
-    }
-
-    /// The files whose changes trigger a reload besides the config itself.
-    pub fn watched_files(&self) -> Vec<std::path::PathBuf> {
-        self.config
-            .load()
-            .tls
-            .as_ref()
-            .map(|t| t.files.clone())
-            .unwrap_or_default()
     }
 }

@@ -169,3 +169,28 @@ pub fn server_config(resolver: Arc<SniResolver>) -> Arc<ServerConfig> {
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Arc::new(config)
 }
+
+/// The name a visitor asked for in its TLS handshake (SNI), kept with the
+/// connection's TLS digest for the requests that come on it.
+#[derive(Debug)]
+pub struct ServerName(pub Box<str>);
+
+/// Records each visitor handshake's SNI (Pingora stores what this returns
+/// in the connection's `SslDigest`, HTTP/1 and HTTP/2 alike).
+pub struct RecordServerName;
+
+#[async_trait::async_trait]
+impl pingora_core::listeners::TlsAccept for RecordServerName {
+    async fn handshake_complete_callback(
+        &self,
+        tls: &pingora_core::protocols::tls::TlsRef,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        let name = tls.server_name()?;
+        Some(Arc::new(ServerName(name.into())))
+    }
+}
+
+/// The SNI of the TLS connection `digest` describes, if it sent one.
+pub fn server_name(digest: &pingora_core::protocols::tls::SslDigest) -> Option<&str> {
+    digest.extension.get::<ServerName>().map(|n| &*n.0)
+}

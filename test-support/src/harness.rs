@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use edge_proxy::registry::TunnelRegistry;
-use edge_proxy::token::TokenHash;
+use edge_proxy::config::token::TokenHash;
+use edge_proxy::tunnel::registry::TunnelRegistry;
 use edge_proxy::{Edge, EdgeConfig};
 use sidecar::config::{Allowlist, Secret, SidecarConfig};
 use sidecar::{Sidecar, Status};

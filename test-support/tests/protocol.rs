@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use edge_proxy::connector::{TunnelConnector, TunnelError};
+use edge_proxy::tunnel::connector::{TunnelConnector, TunnelError};
 use futures::StreamExt;
 use pingora_core::connectors::L4Connect;
 use pingora_core::protocols::l4::socket::SocketAddr;

@@ -31,11 +31,12 @@ use tunnel_transport::{keepalive, rpc, ConnectionFlow, DataStream, Role};
 
 use arc_swap::ArcSwap;
 
-use crate::config::{is_label, EdgeConfig};
-use crate::preview::ServiceRef;
-use crate::registry::{ClusterGrant, Session, TunnelRegistry};
-use crate::token::{bearer, TokenHash};
-use crate::upstream::Protocol;
+use crate::config::token::{bearer, TokenHash};
+use crate::config::EdgeConfig;
+use crate::routing::preview::ServiceRef;
+use crate::routing::upstream::Protocol;
+use crate::tunnel::registry::{ClusterGrant, Session, TunnelRegistry};
+use yaml_config::is_label;
 
 /// Largest header block a sidecar may send.
 const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;

@@ -1,18 +1,13 @@
-//! Errors become HTTP responses here and nowhere else (and so does the one
-//! other response the edge writes itself: the redirect to HTTPS).
-//!
-//! Every error response has the same JSON shape
-//! `{"error":{"code":"…","message":"…","request_id":"…"}}` and carries
-//! `X-Request-Id`.
+//! What went wrong, as a visitor sees it: an [`ErrorKind`] (which fixes
+//! the HTTP status, the gRPC status and the code in the error body) with a
+//! message, from a routing miss, a tunnel error, or whatever Pingora reports.
+//! Writing it as a response is `errors`'s job.
 
-use bytes::Bytes;
 use pingora_error::{Error, ErrorSource, ErrorType};
-use pingora_http::ResponseHeader;
-use pingora_proxy::Session;
 
-use crate::connector::TunnelError;
-use crate::preview::HostError;
-use crate::registry::{RouteError, TakeError};
+use crate::routing::host::HostError;
+use crate::tunnel::connector::TunnelError;
+use crate::tunnel::registry::{RouteError, TakeError};
 
 /// What went wrong, as a visitor sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,133 +147,9 @@ pub fn classify(e: &Error) -> Failure {
     Failure::new(kind)
 }
 
-/// The JSON body of an error response.
-pub fn body(failure: &Failure, request_id: &str) -> Bytes {
-    let body = serde_json::json!({
-        "error": {
-            "code": failure.kind.code(),
-            "message": failure.message,
-            "request_id": request_id,
-        }
-    });
-    Bytes::from(body.to_string())
-}
-
-/// Whether a request is a gRPC call: its errors are gRPC statuses, not JSON.
-pub fn is_grpc(req: &pingora_http::RequestHeader) -> bool {
-    req.headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
-/// `grpc-message` text: percent-encoded as the gRPC spec asks.
-fn grpc_message(failure: &Failure, request_id: &str) -> String {
-    let text = format!(
-        "{}: {} (request id {request_id})",
-        failure.kind.code(),
-        failure.message
-    );
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if (0x20..0x7f).contains(&b) && b != b'%' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// Writes a gRPC "trailers-only" error: HTTP 200 with `grpc-status` and
-/// `grpc-message`, as gRPC clients expect from a proxy.
-async fn respond_grpc(session: &mut Session, failure: &Failure, request_id: &str) -> u16 {
-    let Ok(mut header) = ResponseHeader::build(200, Some(5)) else {
-        return 0;
-    };
-    let _ = header.insert_header("content-type", "application/grpc");
-    let _ = header.insert_header("grpc-status", failure.kind.grpc_status().to_string());
-    let _ = header.insert_header("grpc-message", grpc_message(failure, request_id));
-    let _ = header.insert_header("x-request-id", request_id);
-    session.set_keepalive(None);
-    match session.write_response_header(Box::new(header), true).await {
-        Ok(()) => 200,
-        Err(_) => 0,
-    }
-}
-
-/// Writes the error response. Returns the status written. A response
-/// already under way is not touched: the connection closes (no keep-alive),
-/// so the visitor sees it cut short rather than an error spliced into it.
-pub async fn respond(session: &mut Session, failure: &Failure, request_id: &str) -> u16 {
-    if let Some(status) = session.response_written().map(|r| r.status.as_u16()) {
-        session.set_keepalive(None);
-        return status;
-    }
-    if is_grpc(session.req_header()) {
-        return respond_grpc(session, failure, request_id).await;
-    }
-    let status = failure.kind.status();
-    let body = body(failure, request_id);
-    let mut header = match ResponseHeader::build(status, Some(4)) {
-        Ok(h) => h,
-        Err(_) => return 0,
-    };
-    let _ = header.insert_header("content-type", "application/json");
-    let _ = header.insert_header("content-length", body.len().to_string());
-    let _ = header.insert_header("x-request-id", request_id);
-    let _ = header.insert_header("cache-control", "no-store");
-    if failure.kind == ErrorKind::TunnelUnavailable {
-        let _ = header.insert_header("retry-after", "5");
-    }
-    session.set_keepalive(None);
-    if session
-        .write_response_header(Box::new(header), false)
-        .await
-        .is_err()
-        || session.write_response_body(Some(body), true).await.is_err()
-    {
-        return 0;
-    }
-    status
-}
-
-/// Writes a 308 Permanent Redirect to `location`.
-pub async fn redirect(session: &mut Session, location: &str, request_id: &str) {
-    let Ok(mut header) = ResponseHeader::build(308, Some(4)) else {
-        return;
-    };
-    let _ = header.insert_header("location", location);
-    let _ = header.insert_header("content-length", "0");
-    let _ = header.insert_header("x-request-id", request_id);
-    let _ = session.write_response_header(Box::new(header), true).await;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn body_has_the_documented_shape() {
-        let body = body(&Failure::new(ErrorKind::RouteNotFound), "abc");
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(v["error"]["code"], "ROUTE_NOT_FOUND");
-        assert_eq!(v["error"]["request_id"], "abc");
-        assert!(v["error"]["message"].as_str().unwrap().len() > 3);
-    }
-
-    #[test]
-    fn grpc_messages_are_percent_encoded() {
-        let failure = Failure {
-            kind: ErrorKind::TunnelUnavailable,
-            message: "100% gone\n".into(),
-        };
-        assert_eq!(
-            grpc_message(&failure, "r1"),
-            "TUNNEL_UNAVAILABLE: 100%25 gone%0A (request id r1)"
-        );
-        assert_eq!(ErrorKind::RouteNotFound.grpc_status(), 12);
-        assert_eq!(ErrorKind::UpstreamTimeout.grpc_status(), 14);
-    }
 
     #[test]
     fn tunnel_errors_map_to_honest_statuses() {

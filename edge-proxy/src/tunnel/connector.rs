@@ -23,7 +23,7 @@ use tracing::warn;
 use tunnel_proto::{stream_frame::Kind, ErrorCode, StreamFrame};
 use tunnel_transport::{DataStream, StreamIo};
 
-use crate::registry::{Session, TakeError};
+use crate::tunnel::registry::{Session, TakeError};
 
 /// Times a connect tries another pooled stream when one turns out dead.
 const STALE_STREAM_RETRIES: usize = 3;
@@ -50,15 +50,6 @@ pub struct TunnelConnector {
     pub request_id: String,
     pub open_stream_timeout: Duration,
     pub connect_timeout: Duration,
-}
-
-impl std::fmt::Debug for Session {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session")
-            .field("id", &self.id)
-            .field("environment", &self.environment)
-            .finish()
-    }
 }
 
 impl TunnelConnector {

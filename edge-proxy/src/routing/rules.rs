@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use crate::preview::ServiceRef;
-use crate::upstream::Protocol;
+use crate::routing::preview::ServiceRef;
+use crate::routing::upstream::Protocol;
 
 /// A host pattern: `app.example.com` or `*.example.com` (any subdomain of
 /// example.com, not example.com itself).

@@ -12,6 +12,8 @@ use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::routing::host::Host;
+
 /// Names of the headers set here and by the proxy, parsed at compile time
 /// (a name given as text is looked up in the standard names on every use).
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -28,8 +30,8 @@ pub struct Hop<'a> {
     /// The client is a trusted proxy.
     pub trusted: bool,
     pub tls: bool,
-    /// The `Host` the visitor asked for (may carry a port).
-    pub host: Option<&'a str>,
+    /// The host the visitor asked for.
+    pub host: &'a Host,
 }
 
 /// Headers to set on the upstream request, handed to `set` one by one.
@@ -61,12 +63,13 @@ pub fn headers(
     if kept("x-forwarded-proto").is_none() {
         set(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
-    if let (None, Some(host)) = (kept("x-forwarded-host"), hop.host) {
-        set(&X_FORWARDED_HOST, value_of(host.to_owned()));
+    if let (None, Some(host)) = (kept("x-forwarded-host"), hop.host.sent_value()) {
+        set(&X_FORWARDED_HOST, host);
     }
     if kept("x-forwarded-port").is_none() {
         let port = hop
             .host
+            .sent()
             .and_then(|h| h.rsplit_once(':'))
             .and_then(|(_, p)| p.parse::<u16>().ok());
         set(
@@ -80,7 +83,7 @@ pub fn headers(
     let previous = kept("forwarded");
     // Room for the chain so far, ", ", `for="[<IPv6>]"`, `;proto=https`
     // and `;host="<host>"`: built in one allocation.
-    let room = previous.map_or(0, str::len) + 2 + 47 + 12 + 8 + hop.host.map_or(0, str::len);
+    let room = previous.map_or(0, str::len) + 2 + 47 + 12 + 8 + hop.host.sent().map_or(0, str::len);
     let mut element = String::with_capacity(room);
     if let Some(previous) = previous {
         element.push_str(previous);
@@ -100,7 +103,7 @@ pub fn headers(
     }
     element.push_str(";proto=");
     element.push_str(proto);
-    if let Some(host) = hop.host {
+    if let Some(host) = hop.host.sent() {
         element.push_str(";host=\"");
         element.push_str(host);
         element.push('"');
@@ -154,6 +157,36 @@ pub fn trusted_request_id(incoming: &HeaderMap, trusted: bool) -> Option<String>
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
     sane.then(|| id.to_string())
+}
+
+/// The visitor's address: the peer's, or when the peer is a trusted proxy,
+/// the nearest address in `X-Forwarded-For` (read from the right) that is
+/// not one: each trusted proxy vouches for the hop before it. An entry that
+/// is not an address ends the walk at the last one that was.
+pub fn client_ip(
+    peer: Option<IpAddr>,
+    incoming: &HeaderMap,
+    trusted: impl Fn(&IpAddr) -> bool,
+) -> Option<IpAddr> {
+    let mut client = peer?;
+    if !trusted(&client) {
+        return Some(client);
+    }
+    for value in incoming.get_all(&X_FORWARDED_FOR).iter().rev() {
+        let Ok(value) = value.to_str() else {
+            return Some(client);
+        };
+        for entry in value.rsplit(',') {
+            match entry.trim().parse::<IpAddr>() {
+                Ok(ip) => client = ip,
+                Err(_) => return Some(client),
+            }
+            if !trusted(&client) {
+                return Some(client);
+            }
+        }
+    }
+    Some(client)
 }
 
 /// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, ids not all zero.
@@ -227,12 +260,20 @@ mod tests {
             .map(|(_, v)| v.as_str())
     }
 
+    fn host(value: Option<&str>) -> &'static Host {
+        let mut headers = HeaderMap::new();
+        if let Some(value) = value {
+            headers.insert(http::header::HOST, HeaderValue::from_str(value).unwrap());
+        }
+        Box::leak(Box::new(Host::of(&headers, &http::Uri::from_static("/"))))
+    }
+
     fn hop(trusted: bool) -> Hop<'static> {
         Hop {
             client_ip: Some("10.1.2.3".parse().unwrap()),
             trusted,
             tls: true,
-            host: Some("app.example.com"),
+            host: host(Some("app.example.com")),
         }
     }
 
@@ -257,6 +298,44 @@ mod tests {
             Some("for=10.1.2.3;proto=https;host=\"app.example.com\"")
         );
         assert_eq!(trusted_request_id(&incoming(FORGED), false), None);
+    }
+
+    #[test]
+    fn the_client_is_the_nearest_untrusted_address() {
+        let proxies: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let trusted = |ip: &IpAddr| proxies.iter().any(|n| n.contains(ip));
+        let with = |xff: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in xff {
+                h.append(&X_FORWARDED_FOR, HeaderValue::from_str(v).unwrap());
+            }
+            h
+        };
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let proxy = ip("10.1.2.3");
+        // An untrusted peer's header is ignored.
+        assert_eq!(
+            client_ip(ip("6.6.6.6"), &with(&["1.1.1.1"]), trusted),
+            ip("6.6.6.6")
+        );
+        // Behind trusted proxies: the first address from the right that is
+        // not one, whatever the visitor put further left.
+        assert_eq!(
+            client_ip(proxy, &with(&["9.9.9.9, 2.2.2.2, 10.0.0.7"]), trusted),
+            ip("2.2.2.2")
+        );
+        assert_eq!(
+            client_ip(proxy, &with(&["9.9.9.9", "2.2.2.2, 10.0.0.7"]), trusted),
+            ip("2.2.2.2")
+        );
+        // Garbage ends the walk at the last address that was one.
+        assert_eq!(
+            client_ip(proxy, &with(&["bogus, 10.0.0.7"]), trusted),
+            ip("10.0.0.7")
+        );
+        // No header: the proxy itself.
+        assert_eq!(client_ip(proxy, &HeaderMap::new(), trusted), proxy);
+        assert_eq!(client_ip(None, &HeaderMap::new(), trusted), None);
     }
 
     #[test]
@@ -301,7 +380,7 @@ mod tests {
             client_ip: Some("::1".parse().unwrap()),
             trusted: false,
             tls: false,
-            host: None,
+            host: host(None),
         };
         let out = headers(&h, &HeaderMap::new());
         assert_eq!(get(&out, "forwarded"), Some("for=\"[::1]\";proto=http"));

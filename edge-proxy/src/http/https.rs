@@ -4,7 +4,6 @@
 //! writes the headers.
 
 use crate::config::EdgeConfig;
-use crate::preview::normalize_host;
 
 /// Whether plain-HTTP requests may be redirected at all (cheap; checked
 /// before the request's host is looked at).
@@ -42,14 +41,10 @@ pub fn redirect_location(
 }
 
 /// The `Strict-Transport-Security` value for an HTTPS response to a request
-/// for `host` (its `Host` header or authority), if a rule covers it.
-pub fn hsts(config: &EdgeConfig, host: Option<&str>) -> Option<String> {
+/// for `host` (normalized), if a rule covers it.
+pub fn hsts(config: &EdgeConfig, host: &str) -> Option<String> {
     let rules = &config.tls.as_ref()?.hsts;
-    if rules.is_empty() {
-        return None;
-    }
-    let host = normalize_host(host?).ok()?;
-    let rule = rules.iter().find(|r| r.host.matches(&host))?;
+    let rule = rules.iter().find(|r| r.host.matches(host))?;
     let mut value = format!("max-age={}", rule.max_age.as_secs());
     if rule.include_subdomains {
         value.push_str("; includeSubDomains");
@@ -114,13 +109,13 @@ mod tests {
             "  hsts:\n    - { host: '*.preview.test', max_age: 1d, include_subdomains: true }\n",
         );
         assert_eq!(
-            hsts(&c, Some("a.preview.test")).as_deref(),
+            hsts(&c, "a.preview.test").as_deref(),
             Some("max-age=86400; includeSubDomains")
         );
-        assert_eq!(hsts(&c, Some("preview.test")), None);
-        assert_eq!(hsts(&c, Some("other.test")), None);
+        assert_eq!(hsts(&c, "preview.test"), None);
+        assert_eq!(hsts(&c, "other.test"), None);
     }
 
-    const TEST_CERT: &str = include_str!("../tests/fixtures/test-cert.pem");
-    const TEST_KEY: &str = include_str!("../tests/fixtures/test-key.pem");
+    const TEST_CERT: &str = include_str!("../../tests/fixtures/test-cert.pem");
+    const TEST_KEY: &str = include_str!("../../tests/fixtures/test-key.pem");
 }

@@ -3,9 +3,10 @@
 //! Service names may contain `-`; the last two `-`-separated parts of the
 //! first label are the port and the environment.
 
-use std::borrow::Cow;
+use yaml_config::is_label;
 
-use crate::config::is_label;
+use super::host::normalize_host;
+pub use super::host::HostError;
 
 /// A service as visitors name it: environment, service name and port.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -13,17 +14,6 @@ pub struct ServiceRef {
     pub service: String,
     pub port: u16,
     pub environment: String,
-}
-
-/// Why a `Host` does not name a preview URL.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HostError {
-    #[error("the request has no Host header")]
-    Missing,
-    #[error("the Host header is not a valid host name")]
-    Malformed,
-    #[error("no route for this host")]
-    NotFound,
 }
 
 impl ServiceRef {
@@ -71,42 +61,10 @@ impl ServiceRef {
     }
 }
 
-/// A `Host` header value → lowercase host name without port or final dot
-/// (borrowed when the value is one already: this runs on every request).
-pub fn normalize_host(host: &str) -> Result<Cow<'_, str>, HostError> {
-    if host.starts_with('[') {
-        return Err(HostError::NotFound); // an IPv6 literal is never a routed host
-    }
-    let host = strip_port(host).ok_or(HostError::Malformed)?;
-    if host.is_empty() {
-        return Err(HostError::Missing);
-    }
-    if host.len() > 253
-        || !host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-    {
-        return Err(HostError::Malformed);
-    }
-    let host = host.trim_end_matches('.');
-    Ok(if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(host.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(host)
-    })
-}
-
-/// `host[:port]` → host. `None` if the port part is garbage.
-fn strip_port(host: &str) -> Option<&str> {
-    match host.rsplit_once(':') {
-        Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => Some(h),
-        Some(_) => None,
-        None => Some(host),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::borrow::Cow;
+
     use super::*;
 
     fn domains() -> Vec<String> {

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use pingora_http::RequestHeader;
 
+use super::failure::Failure;
 use crate::config::EdgeConfig;
-use crate::errors::Failure;
-use crate::preview::{normalize_host, ServiceRef};
-use crate::registry::{Session, TunnelRegistry};
-use crate::upstream::Protocol;
+use crate::routing::preview::ServiceRef;
+use crate::routing::upstream::Protocol;
+use crate::tunnel::registry::{Session, TunnelRegistry};
 
 /// Where a request goes, with the settings in force when it arrived (a
 /// config reload never changes a request mid-flight).
@@ -48,23 +48,18 @@ impl Target {
     }
 }
 
-/// The request's host: the `Host` header, or the authority (HTTP/2).
-pub fn host(req: &RequestHeader) -> Option<&str> {
-    req.headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri.authority().map(|a| a.as_str()))
-}
-
+/// Routes a request for `host` (normalized) and `req`'s path: the first
+/// custom-domain rule that matches, else the preview URL the host names; then
+/// a live session that serves the service.
 pub fn resolve(
+    host: &str,
     req: &RequestHeader,
     config: &EdgeConfig,
     registry: &TunnelRegistry,
 ) -> Result<Target, Failure> {
-    let host = normalize_host(host(req).unwrap_or(""))?;
     let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let upstream = &config.upstream;
-    let rule = config.routes.resolve(&host, path);
+    let rule = config.routes.resolve(host, path);
     let (service, upstream_path, connect_timeout, read_timeout) = match rule {
         Some(rule) => {
             let rewritten = rule.upstream_path(path);
@@ -76,7 +71,7 @@ pub fn resolve(
             )
         }
         None => (
-            ServiceRef::from_normalized_host(&host, &config.preview_domains)?,
+            ServiceRef::from_normalized_host(host, &config.preview_domains)?,
             None,
             upstream.connect_timeout,
             upstream.read_timeout,

@@ -1,20 +1,26 @@
 //! Edge configuration: the YAML as written (`raw`), validated into the
 //! runtime form (`EdgeConfig`). Validation reports every problem with its
-//! YAML path, not just the first.
+//! YAML path, not just the first. Sidecar token hashes ([`token`]).
+//!
+//! May use `routing` (the values rules and targets are made of) and `tls`
+//! (certificates are loaded, and refused, at validation).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
-
-use crate::preview::ServiceRef;
-use crate::routes::{HostPattern, RouteRule, RouteTable};
-use crate::token::TokenHash;
-use crate::upstream::{Protocol, TlsUpstream};
 use std::sync::Arc;
+
+use serde::Deserialize;
 use tunnel_proto::UpstreamProtocol;
+
+use crate::routing::preview::ServiceRef;
+use crate::routing::rules::{HostPattern, RouteRule, RouteTable};
+use crate::routing::upstream::{Protocol, TlsUpstream};
+use token::TokenHash;
+
+pub mod token;
 
 /// Idle data streams each sidecar session keeps open by default.
 pub const DEFAULT_IDLE_STREAMS: u32 = tunnel_transport::settings::DEFAULT_IDLE_STREAMS;
@@ -721,7 +727,7 @@ fn validate_route_upstream(
                     let file = base.join(file);
                     match std::fs::read(&file)
                         .map_err(|e| format!("cannot read {}: {e}", file.display()))
-                        .and_then(|pem| crate::upstream::parse_ca(&pem))
+                        .and_then(|pem| crate::routing::upstream::parse_ca(&pem))
                     {
                         Ok(ca) => Some(ca),
                         Err(e) => {

@@ -1,8 +1,22 @@
-//! The visitor-facing HTTP proxy: Pingora's phases, one module each.
+//! The visitor-facing HTTP proxy: Pingora's phases, in the order they run
+//! for a request.
+//!
+//! 1. `new_ctx`: a [`RequestCtx`], counted in flight.
+//! 2. `request_filter`: learn the request's facts once ([`RequestCtx::learn`]),
+//!    apply the visitor settings to its connection, redirect plain HTTP to
+//!    HTTPS, route it ([`route::resolve`]). Visitor auth, limits and the
+//!    header policy's request checks join here, after learning and around
+//!    routing.
+//! 3. `upstream_peer`: the target's tunnel stream as the upstream socket
+//!    ([`TunnelConnector`]), pooled per service and protocol.
+//! 4. `upstream_request_filter`: request id, rewritten path, forwarding
+//!    headers.
+//! 5. `response_filter`: request id, HSTS.
+//! 6. `fail_to_proxy`: any failure becomes the one error shape.
+//! 7. `logging`: one line per request, from the context.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -12,15 +26,14 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tracing::info;
 
+use super::context::RequestCtx;
+use super::errors;
+use super::failure::{self, Failure};
+use super::visitor::HeadDeadline;
+use super::{forwarding, https, route};
 use crate::config::{EdgeConfig, VisitorSettings};
-use crate::connector::TunnelConnector;
-use crate::errors::{self, Failure};
-use crate::forwarding;
-use crate::https;
-use crate::preview::normalize_host;
-use crate::registry::TunnelRegistry;
-use crate::route::{self, Target};
-use crate::visitor::HeadDeadline;
+use crate::tunnel::connector::TunnelConnector;
+use crate::tunnel::registry::TunnelRegistry;
 
 #[derive(Clone)]
 pub struct EdgeProxy {
@@ -30,43 +43,6 @@ pub struct EdgeProxy {
     pub in_flight: Arc<AtomicUsize>,
     /// The bound HTTPS port, for redirects (`None`: no HTTPS listener).
     pub https_port: Option<u16>,
-}
-
-/// What earlier phases learned about a request.
-pub struct RequestCtx {
-    pub request_id: String,
-    pub target: Option<Target>,
-    pub failure: Option<Failure>,
-    pub started: Instant,
-    /// The client is a trusted proxy (its forwarding headers are kept).
-    pub trusted_hop: bool,
-    /// A WebSocket (or other upgrade) or a gRPC call: a long-lived stream
-    /// that may be quiet for a while.
-    pub long_lived: bool,
-    _in_flight: InFlight,
-}
-
-/// Counts a request as in progress for as long as it lives.
-struct InFlight(Arc<AtomicUsize>);
-
-impl InFlight {
-    fn new(counter: &Arc<AtomicUsize>) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        Self(counter.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
-    session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
 }
 
 /// A header value HTTP/2 sends as a literal "never indexed": a value unique
@@ -97,9 +73,11 @@ fn visitor_connection(session: &mut Session, visitors: &VisitorSettings) {
     session.set_write_timeout(Some(visitors.send_timeout));
 }
 
-/// Whether the visitor's connection is TLS.
-fn is_tls(session: &Session) -> bool {
-    session.digest().is_some_and(|d| d.ssl_digest.is_some())
+/// Answers the request with `failure` instead of proxying it.
+async fn answer(session: &mut Session, failure: Failure, ctx: &mut RequestCtx) -> Result<bool> {
+    errors::respond(session, &failure, ctx).await;
+    ctx.failure = Some(failure);
+    Ok(true)
 }
 
 #[async_trait]
@@ -107,49 +85,31 @@ impl ProxyHttp for EdgeProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx {
-            request_id: forwarding::new_request_id(),
-            target: None,
-            failure: None,
-            started: Instant::now(),
-            trusted_hop: false,
-            long_lived: false,
-            _in_flight: InFlight::new(&self.in_flight),
-        }
+        RequestCtx::new(&self.in_flight)
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let config = self.config.load();
+        ctx.learn(session, &config);
         visitor_connection(session, &config.visitors);
-        ctx.trusted_hop = client_ip(session)
-            .is_some_and(|ip| config.trusted_proxies.iter().any(|n| n.contains(&ip)));
-        if let Some(id) =
-            forwarding::trusted_request_id(&session.req_header().headers, ctx.trusted_hop)
-        {
-            ctx.request_id = id;
-        }
-        ctx.long_lived = session.is_upgrade_req() || errors::is_grpc(session.req_header());
-        if !is_tls(session) && https::redirects(&config, self.https_port) {
+        let host = match ctx.host.name() {
+            Ok(host) => host,
+            Err(e) => return answer(session, e.into(), ctx).await,
+        };
+        if ctx.tls.is_none() && https::redirects(&config, self.https_port) {
             let req = session.req_header();
-            let host = route::host(req).and_then(|h| normalize_host(h).ok());
             let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-            if let Some(location) =
-                host.and_then(|h| https::redirect_location(&config, self.https_port, &h, path))
-            {
-                errors::redirect(session, &location, &ctx.request_id).await;
+            if let Some(location) = https::redirect_location(&config, self.https_port, host, path) {
+                errors::redirect(session, &location, &ctx.id).await;
                 return Ok(true);
             }
         }
-        match route::resolve(session.req_header(), &config, &self.registry) {
+        match route::resolve(host, session.req_header(), &config, &self.registry) {
             Ok(target) => {
                 ctx.target = Some(target);
                 Ok(false)
             }
-            Err(failure) => {
-                errors::respond(session, &failure, &ctx.request_id).await;
-                ctx.failure = Some(failure);
-                Ok(true)
-            }
+            Err(failure) => answer(session, failure, ctx).await,
         }
     }
 
@@ -173,7 +133,7 @@ impl ProxyHttp for EdgeProxy {
             .protocol
             .configure(&mut peer, session.is_upgrade_req());
         peer.group_key = target.pool_key();
-        peer.options.read_timeout = Some(if ctx.long_lived {
+        peer.options.read_timeout = Some(if ctx.long_lived() {
             target.stream_idle_timeout
         } else {
             target.read_timeout
@@ -183,7 +143,7 @@ impl ProxyHttp for EdgeProxy {
             session: target.session.clone(),
             service: target.service.service.clone(),
             port: target.service.port,
-            request_id: ctx.request_id.clone(),
+            request_id: ctx.id.clone(),
             open_stream_timeout: target.open_stream_timeout,
             connect_timeout: target.connect_timeout,
         }));
@@ -196,7 +156,7 @@ impl ProxyHttp for EdgeProxy {
         request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        request.insert_header(&forwarding::X_REQUEST_ID, &ctx.request_id)?;
+        request.insert_header(&forwarding::X_REQUEST_ID, &ctx.id)?;
         if let Some(path) = ctx.target.as_ref().and_then(|t| t.upstream_path.as_deref()) {
             let uri = path
                 .parse()
@@ -204,10 +164,10 @@ impl ProxyHttp for EdgeProxy {
             request.set_uri(uri);
         }
         let hop = forwarding::Hop {
-            client_ip: client_ip(session),
-            trusted: ctx.trusted_hop,
-            tls: is_tls(session),
-            host: route::host(session.req_header()),
+            client_ip: ctx.client.peer,
+            trusted: ctx.client.trusted_hop,
+            tls: ctx.tls.is_some(),
+            host: &ctx.host,
         };
         let mut result = Ok(());
         forwarding::headers(&hop, &session.req_header().headers, |name, value| {
@@ -220,13 +180,12 @@ impl ProxyHttp for EdgeProxy {
 
     async fn response_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        response.insert_header(&forwarding::X_REQUEST_ID, unindexed(&ctx.request_id)?)?;
-        if is_tls(session) {
-            let host = route::host(session.req_header());
+        response.insert_header(&forwarding::X_REQUEST_ID, unindexed(&ctx.id)?)?;
+        if let (Some(_), Ok(host)) = (&ctx.tls, ctx.host.name()) {
             if let Some(value) = https::hsts(&self.config.load(), host) {
                 response.insert_header("strict-transport-security", value)?;
             }
@@ -240,8 +199,8 @@ impl ProxyHttp for EdgeProxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let failure = errors::classify(e);
-        let error_code = errors::respond(session, &failure, &ctx.request_id).await;
+        let failure = failure::classify(e);
+        let error_code = errors::respond(session, &failure, ctx).await;
         ctx.failure = Some(failure);
         FailToProxy {
             error_code,
@@ -259,9 +218,12 @@ impl ProxyHttp for EdgeProxy {
             .unwrap_or(0);
         let req = session.req_header();
         info!(
-            request_id = %ctx.request_id,
+            request_id = %ctx.id,
             method = %req.method,
-            host = route::host(req).unwrap_or(""),
+            host = ctx.host.sent().unwrap_or(""),
+            client = ctx.client.ip.map(tracing::field::display),
+            http = ?ctx.version,
+            sni = ctx.sni(),
             path = req.uri.path(),
             status,
             outcome = ctx.failure.as_ref().map(|f| f.kind.code()).unwrap_or("OK"),

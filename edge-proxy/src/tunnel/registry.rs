@@ -15,9 +15,10 @@ use tonic::Status;
 use tunnel_proto::{edge_message, EdgeMessage, TunnelStats, WantStreams};
 use tunnel_transport::DataStream;
 
-use crate::preview::ServiceRef;
-use crate::token::TokenHash;
-use crate::upstream::Protocol;
+use crate::config::token::TokenHash;
+use crate::config::EdgeConfig;
+use crate::routing::preview::ServiceRef;
+use crate::routing::upstream::Protocol;
 
 /// Most idle streams a busy session is asked to keep open ahead.
 pub const MAX_IDLE_TARGET: u32 = 256;
@@ -68,6 +69,15 @@ pub struct Session {
     /// Streams handed to visitors' connections over the session's life.
     pub streams_taken: AtomicU64,
     pub last_stats: Mutex<TunnelStats>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("environment", &self.environment)
+            .finish()
+    }
 }
 
 /// A session's pool could not give a stream in time.
@@ -280,6 +290,25 @@ impl Session {
 pub struct Authorizations {
     pub by_token: HashMap<TokenHash, ClusterGrant>,
     pub known_environments: HashSet<String>,
+}
+
+impl Authorizations {
+    /// What each cluster's token grants, from the config.
+    pub fn from_config(config: &EdgeConfig) -> Self {
+        let mut auth = Self::default();
+        for c in &config.clusters {
+            auth.known_environments
+                .extend(c.environments.iter().cloned());
+            auth.by_token.insert(
+                c.token.clone(),
+                ClusterGrant {
+                    cluster: c.name.clone(),
+                    environments: c.environments.clone(),
+                },
+            );
+        }
+        auth
+    }
 }
 
 #[derive(Debug, Clone)]

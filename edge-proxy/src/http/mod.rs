@@ -1,0 +1,19 @@
+//! A visitor's request, from its connection to the log line: the typed
+//! request context filled once ([`context`]), Pingora's phases in order
+//! ([`phases`]), request → target ([`route`]), what the service is told
+//! ([`forwarding`]), HTTPS redirects and HSTS ([`https`]), what went wrong
+//! ([`failure`]) and the one place it becomes a response ([`errors`]), and the visitor's connection
+//! itself: protocol sniffing, request-head deadline ([`visitor`]).
+//!
+//! The top room: may use every other. Capabilities that act on requests
+//! (visitor auth, limits, header policy) hang off the context and the
+//! phases here.
+
+pub mod context;
+pub mod errors;
+pub mod failure;
+pub mod forwarding;
+pub mod https;
+pub mod phases;
+pub mod route;
+pub mod visitor;

@@ -1,0 +1,10 @@
+//! The tunnels' far end: the gRPC service sidecars dial ([`service`]), the
+//! live sessions with their idle data-stream pools ([`registry`]), and tunnel
+//! streams as Pingora upstream sockets ([`connector`]).
+//!
+//! May use `routing` (the services a session offers), `tls` and `config`
+//! (what a token grants, the settings in force). Knows nothing of visitors' HTTP.
+
+pub mod connector;
+pub mod registry;
+pub mod service;
