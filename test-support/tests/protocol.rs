@@ -265,10 +265,19 @@ async fn a_stock_grpc_client_serves_data_streams_and_both_ends_close_cleanly() {
         let mut got = Vec::new();
         loop {
             match from_edge.message().await.unwrap().unwrap().kind {
-                Some(Kind::Data(b)) => got.extend_from_slice(&b),
+                Some(Kind::Data(b)) => {
+                    got.extend_from_slice(&b);
+                    // Consumed: the edge may send as much again (it sends
+                    // no more than the initial credit without this).
+                    to_edge
+                        .send(StreamFrame::credit(b.len() as u64))
+                        .await
+                        .unwrap();
+                }
                 Some(Kind::Fin(_)) => break,
-                // Credit for what this peer sends; it sends little.
-                Some(Kind::Credit(_)) => {}
+                // Credit for what this peer sends (it sends little), and
+                // the edge saying it waits for credit.
+                Some(Kind::Credit(_) | Kind::Blocked(_)) => {}
                 other => panic!("unexpected {other:?}"),
             }
         }
@@ -288,11 +297,19 @@ async fn a_stock_grpc_client_serves_data_streams_and_both_ends_close_cleanly() {
         .connect(&any_addr())
         .await
         .expect("the stock client's stream opens");
-    stream.write_all(&[7u8; 70_000]).await.unwrap();
-    stream.shutdown().await.unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.unwrap();
-    assert_eq!(answer, "got 70000 bytes");
+    // More than the initial credit: the peer's credit lets the rest through.
+    let sent = tunnel_proto::INITIAL_STREAM_CREDIT as usize + 4_464;
+    let exchange = async {
+        stream.write_all(&vec![7u8; sent]).await.unwrap();
+        stream.shutdown().await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .expect("the exchange finishes");
+    assert_eq!(answer, format!("got {sent} bytes"));
     drop(stream);
     let end = tokio::time::timeout(Duration::from_secs(5), grpc_peer)
         .await
