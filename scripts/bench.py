@@ -17,11 +17,13 @@ What runs (all on 127.0.0.1, ports picked free below 32768 or by the
 kernel, every process started here and stopped on exit or Ctrl-C):
 
   upstream  nginx, 1 worker, `return 200` (24-byte body) on /, a sparse
-            file /big.bin for the bulk rows (sendfile), and the same over
-            TLS + HTTP/2 for the h2 row
+            file /big.bin for the bulk rows (sendfile) and the same file as
+            /stall.bin for the stalled row, and the same over TLS + HTTP/2
+            for the h2 row
   direct    client -> upstream
   nginx     client -> nginx reverse proxy (2 workers = cores, upstream
-            keepalive, HTTP/1.1, Connection "", no disk buffering) -> upstream
+            keepalive, HTTP/1.1, Connection "", no disk buffering; buffers
+            for large downloads on /big.bin, NGINX_BULK_BUFFERS) -> upstream
   rathole   client -> rathole server -> rathole client -> upstream (TCP)
   nginx+rathole  client -> nginx (as above) -> rathole server -> rathole
             client -> upstream: an HTTP hop and a tunnel, the edge's work
@@ -72,6 +74,50 @@ HOST = "hello-8080-bench.preview.localhost"
 HOST_RTT = "hello-8080-benchrtt.preview.localhost"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIB = 1 << 20
+# The bulk rows download BULK_PATH; the stalled row stalls downloads of
+# STALL_PATH, the same sparse file under another name, so that nginx keeps
+# its default (small) buffers there: each row gets nginx as a careful
+# operator would set it up for that traffic.
+BULK_PATH = "/big.bin"
+STALL_PATH = "/stall.bin"
+
+# nginx's proxy settings for large downloads, in the download location of
+# the nginx and nginx+rathole comparators (bulk rows only). Chosen by a
+# same-run A/B on this machine (docs/performance.md, "nginx for large
+# downloads"): 1 GiB through nginx went from ~1.0-1.2 GB/s with the
+# defaults to ~1.9-2.1 GB/s; CPU per small request did not move.
+NGINX_BULK_BUFFERS = """\
+# nginx for large downloads (scripts/bench.py, docs/performance.md).
+# Buffering stays on (the default, stated here): nginx reads the
+# upstream as fast as it sends, into the buffers below, while it
+# writes to the client. With it off, nginx passes on each read
+# synchronously, at most proxy_buffer_size bytes at a time: that needs a
+# large proxy_buffer_size, allocated for every request, small ones too,
+# and measured no faster here (1 MiB: within the noise of the setting
+# below).
+proxy_buffering on;
+# The response head is read into this buffer; in the buffered pipe
+# it then serves as one more body buffer. One page (the default) is
+# enough for the head, and a larger one made no difference.
+proxy_buffer_size 4k;
+# The body: the default is 8 buffers of one page (32 KiB in flight,
+# a read and a write per 4 KiB). 16 x 64 KiB lets nginx hold up to
+# 1 MiB of one response, in large reads and writes; the buffers are
+# allocated only as a response fills them, so small responses pay
+# nothing for them.
+proxy_buffers 16 64k;
+# At most this much may be queued for the client while the rest of
+# the buffers keep reading the upstream (nginx requires it to be at
+# least one buffer and less than all of them minus one).
+proxy_busy_buffers_size 256k;
+# Never spill to a temporary file when the client is slower: nginx
+# stops reading the upstream instead. The disk would only add a write
+# and a read of the same bytes.
+proxy_max_temp_file_size 0;
+# sendfile and tcp_nopush are not set here: they apply to files nginx
+# sends from disk (the upstream has them on). A proxied body is in
+# memory, and without temporary files there is no file to send.
+"""
 
 
 def log(msg):
@@ -356,10 +402,14 @@ http {{
         self.cert, self.key = self.certs()
         www = os.path.join(self.work, "www")
         os.makedirs(www)
-        with open(os.path.join(www, "big.bin"), "wb") as f:
+        with open(os.path.join(www, BULK_PATH.lstrip("/")), "wb") as f:
             f.truncate(self.bulk_bytes)  # sparse: reads are zeros, no disk
+        os.link(os.path.join(www, BULK_PATH.lstrip("/")), os.path.join(www, STALL_PATH.lstrip("/")))
         up, up_tls = free_port(), free_port()
         self.start_nginx("upstream", "the upstream every comparator reaches", 1, f"""  default_type application/octet-stream;
+  # The downloads leave the page cache through sendfile() (no copy into
+  # nginx), in full packets (tcp_nopush: TCP_CORK while a file is sent),
+  # and the last part of a response goes out at once (tcp_nodelay).
   sendfile on;
   tcp_nopush on;
   tcp_nodelay on;
@@ -393,6 +443,10 @@ http {{
         HTTP/2), and on a third port to `delayed` (the 10 ms RTT row).
         Returns (proc, port, TLS port, RTT port)."""
         port, port_tls, port_rtt = free_port(), free_port(), free_port()
+        os.makedirs(os.path.join(self.work, name), exist_ok=True)
+        bulk_conf = os.path.join(self.work, name, "bulk-buffers.conf")
+        with open(bulk_conf, "w") as f:
+            f.write(NGINX_BULK_BUFFERS)
         proc = self.start_nginx(name, purpose, os.cpu_count() or 2, f"""  keepalive_requests 10000000;
   keepalive_timeout 300s;
   proxy_http_version 1.1;
@@ -406,10 +460,12 @@ http {{
     listen 127.0.0.1:{port} backlog=4096;
     listen 127.0.0.1:{port_tls} ssl http2 backlog=4096;
     location / {{ proxy_pass http://up; }}
+    location = {BULK_PATH} {{ proxy_pass http://up; include {bulk_conf}; }}
   }}
   server {{
     listen 127.0.0.1:{port_rtt};
     location / {{ proxy_pass http://up_delayed; }}
+    location = {BULK_PATH} {{ proxy_pass http://up_delayed; include {bulk_conf}; }}
   }}
 """, [port, port_tls, port_rtt])
         return proc, port, port_tls, port_rtt
@@ -599,7 +655,7 @@ targets:
     def curl_bulk(self, addr, host, max_time):
         out = run(["curl", "-sS", "--noproxy", "*", "-o", "/dev/null", "-H", f"Host: {host}", "--max-time",
                    str(max_time), "-w", "%{http_code} %{size_download} %{speed_download} %{time_total}",
-                   f"http://{addr}/big.bin"], timeout=max_time + 30, check=False)
+                   f"http://{addr}{BULK_PATH}"], timeout=max_time + 30, check=False)
         m = re.search(r"(\d{3}) (\d+) ([\d.]+) ([\d.]+)\s*$", out)
         if not m:
             raise HarnessError(f"curl said: {out[-500:]}")
@@ -608,7 +664,7 @@ targets:
                 "mb_per_s": speed / 1e6, "seconds": secs}
 
     def repeated_bulk(self, addr, host, max_time):
-        """Downloads /big.bin until `duration` has passed (at most 5 times,
+        """Downloads BULK_PATH until `duration` has passed (at most 5 times,
         at least once); the median rate of the complete transfers."""
         runs = []
         start = time.monotonic()
@@ -650,7 +706,7 @@ targets:
 
     def stalled(self, comp):
         """A steady client (bench-latency, one connection) while `stall_n`
-        visitors stall a download of /big.bin (a 4 KiB receive buffer, only
+        visitors stall a download of STALL_PATH (a 4 KiB receive buffer, only
         the status line read), beside the same client just before without
         them; and the middle hop's RSS growth per stalled visitor."""
         pids = self.hop_pids(comp)
@@ -666,7 +722,7 @@ targets:
                 s.settimeout(10)
                 s.connect((host, int(port)))
                 socks.append(s)
-                s.sendall(f"GET /big.bin HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+                s.sendall(f"GET {STALL_PATH} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
                 first = s.recv(12)
                 if not first.startswith(b"HTTP/1.1 200"):
                     raise HarnessError(f"a download meant to stall got {first!r}")
@@ -1082,7 +1138,8 @@ def report(b, rows, total_secs):
     notes = [
         "Ratios are edge ÷ comparator in this run. Latency, CPU and memory: lower is better.",
         "upstream: nginx, 1 worker, `return 200` (24 B) and a sparse file (sendfile); nginx proxy: "
-        f"{os.cpu_count()} workers, keepalive upstream, no disk buffering; rathole 0.5 defaults over TCP; "
+        f"{os.cpu_count()} workers, keepalive upstream, no disk buffering, default buffers except on the bulk "
+        "rows' download (16 × 64 KiB, 256 KiB busy; docs/performance.md); rathole 0.5 defaults over TCP; "
         "edge + sidecar with their default settings (sidecar `connections: 2`).",
         "CPU per request: utime+stime of the middle-hop processes (nginx master + workers; rathole server + client; "
         "nginx + rathole server + client; edge + sidecar) during the 64-connection row ÷ requests, and its utime part (the rest is the kernel's: "
