@@ -81,6 +81,27 @@ MIB = 1 << 20
 BULK_PATH = "/big.bin"
 STALL_PATH = "/stall.bin"
 
+# What a comparator cannot do by design, which its numbers leave out: the
+# report marks the column or the cells and prints the note under the
+# table (docs/performance.md, "Footnotes").
+COLUMN_FOOTNOTES = {
+    "rathole": "rathole is a TCP tunnel and parses no HTTP: it cannot route by Host (one listening port per "
+               "service), add forwarding headers or request ids, or answer an error per request. Its numbers are "
+               "the cost of a bare byte pipe; nginx+rathole adds the HTTP hop.",
+}
+FOOTNOTES = {
+    ("conn_rate", "rathole"): "rathole has no upstream pooling: it never sees where a request ends, so it cannot "
+                              "keep a connection to the service for the next visitor. Each visitor connection takes "
+                              "a fresh tunnel data channel and makes a fresh TCP connection to the upstream, which "
+                              "the upstream accepts and closes too. nginx, nginx+rathole (nginx keeps its "
+                              "connections to the rathole server) and the edge (the sidecar keeps keep-alive "
+                              "connections to the service) reuse theirs.",
+    ("h2_rps", "rathole"): "rathole cannot terminate TLS or HTTP/2: it carries the TLS bytes to the upstream's own "
+                           "TLS + HTTP/2 port, so the upstream (one nginx worker) does the work that nginx, "
+                           "nginx+rathole and the edge do in the middle hop.",
+}
+SUPERSCRIPTS = "¹²³⁴⁵⁶⁷⁸⁹"
+
 # nginx's proxy settings for large downloads, in the download location of
 # the nginx and nginx+rathole comparators (bulk rows only). Chosen by a
 # same-run A/B on this machine (docs/performance.md, "nginx for large
@@ -1141,15 +1162,33 @@ def report(b, rows, total_secs):
               f"{'quick' if b.quick else 'full'} run ({b.duration} s per measurement"
               f"{f', load rows in {b.rounds} alternating rounds of {b.round_seconds} s, median' if b.rounds > 1 else ''})"
               f", total {total_secs:.0f} s")
-    cols = ["row", *COMPARATORS, *(f"edge÷{c}" for c in COMPARATORS if c != "edge"), "must (edge)", "holds", "s"]
+    footnotes = []  # texts, in the order of their marks
+
+    def mark(text):
+        if text not in footnotes:
+            footnotes.append(text)
+        return SUPERSCRIPTS[footnotes.index(text)]
+
+    others = [c for c in COMPARATORS if c != "edge"]
+    cols = ["row", *(c + (mark(COLUMN_FOOTNOTES[c]) if c in COLUMN_FOOTNOTES else "") for c in COMPARATORS),
+            *(f"edge÷{c}" for c in others), "must (edge)", "holds", "s"]
     left = (0, len(cols) - 3, len(cols) - 2)  # row, must, holds
     table = []
     for r in rows:
         u = r["unit"]
-        cells = [r["row"]] + [fmt(r["values"].get(c), u) if c in r["expected"] else "–" for c in COMPARATORS]
-        cells += [f"{x:.2f}" if x is not None else "–" for x in r["ratios"].values()]
-        cells += [r["must"] or "–", r["holds"], f"{r['seconds']:g}"]
+        here = {c: FOOTNOTES[(r["key"], c)] for c in r["expected"] if (r["key"], c) in FOOTNOTES}
+        r["footnotes"] = here
+        marks = {c: mark(text) for c, text in here.items()}
+        cells = [r["row"]] + [fmt(r["values"].get(c), u) + marks.get(c, "") if c in r["expected"] else "–"
+                              for c in COMPARATORS]
+        cells += [(f"{r['ratios'][f'edge/{c}']:.2f}" + marks.get(c, "")) if r["ratios"][f"edge/{c}"] is not None
+                  else "–" for c in others]
+        # A must judged against a footnoted cell carries its mark too.
+        against = must_comparator(r["must"])
+        cells += [r["must"] or "–", r["holds"] + (marks.get(against[2], "") if against else ""),
+                  f"{r['seconds']:g}"]
         table.append(cells)
+    footnote_lines = [f"{SUPERSCRIPTS[i]} {text}" for i, text in enumerate(footnotes)]
     notes = [
         "Ratios are edge ÷ comparator in this run. Latency, CPU and memory: lower is better.",
         "upstream: nginx, 1 worker, `return 200` (24 B) and a sparse file (sendfile); nginx proxy: "
@@ -1182,6 +1221,7 @@ def report(b, rows, total_secs):
     for cells in table:
         text.append("  ".join(cells[i].ljust(widths[i]) if i in left else cells[i].rjust(widths[i])
                               for i in range(len(cols))).rstrip())
+    text += ["", "what a comparator cannot do by design:"] + [f"  {ln}" for ln in footnote_lines]
     if b.warnings:
         text += ["", "warnings:"] + [f"  - {w}" for w in b.warnings]
     print("\n" + "\n".join(text))
@@ -1190,12 +1230,14 @@ def report(b, rows, total_secs):
     os.makedirs(out_dir, exist_ok=True)
     meta = {"date": date, "commit": commit, "cores": cores, "kernel": kernel, "mode": "quick" if b.quick else "full",
             "duration_s": b.duration, "bulk_bytes": b.bulk_bytes, "total_s": round(total_secs, 1),
-            "tools": tool_versions(), "notes": notes}
+            "tools": tool_versions(), "notes": notes,
+            "footnotes": [{"mark": SUPERSCRIPTS[i], "text": t} for i, t in enumerate(footnotes)]}
     with open(os.path.join(out_dir, "bench.json"), "w") as f:
         json.dump({**meta, "rows": rows, "warnings": b.warnings}, f, indent=1, ensure_ascii=False, default=str)
         f.write("\n")
     with open(os.path.join(out_dir, "bench.md"), "w") as f:
-        f.write(header + "\n\n" + md_table() + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+        f.write(header + "\n\n" + md_table() + "\n\n" + "What a comparator cannot do by design:\n\n"
+                + "\n".join(f"- {ln}" for ln in footnote_lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
         if b.warnings:
             f.write("\nWarnings:\n\n" + "\n".join(f"- {w}" for w in b.warnings) + "\n")
     sys.stderr.write(f"bench: wrote {os.path.relpath(out_dir, ROOT)}/bench.json and bench.md\n")
