@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""The benchmark of ../shared/PERF.md: our edge against direct, nginx and
-rathole, every row for every comparator in one run, on loopback.
+"""The benchmark of docs/performance.md: our edge against direct, nginx,
+rathole and nginx in front of rathole, every row for every comparator in
+one run, on loopback. docs/performance.md has the targets, every
+comparator's settings, what each row measures and how to read the output.
 
 Run it through scripts/bench (which installs the tools and builds the
 binaries); this file only orchestrates. Standard library only.
@@ -66,7 +68,7 @@ RATHOLE = os.environ.get("RATHOLE") or os.path.expanduser("~/.cache/preview-edge
 
 # "nginx+rathole" is nginx as the reverse proxy in front of a rathole
 # tunnel: an HTTP-aware hop and a tunnel, the same work as edge + sidecar
-# (PERF.md's targets compare us with each half of it alone).
+# (the targets' musts compare us with it, their aims with each half alone).
 COMPARATORS = ["direct", "nginx", "rathole", "nginx+rathole", "edge"]
 MIDDLE_HOPS = [c for c in COMPARATORS if c != "direct"]  # the rows about the hop in between
 ROW_KEYS = ["rps_c64", "rps_c1", "latency", "conn_rate", "bulk", "h2", "stalled", "bulk_rtt", "scale", "routes"]
@@ -103,10 +105,11 @@ FOOTNOTES = {
 SUPERSCRIPTS = "¹²³⁴⁵⁶⁷⁸⁹"
 
 # nginx's proxy settings for large downloads, in the download location of
-# the nginx and nginx+rathole comparators (bulk rows only). Chosen by a
-# same-run A/B on this machine (docs/performance.md, "nginx for large
-# downloads"): 1 GiB through nginx went from ~1.0-1.2 GB/s with the
-# defaults to ~1.9-2.1 GB/s; CPU per small request did not move.
+# the nginx and nginx+rathole comparators (bulk rows only). Chosen by
+# same-run A/Bs on this machine (docs/performance.md, "nginx for large
+# downloads"): 1 GiB through nginx, medians of 1.0-1.25 GB/s with the
+# defaults and 1.66-1.95 GB/s with these; CPU per small request did not
+# move.
 NGINX_BULK_BUFFERS = """\
 # nginx for large downloads (scripts/bench.py, docs/performance.md).
 # Buffering stays on (the default, stated here): nginx reads the
