@@ -16,7 +16,7 @@ use conformance::{rss_kib, Proc, TOKEN};
 
 /// A download far larger than any buffer on the way.
 const BIG: &str = "/bytes/500000000";
-/// What the edge may hold per stalled connection (PERF.md: at most 1 MiB):
+/// What the edge may hold per stalled connection (docs/performance.md: at most 1 MiB):
 /// the tunnel stream's window (64 KiB, or what it grew to while the
 /// visitor's kernel socket buffer took the first megabytes) and what
 /// Pingora holds for the response it is writing (docs/design.md,
