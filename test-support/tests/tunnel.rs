@@ -4,7 +4,8 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use test_support::{
-    client, pattern, stack, FaultProxy, TestEdge, TestSidecar, TestUpstream, DEFAULT_ENV,
+    client, pattern, stack, ClosedPort, FaultProxy, TestEdge, TestSidecar, TestUpstream,
+    DEFAULT_ENV,
 };
 use tokio_tungstenite::tungstenite::Message;
 
@@ -387,12 +388,9 @@ async fn known_environment_without_tunnel_is_503() {
 #[tokio::test]
 async fn unreachable_target_is_502() {
     let edge = TestEdge::builder().start().await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap(); // now closed
+    let closed = ClosedPort::new();
     let _sidecar = TestSidecar::builder(&edge)
-        .target("gone", 80, closed)
+        .target("gone", 80, closed.addr)
         .start()
         .await;
     let (status, code, _) = error_code(
