@@ -447,13 +447,19 @@ async fn wrong_token_is_rejected_with_a_reason_and_backoff() {
         error.contains("does not know this sidecar token"),
         "{error}"
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    // 200ms, 400ms, 800ms, ...: a handful of attempts, not a hammering loop.
-    let attempts = proxy.accepted();
-    assert!(
-        (2..=6).contains(&attempts),
-        "{attempts} connection attempts in ~2s"
-    );
+    // It keeps trying: 200ms, 400ms, 800ms apart with jitter down to half,
+    // never closer (each attempt starts after the previous one's rejection
+    // plus its delay), so not a hammering loop.
+    let attempts = proxy.wait_accepted(4).await;
+    for (i, pair) in attempts.windows(2).enumerate() {
+        let gap = pair[1] - pair[0];
+        let least = Duration::from_millis(100 << i);
+        assert!(
+            gap >= least,
+            "attempt {} came {gap:?} after the one before; the backoff allows no less than {least:?}",
+            i + 2
+        );
+    }
     assert_eq!(sidecar.status().connected, 0);
 }
 
