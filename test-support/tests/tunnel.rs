@@ -501,30 +501,26 @@ async fn sidecar_reconnects_after_the_tunnel_is_cut() {
     let edge = TestEdge::builder().start().await;
     let upstream = TestUpstream::start().await;
     let proxy = FaultProxy::start(edge.tunnel_addr).await;
-    let sidecar = TestSidecar::builder(&edge)
+    let _sidecar = TestSidecar::builder(&edge)
         .via(proxy.addr)
         .target("hello", 8080, upstream.addr)
         .start()
         .await;
+    let first = edge.registry.all()[0].id.clone();
     proxy.reset_all();
-    // Down, then back within the backoff.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let resp = client()
-            .get(edge.url("hello", 8080, DEFAULT_ENV, "/"))
-            .send()
-            .await
-            .unwrap();
-        if resp.status() == 200 && proxy.accepted() >= 2 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no reconnect: {:?}",
-            sidecar.status()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Down, then back within the backoff: a second connection, and the edge
+    // serves the environment with a new session only.
+    proxy.wait_accepted(2).await;
+    edge.wait_usable_sessions(DEFAULT_ENV, "a new session only", |live| {
+        !live.is_empty() && live.iter().all(|s| s.id != first)
+    })
+    .await;
+    let resp = client()
+        .get(edge.url("hello", 8080, DEFAULT_ENV, "/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
 }
 
 type Body = std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
@@ -565,26 +561,22 @@ async fn finish(mut body: Body, mut got: u64) -> (u64, bool) {
 async fn killing_the_sidecar_mid_transfer_fails_that_request_only() {
     let (edge, _upstream, sidecar) = stack().await;
     let (body, got) = big_download_under_way(&edge).await;
-    sidecar.kill();
+    sidecar.kill().await;
     let (got, broke) = finish(body, got).await;
     assert!(
         broke && got < BIG,
         "a cut-short body is an error, got {got} bytes"
     );
-    // The edge is fine: the route now reports the tunnel as unavailable.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let resp = client()
-            .get(edge.url("hello", 8080, DEFAULT_ENV, "/"))
-            .send()
-            .await
-            .unwrap();
-        if resp.status() == 503 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "still {}", resp.status());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The edge is fine: once it has dropped the session, the route reports
+    // the tunnel as unavailable.
+    edge.wait_usable_sessions(DEFAULT_ENV, "no session", |live| live.is_empty())
+        .await;
+    let resp = client()
+        .get(edge.url("hello", 8080, DEFAULT_ENV, "/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
 }
 
 #[tokio::test]
@@ -610,8 +602,7 @@ async fn killing_the_edge_makes_the_sidecar_reconnect_to_its_replacement() {
         .target("hello", 8080, upstream.addr)
         .start()
         .await;
-    edge.kill();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    edge.kill().await;
     let config = edge_proxy::EdgeConfig::parse(&yaml, "edge.yaml").unwrap();
     let edge = TestEdge::start_on(
         config,
