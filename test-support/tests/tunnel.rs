@@ -1,5 +1,6 @@
 //! End-to-end through edge → gRPC tunnel → sidecar → upstream, in process.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
@@ -691,16 +692,20 @@ fn get_in_background(url: String) -> tokio::task::JoinHandle<String> {
 
 #[tokio::test]
 async fn graceful_sidecar_shutdown_lets_in_flight_requests_finish() {
-    let (edge, _upstream, sidecar) = stack().await;
+    let (edge, upstream, sidecar) = stack().await;
     let request = get_in_background(edge.url("hello", 8080, DEFAULT_ENV, "/slow?ms=700"));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    upstream
+        .wait_for("the request at the service", |c| {
+            c.in_flight.load(Ordering::SeqCst) == 1
+        })
+        .await;
     sidecar.begin_stop();
     assert_eq!(request.await.unwrap(), "slow but here\n");
 }
 
 #[tokio::test]
 async fn edge_shutdown_finishes_requests_in_flight_and_drops_idle_connections() {
-    let (edge, _upstream, _sidecar) = stack().await;
+    let (edge, upstream, _sidecar) = stack().await;
     let idle = client(); // keeps its keep-alive connection open
     idle.get(edge.url("hello", 8080, DEFAULT_ENV, "/"))
         .send()
@@ -710,7 +715,11 @@ async fn edge_shutdown_finishes_requests_in_flight_and_drops_idle_connections() 
         .await
         .unwrap();
     let slow = get_in_background(edge.url("hello", 8080, DEFAULT_ENV, "/slow?ms=800"));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    upstream
+        .wait_for("the slow request at the service", |c| {
+            c.in_flight.load(Ordering::SeqCst) == 1
+        })
+        .await;
     let started = Instant::now();
     edge.stop().await;
     assert!(
