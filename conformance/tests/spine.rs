@@ -107,7 +107,7 @@ fn visitors_are_spread_over_the_edge_workers() {
 
 #[test]
 fn stopping_the_edge_lets_every_worker_finish_its_requests() {
-    let mut stack = Stack::start_full("", &["--threads", "2"], &[]);
+    let mut stack = Stack::start_full("", &["--threads", "2"], &["--log-events"]);
     // Four slow requests on four connections: two on each worker.
     let url = stack.url("hello-8080", "/slow?ms=1500&n=[1-4]");
     let requests = std::thread::spawn(move || {
@@ -124,7 +124,10 @@ fn stopping_the_edge_lets_every_worker_finish_its_requests() {
             &url,
         ])
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // All four at the service, so in flight at the edge, before it stops.
+    stack
+        .upstream
+        .wait_lines("request GET /slow", 4, Duration::from_secs(10));
     stack.edge.interrupt();
     let out = requests.join().unwrap();
     assert_eq!(
@@ -139,12 +142,16 @@ fn stopping_the_edge_lets_every_worker_finish_its_requests() {
 fn the_service_closing_idle_connections_loses_no_request() {
     // Like a server with a short keep-alive timeout: every connection the
     // edge keeps for reuse is closed by the service while it waits.
-    let stack = Stack::start_with("", &["--idle-close-ms", "100"]);
+    let stack = Stack::start_with("", &["--idle-close-ms", "100", "--log-events"]);
     let url = stack.url("hello-8080", "/");
     for i in 0..8 {
         let out = curl(&["-sS", "-o", "/dev/null", "-w", "%{http_code}", &url]);
         assert_eq!(stdout(&out), "200", "request {i}: {out:?}");
-        std::thread::sleep(Duration::from_millis(300));
+        // The next request comes only once the service has closed the
+        // connection this one used.
+        stack
+            .upstream
+            .wait_lines("idle connection closed", i + 1, Duration::from_secs(10));
     }
     let stats = upstream_stats(&stack);
     assert!(stats["connections"].as_u64().unwrap() >= 8, "{stats}");
@@ -349,7 +356,7 @@ fn hop_by_hop_headers_stop_at_the_edge() {
 #[test]
 fn a_visitor_who_leaves_early_does_not_leave_its_answer_to_the_next() {
     use std::io::Write;
-    let stack = Stack::start();
+    let stack = Stack::start_with("", &["--log-events"]);
     // Warm the pool: the next requests find a pooled stream.
     assert_eq!(
         stdout(&curl(&[&stack.url("hello-8080", "/")])),
@@ -361,16 +368,22 @@ fn a_visitor_who_leaves_early_does_not_leave_its_answer_to_the_next() {
         "GET /slow?ms=600 HTTP/1.1\r\nHost: hello-8080-demo.preview.localhost\r\n\r\n"
     )
     .unwrap();
-    std::thread::sleep(Duration::from_millis(150));
+    // The request is at the service, on a pooled stream, when the visitor leaves.
+    stack
+        .upstream
+        .wait_line("request GET /slow?ms=600", Duration::from_secs(10));
     drop(visitor);
     // The edge gives up on the request when the visitor leaves, not when
     // the answer comes (at 600 ms).
     stack
         .edge
         .assert_request_failed_within("/slow", Duration::from_millis(500));
-    // The slow answer is due now; a stream that still carried it must not
-    // go back to the pool.
-    std::thread::sleep(Duration::from_millis(600));
+    // Once the service is done with the slow request (answered, or dropped
+    // because its connection closed), a stream that still carried the
+    // answer must not go back to the pool.
+    stack
+        .upstream
+        .wait_line("done GET /slow?ms=600", Duration::from_secs(10));
     let url = stack.url("hello-8080", "/");
     let out = stdout(&curl(&[url.as_str(), url.as_str(), url.as_str()]));
     assert_eq!(
