@@ -50,13 +50,23 @@ pub fn until_blocking(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 /// [`until_ok`], for tests without a runtime.
-pub fn until_ok_blocking<T, E: Display>(what: &str, mut check: impl FnMut() -> Result<T, E>) -> T {
-    let deadline = Instant::now() + PATIENCE;
+pub fn until_ok_blocking<T, E: Display>(what: &str, check: impl FnMut() -> Result<T, E>) -> T {
+    until_ok_blocking_within(PATIENCE, what, check)
+}
+
+/// [`until_ok_blocking`], giving up after `timeout` (when how soon is part
+/// of what the test checks).
+pub fn until_ok_blocking_within<T, E: Display>(
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Result<T, E>,
+) -> T {
+    let deadline = Instant::now() + timeout;
     loop {
         match check() {
             Ok(value) => return value,
             Err(seen) if Instant::now() >= deadline => {
-                panic!("gave up after {PATIENCE:?} waiting for {what}; last seen: {seen}")
+                panic!("gave up after {timeout:?} waiting for {what}; last seen: {seen}")
             }
             Err(_) => std::thread::sleep(RECHECK),
         }
