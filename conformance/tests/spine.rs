@@ -414,21 +414,21 @@ fn a_response_cut_by_a_timeout_is_cut_not_rewritten() {
 async fn a_quiet_websocket_outlives_the_read_timeout() {
     let stack = Stack::start_with_edge_yaml("upstream:\n  read_timeout: 1s\n");
     let mut ws = websocket(&stack).await;
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    // Plain requests keep the read timeout. This one is sent after the
+    // WebSocket went quiet, so when its 504 arrives the WebSocket has been
+    // quiet for longer than the read timeout.
+    let url = stack.url("hello-8080", "/slow?ms=2500");
+    let plain = tokio::task::spawn_blocking(move || {
+        stdout(&curl(&["-o", "/dev/null", "-w", "%{http_code}", &url]))
+    })
+    .await
+    .unwrap();
+    assert_eq!(plain, "504");
     ws.send(Message::text("still here")).await.unwrap();
     assert_eq!(
         ws.next().await.unwrap().unwrap(),
         Message::text("still here")
     );
-    // Plain requests keep the read timeout.
-    let out = curl(&[
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        &stack.url("hello-8080", "/slow?ms=2500"),
-    ]);
-    assert_eq!(stdout(&out), "504");
 }
 
 #[test]
