@@ -501,19 +501,40 @@ fn wrong_token_is_explained_and_retried_with_backoff() {
             "not-the-token",
         ],
     );
-    sidecar.wait_line("does not know this sidecar token", Duration::from_secs(10));
-    std::thread::sleep(Duration::from_millis(2500));
-    assert!(sidecar.is_running(), "the sidecar keeps retrying");
-    // Backoff starts at 1 s: at most a few attempts in 2.5 s.
-    let attempts = sidecar
-        .output()
-        .matches("does not know this sidecar token")
-        .count();
-    assert!(
-        (1..=3).contains(&attempts),
-        "{attempts} attempts:\n{}",
-        sidecar.output()
+    // It explains each rejection and keeps retrying.
+    let rejections = sidecar.wait_lines(
+        "does not know this sidecar token",
+        3,
+        Duration::from_secs(10),
     );
+    assert!(sidecar.is_running(), "the sidecar keeps retrying");
+    // Backoff starts at 1 s and doubles, jittered down to half at most: by
+    // the sidecar's own log timestamps, attempts come no closer than 0.5 s,
+    // then 1 s (each is logged before the delay that precedes the next).
+    let at: Vec<f64> = rejections.iter().map(|l| logged_at(l)).collect();
+    for (i, pair) in at.windows(2).enumerate() {
+        let gap = (pair[1] - pair[0]).rem_euclid(86_400.0);
+        let least = 0.5 * f64::from(1u32 << i);
+        assert!(
+            gap >= least,
+            "attempt {} came {gap:.3} s after the one before; the backoff allows no less than {least} s:\n{}",
+            i + 2,
+            sidecar.output()
+        );
+    }
+}
+
+/// The time of day, in seconds, a log line starts with
+/// (`2026-12-06T06:57:25.895023Z  WARN ...`).
+fn logged_at(line: &str) -> f64 {
+    let stamp = line
+        .split_whitespace()
+        .find(|w| w.contains('T') && w.ends_with('Z'))
+        .unwrap_or_else(|| panic!("no timestamp in {line:?}"));
+    let time = stamp.split_once('T').unwrap().1.trim_end_matches('Z');
+    let mut parts = time.split(':');
+    let mut field = || -> f64 { parts.next().unwrap().parse().unwrap() };
+    field() * 3600.0 + field() * 60.0 + field()
 }
 
 #[test]
