@@ -4,6 +4,10 @@
 //!
 //! Binaries are looked up in `$CONFORMANCE_BIN_DIR`, else next to the test
 //! executable (`target/<profile>/`). `scripts/test` builds them first.
+//!
+//! Tests wait on what the processes print ([`Proc::wait_line`],
+//! [`Proc::wait_lines`]): ready lines, the edge's log of reloads and
+//! tunnels, the sample upstream's `--log-events` (docs/testing.md).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -87,16 +91,45 @@ impl Proc {
 
     /// Waits for an output line containing `needle`; returns it.
     pub fn wait_line(&self, needle: &str, timeout: Duration) -> String {
+        self.wait_output(&format!("line containing {needle:?}"), timeout, |lines| {
+            lines.iter().find(|l| l.contains(needle)).cloned()
+        })
+    }
+
+    /// Waits until `n` output lines contain `needle`; returns them.
+    pub fn wait_lines(&self, needle: &str, n: usize, timeout: Duration) -> Vec<String> {
+        self.wait_output(
+            &format!("{n} lines containing {needle:?}"),
+            timeout,
+            |lines| {
+                let found: Vec<String> = lines
+                    .iter()
+                    .filter(|l| l.contains(needle))
+                    .cloned()
+                    .collect();
+                (found.len() >= n).then_some(found)
+            },
+        )
+    }
+
+    /// Waits until `check` finds what it looks for in the output so far,
+    /// looking again as each line arrives; returns what it found.
+    pub fn wait_output<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&[String]) -> Option<T>,
+    ) -> T {
         let deadline = Instant::now() + timeout;
         let mut lines = self.output.lines.lock().unwrap();
         loop {
-            if let Some(l) = lines.iter().find(|l| l.contains(needle)) {
-                return l.clone();
+            if let Some(found) = check(&lines) {
+                return found;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             assert!(
                 !left.is_zero(),
-                "{}: no line containing {needle:?} in {timeout:?}; output:\n{}",
+                "{}: no {what} in {timeout:?}; output:\n{}",
                 self.name,
                 lines.join("\n")
             );
@@ -282,18 +315,9 @@ impl Stack {
             forwarding.contains("://hello-8080-demo.preview.localhost"),
             "{forwarding}"
         );
-        self.sidecar = Some(sidecar);
         // Every session (the default is two) up before tests count on them.
-        let sidecar = self.sidecar.as_ref().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while sidecar.output().matches("tunnel up").count() < 2 {
-            assert!(
-                Instant::now() < deadline,
-                "sessions not up:\n{}",
-                sidecar.output()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        sidecar.wait_lines("tunnel up", 2, Duration::from_secs(10));
+        self.sidecar = Some(sidecar);
     }
 
     /// Replaces the running edge's config file (hot reload picks it up).
@@ -302,15 +326,6 @@ impl Stack {
         let tmp = self.dir.path().join("edge.yaml.tmp");
         std::fs::write(&tmp, content).unwrap();
         std::fs::rename(tmp, path).unwrap(); // atomic, as config managers do
-    }
-
-    /// Counts output lines of the edge containing `needle`.
-    pub fn edge_lines(&self, needle: &str) -> usize {
-        self.edge
-            .output()
-            .lines()
-            .filter(|l| l.contains(needle))
-            .count()
     }
 
     /// `http://<service>-<port>-demo.preview.localhost:<edge port><path>`

@@ -50,19 +50,6 @@ fn spawn_listening(name: &str, args: &[&str]) -> (Proc, String) {
     (proc, addr)
 }
 
-/// Waits until `sidecar` reports `n` sessions up.
-fn wait_sessions(sidecar: &Proc, n: usize) {
-    let deadline = Instant::now() + WAIT;
-    while sidecar.output().matches("tunnel up").count() < n {
-        assert!(
-            Instant::now() < deadline,
-            "sessions not up:\n{}",
-            sidecar.output()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 impl Isolation {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -94,7 +81,7 @@ impl Isolation {
             let path = d.join(name);
             std::fs::write(&path, yaml).unwrap();
             let sidecar = Proc::spawn("sidecar", &["run", "--config", path.to_str().unwrap()]);
-            wait_sessions(&sidecar, 2);
+            sidecar.wait_lines("tunnel up", 2, WAIT);
             sidecar
         };
         let sidecar = start_sidecar("demo.yaml", sidecar_yaml("demo", &["hello", "other"]));

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use conformance::{curl, curl_with_stdin, sh, start_edge, Proc, Stack, TOKEN};
 use futures::{SinkExt, StreamExt};
 use test_support::pattern;
+use test_support::wait::until_ok_blocking_within;
 use tokio_tungstenite::tungstenite::Message;
 
 const GIB: u64 = 1 << 30;
@@ -107,7 +108,7 @@ fn visitors_are_spread_over_the_edge_workers() {
 
 #[test]
 fn stopping_the_edge_lets_every_worker_finish_its_requests() {
-    let mut stack = Stack::start_full("", &["--threads", "2"], &[]);
+    let mut stack = Stack::start_full("", &["--threads", "2"], &["--log-events"]);
     // Four slow requests on four connections: two on each worker.
     let url = stack.url("hello-8080", "/slow?ms=1500&n=[1-4]");
     let requests = std::thread::spawn(move || {
@@ -124,7 +125,10 @@ fn stopping_the_edge_lets_every_worker_finish_its_requests() {
             &url,
         ])
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // All four at the service, so in flight at the edge, before it stops.
+    stack
+        .upstream
+        .wait_lines("request GET /slow", 4, Duration::from_secs(10));
     stack.edge.interrupt();
     let out = requests.join().unwrap();
     assert_eq!(
@@ -139,12 +143,16 @@ fn stopping_the_edge_lets_every_worker_finish_its_requests() {
 fn the_service_closing_idle_connections_loses_no_request() {
     // Like a server with a short keep-alive timeout: every connection the
     // edge keeps for reuse is closed by the service while it waits.
-    let stack = Stack::start_with("", &["--idle-close-ms", "100"]);
+    let stack = Stack::start_with("", &["--idle-close-ms", "100", "--log-events"]);
     let url = stack.url("hello-8080", "/");
     for i in 0..8 {
         let out = curl(&["-sS", "-o", "/dev/null", "-w", "%{http_code}", &url]);
         assert_eq!(stdout(&out), "200", "request {i}: {out:?}");
-        std::thread::sleep(Duration::from_millis(300));
+        // The next request comes only once the service has closed the
+        // connection this one used.
+        stack
+            .upstream
+            .wait_lines("idle connection closed", i + 1, Duration::from_secs(10));
     }
     let stats = upstream_stats(&stack);
     assert!(stats["connections"].as_u64().unwrap() >= 8, "{stats}");
@@ -158,15 +166,20 @@ fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
     assert_eq!(stdout(&out), "200");
     // The tunnelled connection is kept for reuse (the stats request is the other).
     assert_eq!(upstream_stats(&stack)["open"], 2);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let stats = upstream_stats(&stack);
-        if stats["open"] == 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "still open: {stats}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // Closed by the edge's side, which says nothing the test can see:
+    // the service's count is asked until it drops, within 5 s.
+    until_ok_blocking_within(
+        Duration::from_secs(5),
+        "the idle connection to close",
+        || {
+            let stats = upstream_stats(&stack);
+            if stats["open"] == 1 {
+                Ok(())
+            } else {
+                Err(format!("still open: {stats}"))
+            }
+        },
+    );
     // And the next request opens a new one.
     let out = curl(&["-sS", "-o", "/dev/null", "-w", "%{http_code}", &url]);
     assert_eq!(stdout(&out), "200");
@@ -349,7 +362,7 @@ fn hop_by_hop_headers_stop_at_the_edge() {
 #[test]
 fn a_visitor_who_leaves_early_does_not_leave_its_answer_to_the_next() {
     use std::io::Write;
-    let stack = Stack::start();
+    let stack = Stack::start_with("", &["--log-events"]);
     // Warm the pool: the next requests find a pooled stream.
     assert_eq!(
         stdout(&curl(&[&stack.url("hello-8080", "/")])),
@@ -361,16 +374,22 @@ fn a_visitor_who_leaves_early_does_not_leave_its_answer_to_the_next() {
         "GET /slow?ms=600 HTTP/1.1\r\nHost: hello-8080-demo.preview.localhost\r\n\r\n"
     )
     .unwrap();
-    std::thread::sleep(Duration::from_millis(150));
+    // The request is at the service, on a pooled stream, when the visitor leaves.
+    stack
+        .upstream
+        .wait_line("request GET /slow?ms=600", Duration::from_secs(10));
     drop(visitor);
     // The edge gives up on the request when the visitor leaves, not when
     // the answer comes (at 600 ms).
     stack
         .edge
         .assert_request_failed_within("/slow", Duration::from_millis(500));
-    // The slow answer is due now; a stream that still carried it must not
-    // go back to the pool.
-    std::thread::sleep(Duration::from_millis(600));
+    // Once the service is done with the slow request (answered, or dropped
+    // because its connection closed), a stream that still carried the
+    // answer must not go back to the pool.
+    stack
+        .upstream
+        .wait_line("done GET /slow?ms=600", Duration::from_secs(10));
     let url = stack.url("hello-8080", "/");
     let out = stdout(&curl(&[url.as_str(), url.as_str(), url.as_str()]));
     assert_eq!(
@@ -395,21 +414,21 @@ fn a_response_cut_by_a_timeout_is_cut_not_rewritten() {
 async fn a_quiet_websocket_outlives_the_read_timeout() {
     let stack = Stack::start_with_edge_yaml("upstream:\n  read_timeout: 1s\n");
     let mut ws = websocket(&stack).await;
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    // Plain requests keep the read timeout. This one is sent after the
+    // WebSocket went quiet, so when its 504 arrives the WebSocket has been
+    // quiet for longer than the read timeout.
+    let url = stack.url("hello-8080", "/slow?ms=2500");
+    let plain = tokio::task::spawn_blocking(move || {
+        stdout(&curl(&["-o", "/dev/null", "-w", "%{http_code}", &url]))
+    })
+    .await
+    .unwrap();
+    assert_eq!(plain, "504");
     ws.send(Message::text("still here")).await.unwrap();
     assert_eq!(
         ws.next().await.unwrap().unwrap(),
         Message::text("still here")
     );
-    // Plain requests keep the read timeout.
-    let out = curl(&[
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        &stack.url("hello-8080", "/slow?ms=2500"),
-    ]);
-    assert_eq!(stdout(&out), "504");
 }
 
 #[test]
@@ -449,22 +468,19 @@ fn ctrl_c_stops_edge_and_sidecar_cleanly() {
 fn killed_sidecar_gives_503_then_a_restarted_one_serves_again() {
     let mut stack = Stack::start();
     stack.sidecar.take().unwrap().kill();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let out = curl(&[
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &stack.url("hello-8080", "/"),
-        ]);
-        if stdout(&out) == "503" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "got {}", stdout(&out));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // The edge logs each session's end once it has dropped it.
+    stack
+        .edge
+        .wait_lines("tunnel down", 2, Duration::from_secs(15));
+    let out = curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &stack.url("hello-8080", "/"),
+    ]);
+    assert_eq!(stdout(&out), "503");
     stack.start_sidecar();
     let out = curl(&[&stack.url("hello-8080", "/")]);
     assert!(stdout(&out).contains("Hello from the sample service"));
@@ -485,19 +501,40 @@ fn wrong_token_is_explained_and_retried_with_backoff() {
             "not-the-token",
         ],
     );
-    sidecar.wait_line("does not know this sidecar token", Duration::from_secs(10));
-    std::thread::sleep(Duration::from_millis(2500));
-    assert!(sidecar.is_running(), "the sidecar keeps retrying");
-    // Backoff starts at 1 s: at most a few attempts in 2.5 s.
-    let attempts = sidecar
-        .output()
-        .matches("does not know this sidecar token")
-        .count();
-    assert!(
-        (1..=3).contains(&attempts),
-        "{attempts} attempts:\n{}",
-        sidecar.output()
+    // It explains each rejection and keeps retrying.
+    let rejections = sidecar.wait_lines(
+        "does not know this sidecar token",
+        3,
+        Duration::from_secs(10),
     );
+    assert!(sidecar.is_running(), "the sidecar keeps retrying");
+    // Backoff starts at 1 s and doubles, jittered down to half at most: by
+    // the sidecar's own log timestamps, attempts come no closer than 0.5 s,
+    // then 1 s (each is logged before the delay that precedes the next).
+    let at: Vec<f64> = rejections.iter().map(|l| logged_at(l)).collect();
+    for (i, pair) in at.windows(2).enumerate() {
+        let gap = (pair[1] - pair[0]).rem_euclid(86_400.0);
+        let least = 0.5 * f64::from(1u32 << i);
+        assert!(
+            gap >= least,
+            "attempt {} came {gap:.3} s after the one before; the backoff allows no less than {least} s:\n{}",
+            i + 2,
+            sidecar.output()
+        );
+    }
+}
+
+/// The time of day, in seconds, a log line starts with
+/// (`2026-12-06T06:57:25.895023Z  WARN ...`).
+fn logged_at(line: &str) -> f64 {
+    let stamp = line
+        .split_whitespace()
+        .find(|w| w.contains('T') && w.ends_with('Z'))
+        .unwrap_or_else(|| panic!("no timestamp in {line:?}"));
+    let time = stamp.split_once('T').unwrap().1.trim_end_matches('Z');
+    let mut parts = time.split(':');
+    let mut field = || -> f64 { parts.next().unwrap().parse().unwrap() };
+    field() * 3600.0 + field() * 60.0 + field()
 }
 
 #[test]

@@ -116,3 +116,57 @@ async fn keep_session(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::config::{Allowlist, Secret};
+
+    /// The reconnect schedule on the sidecar's own clock, paused: each retry
+    /// waits `min·2^n` capped at `max`, jittered into its upper half.
+    #[tokio::test(start_paused = true)]
+    async fn failed_sessions_are_retried_with_exponential_backoff_and_jitter() {
+        let (min, max) = (Duration::from_secs(1), Duration::from_secs(8));
+        let sidecar = Sidecar::new(SidecarConfig {
+            // A failure that needs no I/O, so the paused clock moves only
+            // by the delays the sidecar sleeps.
+            edge: "not a URL".into(),
+            token: Secret::new("token"),
+            environment: "demo".into(),
+            name: "test".into(),
+            connections: 1,
+            connect_timeout: Duration::from_secs(2),
+            reconnect_min: min,
+            reconnect_max: max,
+            targets: Allowlist::default(),
+        });
+        let mut status = sidecar.status();
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { sidecar.run(shutdown).await }
+        });
+        let mut failures = Vec::new();
+        while failures.len() < 7 {
+            status.changed().await.expect("the sidecar runs");
+            assert!(status.borrow().last_error.is_some());
+            failures.push(Instant::now());
+        }
+        for (n, pair) in failures.windows(2).enumerate() {
+            let full = (min * 2u32.pow(n as u32)).min(max);
+            let waited = pair[1] - pair[0];
+            assert!(
+                waited >= full / 2 && waited <= full,
+                "retry {} after {waited:?}, not within [{:?}, {full:?}]",
+                n + 1,
+                full / 2
+            );
+        }
+        shutdown.cancel();
+        run.await.unwrap();
+    }
+}

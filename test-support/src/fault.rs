@@ -30,6 +30,9 @@ struct Faults {
     resumed: Notify,
     refuse: AtomicBool,
     accepted: AtomicU64,
+    /// When each connection was accepted; notified on each.
+    accepted_at: std::sync::Mutex<Vec<Instant>>,
+    accepted_changed: Notify,
     kill: watch::Sender<(u64, Kill)>,
 }
 
@@ -53,6 +56,8 @@ impl FaultProxy {
             resumed: Notify::new(),
             refuse: AtomicBool::new(false),
             accepted: AtomicU64::new(0),
+            accepted_at: std::sync::Mutex::new(Vec::new()),
+            accepted_changed: Notify::new(),
             kill: watch::Sender::new((0, Kill::None)),
         });
         let stop = CancellationToken::new();
@@ -109,6 +114,26 @@ impl FaultProxy {
     pub fn accepted(&self) -> u64 {
         self.faults.accepted.load(Ordering::SeqCst)
     }
+
+    /// Waits until `n` connections were accepted; returns when each of
+    /// those so far was. Panics after [`crate::wait::PATIENCE`].
+    pub async fn wait_accepted(&self, n: usize) -> Vec<Instant> {
+        let what = format!("{n} connections to the fault proxy");
+        crate::wait::within(&what, async {
+            loop {
+                let changed = self.faults.accepted_changed.notified();
+                tokio::pin!(changed);
+                // Registered before the check: an accept in between still wakes us.
+                changed.as_mut().enable();
+                let times = self.faults.accepted_at.lock().unwrap().clone();
+                if times.len() >= n {
+                    return times;
+                }
+                changed.await;
+            }
+        })
+        .await
+    }
 }
 
 impl Drop for FaultProxy {
@@ -129,7 +154,9 @@ async fn accept_loop(
             r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
             _ = stop.cancelled() => return,
         };
+        faults.accepted_at.lock().unwrap().push(Instant::now());
         faults.accepted.fetch_add(1, Ordering::SeqCst);
+        faults.accepted_changed.notify_waiters();
         if faults.refuse.load(Ordering::SeqCst) {
             let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
             continue;

@@ -28,6 +28,8 @@ pub struct GrpcCounters {
     pub calls: AtomicU64,
     /// Calls whose handler was dropped before it answered.
     pub cancelled: AtomicU64,
+    /// Notified whenever a call is cancelled.
+    pub cancelled_changed: tokio::sync::Notify,
 }
 
 #[derive(Clone, Default)]
@@ -52,6 +54,7 @@ impl Drop for CallGuard {
     fn drop(&mut self) {
         if !self.1 {
             self.0.cancelled.fetch_add(1, Ordering::SeqCst);
+            self.0.cancelled_changed.notify_waiters();
         }
     }
 }

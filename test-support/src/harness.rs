@@ -2,13 +2,17 @@
 //! `TestSidecar::builder(&edge)...start()`. Each runs on its own runtime, so
 //! a test can stop one gracefully or kill it outright (all its tasks and
 //! sockets dropped at once, as when a process dies).
+//!
+//! Waiting: a sidecar's status is a watch channel (waited on); the edge's
+//! registry announces nothing, so it is re-checked every few milliseconds
+//! until [`crate::wait::PATIENCE`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use edge_proxy::config::token::TokenHash;
-use edge_proxy::tunnel::registry::TunnelRegistry;
+use edge_proxy::tunnel::registry::{Session, TunnelRegistry};
 use edge_proxy::{Edge, EdgeConfig};
 use sidecar::config::{Allowlist, Secret, SidecarConfig};
 use sidecar::{Sidecar, Status};
@@ -186,33 +190,54 @@ impl TestEdge {
         }
     }
 
-    /// Dies on the spot: every task and socket dropped.
-    pub fn kill(mut self) {
+    /// Dies on the spot: every task dropped and every socket closed by the
+    /// time this returns, so its ports can be bound again.
+    pub async fn kill(mut self) {
         if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
+            shut_down(rt).await;
         }
     }
 
-    /// Waits until `n` sessions serve `env`.
+    /// Waits until `n` usable sessions serve `env`.
     pub async fn wait_sessions(&self, env: &str, n: usize) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let live = self
+        self.wait_usable_sessions(env, &format!("{n} sessions for {env}"), |live| {
+            live.len() >= n
+        })
+        .await
+    }
+
+    /// Waits until `done` holds for the usable sessions serving `env`.
+    pub async fn wait_usable_sessions(
+        &self,
+        env: &str,
+        what: &str,
+        done: impl Fn(&[Arc<Session>]) -> bool,
+    ) {
+        crate::wait::until_ok(&format!("the edge to have {what}"), || {
+            let live: Vec<_> = self
                 .registry
                 .all()
-                .iter()
+                .into_iter()
                 .filter(|s| s.environment == env && s.is_usable())
-                .count();
-            if live >= n {
-                return;
+                .collect();
+            if done(&live) {
+                Ok(())
+            } else {
+                let ids: Vec<&str> = live.iter().map(|s| s.id.as_str()).collect();
+                Err(format!("usable sessions for {env}: {ids:?}"))
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "edge: {live} of {n} sessions for {env}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        })
+        .await
     }
+}
+
+/// Shuts `runtime` down and waits until its threads are gone (and with
+/// them every task and socket). Off the async thread: waiting for a
+/// runtime to end is blocking.
+async fn shut_down(runtime: Runtime) {
+    tokio::task::spawn_blocking(move || runtime.shutdown_timeout(crate::wait::PATIENCE))
+        .await
+        .expect("runtime shut down");
 }
 
 impl Drop for TestEdge {
@@ -361,10 +386,11 @@ impl TestSidecar {
         self.shutdown.cancel();
     }
 
-    /// Dies on the spot.
-    pub fn kill(mut self) {
+    /// Dies on the spot: every task dropped and every socket closed by the
+    /// time this returns.
+    pub async fn kill(mut self) {
         if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
+            shut_down(rt).await;
         }
     }
 }

@@ -8,15 +8,20 @@
 //! - [`pattern`]: deterministic payloads and their checksums.
 //! - [`grpc`]: a gRPC echo service (every call shape, errors, deadlines).
 //! - [`tls`]: TLS for the test servers.
+//! - [`wait`]: waiting on events, or on a condition until a deadline (never a fixed sleep).
+//! - [`port`]: a held local port nobody answers on.
 
 pub mod certs;
 pub mod fault;
 pub mod grpc;
 pub mod harness;
 pub mod pattern;
+pub mod port;
 pub mod tls;
 pub mod upstream;
+pub mod wait;
 
 pub use fault::FaultProxy;
 pub use harness::{client, stack, TestEdge, TestSidecar, DEFAULT_ENV, DEFAULT_TOKEN};
+pub use port::ClosedPort;
 pub use upstream::TestUpstream;

@@ -16,10 +16,14 @@
 //! - `GET /headers` — the request headers as JSON
 //! - `GET /stats` — `{"connections": …, "requests": …}`
 //! - `GET /ws` — WebSocket echo; says `welcome` first
+//!
+//! Tests wait on its [`Counters`] ([`TestUpstream::wait_for`]); with
+//! [`Counters::log_events`] set (`sample-upstream --log-events`), it also
+//! prints a line for each event a black-box test waits on.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +48,19 @@ pub struct Counters {
     /// Connections open now.
     pub open: AtomicU64,
     pub requests: AtomicU64,
+    /// Requests whose handler is running (it has not returned a response
+    /// head, nor been dropped).
+    pub in_flight: AtomicU64,
+    /// Streamed bodies (`/bytes`, `/sse`) written to their end.
+    pub bodies_finished: AtomicU64,
+    /// Kept-alive connections closed because no request came in time.
+    pub idle_closed: AtomicU64,
+    /// Notified whenever a counter changes.
+    pub changed: tokio::sync::Notify,
+    /// Print `request <method> <path>` as each request arrives, `done
+    /// <method> <path>` when its handler returns or is dropped, and `idle
+    /// connection closed`: for tests that watch the process's output.
+    pub log_events: AtomicBool,
     /// Close a keep-alive connection that waits this long for its next
     /// request (`None`: keep it).
     pub idle_close: std::sync::OnceLock<std::time::Duration>,
@@ -52,6 +69,18 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// Adds one to `counter` and tells whoever waits on [`Self::changed`].
+    fn bump(&self, counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    fn event(&self, line: std::fmt::Arguments<'_>) {
+        if self.log_events.load(Ordering::Relaxed) {
+            println!("{line}");
+        }
+    }
+
     fn hold(&self, id: &str) -> Arc<tokio::sync::Notify> {
         let mut held = self.held.lock().unwrap();
         held.entry(id.to_string()).or_default().clone()
@@ -93,6 +122,24 @@ impl TestUpstream {
         self.counters.requests.load(Ordering::SeqCst)
     }
 
+    /// Waits until `done` holds for the counters, re-checking each time one
+    /// changes; panics after [`crate::wait::PATIENCE`].
+    pub async fn wait_for(&self, what: &str, done: impl Fn(&Counters) -> bool) {
+        crate::wait::within(what, async {
+            loop {
+                let changed = self.counters.changed.notified();
+                tokio::pin!(changed);
+                // Registered before the check: a change in between still wakes us.
+                changed.as_mut().enable();
+                if done(&self.counters) {
+                    return;
+                }
+                changed.await;
+            }
+        })
+        .await
+    }
+
     /// Stops accepting and closes every connection.
     pub fn stop(&self) {
         self.stop.cancel();
@@ -124,8 +171,8 @@ pub async fn serve_with(
             _ = stop.cancelled() => return,
         };
         let _ = tcp.set_nodelay(true);
-        counters.connections.fetch_add(1, Ordering::SeqCst);
         counters.open.fetch_add(1, Ordering::SeqCst);
+        counters.bump(&counters.connections);
         let counters = counters.clone();
         let stop = stop.clone();
         let tls = tls.clone();
@@ -139,6 +186,7 @@ pub async fn serve_with(
                 }
             }
             counters.open.fetch_sub(1, Ordering::SeqCst);
+            counters.changed.notify_waiters();
         });
     }
 }
@@ -148,9 +196,15 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let idle_close = counters.idle_close.get().copied();
+    let service_counters = counters.clone();
     let service = hyper::service::service_fn(move |req| {
-        counters.requests.fetch_add(1, Ordering::SeqCst);
-        handle(req, counters.clone())
+        let counters = service_counters.clone();
+        let request = InFlight::new(&counters, &req);
+        async move {
+            let response = handle(req, counters).await;
+            drop(request);
+            response
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     if let Some(idle) = idle_close {
@@ -164,8 +218,41 @@ where
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::select! {
-        _ = conn => {}
+        ended = conn => {
+            if idle_close.is_some() && ended.is_err_and(|e| e.is_timeout()) {
+                counters.event(format_args!("idle connection closed"));
+                counters.bump(&counters.idle_closed);
+            }
+        }
         _ = stop.cancelled() => {}
+    }
+}
+
+/// A request counted from its arrival until its handler returns or is
+/// dropped.
+struct InFlight {
+    counters: Arc<Counters>,
+    what: String,
+}
+
+impl InFlight {
+    fn new(counters: &Arc<Counters>, req: &Request<Incoming>) -> Self {
+        let what = format!("{} {}", req.method(), req.uri());
+        counters.event(format_args!("request {what}"));
+        counters.in_flight.fetch_add(1, Ordering::SeqCst);
+        counters.bump(&counters.requests);
+        Self {
+            counters: counters.clone(),
+            what,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.counters.event(format_args!("done {}", self.what));
+        self.counters.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.counters.changed.notify_waiters();
     }
 }
 
@@ -213,7 +300,7 @@ async fn handle(
             "Hello from the sample service, through the tunnel.\n",
         ),
         ("GET", p) if p.starts_with("/bytes/") => match p["/bytes/".len()..].parse::<u64>() {
-            Ok(n) => bytes_response(n, query(&req, "chunked").is_some()),
+            Ok(n) => bytes_response(n, query(&req, "chunked").is_some(), counters),
             Err(_) => full(StatusCode::BAD_REQUEST, "text/plain", "bad length\n"),
         },
         ("POST" | "PUT", "/sha256") => {
@@ -303,6 +390,7 @@ async fn handle(
                         return;
                     }
                 }
+                counters.bump(&counters.bodies_finished);
             });
             resp
         }
@@ -339,7 +427,7 @@ async fn handle(
     Ok(resp)
 }
 
-fn bytes_response(n: u64, chunked: bool) -> Response<Body> {
+fn bytes_response(n: u64, chunked: bool, counters: Arc<Counters>) -> Response<Body> {
     let (tx, mut resp) = streaming(StatusCode::OK, "application/octet-stream");
     if !chunked {
         resp.headers_mut().insert("content-length", n.into());
@@ -350,6 +438,7 @@ fn bytes_response(n: u64, chunked: bool) -> Response<Body> {
                 return;
             }
         }
+        counters.bump(&counters.bodies_finished);
     });
     resp
 }

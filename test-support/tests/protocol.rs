@@ -1,6 +1,7 @@
 //! The tunnel below HTTP: raw tunnel streams, what the sidecar refuses, and
 //! what the edge refuses.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use edge_proxy::tunnel::connector::{TunnelConnector, TunnelError};
@@ -189,15 +190,20 @@ async fn the_edge_refuses_missing_tokens_and_a_silent_hello() {
 
 #[tokio::test]
 async fn many_tiny_frames_to_a_stalled_visitor_do_not_reset_the_tunnel() {
-    let (edge, _upstream, _sidecar) = stack().await;
+    let (edge, upstream, _sidecar) = stack().await;
     // 20,000 tiny events as fast as the service can write them; the visitor
-    // does not read for a while.
+    // reads none of them until the service has written them all and other
+    // visitors have been served.
     let stalled = client()
         .get(edge.url("hello", 8080, DEFAULT_ENV, "/sse?n=20000&interval_ms=0"))
         .send()
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    upstream
+        .wait_for("the service to write all 20,000 events", |c| {
+            c.bodies_finished.load(Ordering::SeqCst) == 1
+        })
+        .await;
     for _ in 0..10 {
         let resp = client()
             .get(edge.url("hello", 8080, DEFAULT_ENV, "/"))

@@ -1,10 +1,12 @@
 //! End-to-end through edge → gRPC tunnel → sidecar → upstream, in process.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use test_support::{
-    client, pattern, stack, FaultProxy, TestEdge, TestSidecar, TestUpstream, DEFAULT_ENV,
+    client, pattern, stack, ClosedPort, FaultProxy, TestEdge, TestSidecar, TestUpstream,
+    DEFAULT_ENV,
 };
 use tokio_tungstenite::tungstenite::Message;
 
@@ -387,12 +389,9 @@ async fn known_environment_without_tunnel_is_503() {
 #[tokio::test]
 async fn unreachable_target_is_502() {
     let edge = TestEdge::builder().start().await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap(); // now closed
+    let closed = ClosedPort::new();
     let _sidecar = TestSidecar::builder(&edge)
-        .target("gone", 80, closed)
+        .target("gone", 80, closed.addr)
         .start()
         .await;
     let (status, code, _) = error_code(
@@ -449,13 +448,19 @@ async fn wrong_token_is_rejected_with_a_reason_and_backoff() {
         error.contains("does not know this sidecar token"),
         "{error}"
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    // 200ms, 400ms, 800ms, ...: a handful of attempts, not a hammering loop.
-    let attempts = proxy.accepted();
-    assert!(
-        (2..=6).contains(&attempts),
-        "{attempts} connection attempts in ~2s"
-    );
+    // It keeps trying: 200ms, 400ms, 800ms apart with jitter down to half,
+    // never closer (each attempt starts after the previous one's rejection
+    // plus its delay), so not a hammering loop.
+    let attempts = proxy.wait_accepted(4).await;
+    for (i, pair) in attempts.windows(2).enumerate() {
+        let gap = pair[1] - pair[0];
+        let least = Duration::from_millis(100 << i);
+        assert!(
+            gap >= least,
+            "attempt {} came {gap:?} after the one before; the backoff allows no less than {least:?}",
+            i + 2
+        );
+    }
     assert_eq!(sidecar.status().connected, 0);
 }
 
@@ -497,30 +502,26 @@ async fn sidecar_reconnects_after_the_tunnel_is_cut() {
     let edge = TestEdge::builder().start().await;
     let upstream = TestUpstream::start().await;
     let proxy = FaultProxy::start(edge.tunnel_addr).await;
-    let sidecar = TestSidecar::builder(&edge)
+    let _sidecar = TestSidecar::builder(&edge)
         .via(proxy.addr)
         .target("hello", 8080, upstream.addr)
         .start()
         .await;
+    let first = edge.registry.all()[0].id.clone();
     proxy.reset_all();
-    // Down, then back within the backoff.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let resp = client()
-            .get(edge.url("hello", 8080, DEFAULT_ENV, "/"))
-            .send()
-            .await
-            .unwrap();
-        if resp.status() == 200 && proxy.accepted() >= 2 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no reconnect: {:?}",
-            sidecar.status()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Down, then back within the backoff: a second connection, and the edge
+    // serves the environment with a new session only.
+    proxy.wait_accepted(2).await;
+    edge.wait_usable_sessions(DEFAULT_ENV, "a new session only", |live| {
+        !live.is_empty() && live.iter().all(|s| s.id != first)
+    })
+    .await;
+    let resp = client()
+        .get(edge.url("hello", 8080, DEFAULT_ENV, "/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
 }
 
 type Body = std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
@@ -561,26 +562,22 @@ async fn finish(mut body: Body, mut got: u64) -> (u64, bool) {
 async fn killing_the_sidecar_mid_transfer_fails_that_request_only() {
     let (edge, _upstream, sidecar) = stack().await;
     let (body, got) = big_download_under_way(&edge).await;
-    sidecar.kill();
+    sidecar.kill().await;
     let (got, broke) = finish(body, got).await;
     assert!(
         broke && got < BIG,
         "a cut-short body is an error, got {got} bytes"
     );
-    // The edge is fine: the route now reports the tunnel as unavailable.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let resp = client()
-            .get(edge.url("hello", 8080, DEFAULT_ENV, "/"))
-            .send()
-            .await
-            .unwrap();
-        if resp.status() == 503 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "still {}", resp.status());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The edge is fine: once it has dropped the session, the route reports
+    // the tunnel as unavailable.
+    edge.wait_usable_sessions(DEFAULT_ENV, "no session", |live| live.is_empty())
+        .await;
+    let resp = client()
+        .get(edge.url("hello", 8080, DEFAULT_ENV, "/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
 }
 
 #[tokio::test]
@@ -606,8 +603,7 @@ async fn killing_the_edge_makes_the_sidecar_reconnect_to_its_replacement() {
         .target("hello", 8080, upstream.addr)
         .start()
         .await;
-    edge.kill();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    edge.kill().await;
     let config = edge_proxy::EdgeConfig::parse(&yaml, "edge.yaml").unwrap();
     let edge = TestEdge::start_on(
         config,
@@ -696,16 +692,20 @@ fn get_in_background(url: String) -> tokio::task::JoinHandle<String> {
 
 #[tokio::test]
 async fn graceful_sidecar_shutdown_lets_in_flight_requests_finish() {
-    let (edge, _upstream, sidecar) = stack().await;
+    let (edge, upstream, sidecar) = stack().await;
     let request = get_in_background(edge.url("hello", 8080, DEFAULT_ENV, "/slow?ms=700"));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    upstream
+        .wait_for("the request at the service", |c| {
+            c.in_flight.load(Ordering::SeqCst) == 1
+        })
+        .await;
     sidecar.begin_stop();
     assert_eq!(request.await.unwrap(), "slow but here\n");
 }
 
 #[tokio::test]
 async fn edge_shutdown_finishes_requests_in_flight_and_drops_idle_connections() {
-    let (edge, _upstream, _sidecar) = stack().await;
+    let (edge, upstream, _sidecar) = stack().await;
     let idle = client(); // keeps its keep-alive connection open
     idle.get(edge.url("hello", 8080, DEFAULT_ENV, "/"))
         .send()
@@ -715,7 +715,11 @@ async fn edge_shutdown_finishes_requests_in_flight_and_drops_idle_connections() 
         .await
         .unwrap();
     let slow = get_in_background(edge.url("hello", 8080, DEFAULT_ENV, "/slow?ms=800"));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    upstream
+        .wait_for("the slow request at the service", |c| {
+            c.in_flight.load(Ordering::SeqCst) == 1
+        })
+        .await;
     let started = Instant::now();
     edge.stop().await;
     assert!(

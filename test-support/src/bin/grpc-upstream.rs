@@ -4,7 +4,6 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Parser;
 use test_support::grpc::{serve, EchoService, GrpcCounters};
@@ -14,12 +13,16 @@ use test_support::grpc::{serve, EchoService, GrpcCounters};
 async fn report_cancellations(counters: Arc<GrpcCounters>) {
     let mut seen = 0;
     loop {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let changed = counters.cancelled_changed.notified();
+        tokio::pin!(changed);
+        // Registered before the check: a cancellation in between still wakes us.
+        changed.as_mut().enable();
         let now = counters.cancelled.load(Ordering::SeqCst);
         if now != seen {
             seen = now;
             println!("cancelled {now}");
         }
+        changed.await;
     }
 }
 

@@ -1,4 +1,6 @@
-//! The demo's sample service. Prints `listening <addr>` once bound.
+//! The demo's sample service. Prints `listening <addr>` once bound, and
+//! with `--log-events` a line per request and per idle connection it
+//! closes (what the conformance suite waits on).
 
 use clap::Parser;
 
@@ -11,6 +13,11 @@ struct Cli {
     /// for its next request (as servers with a keep-alive timeout do).
     #[arg(long)]
     idle_close_ms: Option<u64>,
+    /// Print `request <method> <path>` as each request arrives, `done
+    /// <method> <path>` when its handler returns or is dropped, and `idle
+    /// connection closed`.
+    #[arg(long)]
+    log_events: bool,
 }
 
 #[tokio::main]
@@ -21,6 +28,9 @@ async fn main() -> anyhow::Result<()> {
     println!("listening {}", listener.local_addr()?);
     let stop = tokio_util::sync::CancellationToken::new();
     let counters = std::sync::Arc::new(test_support::upstream::Counters::default());
+    counters
+        .log_events
+        .store(cli.log_events, std::sync::atomic::Ordering::Relaxed);
     if let Some(ms) = cli.idle_close_ms {
         let _ = counters
             .idle_close
