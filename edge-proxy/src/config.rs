@@ -14,7 +14,6 @@ use crate::routes::{HostPattern, RouteRule, RouteTable};
 use crate::token::TokenHash;
 use crate::upstream::{Protocol, TlsUpstream};
 use std::sync::Arc;
-use tunnel_proto::UpstreamProtocol;
 
 /// Idle data streams each sidecar session keeps open by default.
 pub const DEFAULT_IDLE_STREAMS: u32 = tunnel_transport::settings::DEFAULT_IDLE_STREAMS;
@@ -89,13 +88,22 @@ pub mod raw {
     #[serde(deny_unknown_fields)]
     pub struct Tls {
         pub certificates: Vec<Certificate>,
-        /// `default` (the first certificate) or `refuse`.
-        pub unknown_names: Option<String>,
+        pub unknown_names: Option<UnknownNames>,
         pub redirect_http: Option<bool>,
         pub plain_paths: Option<Vec<String>>,
         pub redirect_port: Option<u16>,
         #[serde(default)]
         pub hsts: Vec<Hsts>,
+    }
+
+    /// What the TLS handshake does for a name no certificate covers.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum UnknownNames {
+        /// Answer with the first certificate.
+        Default,
+        /// Fail the handshake.
+        Refuse,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -155,8 +163,7 @@ pub mod raw {
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct RouteUpstream {
-        /// `http1`, `h2c` or `tls`.
-        pub protocol: String,
+        pub protocol: ServiceProtocol,
         pub tls: Option<RouteTls>,
     }
 
@@ -287,7 +294,7 @@ pub struct UpstreamSettings {
     pub keepalive_pool_size: usize,
 }
 
-use yaml_config::duration;
+use yaml_config::{duration, ServiceProtocol};
 pub use yaml_config::{is_hostname, is_label, ConfigError};
 
 impl EdgeConfig {
@@ -531,16 +538,7 @@ fn validate_tls(
     problems: &mut Vec<String>,
     warnings: &mut Vec<String>,
 ) -> TlsSettings {
-    let fallback_to_default = match raw.unknown_names.as_deref() {
-        None | Some("default") => true,
-        Some("refuse") => false,
-        Some(other) => {
-            problems.push(format!(
-                "tls.unknown_names: {other:?} must be `default` or `refuse`"
-            ));
-            true
-        }
-    };
+    let fallback_to_default = raw.unknown_names != Some(raw::UnknownNames::Refuse);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -706,10 +704,10 @@ fn validate_route_upstream(
     target: Option<&ServiceRef>,
     problems: &mut Vec<String>,
 ) -> Option<Protocol> {
-    let protocol = match (UpstreamProtocol::from_name(&raw.protocol), raw.tls) {
-        (Some(UpstreamProtocol::Http1), None) => Protocol::Http1,
-        (Some(UpstreamProtocol::H2c), None) => Protocol::H2c,
-        (Some(UpstreamProtocol::Tls), tls) => {
+    let protocol = match (raw.protocol, raw.tls) {
+        (ServiceProtocol::Http1, None) => Protocol::Http1,
+        (ServiceProtocol::H2c, None) => Protocol::H2c,
+        (ServiceProtocol::Tls, tls) => {
             let tls = tls.unwrap_or(raw::RouteTls {
                 server_name: None,
                 ca: None,
@@ -740,15 +738,8 @@ fn validate_route_upstream(
                 !tls.insecure_skip_verify,
             )))
         }
-        (Some(_), Some(_)) => {
+        (_, Some(_)) => {
             problems.push(format!("{path}.tls: only allowed with `protocol: tls`"));
-            return None;
-        }
-        (None, _) => {
-            problems.push(format!(
-                "{path}.protocol: {:?} must be http1, h2c or tls",
-                raw.protocol
-            ));
             return None;
         }
     };
@@ -782,6 +773,10 @@ fn socket_addr(value: &str, path: &str, problems: &mut Vec<String>) -> Option<So
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A certificate for test.preview.test and its key.
+    const TEST_CERT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/test-cert.pem");
+    const TEST_KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/test-key.pem");
 
     const GOOD: &str = r#"
 listen:
@@ -900,15 +895,49 @@ tunnel:
         assert!(!tls.verify);
 
         let bad = format!(
-            "{GOOD}routes:\n  - {{host: a.example.com, target: demo/x:1, upstream: {{protocol: h3}}}}\n  - {{host: b.example.com, target: demo/x:1, upstream: {{protocol: h2c, tls: {{}}}}}}\n  - {{host: c.example.com, target: demo/x:1, upstream: {{protocol: tls, tls: {{ca: missing.pem}}}}}}\n"
+            "{GOOD}routes:\n  - {{host: a.example.com, target: demo/x:1, upstream: {{protocol: http1}}}}\n  - {{host: b.example.com, target: demo/x:1, upstream: {{protocol: h2c, tls: {{}}}}}}\n  - {{host: c.example.com, target: demo/x:1, upstream: {{protocol: tls, tls: {{ca: missing.pem}}}}}}\n"
+        );
+        let err = EdgeConfig::parse(&bad, "edge.yaml")
+            .unwrap_err()
+            .to_string();
+        for needle in ["routes[1].upstream.tls", "routes[2].upstream.tls.ca"] {
+            assert!(err.contains(needle), "missing {needle} in {err}");
+        }
+        assert!(!err.contains("routes[0]"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_route_protocol_names_the_allowed_ones_and_its_line() {
+        let bad = format!(
+            "{GOOD}routes:\n  - {{host: a.example.com, target: demo/x:1, upstream: {{protocol: h3}}}}\n"
         );
         let err = EdgeConfig::parse(&bad, "edge.yaml")
             .unwrap_err()
             .to_string();
         for needle in [
-            "routes[0].upstream.protocol",
-            "routes[1].upstream.tls",
-            "routes[2].upstream.tls.ca",
+            "edge.yaml:",
+            "unknown variant `h3`, expected one of http1, h2c, tls",
+            "line 14 column 66",
+        ] {
+            assert!(err.contains(needle), "missing {needle} in {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_names_is_default_or_refuse() {
+        let tls = |value: &str| {
+            format!("{GOOD}tls:\n  certificates: [{{ cert: {TEST_CERT}, key: {TEST_KEY} }}]\n  unknown_names: {value}\n")
+        };
+        let refusing = EdgeConfig::parse(&tls("refuse"), "edge.yaml").unwrap();
+        assert!(!refusing.tls.unwrap().fallback_to_default);
+        let answering = EdgeConfig::parse(&tls("default"), "edge.yaml").unwrap();
+        assert!(answering.tls.unwrap().fallback_to_default);
+        let err = EdgeConfig::parse(&tls("reject"), "edge.yaml")
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "unknown variant `reject`, expected one of default, refuse",
+            "line 15 column 18",
         ] {
             assert!(err.contains(needle), "missing {needle} in {err}");
         }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tunnel_proto::{Route, UpstreamProtocol, UpstreamTls};
+use yaml_config::ServiceProtocol;
 
 /// Tunnel sessions (TCP connections) kept to the edge by default.
 pub const DEFAULT_CONNECTIONS: u32 = 2;
@@ -67,8 +68,8 @@ mod raw {
         pub service: String,
         pub port: u16,
         pub address: String,
-        /// `http1` (default), `h2c` or `tls`.
-        pub protocol: Option<String>,
+        /// Default: `http1`.
+        pub protocol: Option<ServiceProtocol>,
         pub tls: Option<TargetTls>,
     }
 
@@ -295,17 +296,7 @@ fn validate(raw: raw::SidecarFile) -> Result<SidecarConfig, Vec<String>> {
 /// The protocol and TLS settings of `targets[i]` (its name and address are
 /// checked by the caller).
 fn validate_target(i: usize, t: raw::Target, problems: &mut Vec<String>) -> Target {
-    let protocol = match t.protocol.as_deref().map(UpstreamProtocol::from_name) {
-        None => UpstreamProtocol::Http1,
-        Some(Some(p)) => p,
-        Some(None) => {
-            problems.push(format!(
-                "targets[{i}].protocol: {:?} must be http1, h2c or tls",
-                t.protocol.unwrap_or_default()
-            ));
-            UpstreamProtocol::Http1
-        }
-    };
+    let protocol = wire_protocol(t.protocol.unwrap_or(ServiceProtocol::Http1));
     let tls = match (protocol, t.tls) {
         (UpstreamProtocol::Tls, tls) => {
             let tls = tls.unwrap_or(raw::TargetTls {
@@ -341,6 +332,15 @@ fn validate_target(i: usize, t: raw::Target, problems: &mut Vec<String>) -> Targ
         address: t.address,
         protocol,
         tls,
+    }
+}
+
+/// The protocol as the tunnel's registration carries it.
+pub fn wire_protocol(protocol: ServiceProtocol) -> UpstreamProtocol {
+    match protocol {
+        ServiceProtocol::Http1 => UpstreamProtocol::Http1,
+        ServiceProtocol::H2c => UpstreamProtocol::H2c,
+        ServiceProtocol::Tls => UpstreamProtocol::Tls,
     }
 }
 
@@ -392,15 +392,30 @@ mod tests {
 
         let bad = GOOD.replace(
             "    address: 127.0.0.1:9000\n",
-            "    address: 127.0.0.1:9000\n    protocol: h3\n  - { service: b, port: 1, address: b:1, tls: {} }\n  - { service: c, port: 1, address: c:1, protocol: tls, tls: { ca_file: /nonexistent.pem } }\n",
+            "    address: 127.0.0.1:9000\n    protocol: http1\n  - { service: b, port: 1, address: b:1, tls: {} }\n  - { service: c, port: 1, address: c:1, protocol: tls, tls: { ca_file: /nonexistent.pem } }\n",
+        );
+        let err = SidecarConfig::parse(&bad, "s.yaml")
+            .unwrap_err()
+            .to_string();
+        for needle in ["targets[1].tls", "targets[2].tls.ca_file"] {
+            assert!(err.contains(needle), "missing {needle} in {err}");
+        }
+        assert!(!err.contains("targets[0]"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_protocol_names_the_allowed_ones_and_its_line() {
+        let bad = GOOD.replace(
+            "    address: 127.0.0.1:9000\n",
+            "    address: 127.0.0.1:9000\n    protocol: h3\n",
         );
         let err = SidecarConfig::parse(&bad, "s.yaml")
             .unwrap_err()
             .to_string();
         for needle in [
-            "targets[0].protocol",
-            "targets[1].tls",
-            "targets[2].tls.ca_file",
+            "s.yaml:",
+            "unknown variant `h3`, expected one of http1, h2c, tls",
+            "line 8 column 15",
         ] {
             assert!(err.contains(needle), "missing {needle} in {err}");
         }
