@@ -568,3 +568,55 @@ fn the_shipped_configs_are_valid() {
         );
     }
 }
+
+#[test]
+fn relative_paths_start_at_the_config_file_for_both_binaries() {
+    // Certificates, keys, CAs and the token file next to the configs, given
+    // by relative paths, and both binaries run from elsewhere.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    test_support::certs::write(&d.join("certs"), "", &["*.preview.localhost".into()], false)
+        .unwrap();
+    std::fs::write(d.join("token"), format!("{TOKEN}\n")).unwrap();
+    let edge_yaml = conformance::edge_yaml_with(
+        "tls:\n  certificates: [{ cert: certs/cert.pem, key: certs/key.pem }]\n\
+         routes:\n  - { host: a.example.test, target: demo/api:443, upstream: { protocol: tls, tls: { ca: certs/ca.pem } } }\n",
+        true,
+    );
+    std::fs::write(d.join("edge.yaml"), edge_yaml).unwrap();
+    std::fs::write(
+        d.join("sidecar.yaml"),
+        "edge: http://127.0.0.1:7000\ntoken_file: token\ntargets:\n  - { service: api, port: 443, address: api:443, protocol: tls, tls: { ca_file: certs/ca.pem } }\n",
+    )
+    .unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    for (binary, file) in [("edge-proxy", "edge.yaml"), ("sidecar", "sidecar.yaml")] {
+        let out = Command::new(conformance::bin(binary))
+            .args(["check-config", d.join(file).to_str().unwrap()])
+            .current_dir(elsewhere.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{binary}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Not relative to the working directory: a token file there is not
+    // read in place of the missing one next to the config.
+    std::fs::rename(d.join("token"), elsewhere.path().join("token")).unwrap();
+    let out = Command::new(conformance::bin("sidecar"))
+        .args(["check-config", d.join("sidecar.yaml").to_str().unwrap()])
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "token_file: cannot read {}",
+            d.join("token").display()
+        )),
+        "{err}"
+    );
+}

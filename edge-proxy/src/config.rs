@@ -298,20 +298,17 @@ use yaml_config::{duration, ServiceProtocol};
 pub use yaml_config::{is_hostname, is_label, ConfigError};
 
 impl EdgeConfig {
-    /// Loads and validates a file; relative certificate paths are relative
-    /// to its directory.
+    /// Loads and validates a file; relative paths in it (certificates,
+    /// keys, `routes[].upstream.tls.ca`) are relative to its folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let base = yaml_config::config_dir(path);
         yaml_config::load(path, |raw| validate(raw, &base))
     }
 
     /// Parses and validates YAML text; `file` names it in errors (and its
-    /// directory anchors relative paths).
+    /// folder anchors relative paths).
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
-        let base = Path::new(file)
-            .parent()
-            .unwrap_or(Path::new("."))
-            .to_path_buf();
+        let base = yaml_config::config_dir(Path::new(file));
         yaml_config::parse(text, file, |raw| validate(raw, &base))
     }
 
@@ -941,6 +938,51 @@ tunnel:
         ] {
             assert!(err.contains(needle), "missing {needle} in {err}");
         }
+    }
+
+    #[test]
+    fn relative_paths_start_at_the_config_file_not_the_working_directory() {
+        let dir = std::env::temp_dir().join(format!("edge-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("certs")).unwrap();
+        for (from, to) in [
+            (TEST_CERT, "certs/cert.pem"),
+            (TEST_KEY, "certs/key.pem"),
+            (TEST_CERT, "ca.pem"),
+        ] {
+            std::fs::copy(from, dir.join(to)).unwrap();
+        }
+        let yaml = GOOD.replace("listen:\n", "listen:\n  https: 127.0.0.1:8443\n")
+            + "tls:\n  certificates: [{ cert: certs/cert.pem, key: certs/key.pem }]\n"
+            + "routes:\n  - { host: a.example.com, target: demo/web:443, upstream: { protocol: tls, tls: { ca: ca.pem } } }\n";
+        let file = dir.join("edge.yaml");
+        std::fs::write(&file, &yaml).unwrap();
+        // The tests run in the crate's folder, where none of these files is.
+        assert!(!Path::new("certs/cert.pem").exists() && !Path::new("ca.pem").exists());
+        for c in [
+            EdgeConfig::load(&file).unwrap(),
+            EdgeConfig::parse(&yaml, file.to_str().unwrap()).unwrap(),
+        ] {
+            let tls = c.tls.unwrap();
+            assert_eq!(tls.certificates[0].names, ["test.preview.test"]);
+            assert_eq!(
+                tls.files,
+                [dir.join("certs/cert.pem"), dir.join("certs/key.pem")]
+            );
+            let rule = c.routes.resolve("a.example.com", "/").unwrap();
+            assert!(matches!(rule.protocol, Some(Protocol::Tls(_))));
+        }
+        // A missing file is named where it was looked for.
+        std::fs::remove_file(dir.join("ca.pem")).unwrap();
+        let err = EdgeConfig::load(&file).unwrap_err().to_string();
+        let looked_at = dir.join("ca.pem");
+        assert!(
+            err.contains(&format!(
+                "routes[0].upstream.tls.ca: cannot read {}",
+                looked_at.display()
+            )),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

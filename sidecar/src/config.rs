@@ -175,17 +175,22 @@ pub use yaml_config::ConfigError;
 use yaml_config::{duration, is_label};
 
 impl SidecarConfig {
+    /// Loads and validates a file; relative paths in it (`token_file`,
+    /// `targets[].tls.ca_file`) are relative to its folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        yaml_config::load(path, validate)
+        let base = yaml_config::config_dir(path);
+        yaml_config::load(path, |raw| validate(raw, &base))
     }
 
-    /// Parses and validates YAML text; `file` names it in errors.
+    /// Parses and validates YAML text; `file` names it in errors (and its
+    /// folder anchors relative paths).
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
-        yaml_config::parse(text, file, validate)
+        let base = yaml_config::config_dir(Path::new(file));
+        yaml_config::parse(text, file, |raw| validate(raw, &base))
     }
 }
 
-fn validate(raw: raw::SidecarFile) -> Result<SidecarConfig, Vec<String>> {
+fn validate(raw: raw::SidecarFile, base: &Path) -> Result<SidecarConfig, Vec<String>> {
     let mut problems = Vec::new();
     if !(raw.edge.starts_with("http://") || raw.edge.starts_with("https://")) {
         problems.push(format!(
@@ -195,10 +200,13 @@ fn validate(raw: raw::SidecarFile) -> Result<SidecarConfig, Vec<String>> {
     }
     let token = match (raw.token, raw.token_file) {
         (Some(t), None) => Some(t),
-        (None, Some(f)) => match std::fs::read_to_string(&f) {
+        (None, Some(f)) => match std::fs::read_to_string(base.join(&f)) {
             Ok(t) => Some(t.trim().to_string()),
             Err(e) => {
-                problems.push(format!("token_file: cannot read {f:?}: {e}"));
+                problems.push(format!(
+                    "token_file: cannot read {}: {e}",
+                    base.join(&f).display()
+                ));
                 None
             }
         },
@@ -250,7 +258,7 @@ fn validate(raw: raw::SidecarFile) -> Result<SidecarConfig, Vec<String>> {
         .targets
         .into_iter()
         .enumerate()
-        .map(|(i, t)| validate_target(i, t, &mut problems))
+        .map(|(i, t)| validate_target(i, t, base, &mut problems))
         .collect();
     let connect_timeout = duration(
         &raw.connect_timeout,
@@ -295,7 +303,7 @@ fn validate(raw: raw::SidecarFile) -> Result<SidecarConfig, Vec<String>> {
 
 /// The protocol and TLS settings of `targets[i]` (its name and address are
 /// checked by the caller).
-fn validate_target(i: usize, t: raw::Target, problems: &mut Vec<String>) -> Target {
+fn validate_target(i: usize, t: raw::Target, base: &Path, problems: &mut Vec<String>) -> Target {
     let protocol = wire_protocol(t.protocol.unwrap_or(ServiceProtocol::Http1));
     let tls = match (protocol, t.tls) {
         (UpstreamProtocol::Tls, tls) => {
@@ -307,8 +315,11 @@ fn validate_target(i: usize, t: raw::Target, problems: &mut Vec<String>) -> Targ
             let host = t.address.rsplit_once(':').map(|(h, _)| h).unwrap_or("");
             let ca_pem = match &tls.ca_file {
                 None => Default::default(),
-                Some(f) => std::fs::read(f).unwrap_or_else(|e| {
-                    problems.push(format!("targets[{i}].tls.ca_file: cannot read {f:?}: {e}"));
+                Some(f) => std::fs::read(base.join(f)).unwrap_or_else(|e| {
+                    problems.push(format!(
+                        "targets[{i}].tls.ca_file: cannot read {}: {e}",
+                        base.join(f).display()
+                    ));
                     Vec::new()
                 }),
             };
@@ -419,6 +430,36 @@ mod tests {
         ] {
             assert!(err.contains(needle), "missing {needle} in {err}");
         }
+    }
+
+    #[test]
+    fn relative_paths_start_at_the_config_file_not_the_working_directory() {
+        let dir = std::env::temp_dir().join(format!("sidecar-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("secrets")).unwrap();
+        std::fs::write(dir.join("secrets/token"), "from-a-file\n").unwrap();
+        std::fs::write(dir.join("ca.pem"), "PEM").unwrap();
+        let yaml = "edge: http://127.0.0.1:7000\ntoken_file: secrets/token\ntargets:\n  - { service: api, port: 443, address: api:443, protocol: tls, tls: { ca_file: ca.pem } }\n";
+        let file = dir.join("sidecar.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        // The tests run in the crate's folder, where neither file is.
+        assert!(!Path::new("secrets/token").exists());
+        for c in [
+            SidecarConfig::load(&file).unwrap(),
+            SidecarConfig::parse(yaml, file.to_str().unwrap()).unwrap(),
+        ] {
+            assert_eq!(c.token.expose(), "from-a-file");
+            let tls = c.targets.targets()[0].tls.as_ref().unwrap();
+            assert_eq!(&tls.ca_pem[..], b"PEM");
+        }
+        // A missing file is named where it was looked for.
+        std::fs::remove_file(dir.join("secrets/token")).unwrap();
+        let err = SidecarConfig::load(&file).unwrap_err().to_string();
+        let looked_at = dir.join("secrets/token");
+        assert!(
+            err.contains(&format!("token_file: cannot read {}", looked_at.display())),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

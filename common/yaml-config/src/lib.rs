@@ -1,10 +1,11 @@
 //! YAML configuration plumbing shared by the edge and the sidecar: reading a
 //! file, deserializing it (errors carry line and column), folding every
 //! validation problem into one error, and the rules both configs share:
-//! names, durations, and the closed choices both spell the same way
-//! ([`ServiceProtocol`]). Each binary keeps its own raw and validated types.
+//! names, durations, relative paths, and the closed choices both spell the
+//! same way ([`ServiceProtocol`]). Each binary keeps its own raw and
+//! validated types.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -58,6 +59,13 @@ where
         file: file.into(),
         problems,
     })
+}
+
+/// The folder relative paths in the config file at `file` are resolved
+/// against (its own folder, as with nginx's or Envoy's `-c FILE`), whatever
+/// the working directory.
+pub fn config_dir(file: &Path) -> PathBuf {
+    file.parent().unwrap_or(Path::new(".")).to_path_buf()
 }
 
 /// How the edge speaks to a service, spelled the same in the edge's
@@ -144,6 +152,18 @@ mod tests {
         duration(&Some("soon".into()), "c", Duration::ZERO, &mut problems);
         assert_eq!(problems.len(), 2);
         assert!(problems[0].starts_with("a.b: "));
+    }
+
+    #[test]
+    fn relative_paths_start_at_the_config_file() {
+        assert_eq!(
+            config_dir(Path::new("/etc/edge/edge.yaml")),
+            Path::new("/etc/edge")
+        );
+        assert_eq!(
+            config_dir(Path::new("edge.yaml")).join("ca.pem"),
+            Path::new("ca.pem")
+        );
     }
 
     #[derive(Debug, Deserialize)]
