@@ -376,7 +376,7 @@ fn curl_speaks_h2c_with_prior_knowledge_where_enabled() {
     ]);
     assert!(String::from_utf8_lossy(&h1.stdout).starts_with("HTTP/1.1 200"));
 
-    // Without `listen.h2c`, prior knowledge is not spoken.
+    // Without `visitors.h2c`, prior knowledge is not spoken.
     let plain = conformance::Stack::start();
     let out = curl(&[
         "-i",

@@ -70,7 +70,7 @@ pub mod raw {
         pub https: Option<String>,
         pub tunnel: String,
         /// The old place of `visitors.h2c`, kept to say where it went.
-        pub h2c: Option<bool>,
+        pub h2c: Option<serde::de::IgnoredAny>,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -918,6 +918,25 @@ tunnel:
         ] {
             assert!(err.contains(needle), "missing {needle} in {err}");
         }
+    }
+
+    #[test]
+    fn listen_h2c_points_to_visitors_h2c() {
+        for value in ["true", "false", "0.0.0.0:8081"] {
+            let text = GOOD.replace(
+                "  tunnel: 127.0.0.1:7000\n",
+                &format!("  tunnel: 127.0.0.1:7000\n  h2c: {value}\n"),
+            );
+            let err = EdgeConfig::parse(&text, "edge.yaml")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("listen.h2c: moved to visitors.h2c"),
+                "{value}: {err}"
+            );
+        }
+        let text = format!("{GOOD}visitors:\n  h2c: true\n");
+        assert!(EdgeConfig::parse(&text, "edge.yaml").unwrap().visitors.h2c);
     }
 
     #[test]
