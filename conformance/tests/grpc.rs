@@ -77,9 +77,7 @@ impl GrpcStack {
 
         let ca = path(&service.ca);
         let tls_target = |server_name: &str| {
-            format!(
-                "    protocol: tls\n    tls: {{ server_name: {server_name}, ca_file: \"{ca}\" }}\n"
-            )
+            format!("    protocol: tls\n    tls: {{ server_name: {server_name}, ca: \"{ca}\" }}\n")
         };
         let sidecar_yaml = format!(
             "edge: http://{tunnel}\ntoken: {TOKEN}\nenvironment: {ENV}\ntargets:\n\

@@ -586,7 +586,7 @@ fn relative_paths_start_at_the_config_file_for_both_binaries() {
     std::fs::write(d.join("edge.yaml"), edge_yaml).unwrap();
     std::fs::write(
         d.join("sidecar.yaml"),
-        "edge: http://127.0.0.1:7000\ntoken_file: token\ntargets:\n  - { service: api, port: 443, address: api:443, protocol: tls, tls: { ca_file: certs/ca.pem } }\n",
+        "edge: http://127.0.0.1:7000\ntoken_file: token\ntargets:\n  - { service: api, port: 443, address: api:443, protocol: tls, tls: { ca: certs/ca.pem } }\n",
     )
     .unwrap();
     let elsewhere = tempfile::tempdir().unwrap();

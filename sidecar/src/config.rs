@@ -77,7 +77,10 @@ mod raw {
     #[serde(deny_unknown_fields)]
     pub struct TargetTls {
         pub server_name: Option<String>,
-        pub ca_file: Option<String>,
+        /// PEM file of the roots that signed the service's certificate.
+        pub ca: Option<String>,
+        /// The old name of `ca`, kept to say where it went.
+        pub ca_file: Option<serde::de::IgnoredAny>,
         #[serde(default)]
         pub insecure_skip_verify: bool,
     }
@@ -176,7 +179,7 @@ use yaml_config::{duration, is_label};
 
 impl SidecarConfig {
     /// Loads and validates a file; relative paths in it (`token_file`,
-    /// `targets[].tls.ca_file`) are relative to its folder.
+    /// `targets[].tls.ca`) are relative to its folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let base = yaml_config::config_dir(path);
         yaml_config::load(path, |raw| validate(raw, &base))
@@ -309,15 +312,21 @@ fn validate_target(i: usize, t: raw::Target, base: &Path, problems: &mut Vec<Str
         (UpstreamProtocol::Tls, tls) => {
             let tls = tls.unwrap_or(raw::TargetTls {
                 server_name: None,
+                ca: None,
                 ca_file: None,
                 insecure_skip_verify: false,
             });
+            if tls.ca_file.is_some() {
+                problems.push(format!(
+                    "targets[{i}].tls.ca_file: renamed to `ca`, as in the edge's routes[].upstream.tls"
+                ));
+            }
             let host = t.address.rsplit_once(':').map(|(h, _)| h).unwrap_or("");
-            let ca_pem = match &tls.ca_file {
+            let ca_pem = match &tls.ca {
                 None => Default::default(),
                 Some(f) => std::fs::read(base.join(f)).unwrap_or_else(|e| {
                     problems.push(format!(
-                        "targets[{i}].tls.ca_file: cannot read {}: {e}",
+                        "targets[{i}].tls.ca: cannot read {}: {e}",
                         base.join(f).display()
                     ));
                     Vec::new()
@@ -403,15 +412,30 @@ mod tests {
 
         let bad = GOOD.replace(
             "    address: 127.0.0.1:9000\n",
-            "    address: 127.0.0.1:9000\n    protocol: http1\n  - { service: b, port: 1, address: b:1, tls: {} }\n  - { service: c, port: 1, address: c:1, protocol: tls, tls: { ca_file: /nonexistent.pem } }\n",
+            "    address: 127.0.0.1:9000\n    protocol: http1\n  - { service: b, port: 1, address: b:1, tls: {} }\n  - { service: c, port: 1, address: c:1, protocol: tls, tls: { ca: /nonexistent.pem } }\n",
         );
         let err = SidecarConfig::parse(&bad, "s.yaml")
             .unwrap_err()
             .to_string();
-        for needle in ["targets[1].tls", "targets[2].tls.ca_file"] {
+        for needle in ["targets[1].tls", "targets[2].tls.ca"] {
             assert!(err.contains(needle), "missing {needle} in {err}");
         }
         assert!(!err.contains("targets[0]"), "{err}");
+    }
+
+    #[test]
+    fn the_old_ca_file_spelling_names_the_new_one() {
+        let old = GOOD.replace(
+            "    address: 127.0.0.1:9000\n",
+            "    address: 127.0.0.1:9000\n    protocol: tls\n    tls: { ca_file: ca.pem }\n",
+        );
+        let err = SidecarConfig::parse(&old, "s.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("targets[0].tls.ca_file: renamed to `ca`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -438,7 +462,7 @@ mod tests {
         std::fs::create_dir_all(dir.join("secrets")).unwrap();
         std::fs::write(dir.join("secrets/token"), "from-a-file\n").unwrap();
         std::fs::write(dir.join("ca.pem"), "PEM").unwrap();
-        let yaml = "edge: http://127.0.0.1:7000\ntoken_file: secrets/token\ntargets:\n  - { service: api, port: 443, address: api:443, protocol: tls, tls: { ca_file: ca.pem } }\n";
+        let yaml = "edge: http://127.0.0.1:7000\ntoken_file: secrets/token\ntargets:\n  - { service: api, port: 443, address: api:443, protocol: tls, tls: { ca: ca.pem } }\n";
         let file = dir.join("sidecar.yaml");
         std::fs::write(&file, yaml).unwrap();
         // The tests run in the crate's folder, where neither file is.
