@@ -195,11 +195,8 @@ impl SidecarConfig {
 
 fn validate(raw: raw::SidecarFile, base: &Path) -> Result<SidecarConfig, Vec<String>> {
     let mut problems = Vec::new();
-    if !(raw.edge.starts_with("http://") || raw.edge.starts_with("https://")) {
-        problems.push(format!(
-            "edge: {:?} must be a URL such as http://edge.example.com:7000",
-            raw.edge
-        ));
+    if let Err(e) = check_edge_url(&raw.edge) {
+        problems.push(format!("edge: {e}"));
     }
     let token = match (raw.token, raw.token_file) {
         (Some(t), None) => Some(t),
@@ -355,6 +352,22 @@ fn validate_target(i: usize, t: raw::Target, base: &Path, problems: &mut Vec<Str
     }
 }
 
+/// Checks the edge's tunnel URL (the YAML's `edge`, `sidecar expose
+/// --edge`): `http://host[:port]`, port 80 by default. The tunnel is plain
+/// HTTP/2, so `https://` is refused rather than dialed without TLS.
+pub fn check_edge_url(edge: &str) -> Result<(), String> {
+    let uri = edge.parse::<http::Uri>().ok();
+    match uri.as_ref().map(|u| (u.scheme_str(), u.host())) {
+        Some((Some("http"), Some(host))) if !host.is_empty() => Ok(()),
+        Some((Some("https"), _)) => Err(format!(
+            "{edge:?}: the tunnel does not speak TLS; write http://, with the port of the edge's listen.tunnel"
+        )),
+        _ => Err(format!(
+            "{edge:?} is not a URL such as http://edge.example.com:7000"
+        )),
+    }
+}
+
 /// The protocol as the tunnel's registration carries it.
 pub fn wire_protocol(protocol: ServiceProtocol) -> UpstreamProtocol {
     match protocol {
@@ -484,6 +497,35 @@ mod tests {
             "{err}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_edge_is_an_http_url_with_a_host() {
+        for good in [
+            "http://127.0.0.1:7000",
+            "http://edge.example.com",
+            "http://[::1]:7000",
+        ] {
+            assert_eq!(check_edge_url(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "127.0.0.1:7000",
+            "http://",
+            "tcp://edge:7000",
+            "http://a b:7000",
+        ] {
+            let err = check_edge_url(bad).unwrap_err();
+            assert!(err.contains("is not a URL such as http://"), "{bad}: {err}");
+        }
+        let err = SidecarConfig::parse(&GOOD.replace("http://", "https://"), "s.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "edge: \"https://127.0.0.1:7000\": the tunnel does not speak TLS; write http://"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -126,6 +126,7 @@ fn expose_config(
     } else {
         format!("http://{edge}")
     };
+    sidecar::config::check_edge_url(&edge).map_err(|e| anyhow::anyhow!("--edge {e}"))?;
     Ok(SidecarConfig {
         edge,
         token: Secret::new(token),
