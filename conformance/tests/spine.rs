@@ -436,6 +436,30 @@ fn laptop_mode_exposes_a_local_port() {
 }
 
 #[test]
+fn printed_urls_follow_preview_public_url() {
+    // Behind a load balancer that terminates TLS on 443, say so once.
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = conformance::edge_yaml("").replacen(
+        "preview:\n",
+        "preview:\n  public_url: https://{host}\n",
+        1,
+    );
+    std::fs::write(dir.path().join("edge.yaml"), yaml).unwrap();
+    let (_edge, _, tunnel) = conformance::start_edge_file(dir.path());
+    let expose = Proc::spawn(
+        "sidecar",
+        &[
+            "expose", "9", "--edge", &tunnel, "--token", TOKEN, "--name", "web",
+        ],
+    );
+    let line = expose.wait_line("Forwarding ", Duration::from_secs(10));
+    assert_eq!(
+        line.trim(),
+        "Forwarding https://web-9-demo.preview.localhost/"
+    );
+}
+
+#[test]
 fn ctrl_c_stops_edge_and_sidecar_cleanly() {
     let mut stack = Stack::start();
     let mut sidecar = stack.sidecar.take().unwrap();
