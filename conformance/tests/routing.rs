@@ -89,6 +89,42 @@ fn a_changed_file_is_applied_and_a_bad_one_refused() {
 }
 
 #[test]
+fn a_reload_applies_h2c_and_names_the_keys_that_wait_for_a_restart() {
+    let stack = Stack::start();
+    let url = stack.url("hello-8080", "/");
+    let prior_knowledge = || {
+        let out = curl(&[
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version}",
+            &url,
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_ne!(prior_knowledge(), "2");
+    stack.write_edge_yaml(&edge_yaml(
+        "visitors:\n  h2c: true\n  keepalive_timeout: 30s\nupstream:\n  keepalive_pool_size: 8\n",
+    ));
+    eventually("the reload", || stack.edge_lines("config reloaded") >= 1);
+    // visitors.h2c is read per connection: new ones speak it at once.
+    assert_eq!(prior_knowledge(), "2");
+    assert_eq!(
+        stack.edge_lines("visitors.h2c"),
+        0,
+        "{}",
+        stack.edge.output()
+    );
+    for key in [
+        "visitors.keepalive_timeout changed",
+        "upstream.keepalive_pool_size changed",
+    ] {
+        assert_eq!(stack.edge_lines(key), 1, "{key}:\n{}", stack.edge.output());
+    }
+}
+
+#[test]
 fn sighup_reloads() {
     let stack = Stack::start();
     signal(stack.edge.pid(), "HUP");
