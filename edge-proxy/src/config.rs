@@ -572,6 +572,9 @@ fn validate_tls(
             problems.push(format!("tls.plain_paths[{i}]: {p:?} must start with '/'"));
         }
     }
+    if raw.redirect_port == Some(0) {
+        problems.push("tls.redirect_port: must be 1-65535".into());
+    }
     let mut hsts = Vec::new();
     for (i, h) in raw.hsts.iter().enumerate() {
         let max_age = duration(
@@ -957,6 +960,15 @@ tunnel:
         ] {
             assert!(err.contains(needle), "missing {needle} in {err}");
         }
+    }
+
+    #[test]
+    fn redirect_port_zero_is_refused() {
+        let text = format!("{GOOD}tls:\n  certificates: [{{ cert: {TEST_CERT}, key: {TEST_KEY} }}]\n  redirect_port: 0\n");
+        let err = EdgeConfig::parse(&text, "edge.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls.redirect_port: must be 1-65535"), "{err}");
     }
 
     #[test]
