@@ -77,9 +77,7 @@ impl GrpcStack {
 
         let ca = path(&service.ca);
         let tls_target = |server_name: &str| {
-            format!(
-                "    protocol: tls\n    tls: {{ server_name: {server_name}, ca_file: \"{ca}\" }}\n"
-            )
+            format!("    protocol: tls\n    tls: {{ server_name: {server_name}, ca: \"{ca}\" }}\n")
         };
         let sidecar_yaml = format!(
             "edge: http://{tunnel}\ntoken: {TOKEN}\nenvironment: {ENV}\ntargets:\n\
@@ -376,7 +374,7 @@ fn curl_speaks_h2c_with_prior_knowledge_where_enabled() {
     ]);
     assert!(String::from_utf8_lossy(&h1.stdout).starts_with("HTTP/1.1 200"));
 
-    // Without `listen.h2c`, prior knowledge is not spoken.
+    // Without `visitors.h2c`, prior knowledge is not spoken.
     let plain = conformance::Stack::start();
     let out = curl(&[
         "-i",

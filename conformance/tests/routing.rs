@@ -79,6 +79,47 @@ fn a_changed_file_is_applied_and_a_bad_one_refused() {
 }
 
 #[test]
+fn a_reload_applies_h2c_and_names_the_keys_that_wait_for_a_restart() {
+    let stack = Stack::start();
+    let url = stack.url("hello-8080", "/");
+    let prior_knowledge = || {
+        let out = curl(&[
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version}",
+            &url,
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_ne!(prior_knowledge(), "2");
+    stack.write_edge_yaml(&edge_yaml(
+        "visitors:\n  h2c: true\n  keepalive_timeout: 30s\nupstream:\n  keepalive_pool_size: 8\n",
+    ));
+    stack
+        .edge
+        .wait_line("config reloaded", std::time::Duration::from_secs(10));
+    let edge_lines = |needle: &str| {
+        stack
+            .edge
+            .output()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    };
+    // visitors.h2c is read per connection: new ones speak it at once.
+    assert_eq!(prior_knowledge(), "2");
+    assert_eq!(edge_lines("visitors.h2c"), 0, "{}", stack.edge.output());
+    for key in [
+        "visitors.keepalive_timeout changed",
+        "upstream.keepalive_pool_size changed",
+    ] {
+        assert_eq!(edge_lines(key), 1, "{key}:\n{}", stack.edge.output());
+    }
+}
+
+#[test]
 fn sighup_reloads() {
     let stack = Stack::start();
     signal(stack.edge.pid(), "HUP");

@@ -455,6 +455,30 @@ fn laptop_mode_exposes_a_local_port() {
 }
 
 #[test]
+fn printed_urls_follow_preview_public_url() {
+    // Behind a load balancer that terminates TLS on 443, say so once.
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = conformance::edge_yaml("").replacen(
+        "preview:\n",
+        "preview:\n  public_url: https://{host}\n",
+        1,
+    );
+    std::fs::write(dir.path().join("edge.yaml"), yaml).unwrap();
+    let (_edge, _, tunnel) = conformance::start_edge_file(dir.path());
+    let expose = Proc::spawn(
+        "sidecar",
+        &[
+            "expose", "9", "--edge", &tunnel, "--token", TOKEN, "--name", "web",
+        ],
+    );
+    let line = expose.wait_line("Forwarding ", Duration::from_secs(10));
+    assert_eq!(
+        line.trim(),
+        "Forwarding https://web-9-demo.preview.localhost/"
+    );
+}
+
+#[test]
 fn ctrl_c_stops_edge_and_sidecar_cleanly() {
     let mut stack = Stack::start();
     let mut sidecar = stack.sidecar.take().unwrap();
@@ -604,4 +628,56 @@ fn the_shipped_configs_are_valid() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+#[test]
+fn relative_paths_start_at_the_config_file_for_both_binaries() {
+    // Certificates, keys, CAs and the token file next to the configs, given
+    // by relative paths, and both binaries run from elsewhere.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    test_support::certs::write(&d.join("certs"), "", &["*.preview.localhost".into()], false)
+        .unwrap();
+    std::fs::write(d.join("token"), format!("{TOKEN}\n")).unwrap();
+    let edge_yaml = conformance::edge_yaml_with(
+        "tls:\n  certificates: [{ cert: certs/cert.pem, key: certs/key.pem }]\n\
+         routes:\n  - { host: a.example.test, target: demo/api:443, upstream: { protocol: tls, tls: { ca: certs/ca.pem } } }\n",
+        true,
+    );
+    std::fs::write(d.join("edge.yaml"), edge_yaml).unwrap();
+    std::fs::write(
+        d.join("sidecar.yaml"),
+        "edge: http://127.0.0.1:7000\ntoken_file: token\ntargets:\n  - { service: api, port: 443, address: api:443, protocol: tls, tls: { ca: certs/ca.pem } }\n",
+    )
+    .unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    for (binary, file) in [("edge-proxy", "edge.yaml"), ("sidecar", "sidecar.yaml")] {
+        let out = Command::new(conformance::bin(binary))
+            .args(["check-config", d.join(file).to_str().unwrap()])
+            .current_dir(elsewhere.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{binary}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Not relative to the working directory: a token file there is not
+    // read in place of the missing one next to the config.
+    std::fs::rename(d.join("token"), elsewhere.path().join("token")).unwrap();
+    let out = Command::new(conformance::bin("sidecar"))
+        .args(["check-config", d.join("sidecar.yaml").to_str().unwrap()])
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "token_file: cannot read {}",
+            d.join("token").display()
+        )),
+        "{err}"
+    );
 }

@@ -12,7 +12,7 @@ struct TlsStack {
     dir: tempfile::TempDir,
     edge: Proc,
     _upstream: Proc,
-    _sidecar: Proc,
+    sidecar: Proc,
     https_port: u16,
     http_port: u16,
 }
@@ -63,7 +63,7 @@ fn start(tls_extra: &str) -> TlsStack {
         dir,
         edge,
         _upstream: upstream,
-        _sidecar: sidecar,
+        sidecar,
         https_port,
         http_port,
     }
@@ -92,6 +92,21 @@ impl TlsStack {
 }
 
 const PREVIEW: &str = "hello-8080-demo.preview.localhost";
+
+#[test]
+fn printed_urls_are_https_on_the_https_port_when_the_edge_serves_https() {
+    // No preview.public_url: with listen.https the default is
+    // https://{host}:<bound HTTPS port>, not the plain HTTP port.
+    let stack = start("");
+    let line = stack
+        .sidecar
+        .wait_line("Forwarding ", Duration::from_secs(10));
+    let url = format!("https://{PREVIEW}:{}/", stack.https_port);
+    assert_eq!(line.trim(), format!("Forwarding {url}"));
+    let (rc, body) = stack.curl(PREVIEW, "/", &[]);
+    assert_eq!(rc, 0, "{body}");
+    assert!(body.contains("Hello from the sample service"), "{body}");
+}
 
 #[test]
 fn https_with_sni_and_http2() {

@@ -82,9 +82,9 @@ impl Reloader {
     }
 
     /// Swaps `new` in atomically: requests already routed keep the settings
-    /// they started with. Listen addresses and the keep-alive pool size only
-    /// change on restart (a warning says so). Sessions whose token no longer
-    /// grants their environment are closed.
+    /// they started with. Listen addresses, the keep-alive pool size and
+    /// HTTP/2's idle timeout only change on restart (a warning says so).
+    /// Sessions whose token no longer grants their environment are closed.
     pub fn apply(&self, new: EdgeConfig, trigger: &str) {
         let old = self.config.load();
         if old.http_addr != new.http_addr || old.tunnel_addr != new.tunnel_addr {
@@ -93,8 +93,9 @@ impl Reloader {
         if old.upstream.keepalive_pool_size != new.upstream.keepalive_pool_size {
             warn!("upstream.keepalive_pool_size changed; it takes effect on restart");
         }
-        if old.visitors.h2c != new.visitors.h2c {
-            warn!("visitors.h2c changed in the config; it takes effect on restart");
+        if old.visitors.keepalive_timeout != new.visitors.keepalive_timeout {
+            // Pingora takes HTTP/2's idle timeout once, with the server options.
+            warn!("visitors.keepalive_timeout changed; HTTP/1.1 connections use it now, HTTP/2 connections after a restart");
         }
         if old.https_addr != new.https_addr {
             warn!("listen.https changed in the config; it takes effect on restart");

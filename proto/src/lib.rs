@@ -38,18 +38,6 @@ pub const VERSION_METADATA: &str = "x-tunnel-version";
 /// Request metadata key naming the session a data stream belongs to.
 pub const SESSION_METADATA: &str = "x-tunnel-session";
 
-impl UpstreamProtocol {
-    /// The name used in configuration files: `http1`, `h2c` or `tls`.
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "http1" => Some(Self::Http1),
-            "h2c" => Some(Self::H2c),
-            "tls" => Some(Self::Tls),
-            _ => None,
-        }
-    }
-}
-
 impl StreamFrame {
     pub fn data(bytes: bytes::Bytes) -> Self {
         Self {

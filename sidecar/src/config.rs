@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tunnel_proto::{Route, UpstreamProtocol, UpstreamTls};
+use yaml_config::ServiceProtocol;
 
 /// Tunnel sessions (TCP connections) kept to the edge by default.
 pub const DEFAULT_CONNECTIONS: u32 = 2;
@@ -67,8 +68,8 @@ mod raw {
         pub service: String,
         pub port: u16,
         pub address: String,
-        /// `http1` (default), `h2c` or `tls`.
-        pub protocol: Option<String>,
+        /// Default: `http1`.
+        pub protocol: Option<ServiceProtocol>,
         pub tls: Option<TargetTls>,
     }
 
@@ -76,7 +77,10 @@ mod raw {
     #[serde(deny_unknown_fields)]
     pub struct TargetTls {
         pub server_name: Option<String>,
-        pub ca_file: Option<String>,
+        /// PEM file of the roots that signed the service's certificate.
+        pub ca: Option<String>,
+        /// The old name of `ca`, kept to say where it went.
+        pub ca_file: Option<serde::de::IgnoredAny>,
         #[serde(default)]
         pub insecure_skip_verify: bool,
     }
@@ -174,30 +178,35 @@ pub use yaml_config::ConfigError;
 use yaml_config::{duration, is_label};
 
 impl SidecarConfig {
+    /// Loads and validates a file; relative paths in it (`token_file`,
+    /// `targets[].tls.ca`) are relative to its folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        yaml_config::load(path, validate)
+        let base = yaml_config::config_dir(path);
+        yaml_config::load(path, |raw| validate(raw, &base))
     }
 
-    /// Parses and validates YAML text; `file` names it in errors.
+    /// Parses and validates YAML text; `file` names it in errors (and its
+    /// folder anchors relative paths).
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
-        yaml_config::parse(text, file, validate)
+        let base = yaml_config::config_dir(Path::new(file));
+        yaml_config::parse(text, file, |raw| validate(raw, &base))
     }
 }
 
-fn validate(raw: raw::SidecarFile) -> Result<SidecarConfig, Vec<String>> {
+fn validate(raw: raw::SidecarFile, base: &Path) -> Result<SidecarConfig, Vec<String>> {
     let mut problems = Vec::new();
-    if !(raw.edge.starts_with("http://") || raw.edge.starts_with("https://")) {
-        problems.push(format!(
-            "edge: {:?} must be a URL such as http://edge.example.com:7000",
-            raw.edge
-        ));
+    if let Err(e) = check_edge_url(&raw.edge) {
+        problems.push(format!("edge: {e}"));
     }
     let token = match (raw.token, raw.token_file) {
         (Some(t), None) => Some(t),
-        (None, Some(f)) => match std::fs::read_to_string(&f) {
+        (None, Some(f)) => match std::fs::read_to_string(base.join(&f)) {
             Ok(t) => Some(t.trim().to_string()),
             Err(e) => {
-                problems.push(format!("token_file: cannot read {f:?}: {e}"));
+                problems.push(format!(
+                    "token_file: cannot read {}: {e}",
+                    base.join(&f).display()
+                ));
                 None
             }
         },
@@ -249,7 +258,7 @@ fn validate(raw: raw::SidecarFile) -> Result<SidecarConfig, Vec<String>> {
         .targets
         .into_iter()
         .enumerate()
-        .map(|(i, t)| validate_target(i, t, &mut problems))
+        .map(|(i, t)| validate_target(i, t, base, &mut problems))
         .collect();
     let connect_timeout = duration(
         &raw.connect_timeout,
@@ -294,30 +303,29 @@ fn validate(raw: raw::SidecarFile) -> Result<SidecarConfig, Vec<String>> {
 
 /// The protocol and TLS settings of `targets[i]` (its name and address are
 /// checked by the caller).
-fn validate_target(i: usize, t: raw::Target, problems: &mut Vec<String>) -> Target {
-    let protocol = match t.protocol.as_deref().map(UpstreamProtocol::from_name) {
-        None => UpstreamProtocol::Http1,
-        Some(Some(p)) => p,
-        Some(None) => {
-            problems.push(format!(
-                "targets[{i}].protocol: {:?} must be http1, h2c or tls",
-                t.protocol.unwrap_or_default()
-            ));
-            UpstreamProtocol::Http1
-        }
-    };
+fn validate_target(i: usize, t: raw::Target, base: &Path, problems: &mut Vec<String>) -> Target {
+    let protocol = wire_protocol(t.protocol.unwrap_or(ServiceProtocol::Http1));
     let tls = match (protocol, t.tls) {
         (UpstreamProtocol::Tls, tls) => {
             let tls = tls.unwrap_or(raw::TargetTls {
                 server_name: None,
+                ca: None,
                 ca_file: None,
                 insecure_skip_verify: false,
             });
+            if tls.ca_file.is_some() {
+                problems.push(format!(
+                    "targets[{i}].tls.ca_file: renamed to `ca`, as in the edge's routes[].upstream.tls"
+                ));
+            }
             let host = t.address.rsplit_once(':').map(|(h, _)| h).unwrap_or("");
-            let ca_pem = match &tls.ca_file {
+            let ca_pem = match &tls.ca {
                 None => Default::default(),
-                Some(f) => std::fs::read(f).unwrap_or_else(|e| {
-                    problems.push(format!("targets[{i}].tls.ca_file: cannot read {f:?}: {e}"));
+                Some(f) => std::fs::read(base.join(f)).unwrap_or_else(|e| {
+                    problems.push(format!(
+                        "targets[{i}].tls.ca: cannot read {}: {e}",
+                        base.join(f).display()
+                    ));
                     Vec::new()
                 }),
             };
@@ -341,6 +349,31 @@ fn validate_target(i: usize, t: raw::Target, problems: &mut Vec<String>) -> Targ
         address: t.address,
         protocol,
         tls,
+    }
+}
+
+/// Checks the edge's tunnel URL (the YAML's `edge`, `sidecar expose
+/// --edge`): `http://host[:port]`, port 80 by default. The tunnel is plain
+/// HTTP/2, so `https://` is refused rather than dialed without TLS.
+pub fn check_edge_url(edge: &str) -> Result<(), String> {
+    let uri = edge.parse::<http::Uri>().ok();
+    match uri.as_ref().map(|u| (u.scheme_str(), u.host())) {
+        Some((Some("http"), Some(host))) if !host.is_empty() => Ok(()),
+        Some((Some("https"), _)) => Err(format!(
+            "{edge:?}: the tunnel does not speak TLS; write http://, with the port of the edge's listen.tunnel"
+        )),
+        _ => Err(format!(
+            "{edge:?} is not a URL such as http://edge.example.com:7000"
+        )),
+    }
+}
+
+/// The protocol as the tunnel's registration carries it.
+pub fn wire_protocol(protocol: ServiceProtocol) -> UpstreamProtocol {
+    match protocol {
+        ServiceProtocol::Http1 => UpstreamProtocol::Http1,
+        ServiceProtocol::H2c => UpstreamProtocol::H2c,
+        ServiceProtocol::Tls => UpstreamProtocol::Tls,
     }
 }
 
@@ -392,18 +425,107 @@ mod tests {
 
         let bad = GOOD.replace(
             "    address: 127.0.0.1:9000\n",
-            "    address: 127.0.0.1:9000\n    protocol: h3\n  - { service: b, port: 1, address: b:1, tls: {} }\n  - { service: c, port: 1, address: c:1, protocol: tls, tls: { ca_file: /nonexistent.pem } }\n",
+            "    address: 127.0.0.1:9000\n    protocol: http1\n  - { service: b, port: 1, address: b:1, tls: {} }\n  - { service: c, port: 1, address: c:1, protocol: tls, tls: { ca: /nonexistent.pem } }\n",
+        );
+        let err = SidecarConfig::parse(&bad, "s.yaml")
+            .unwrap_err()
+            .to_string();
+        for needle in ["targets[1].tls", "targets[2].tls.ca"] {
+            assert!(err.contains(needle), "missing {needle} in {err}");
+        }
+        assert!(!err.contains("targets[0]"), "{err}");
+    }
+
+    #[test]
+    fn the_old_ca_file_spelling_names_the_new_one() {
+        let old = GOOD.replace(
+            "    address: 127.0.0.1:9000\n",
+            "    address: 127.0.0.1:9000\n    protocol: tls\n    tls: { ca_file: ca.pem }\n",
+        );
+        let err = SidecarConfig::parse(&old, "s.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("targets[0].tls.ca_file: renamed to `ca`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_protocol_names_the_allowed_ones_and_its_line() {
+        let bad = GOOD.replace(
+            "    address: 127.0.0.1:9000\n",
+            "    address: 127.0.0.1:9000\n    protocol: h3\n",
         );
         let err = SidecarConfig::parse(&bad, "s.yaml")
             .unwrap_err()
             .to_string();
         for needle in [
-            "targets[0].protocol",
-            "targets[1].tls",
-            "targets[2].tls.ca_file",
+            "s.yaml:",
+            "unknown variant `h3`, expected one of http1, h2c, tls",
+            "line 8 column 15",
         ] {
             assert!(err.contains(needle), "missing {needle} in {err}");
         }
+    }
+
+    #[test]
+    fn relative_paths_start_at_the_config_file_not_the_working_directory() {
+        let dir = std::env::temp_dir().join(format!("sidecar-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("secrets")).unwrap();
+        std::fs::write(dir.join("secrets/token"), "from-a-file\n").unwrap();
+        std::fs::write(dir.join("ca.pem"), "PEM").unwrap();
+        let yaml = "edge: http://127.0.0.1:7000\ntoken_file: secrets/token\ntargets:\n  - { service: api, port: 443, address: api:443, protocol: tls, tls: { ca: ca.pem } }\n";
+        let file = dir.join("sidecar.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        // The tests run in the crate's folder, where neither file is.
+        assert!(!Path::new("secrets/token").exists());
+        for c in [
+            SidecarConfig::load(&file).unwrap(),
+            SidecarConfig::parse(yaml, file.to_str().unwrap()).unwrap(),
+        ] {
+            assert_eq!(c.token.expose(), "from-a-file");
+            let tls = c.targets.targets()[0].tls.as_ref().unwrap();
+            assert_eq!(&tls.ca_pem[..], b"PEM");
+        }
+        // A missing file is named where it was looked for.
+        std::fs::remove_file(dir.join("secrets/token")).unwrap();
+        let err = SidecarConfig::load(&file).unwrap_err().to_string();
+        let looked_at = dir.join("secrets/token");
+        assert!(
+            err.contains(&format!("token_file: cannot read {}", looked_at.display())),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_edge_is_an_http_url_with_a_host() {
+        for good in [
+            "http://127.0.0.1:7000",
+            "http://edge.example.com",
+            "http://[::1]:7000",
+        ] {
+            assert_eq!(check_edge_url(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "127.0.0.1:7000",
+            "http://",
+            "tcp://edge:7000",
+            "http://a b:7000",
+        ] {
+            let err = check_edge_url(bad).unwrap_err();
+            assert!(err.contains("is not a URL such as http://"), "{bad}: {err}");
+        }
+        let err = SidecarConfig::parse(&GOOD.replace("http://", "https://"), "s.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "edge: \"https://127.0.0.1:7000\": the tunnel does not speak TLS; write http://"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

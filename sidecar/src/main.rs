@@ -1,14 +1,11 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use sidecar::config::{Allowlist, Secret, SidecarConfig, Target};
-use tunnel_proto::{UpstreamProtocol, UpstreamTls};
-
-fn parse_protocol(text: &str) -> Result<UpstreamProtocol, String> {
-    UpstreamProtocol::from_name(text).ok_or_else(|| "expected http1, h2c or tls".into())
-}
+use sidecar::config::{wire_protocol, Allowlist, Secret, SidecarConfig, Target};
 use sidecar::Sidecar;
 use tokio_util::sync::CancellationToken;
+use tunnel_proto::{UpstreamProtocol, UpstreamTls};
+use yaml_config::ServiceProtocol;
 
 /// jemalloc: less CPU per request than glibc's allocator and less memory
 /// kept per connection (measured in scripts/bench).
@@ -53,8 +50,8 @@ enum Command {
         port: Option<u16>,
         /// How the edge speaks to the service: http1, h2c (e.g. gRPC without
         /// TLS) or tls (certificate checked against the edge's system roots).
-        #[arg(long, default_value = "http1", value_parser = parse_protocol)]
-        protocol: UpstreamProtocol,
+        #[arg(long, default_value = "http1", value_parser = yaml_config::choice::<ServiceProtocol>)]
+        protocol: ServiceProtocol,
     },
 }
 
@@ -104,7 +101,7 @@ fn expose_config(
     name: String,
     env: Option<String>,
     url_port: Option<u16>,
-    protocol: UpstreamProtocol,
+    protocol: ServiceProtocol,
 ) -> anyhow::Result<SidecarConfig> {
     let address = if address.parse::<u16>().is_ok() {
         format!("127.0.0.1:{address}")
@@ -117,8 +114,8 @@ fn expose_config(
         .ok_or_else(|| anyhow::anyhow!("{address:?} is not host:port"))?;
     let host = address.rsplit_once(':').map(|(h, _)| h.to_string());
     let mut target = Target::new(name, url_port.unwrap_or(port), address);
-    target.protocol = protocol;
-    if protocol == UpstreamProtocol::Tls {
+    target.protocol = wire_protocol(protocol);
+    if target.protocol == UpstreamProtocol::Tls {
         target.tls = Some(UpstreamTls {
             server_name: host.unwrap_or_default(),
             ..Default::default()
@@ -129,6 +126,7 @@ fn expose_config(
     } else {
         format!("http://{edge}")
     };
+    sidecar::config::check_edge_url(&edge).map_err(|e| anyhow::anyhow!("--edge {e}"))?;
     Ok(SidecarConfig {
         edge,
         token: Secret::new(token),
@@ -172,4 +170,36 @@ async fn run(config: SidecarConfig) {
         }
     });
     sidecar.run(shutdown).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expose(protocol: &str) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from([
+            "sidecar",
+            "expose",
+            "3000",
+            "--edge",
+            "edge:7000",
+            "--token",
+            "t",
+            "--protocol",
+            protocol,
+        ])
+    }
+
+    #[test]
+    fn expose_protocol_is_spelled_as_in_the_config() {
+        let Command::Expose { protocol, .. } = expose("h2c").unwrap().command else {
+            panic!("expose")
+        };
+        assert_eq!(protocol, ServiceProtocol::H2c);
+        let err = expose("HTTP2").err().unwrap().to_string();
+        assert!(
+            err.contains("unknown variant `HTTP2`, expected one of `http1`, `h2c`, `tls`"),
+            "{err}"
+        );
+    }
 }

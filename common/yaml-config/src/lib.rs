@@ -1,12 +1,15 @@
 //! YAML configuration plumbing shared by the edge and the sidecar: reading a
 //! file, deserializing it (errors carry line and column), folding every
-//! validation problem into one error, and the naming and duration rules both
-//! configs use. Each binary keeps its own raw and validated types.
+//! validation problem into one error, and the rules both configs share:
+//! names, durations, relative paths, and the closed choices both spell the
+//! same way ([`ServiceProtocol`]). Each binary keeps its own raw and
+//! validated types.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 /// Everything wrong with a config file. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +59,36 @@ where
         file: file.into(),
         problems,
     })
+}
+
+/// The folder relative paths in the config file at `file` are resolved
+/// against (its own folder, as with nginx's or Envoy's `-c FILE`), whatever
+/// the working directory.
+pub fn config_dir(file: &Path) -> PathBuf {
+    file.parent().unwrap_or(Path::new(".")).to_path_buf()
+}
+
+/// How the edge speaks to a service, spelled the same in the edge's
+/// `routes[].upstream.protocol`, the sidecar's `targets[].protocol` and
+/// `sidecar expose --protocol`. An unknown value is the deserializer's
+/// error, which lists these with the line and column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceProtocol {
+    /// HTTP/1.1 in clear.
+    Http1,
+    /// HTTP/2 with prior knowledge (e.g. a gRPC server without TLS).
+    H2c,
+    /// TLS; HTTP/2 or HTTP/1.1 as ALPN decides.
+    Tls,
+}
+
+/// One closed choice (a unit-variant serde enum such as [`ServiceProtocol`])
+/// from a plain string, e.g. a command-line flag, with the same spelling
+/// and the same error (naming the allowed values) as in the YAML.
+pub fn choice<T: DeserializeOwned>(text: &str) -> Result<T, String> {
+    use serde::de::value::{Error, StrDeserializer};
+    T::deserialize(StrDeserializer::<Error>::new(text)).map_err(|e| e.to_string())
 }
 
 /// A DNS label: lowercase letters, digits and '-', 1 to 63 characters, no
@@ -119,5 +152,43 @@ mod tests {
         duration(&Some("soon".into()), "c", Duration::ZERO, &mut problems);
         assert_eq!(problems.len(), 2);
         assert!(problems[0].starts_with("a.b: "));
+    }
+
+    #[test]
+    fn relative_paths_start_at_the_config_file() {
+        assert_eq!(
+            config_dir(Path::new("/etc/edge/edge.yaml")),
+            Path::new("/etc/edge")
+        );
+        assert_eq!(
+            config_dir(Path::new("edge.yaml")).join("ca.pem"),
+            Path::new("ca.pem")
+        );
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Target {
+        protocol: ServiceProtocol,
+    }
+
+    #[test]
+    fn service_protocols_are_a_closed_choice() {
+        assert_eq!(choice::<ServiceProtocol>("h2c"), Ok(ServiceProtocol::H2c));
+        let err = choice::<ServiceProtocol>("h3").unwrap_err();
+        assert!(
+            err.contains("`h3`") && err.contains("http1") && err.contains("tls"),
+            "{err}"
+        );
+
+        let t: Target = serde_saphyr::from_str("protocol: tls").unwrap();
+        assert_eq!(t.protocol, ServiceProtocol::Tls);
+        // Spelled in lowercase only; the error has the allowed values, line and column.
+        let err = parse::<Target, Target>("\nprotocol: HTTP1\n", "s.yaml", Ok)
+            .unwrap_err()
+            .to_string();
+        for needle in ["s.yaml:", "`HTTP1`", "http1, h2c, tls", "line 2 column 11"] {
+            assert!(err.contains(needle), "missing {needle} in {err}");
+        }
     }
 }

@@ -13,7 +13,6 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use serde::Deserialize;
-use tunnel_proto::UpstreamProtocol;
 
 use crate::routing::preview::ServiceRef;
 use crate::routing::rules::{HostPattern, RouteRule, RouteTable};
@@ -77,7 +76,7 @@ pub mod raw {
         pub https: Option<String>,
         pub tunnel: String,
         /// The old place of `visitors.h2c`, kept to say where it went.
-        pub h2c: Option<bool>,
+        pub h2c: Option<serde::de::IgnoredAny>,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -95,13 +94,22 @@ pub mod raw {
     #[serde(deny_unknown_fields)]
     pub struct Tls {
         pub certificates: Vec<Certificate>,
-        /// `default` (the first certificate) or `refuse`.
-        pub unknown_names: Option<String>,
+        pub unknown_names: Option<UnknownNames>,
         pub redirect_http: Option<bool>,
         pub plain_paths: Option<Vec<String>>,
         pub redirect_port: Option<u16>,
         #[serde(default)]
         pub hsts: Vec<Hsts>,
+    }
+
+    /// What the TLS handshake does for a name no certificate covers.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum UnknownNames {
+        /// Answer with the first certificate.
+        Default,
+        /// Fail the handshake.
+        Refuse,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -161,8 +169,7 @@ pub mod raw {
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct RouteUpstream {
-        /// `http1`, `h2c` or `tls`.
-        pub protocol: String,
+        pub protocol: ServiceProtocol,
         pub tls: Option<RouteTls>,
     }
 
@@ -293,24 +300,21 @@ pub struct UpstreamSettings {
     pub keepalive_pool_size: usize,
 }
 
-use yaml_config::duration;
+use yaml_config::{duration, ServiceProtocol};
 pub use yaml_config::{is_hostname, is_label, ConfigError};
 
 impl EdgeConfig {
-    /// Loads and validates a file; relative certificate paths are relative
-    /// to its directory.
+    /// Loads and validates a file; relative paths in it (certificates,
+    /// keys, `routes[].upstream.tls.ca`) are relative to its folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let base = yaml_config::config_dir(path);
         yaml_config::load(path, |raw| validate(raw, &base))
     }
 
     /// Parses and validates YAML text; `file` names it in errors (and its
-    /// directory anchors relative paths).
+    /// folder anchors relative paths).
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
-        let base = Path::new(file)
-            .parent()
-            .unwrap_or(Path::new("."))
-            .to_path_buf();
+        let base = yaml_config::config_dir(Path::new(file));
         yaml_config::parse(text, file, |raw| validate(raw, &base))
     }
 
@@ -537,16 +541,7 @@ fn validate_tls(
     problems: &mut Vec<String>,
     warnings: &mut Vec<String>,
 ) -> TlsSettings {
-    let fallback_to_default = match raw.unknown_names.as_deref() {
-        None | Some("default") => true,
-        Some("refuse") => false,
-        Some(other) => {
-            problems.push(format!(
-                "tls.unknown_names: {other:?} must be `default` or `refuse`"
-            ));
-            true
-        }
-    };
+    let fallback_to_default = raw.unknown_names != Some(raw::UnknownNames::Refuse);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -582,6 +577,9 @@ fn validate_tls(
         if !p.starts_with('/') {
             problems.push(format!("tls.plain_paths[{i}]: {p:?} must start with '/'"));
         }
+    }
+    if raw.redirect_port == Some(0) {
+        problems.push("tls.redirect_port: must be 1-65535".into());
     }
     let mut hsts = Vec::new();
     for (i, h) in raw.hsts.iter().enumerate() {
@@ -712,10 +710,10 @@ fn validate_route_upstream(
     target: Option<&ServiceRef>,
     problems: &mut Vec<String>,
 ) -> Option<Protocol> {
-    let protocol = match (UpstreamProtocol::from_name(&raw.protocol), raw.tls) {
-        (Some(UpstreamProtocol::Http1), None) => Protocol::Http1,
-        (Some(UpstreamProtocol::H2c), None) => Protocol::H2c,
-        (Some(UpstreamProtocol::Tls), tls) => {
+    let protocol = match (raw.protocol, raw.tls) {
+        (ServiceProtocol::Http1, None) => Protocol::Http1,
+        (ServiceProtocol::H2c, None) => Protocol::H2c,
+        (ServiceProtocol::Tls, tls) => {
             let tls = tls.unwrap_or(raw::RouteTls {
                 server_name: None,
                 ca: None,
@@ -746,15 +744,8 @@ fn validate_route_upstream(
                 !tls.insecure_skip_verify,
             )))
         }
-        (Some(_), Some(_)) => {
+        (_, Some(_)) => {
             problems.push(format!("{path}.tls: only allowed with `protocol: tls`"));
-            return None;
-        }
-        (None, _) => {
-            problems.push(format!(
-                "{path}.protocol: {:?} must be http1, h2c or tls",
-                raw.protocol
-            ));
             return None;
         }
     };
@@ -788,6 +779,10 @@ fn socket_addr(value: &str, path: &str, problems: &mut Vec<String>) -> Option<So
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A certificate for test.preview.test and its key.
+    const TEST_CERT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/test-cert.pem");
+    const TEST_KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/test-key.pem");
 
     const GOOD: &str = r#"
 listen:
@@ -906,18 +901,125 @@ tunnel:
         assert!(!tls.verify);
 
         let bad = format!(
-            "{GOOD}routes:\n  - {{host: a.example.com, target: demo/x:1, upstream: {{protocol: h3}}}}\n  - {{host: b.example.com, target: demo/x:1, upstream: {{protocol: h2c, tls: {{}}}}}}\n  - {{host: c.example.com, target: demo/x:1, upstream: {{protocol: tls, tls: {{ca: missing.pem}}}}}}\n"
+            "{GOOD}routes:\n  - {{host: a.example.com, target: demo/x:1, upstream: {{protocol: http1}}}}\n  - {{host: b.example.com, target: demo/x:1, upstream: {{protocol: h2c, tls: {{}}}}}}\n  - {{host: c.example.com, target: demo/x:1, upstream: {{protocol: tls, tls: {{ca: missing.pem}}}}}}\n"
+        );
+        let err = EdgeConfig::parse(&bad, "edge.yaml")
+            .unwrap_err()
+            .to_string();
+        for needle in ["routes[1].upstream.tls", "routes[2].upstream.tls.ca"] {
+            assert!(err.contains(needle), "missing {needle} in {err}");
+        }
+        assert!(!err.contains("routes[0]"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_route_protocol_names_the_allowed_ones_and_its_line() {
+        let bad = format!(
+            "{GOOD}routes:\n  - {{host: a.example.com, target: demo/x:1, upstream: {{protocol: h3}}}}\n"
         );
         let err = EdgeConfig::parse(&bad, "edge.yaml")
             .unwrap_err()
             .to_string();
         for needle in [
-            "routes[0].upstream.protocol",
-            "routes[1].upstream.tls",
-            "routes[2].upstream.tls.ca",
+            "edge.yaml:",
+            "unknown variant `h3`, expected one of http1, h2c, tls",
+            "line 14 column 66",
         ] {
             assert!(err.contains(needle), "missing {needle} in {err}");
         }
+    }
+
+    #[test]
+    fn listen_h2c_points_to_visitors_h2c() {
+        for value in ["true", "false", "0.0.0.0:8081"] {
+            let text = GOOD.replace(
+                "  tunnel: 127.0.0.1:7000\n",
+                &format!("  tunnel: 127.0.0.1:7000\n  h2c: {value}\n"),
+            );
+            let err = EdgeConfig::parse(&text, "edge.yaml")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("listen.h2c: moved to visitors.h2c"),
+                "{value}: {err}"
+            );
+        }
+        let text = format!("{GOOD}visitors:\n  h2c: true\n");
+        assert!(EdgeConfig::parse(&text, "edge.yaml").unwrap().visitors.h2c);
+    }
+
+    #[test]
+    fn unknown_names_is_default_or_refuse() {
+        let tls = |value: &str| {
+            format!("{GOOD}tls:\n  certificates: [{{ cert: {TEST_CERT}, key: {TEST_KEY} }}]\n  unknown_names: {value}\n")
+        };
+        let refusing = EdgeConfig::parse(&tls("refuse"), "edge.yaml").unwrap();
+        assert!(!refusing.tls.unwrap().fallback_to_default);
+        let answering = EdgeConfig::parse(&tls("default"), "edge.yaml").unwrap();
+        assert!(answering.tls.unwrap().fallback_to_default);
+        let err = EdgeConfig::parse(&tls("reject"), "edge.yaml")
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "unknown variant `reject`, expected one of default, refuse",
+            "line 15 column 18",
+        ] {
+            assert!(err.contains(needle), "missing {needle} in {err}");
+        }
+    }
+
+    #[test]
+    fn redirect_port_zero_is_refused() {
+        let text = format!("{GOOD}tls:\n  certificates: [{{ cert: {TEST_CERT}, key: {TEST_KEY} }}]\n  redirect_port: 0\n");
+        let err = EdgeConfig::parse(&text, "edge.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls.redirect_port: must be 1-65535"), "{err}");
+    }
+
+    #[test]
+    fn relative_paths_start_at_the_config_file_not_the_working_directory() {
+        let dir = std::env::temp_dir().join(format!("edge-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("certs")).unwrap();
+        for (from, to) in [
+            (TEST_CERT, "certs/cert.pem"),
+            (TEST_KEY, "certs/key.pem"),
+            (TEST_CERT, "ca.pem"),
+        ] {
+            std::fs::copy(from, dir.join(to)).unwrap();
+        }
+        let yaml = GOOD.replace("listen:\n", "listen:\n  https: 127.0.0.1:8443\n")
+            + "tls:\n  certificates: [{ cert: certs/cert.pem, key: certs/key.pem }]\n"
+            + "routes:\n  - { host: a.example.com, target: demo/web:443, upstream: { protocol: tls, tls: { ca: ca.pem } } }\n";
+        let file = dir.join("edge.yaml");
+        std::fs::write(&file, &yaml).unwrap();
+        // The tests run in the crate's folder, where none of these files is.
+        assert!(!Path::new("certs/cert.pem").exists() && !Path::new("ca.pem").exists());
+        for c in [
+            EdgeConfig::load(&file).unwrap(),
+            EdgeConfig::parse(&yaml, file.to_str().unwrap()).unwrap(),
+        ] {
+            let tls = c.tls.unwrap();
+            assert_eq!(tls.certificates[0].names, ["test.preview.test"]);
+            assert_eq!(
+                tls.files,
+                [dir.join("certs/cert.pem"), dir.join("certs/key.pem")]
+            );
+            let rule = c.routes.resolve("a.example.com", "/").unwrap();
+            assert!(matches!(rule.protocol, Some(Protocol::Tls(_))));
+        }
+        // A missing file is named where it was looked for.
+        std::fs::remove_file(dir.join("ca.pem")).unwrap();
+        let err = EdgeConfig::load(&file).unwrap_err().to_string();
+        let looked_at = dir.join("ca.pem");
+        assert!(
+            err.contains(&format!(
+                "routes[0].upstream.tls.ca: cannot read {}",
+                looked_at.display()
+            )),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
