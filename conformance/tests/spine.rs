@@ -422,7 +422,14 @@ fn laptop_mode_exposes_a_local_port() {
     let port = addr.rsplit_once(':').unwrap().1.to_string();
     let mut expose = Proc::spawn(
         "sidecar",
-        &["expose", &addr, "--edge", &tunnel, "--token", TOKEN],
+        &[
+            "expose",
+            &addr,
+            "--edge",
+            &format!("http://{tunnel}"),
+            "--token",
+            TOKEN,
+        ],
     );
     let line = expose.wait_line("Forwarding ", Duration::from_secs(10));
     let url = line.trim_start_matches("Forwarding ").trim().to_string();
@@ -480,7 +487,7 @@ fn wrong_token_is_explained_and_retried_with_backoff() {
             "expose",
             "127.0.0.1:9",
             "--edge",
-            &tunnel,
+            &format!("http://{tunnel}"),
             "--token",
             "not-the-token",
         ],

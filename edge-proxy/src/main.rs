@@ -75,7 +75,7 @@ fn main() -> anyhow::Result<()> {
             if token.is_some() {
                 eprintln!(
                     "edge-proxy hash-token: the token is not taken as an argument (ps and shell history would keep it); \
-                     pipe it in (`edge-proxy hash-token < token.txt`) or use --file FILE"
+                     give it on stdin (`edge-proxy hash-token < token.txt`) or use --file FILE"
                 );
                 std::process::exit(2);
             }

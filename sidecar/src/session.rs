@@ -269,13 +269,19 @@ pub async fn run(
     })?;
     // A plaintext sidecar at a TLS port fails somewhere in HTTP/2; the
     // bytes it got say why.
-    let tls_port = || {
-        first_bytes.looks_like_tls().then(|| {
-            SessionError::Tls(
+    // So does a client certificate the edge refuses: with TLS 1.3 its
+    // alert comes after the handshake, as the first thing read.
+    let tls_port = |message: &str| {
+        if first_bytes.looks_like_tls() {
+            return Some(SessionError::Tls(
                 "the edge's tunnel port speaks TLS, and this sidecar spoke plaintext: write the edge URL as https://"
                     .into(),
-            )
-        })
+            ));
+        }
+        let alert = message.split("received fatal alert: ").nth(1)?;
+        Some(SessionError::Tls(format!(
+            "the edge refused this sidecar's client certificate ({alert}); check tls.client_cert and the cluster's client_ca"
+        )))
     };
     let client = TunnelClient::with_origin(H2Channel(connection.clone()), uri.clone())
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
@@ -309,7 +315,7 @@ pub async fn run(
         .control(request)
         .await
         .map_err(|status| {
-            tls_port().unwrap_or_else(|| match status.code() {
+            tls_port(status.message()).unwrap_or_else(|| match status.code() {
                 tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal => {
                     SessionError::Lost(status.message().to_string())
                 }
@@ -322,13 +328,12 @@ pub async fn run(
             kind: Some(edge_message::Kind::Welcome(w)),
         })) => w,
         Ok(_) => {
-            return Err(tls_port()
+            return Err(tls_port("")
                 .unwrap_or_else(|| SessionError::Lost("the edge did not send Welcome".into())))
         }
         Err(status) => {
-            return Err(
-                tls_port().unwrap_or_else(|| SessionError::Rejected(status.message().to_string()))
-            )
+            return Err(tls_port(status.message())
+                .unwrap_or_else(|| SessionError::Rejected(status.message().to_string())))
         }
     };
     on_welcome(&welcome);
