@@ -552,17 +552,19 @@ fn the_shipped_configs_are_valid() {
     // The edge config names certificates that scripts/demo generates: check
     // a copy next to freshly generated ones.
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(root.join("configs/edge.yaml"), dir.path().join("edge.yaml")).unwrap();
+    for file in ["edge.yaml", "sidecar.yaml"] {
+        std::fs::copy(root.join("configs").join(file), dir.path().join(file)).unwrap();
+    }
     test_support::certs::write(
         &dir.path().join("certs"),
         "",
-        &["*.preview.localhost".into()],
+        &["*.preview.localhost".into(), "localhost".into()],
         false,
     )
     .unwrap();
     for (binary, file) in [
         ("edge-proxy", dir.path().join("edge.yaml")),
-        ("sidecar", root.join("configs/sidecar.yaml")),
+        ("sidecar", dir.path().join("sidecar.yaml")),
     ] {
         let out = Command::new(conformance::bin(binary))
             .args(["check-config", file.to_str().unwrap()])

@@ -184,23 +184,34 @@ pub use yaml_config::ConfigError;
 use yaml_config::{duration, is_label};
 
 impl SidecarConfig {
+    /// Loads and validates a file; the `tls` section's files are relative
+    /// to its directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        yaml_config::load(path, validate)
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        yaml_config::load(path, |raw| validate(raw, &base))
     }
 
-    /// Parses and validates YAML text; `file` names it in errors.
+    /// Parses and validates YAML text; `file` names it in errors (and its
+    /// directory anchors the `tls` section's files).
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
-        yaml_config::parse(text, file, validate)
+        let base = Path::new(file)
+            .parent()
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        yaml_config::parse(text, file, |raw| validate(raw, &base))
     }
 }
 
-fn validate(raw: raw::SidecarFile) -> Result<SidecarConfig, Vec<String>> {
+fn validate(raw: raw::SidecarFile, base: &Path) -> Result<SidecarConfig, Vec<String>> {
     let mut problems = Vec::new();
-    let transport = match edge_transport(
-        &raw.edge,
-        raw.tls.unwrap_or_default(),
-        raw.insecure_plaintext,
-    ) {
+    let mut tls = raw.tls.unwrap_or_default();
+    for file in [&mut tls.ca_file, &mut tls.client_cert, &mut tls.client_key]
+        .into_iter()
+        .flatten()
+    {
+        *file = base.join(&*file).to_string_lossy().into_owned();
+    }
+    let transport = match edge_transport(&raw.edge, tls, raw.insecure_plaintext) {
         Ok(t) => Some(t),
         Err(e) => {
             problems.extend(e);
