@@ -361,6 +361,7 @@ class Bench:
         self.hop = {}      # comparator -> {label: pid}
         self.warnings = []
         self.only = set(args.only.split(",")) if args.only else None
+        self.tunnel_tls = args.tunnel_tls
         # One build for the whole run, even if cargo replaces the binaries meanwhile.
         bindir = os.path.join(work, "bin")
         os.makedirs(bindir)
@@ -559,7 +560,8 @@ http {{
 
     # -- edge + sidecar
     def edge_config(self, path, environments, https=True):
-        token_hash = run([self.bin("edge-proxy"), "hash-token", self.token], timeout=10).strip()
+        token_hash = subprocess.run([self.bin("edge-proxy"), "hash-token"], input=self.token + "\n",
+                                    capture_output=True, text=True, timeout=10, check=True).stdout.strip()
         envs = ", ".join(environments)
         tls = ""
         if https:
@@ -577,6 +579,13 @@ clusters:
   - name: bench
     token_sha256: "{token_hash}"
     environments: [{envs}]
+""")
+            if self.tunnel_tls:
+                # The tunnel over TLS (--tunnel-tls): the dev certificate covers localhost.
+                f.write(f"""tunnel:
+  tls:
+    certificates:
+      - {{ cert: {self.cert}, key: {self.key} }}
 """)
 
     def launch_edge(self, name, environments, https=True):
@@ -598,7 +607,11 @@ clusters:
     def launch_sidecar(self, name, tunnel, environment):
         conf = os.path.join(self.work, f"{name}.yaml")
         with open(conf, "w") as f:
-            f.write(f"""edge: http://{tunnel}
+            edge = f"http://{tunnel}"
+            if self.tunnel_tls:
+                ca = os.path.join(os.path.dirname(self.cert), "ca.pem")
+                edge = f"https://{tunnel}\ntls: {{ ca_file: {ca}, server_name: localhost }}"
+            f.write(f"""edge: {edge}
 token: {self.token}
 environment: {environment}
 targets:
@@ -850,6 +863,9 @@ def main():
     ap.add_argument("--sidecars", type=int, help="scale row: sidecars (default 1000, quick 20)")
     ap.add_argument("--connections", type=int, help="scale row: open connections (default 10000, quick 200)")
     ap.add_argument("--keep", action="store_true", help="keep the temp directory (configs, logs)")
+    ap.add_argument("--tunnel-tls", action="store_true",
+                    help="run the edge's tunnel (sidecar to edge) over TLS; run once with and once without "
+                         "to compare (the scale and idle-memory rows' in-process sidecars stay plaintext)")
     ap.add_argument("--only", metavar="ROWS", help="comma-separated subset: " + ",".join(ROW_KEYS))
     args = ap.parse_args()
     unknown = set(args.only.split(",")) - set(ROW_KEYS) if args.only else set()

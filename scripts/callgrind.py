@@ -71,7 +71,7 @@ def main():
                                 r"listening (\S+)")
         procs.append(upstream)
         upstream_addr = found.group(1)
-        token_hash = subprocess.run([f"{RELEASE_DIR}/edge-proxy", "hash-token", TOKEN], capture_output=True,
+        token_hash = subprocess.run([f"{RELEASE_DIR}/edge-proxy", "hash-token"], input=TOKEN + "\n", capture_output=True,
                                     text=True, check=True).stdout.strip()
         h2c = ", h2c: true" if args.h2 else ""
         with open(os.path.join(work, "edge.yaml"), "w") as f:

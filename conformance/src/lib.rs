@@ -18,6 +18,66 @@ use std::time::{Duration, Instant};
 pub const TOKEN: &str = "conformance-token";
 pub const ENV: &str = "demo";
 
+/// How a [`Stack`]'s sidecar reaches the edge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tunnel {
+    /// Plaintext HTTP/2 (the edge on loopback).
+    Plain,
+    /// TLS, the edge's certificate checked against a local CA.
+    Tls,
+}
+
+impl Tunnel {
+    /// What stacks use unless a test says: `CONFORMANCE_TUNNEL=tls` runs
+    /// the whole suite over a TLS tunnel.
+    pub fn from_env() -> Self {
+        match std::env::var("CONFORMANCE_TUNNEL").as_deref() {
+            Ok("tls") => Tunnel::Tls,
+            _ => Tunnel::Plain,
+        }
+    }
+}
+
+/// Writes a CA (`tunnel-ca/ca.pem`) and the edge's tunnel certificate
+/// (`tunnel-cert.pem`, `tunnel-key.pem`, for `localhost` and `127.0.0.1`)
+/// into `dir`; returns the CA's path.
+pub fn write_tunnel_certs(dir: &Path) -> PathBuf {
+    let ca_dir = dir.join("tunnel-ca");
+    let files = test_support::certs::write(
+        &ca_dir,
+        "",
+        &["localhost".into(), "127.0.0.1".into()],
+        false,
+    )
+    .unwrap();
+    std::fs::copy(&files.cert, dir.join("tunnel-cert.pem")).unwrap();
+    std::fs::copy(&files.key, dir.join("tunnel-key.pem")).unwrap();
+    files.ca
+}
+
+/// Adds `tunnel.tls` (the files of [`write_tunnel_certs`]) to an edge YAML,
+/// inside its `tunnel:` section if it has one.
+pub fn with_tunnel_tls(yaml: &str) -> String {
+    let tls = "  tls:\n    certificates:\n      - { cert: tunnel-cert.pem, key: tunnel-key.pem }\n";
+    if let Some(at) = yaml.find("\ntunnel:\n") {
+        let at = at + "\ntunnel:\n".len();
+        format!("{}{tls}{}", &yaml[..at], &yaml[at..])
+    } else {
+        format!("{yaml}tunnel:\n{tls}")
+    }
+}
+
+/// Output that must never contain the token or its hash.
+fn assert_no_secrets(name: &str, output: &str) {
+    let hash = test_support::harness::token_hash(TOKEN);
+    for (what, secret) in [("the token", TOKEN), ("the token's hash", hash.as_str())] {
+        assert!(
+            !output.contains(secret),
+            "{name} wrote {what} in its output:\n{output}"
+        );
+    }
+}
+
 pub fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("CONFORMANCE_BIN_DIR") {
         return dir.into();
@@ -55,8 +115,14 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, args: &[&str]) -> Self {
+        Self::spawn_env(name, args, &[])
+    }
+
+    /// [`Proc::spawn`] with more environment variables.
+    pub fn spawn_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(bin(name))
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -202,6 +268,10 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The log scan: no process of any test run writes a token or hash.
+        if !std::thread::panicking() {
+            assert_no_secrets(&self.name, &self.output());
+        }
     }
 }
 
@@ -234,6 +304,7 @@ pub struct Stack {
     pub https_port: Option<u16>,
     pub tunnel_addr: String,
     pub upstream_addr: String,
+    pub tunnel: Tunnel,
 }
 
 impl Stack {
@@ -254,9 +325,24 @@ impl Stack {
 
     /// [`Stack::start_with`], with more flags for the edge.
     pub fn start_full(extra: &str, edge_args: &[&str], upstream_args: &[&str]) -> Self {
+        Self::start_tunnel(Tunnel::from_env(), extra, edge_args, upstream_args)
+    }
+
+    /// [`Stack::start_full`] with the tunnel as `tunnel` says.
+    pub fn start_tunnel(
+        tunnel: Tunnel,
+        extra: &str,
+        edge_args: &[&str],
+        upstream_args: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("edge.yaml"), edge_yaml(extra)).unwrap();
-        Self::start_in(dir, edge_args, upstream_args)
+        let mut yaml = edge_yaml(extra);
+        if tunnel == Tunnel::Tls {
+            write_tunnel_certs(dir.path());
+            yaml = with_tunnel_tls(&yaml);
+        }
+        std::fs::write(dir.path().join("edge.yaml"), yaml).unwrap();
+        Self::start_in(dir, tunnel, edge_args, upstream_args)
     }
 
     /// [`Stack::start_with_edge_yaml`] with an HTTPS listener too, serving
@@ -266,15 +352,22 @@ impl Stack {
         let dir = tempfile::tempdir().unwrap();
         test_support::certs::write(dir.path(), "", &["*.preview.localhost".into()], false).unwrap();
         let tls = "tls:\n  certificates:\n    - { cert: cert.pem, key: key.pem }\n  redirect_http: false\n";
-        std::fs::write(
-            dir.path().join("edge.yaml"),
-            edge_yaml_with(&format!("{tls}{extra}"), true),
-        )
-        .unwrap();
-        Self::start_in(dir, &[], &[])
+        let tunnel = Tunnel::from_env();
+        let mut yaml = edge_yaml_with(&format!("{tls}{extra}"), true);
+        if tunnel == Tunnel::Tls {
+            write_tunnel_certs(dir.path());
+            yaml = with_tunnel_tls(&yaml);
+        }
+        std::fs::write(dir.path().join("edge.yaml"), yaml).unwrap();
+        Self::start_in(dir, tunnel, &[], &[])
     }
 
-    fn start_in(dir: tempfile::TempDir, edge_args: &[&str], upstream_args: &[&str]) -> Self {
+    fn start_in(
+        dir: tempfile::TempDir,
+        tunnel: Tunnel,
+        edge_args: &[&str],
+        upstream_args: &[&str],
+    ) -> Self {
         let (edge, listening) = start_edge_with_args(dir.path(), edge_args);
         let (http_port, tunnel_addr) = (listening.http_port, listening.tunnel);
         let mut args = vec!["--listen", "127.0.0.1:0"];
@@ -292,6 +385,7 @@ impl Stack {
             https_port: listening.https_port,
             tunnel_addr,
             upstream_addr,
+            tunnel,
         };
         stack.start_sidecar();
         stack
@@ -299,9 +393,17 @@ impl Stack {
 
     pub fn sidecar_yaml(&self) -> PathBuf {
         let path = self.dir.path().join("sidecar.yaml");
+        let edge = match self.tunnel {
+            Tunnel::Plain => format!("edge: http://{}\n", self.tunnel_addr),
+            Tunnel::Tls => format!(
+                "edge: https://{}\ntls:\n  ca_file: {}\n",
+                self.tunnel_addr,
+                self.dir.path().join("tunnel-ca/ca.pem").display()
+            ),
+        };
         let yaml = format!(
-            "edge: http://{}\ntoken: {TOKEN}\nenvironment: {ENV}\nreconnect:\n  min: 200ms\n  max: 2s\ntargets:\n  - service: hello\n    port: 8080\n    address: {}\n",
-            self.tunnel_addr, self.upstream_addr
+            "{edge}token: {TOKEN}\nenvironment: {ENV}\nreconnect:\n  min: 200ms\n  max: 2s\ntargets:\n  - service: hello\n    port: 8080\n    address: {}\n",
+            self.upstream_addr
         );
         std::fs::write(&path, yaml).unwrap();
         path

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use conformance::{curl, edge_yaml_with, Proc, ENV, TOKEN};
+use conformance::{curl, edge_yaml_with, Proc, Tunnel, ENV, TOKEN};
 use test_support::certs;
 use test_support::grpc::proto::{EchoReply, EchoRequest};
 use test_support::grpc::{self, EchoClient};
@@ -67,11 +67,16 @@ impl GrpcStack {
             + "upstream:\n  read_timeout: 1s\n"
             + "routes:\n"
             + "  - host: grpc.example.test\n    target: demo/echo-plain:50051\n    upstream: { protocol: h2c }\n";
-        let yaml = edge_yaml_with("", true).replacen(
+        let mut yaml = edge_yaml_with("", true).replacen(
             "  tunnel: 127.0.0.1:0\n",
             &format!("  tunnel: 127.0.0.1:0\n{edge_extra}"),
             1,
         );
+        // `CONFORMANCE_TUNNEL=tls`: sidecar to edge over TLS.
+        let tunnel_ca = (Tunnel::from_env() == Tunnel::Tls).then(|| {
+            yaml = conformance::with_tunnel_tls(&yaml);
+            conformance::write_tunnel_certs(d)
+        });
         std::fs::write(d.join("edge.yaml"), yaml).unwrap();
         let (edge, listening) = conformance::start_edge_listening(d);
 
@@ -79,14 +84,21 @@ impl GrpcStack {
         let tls_target = |server_name: &str| {
             format!("    protocol: tls\n    tls: {{ server_name: {server_name}, ca: \"{ca}\" }}\n")
         };
+        let edge_url = match &tunnel_ca {
+            None => format!("edge: http://{}\n", listening.tunnel),
+            Some(ca) => format!(
+                "edge: https://{}\ntls: {{ ca_file: \"{}\" }}\n",
+                listening.tunnel,
+                path(ca)
+            ),
+        };
         let sidecar_yaml = format!(
-            "edge: http://{tunnel}\ntoken: {TOKEN}\nenvironment: {ENV}\ntargets:\n\
+            "{edge_url}token: {TOKEN}\nenvironment: {ENV}\ntargets:\n\
              \x20 - {{ service: echo, port: 50051, address: {grpc_addr}, protocol: h2c }}\n\
              \x20 - {{ service: echo-plain, port: 50051, address: {grpc_addr} }}\n\
              \x20 - service: echotls\n    port: 50052\n    address: {grpc_tls_addr}\n{echotls}\
              \x20 - service: hellotls\n    port: 8443\n    address: {https_addr}\n{hellotls}\
              \x20 - service: badname\n    port: 8443\n    address: {https_addr}\n{badname}",
-            tunnel = listening.tunnel,
             echotls = tls_target("echo.internal"),
             hellotls = tls_target("echo.internal"),
             badname = tls_target("wrong.internal"),

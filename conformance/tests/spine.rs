@@ -441,7 +441,14 @@ fn laptop_mode_exposes_a_local_port() {
     let port = addr.rsplit_once(':').unwrap().1.to_string();
     let mut expose = Proc::spawn(
         "sidecar",
-        &["expose", &addr, "--edge", &tunnel, "--token", TOKEN],
+        &[
+            "expose",
+            &addr,
+            "--edge",
+            &format!("http://{tunnel}"),
+            "--token",
+            TOKEN,
+        ],
     );
     let line = expose.wait_line("Forwarding ", Duration::from_secs(10));
     let url = line.trim_start_matches("Forwarding ").trim().to_string();
@@ -520,7 +527,7 @@ fn wrong_token_is_explained_and_retried_with_backoff() {
             "expose",
             "127.0.0.1:9",
             "--edge",
-            &tunnel,
+            &format!("http://{tunnel}"),
             "--token",
             "not-the-token",
         ],
@@ -606,17 +613,19 @@ fn the_shipped_configs_are_valid() {
     // The edge config names certificates that scripts/demo generates: check
     // a copy next to freshly generated ones.
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(root.join("configs/edge.yaml"), dir.path().join("edge.yaml")).unwrap();
+    for file in ["edge.yaml", "sidecar.yaml"] {
+        std::fs::copy(root.join("configs").join(file), dir.path().join(file)).unwrap();
+    }
     test_support::certs::write(
         &dir.path().join("certs"),
         "",
-        &["*.preview.localhost".into()],
+        &["*.preview.localhost".into(), "localhost".into()],
         false,
     )
     .unwrap();
     for (binary, file) in [
         ("edge-proxy", dir.path().join("edge.yaml")),
-        ("sidecar", root.join("configs/sidecar.yaml")),
+        ("sidecar", dir.path().join("sidecar.yaml")),
     ] {
         let out = Command::new(conformance::bin(binary))
             .args(["check-config", file.to_str().unwrap()])

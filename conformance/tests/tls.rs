@@ -47,7 +47,7 @@ fn start(tls_extra: &str) -> TlsStack {
             "expose",
             &addr,
             "--edge",
-            &listening.tunnel,
+            &format!("http://{}", listening.tunnel),
             "--token",
             TOKEN,
             "--name",

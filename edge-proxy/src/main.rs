@@ -50,14 +50,56 @@ enum Command {
     /// Validate a configuration file, print every problem, exit non-zero if any.
     CheckConfig { file: Option<PathBuf> },
     /// Print the SHA-256 of a sidecar token, for `clusters[].token_sha256`.
-    HashToken { token: String },
+    /// The token is read from stdin (one line), or from `--file`: never
+    /// from the command line, where `ps` and shell history would keep it.
+    HashToken {
+        /// Read the token from this file (e.g. a mounted Secret) instead of stdin.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Refused: a token on the command line is visible to every user.
+        #[arg(hide = true)]
+        token: Option<String>,
+    },
+    /// Print the SHA-256 of a certificate's public key (SPKI), for a
+    /// sidecar's `tls.pin_sha256`.
+    SpkiSha256 {
+        /// PEM certificate (the first one in the file is used).
+        cert: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
-        Command::HashToken { token } => {
-            println!("{}", TokenHash::of(&token).to_hex());
+        Command::HashToken { file, token } => {
+            if token.is_some() {
+                eprintln!(
+                    "edge-proxy hash-token: the token is not taken as an argument (ps and shell history would keep it); \
+                     give it on stdin (`edge-proxy hash-token < token.txt`) or use --file FILE"
+                );
+                std::process::exit(2);
+            }
+            let secret = match &file {
+                Some(file) => std::fs::read_to_string(file)
+                    .with_context(|| format!("cannot read {}", file.display()))?,
+                None => {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    line
+                }
+            };
+            let secret = secret.trim();
+            if secret.is_empty() {
+                anyhow::bail!("no token on stdin or in the file");
+            }
+            println!("{}", TokenHash::of(secret).to_hex());
+            Ok(())
+        }
+        Command::SpkiSha256 { cert } => {
+            println!(
+                "{}",
+                edge_proxy::tls::spki_sha256(&cert).map_err(anyhow::Error::msg)?
+            );
             Ok(())
         }
         Command::CheckConfig { file } => {

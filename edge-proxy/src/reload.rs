@@ -20,7 +20,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tracing::{info, warn};
 
-use crate::tls::{CertStore, SniResolver};
+use crate::tls::{CertStore, SniResolver, TunnelTlsState};
 use crate::tunnel::registry::{Authorizations, TunnelRegistry};
 
 /// How often the file is checked for changes.
@@ -66,6 +66,7 @@ pub struct Reloader {
     config: Arc<ArcSwap<EdgeConfig>>,
     registry: Arc<TunnelRegistry>,
     certificates: Arc<SniResolver>,
+    tunnel_tls: Arc<TunnelTlsState>,
 }
 
 impl Reloader {
@@ -73,11 +74,13 @@ impl Reloader {
         config: Arc<ArcSwap<EdgeConfig>>,
         registry: Arc<TunnelRegistry>,
         certificates: Arc<SniResolver>,
+        tunnel_tls: Arc<TunnelTlsState>,
     ) -> Self {
         Self {
             config,
             registry,
             certificates,
+            tunnel_tls,
         }
     }
 
@@ -97,6 +100,9 @@ impl Reloader {
             // Pingora takes HTTP/2's idle timeout once, with the server options.
             warn!("visitors.keepalive_timeout changed; HTTP/1.1 connections use it now, HTTP/2 connections after a restart");
         }
+        if old.tunnel.tls.is_some() != new.tunnel.tls.is_some() {
+            warn!("tunnel.tls turned on or off in the config; it takes effect on restart");
+        }
         if old.https_addr != new.https_addr {
             warn!("listen.https changed in the config; it takes effect on restart");
         }
@@ -105,6 +111,7 @@ impl Reloader {
         }
         let routes = new.routes.len();
         self.certificates.replace(cert_store(&new));
+        apply_tunnel_tls(&new, &self.tunnel_tls);
         self.registry
             .set_authorizations(Authorizations::from_config(&new));
         self.config.store(Arc::new(new));
@@ -114,13 +121,20 @@ impl Reloader {
 
     /// The files whose changes trigger a reload besides the config itself.
     pub fn watched_files(&self) -> Vec<std::path::PathBuf> {
-        self.config
-            .load()
-            .tls
-            .as_ref()
-            .map(|t| t.files.clone())
-            .unwrap_or_default()
+        self.config.load().watched_files()
     }
+}
+
+/// The tunnel listener's certificates and the clusters' client CAs.
+pub fn apply_tunnel_tls(config: &EdgeConfig, state: &TunnelTlsState) {
+    if let Some(tls) = &config.tunnel.tls {
+        state
+            .certificates
+            .replace(CertStore::new(&tls.certificates, true));
+    }
+    state
+        .client_auth
+        .replace(config.clusters.iter().filter_map(|c| c.client_ca.as_ref()));
 }
 
 /// The visitor certificates a config names.

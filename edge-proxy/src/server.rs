@@ -29,9 +29,9 @@ use crate::config::EdgeConfig;
 use crate::http::phases::EdgeProxy;
 use crate::http::visitor::{self, FirstBytes, HeadDeadline};
 use crate::reload::{self, Reloader};
-use crate::tls::{self, SniResolver};
+use crate::tls::{self, SniResolver, TunnelTlsState};
 use crate::tunnel::registry::{Authorizations, TunnelRegistry};
-use crate::tunnel::service::TunnelService;
+use crate::tunnel::service::{ClientChain, TunnelService};
 
 /// In-flight requests get this long to finish at shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -40,6 +40,7 @@ pub struct Edge {
     config: Arc<ArcSwap<EdgeConfig>>,
     registry: Arc<TunnelRegistry>,
     certificates: Arc<SniResolver>,
+    tunnel_tls: Arc<TunnelTlsState>,
 }
 
 /// The edge's bound listeners.
@@ -64,13 +65,24 @@ impl Edge {
         let registry = Arc::new(TunnelRegistry::new(Authorizations::from_config(&config)));
         let certificates = Arc::new(SniResolver::default());
         certificates.replace(reload::cert_store(&config));
+        let tunnel_tls = Arc::new(TunnelTlsState::default());
+        reload::apply_tunnel_tls(&config, &tunnel_tls);
         for warning in &config.warnings {
             warn!("{warning}");
+        }
+        if config.tunnel.tls.is_none() {
+            let message = "the tunnel listener speaks plaintext: sidecar tokens and visitors' traffic are not encrypted between sidecar and edge (configure tunnel.tls)";
+            if config.tunnel_addr.ip().is_loopback() {
+                info!(tunnel = %config.tunnel_addr, "{message}");
+            } else {
+                warn!(tunnel = %config.tunnel_addr, "{message}");
+            }
         }
         Self {
             config: Arc::new(ArcSwap::from_pointee(config)),
             registry,
             certificates,
+            tunnel_tls,
         }
     }
 
@@ -80,6 +92,7 @@ impl Edge {
             self.config.clone(),
             self.registry.clone(),
             self.certificates.clone(),
+            self.tunnel_tls.clone(),
         )
     }
 
@@ -147,6 +160,12 @@ impl Edge {
                 Arc::new(Acceptor::from_server_config(tls::server_config(
                     self.certificates.clone(),
                 )))
+            }),
+            tunnel_tls: self.config.load().tunnel.tls.as_ref().map(|_| {
+                tokio_rustls::TlsAcceptor::from(tls::tunnel_server_config(
+                    self.tunnel_tls.certificates.clone(),
+                    self.tunnel_tls.client_auth.clone(),
+                ))
             }),
             tunnel_service: TunnelService::new(
                 self.registry.clone(),
@@ -223,6 +242,8 @@ struct Shared {
     h2c_app: Arc<ProxyApp>,
     /// Present when visitors are served over TLS.
     tls: Option<Arc<Acceptor>>,
+    /// Present when the tunnel listener speaks TLS.
+    tunnel_tls: Option<tokio_rustls::TlsAcceptor>,
     tunnel_service: TunnelService,
     config: Arc<ArcSwap<EdgeConfig>>,
     /// Tells Pingora that in-flight requests should wind down.
@@ -345,11 +366,7 @@ async fn run_worker(shared: Shared, mut handoffs: mpsc::UnboundedReceiver<Handof
             Some(Handoff::Tunnel(stream, peer)) => {
                 match TcpStream::from_std(stream) {
                     Ok(stream) => {
-                        tunnels.spawn(shared.tunnel_service.clone().serve_connection(
-                            CoalescingIo::new(stream),
-                            Some(peer),
-                            shared.stop_tunnel.clone(),
-                        ));
+                        tunnels.spawn(serve_tunnel(stream, peer, shared.clone()));
                     }
                     Err(e) => warn!(error = %e, "cannot register a tunnel connection"),
                 }
@@ -368,6 +385,42 @@ async fn run_worker(shared: Shared, mut handoffs: mpsc::UnboundedReceiver<Handof
     shared.stop_tunnel.cancelled().await;
     tunnels.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), tunnels.wait()).await;
+}
+
+/// Serves one sidecar connection; with tunnel TLS, after the handshake
+/// (the client certificate chain, if any, goes with the connection).
+async fn serve_tunnel(stream: TcpStream, peer: std::net::SocketAddr, shared: Shared) {
+    let service = shared.tunnel_service.clone();
+    let stop = shared.stop_tunnel.clone();
+    let Some(acceptor) = &shared.tunnel_tls else {
+        return service
+            .serve_connection(CoalescingIo::new(stream), Some(peer), None, stop)
+            .await;
+    };
+    let handshake = Box::pin(acceptor.accept(stream));
+    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            // A plaintext sidecar's first bytes are the HTTP/2 preface.
+            let hint = if e.to_string().contains("InvalidContentType")
+                || e.to_string().contains("corrupt message")
+            {
+                "; the client did not speak TLS (a sidecar with `edge: http://…`? it needs https://)"
+            } else {
+                ""
+            };
+            return info!(%peer, error = %e, "tunnel TLS handshake failed{hint}");
+        }
+        Err(_) => return debug!(%peer, "tunnel TLS handshake timed out"),
+    };
+    let client = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|chain| ClientChain(chain.iter().map(|c| c.clone().into_owned()).collect()));
+    service
+        .serve_connection(CoalescingIo::new(tls), Some(peer), client, stop)
+        .await
 }
 
 /// A visitor's connection as Pingora's stream, which records the client's

@@ -1,4 +1,5 @@
-//! TLS for visitors: certificates from PEM files, chosen by SNI.
+//! TLS for visitors and for the tunnel listener: certificates from PEM
+//! files, chosen by SNI; sidecars' client certificates (mutual TLS).
 //!
 //! Each certificate serves the DNS names in its subject alternative names,
 //! exact (`shop.example.com`) or wildcard (`*.preview.example.com`, one
@@ -12,12 +13,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::ServerConfig;
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig};
 
 /// A certificate with the names it serves.
 #[derive(Debug, Clone)]
@@ -193,4 +196,174 @@ impl pingora_core::listeners::TlsAccept for RecordServerName {
 /// The SNI of the TLS connection `digest` describes, if it sent one.
 pub fn server_name(digest: &pingora_core::protocols::tls::SslDigest) -> Option<&str> {
     digest.extension.get::<ServerName>().map(|n| &*n.0)
+}
+
+/// A rustls config for the tunnel listener: TLS 1.2 and 1.3, ALPN `h2`
+/// only (the tunnel is gRPC), certificates from `resolver`, client
+/// certificates offered to [`TunnelClientAuth`].
+pub fn tunnel_server_config(
+    resolver: Arc<SniResolver>,
+    client_auth: Arc<TunnelClientAuth>,
+) -> Arc<ServerConfig> {
+    let mut config = ServerConfig::builder_with_provider(Arc::new(provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_client_cert_verifier(client_auth)
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(config)
+}
+
+/// What the tunnel listener's TLS is made of; swapped on reload.
+#[derive(Debug, Default)]
+pub struct TunnelTlsState {
+    pub certificates: Arc<SniResolver>,
+    pub client_auth: Arc<TunnelClientAuth>,
+}
+
+/// The CA a cluster's sidecar client certificates must chain to.
+#[derive(Debug, Clone)]
+pub struct ClientCa {
+    /// The PEM file, watched for changes.
+    pub file: std::path::PathBuf,
+    roots: Vec<CertificateDer<'static>>,
+    verifier: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientCa {
+    pub fn load(file: &Path) -> Result<Self, String> {
+        let roots: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(file)
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("{} is not a PEM certificate file: {e}", file.display()))?;
+        let verifier = client_verifier(&roots)
+            .map_err(|e| format!("{} holds no usable CA certificate: {e}", file.display()))?;
+        Ok(Self {
+            file: file.to_path_buf(),
+            roots,
+            verifier,
+        })
+    }
+
+    /// Checks that `chain` (end entity first) was issued under this CA and
+    /// is valid now.
+    pub fn verify(&self, chain: &[CertificateDer<'static>]) -> Result<(), String> {
+        let (end_entity, intermediates) = chain
+            .split_first()
+            .ok_or("no client certificate was presented")?;
+        self.verifier
+            .verify_client_cert(end_entity, intermediates, UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn client_verifier(
+    roots: &[CertificateDer<'static>],
+) -> Result<Arc<dyn ClientCertVerifier>, String> {
+    let mut store = RootCertStore::empty();
+    for root in roots {
+        store.add(root.clone()).map_err(|e| e.to_string())?;
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(store), Arc::new(provider()))
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// Client certificates on the tunnel listener. The handshake accepts a
+/// certificate from any cluster's CA (or none: clusters without mutual
+/// TLS); which cluster's CA it must come from is known only once the
+/// sidecar's token names its cluster, so the tunnel service checks that
+/// ([`ClientCa::verify`]). Swapped on reload.
+#[derive(Debug, Default)]
+pub struct TunnelClientAuth {
+    any_cluster: ArcSwap<Option<Arc<dyn ClientCertVerifier>>>,
+}
+
+impl TunnelClientAuth {
+    /// Accept certificates of these CAs from now on.
+    pub fn replace<'a>(&self, cas: impl IntoIterator<Item = &'a ClientCa>) {
+        let roots: Vec<_> = cas.into_iter().flat_map(|ca| ca.roots.clone()).collect();
+        let verifier = (!roots.is_empty())
+            .then(|| client_verifier(&roots).ok())
+            .flatten();
+        self.any_cluster.store(Arc::new(verifier));
+    }
+}
+
+impl ClientCertVerifier for TunnelClientAuth {
+    fn offer_client_auth(&self) -> bool {
+        self.any_cluster.load().is_some()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        match &**self.any_cluster.load() {
+            Some(v) => v.verify_client_cert(end_entity, intermediates, now),
+            None => Err(rustls::Error::General(
+                "no cluster accepts client certificates".into(),
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The SHA-256 (hex) of the public key (SPKI) of the first certificate in
+/// a PEM file: what a sidecar pins with `tls.pin_sha256`.
+pub fn spki_sha256(cert_path: &Path) -> Result<String, String> {
+    use sha2::{Digest, Sha256};
+    let cert = CertificateDer::pem_file_iter(cert_path)
+        .map_err(|e| format!("cannot read {}: {e}", cert_path.display()))?
+        .next()
+        .ok_or_else(|| format!("{} contains no certificate", cert_path.display()))?
+        .map_err(|e| format!("{} is not a PEM certificate: {e}", cert_path.display()))?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(&cert)
+        .map_err(|e| format!("cannot parse {}: {e}", cert_path.display()))?;
+    Ok(hex::encode(Sha256::digest(parsed.public_key().raw)))
 }

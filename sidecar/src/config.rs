@@ -8,6 +8,8 @@ use serde::Deserialize;
 use tunnel_proto::{Route, UpstreamProtocol, UpstreamTls};
 use yaml_config::ServiceProtocol;
 
+pub use crate::tls::{edge_transport, EdgeTlsOptions, EdgeTransport};
+
 /// Tunnel sessions (TCP connections) kept to the edge by default.
 pub const DEFAULT_CONNECTIONS: u32 = 2;
 /// How long dialing a target may take by default.
@@ -45,6 +47,12 @@ mod raw {
         pub edge: String,
         pub token: Option<String>,
         pub token_file: Option<String>,
+        /// Name of an environment variable holding the token.
+        pub token_env: Option<String>,
+        /// Allow `http://` to an edge that is not on loopback.
+        #[serde(default)]
+        pub insecure_plaintext: bool,
+        pub tls: Option<crate::tls::EdgeTlsOptions>,
         pub environment: Option<String>,
         pub name: Option<String>,
         pub connections: Option<u32>,
@@ -88,8 +96,10 @@ mod raw {
 
 #[derive(Debug, Clone)]
 pub struct SidecarConfig {
-    /// `http://host:port` of the edge's tunnel listener.
+    /// `https://host:port` (or `http://`) of the edge's tunnel listener.
     pub edge: String,
+    /// TLS to the edge, or plaintext.
+    pub transport: EdgeTransport,
     pub token: Secret,
     /// Empty: the environment the token allows.
     pub environment: String,
@@ -179,7 +189,7 @@ use yaml_config::{duration, is_label};
 
 impl SidecarConfig {
     /// Loads and validates a file; relative paths in it (`token_file`,
-    /// `targets[].tls.ca`) are relative to its folder.
+    /// `targets[].tls.ca`, the `tls` section's files) are relative to its folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let base = yaml_config::config_dir(path);
         yaml_config::load(path, |raw| validate(raw, &base))
@@ -195,12 +205,23 @@ impl SidecarConfig {
 
 fn validate(raw: raw::SidecarFile, base: &Path) -> Result<SidecarConfig, Vec<String>> {
     let mut problems = Vec::new();
-    if let Err(e) = check_edge_url(&raw.edge) {
-        problems.push(format!("edge: {e}"));
+    let mut tls = raw.tls.unwrap_or_default();
+    for file in [&mut tls.ca_file, &mut tls.client_cert, &mut tls.client_key]
+        .into_iter()
+        .flatten()
+    {
+        *file = base.join(&*file).to_string_lossy().into_owned();
     }
-    let token = match (raw.token, raw.token_file) {
-        (Some(t), None) => Some(t),
-        (None, Some(f)) => match std::fs::read_to_string(base.join(&f)) {
+    let transport = match edge_transport(&raw.edge, tls, raw.insecure_plaintext) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            problems.extend(e);
+            None
+        }
+    };
+    let token = match (raw.token, raw.token_file, raw.token_env) {
+        (Some(t), None, None) => Some(t),
+        (None, Some(f), None) => match std::fs::read_to_string(base.join(&f)) {
             Ok(t) => Some(t.trim().to_string()),
             Err(e) => {
                 problems.push(format!(
@@ -210,12 +231,21 @@ fn validate(raw: raw::SidecarFile, base: &Path) -> Result<SidecarConfig, Vec<Str
                 None
             }
         },
-        (Some(_), Some(_)) => {
-            problems.push("token, token_file: set one, not both".into());
+        (None, None, Some(var)) => match std::env::var(&var) {
+            Ok(t) => Some(t.trim().to_string()),
+            Err(_) => {
+                problems.push(format!(
+                    "token_env: the environment variable {var:?} is not set (or not UTF-8)"
+                ));
+                None
+            }
+        },
+        (None, None, None) => {
+            problems.push("token: required (or token_file, or token_env)".into());
             None
         }
-        (None, None) => {
-            problems.push("token: required (or token_file)".into());
+        _ => {
+            problems.push("token, token_file, token_env: set one of them, not several".into());
             None
         }
     };
@@ -290,6 +320,7 @@ fn validate(raw: raw::SidecarFile, base: &Path) -> Result<SidecarConfig, Vec<Str
     }
     Ok(SidecarConfig {
         edge: raw.edge,
+        transport: transport.expect("checked"),
         token: Secret::new(token.expect("checked")),
         environment: raw.environment.unwrap_or_default(),
         name: raw.name.unwrap_or_else(default_name),
@@ -349,22 +380,6 @@ fn validate_target(i: usize, t: raw::Target, base: &Path, problems: &mut Vec<Str
         address: t.address,
         protocol,
         tls,
-    }
-}
-
-/// Checks the edge's tunnel URL (the YAML's `edge`, `sidecar expose
-/// --edge`): `http://host[:port]`, port 80 by default. The tunnel is plain
-/// HTTP/2, so `https://` is refused rather than dialed without TLS.
-pub fn check_edge_url(edge: &str) -> Result<(), String> {
-    let uri = edge.parse::<http::Uri>().ok();
-    match uri.as_ref().map(|u| (u.scheme_str(), u.host())) {
-        Some((Some("http"), Some(host))) if !host.is_empty() => Ok(()),
-        Some((Some("https"), _)) => Err(format!(
-            "{edge:?}: the tunnel does not speak TLS; write http://, with the port of the edge's listen.tunnel"
-        )),
-        _ => Err(format!(
-            "{edge:?} is not a URL such as http://edge.example.com:7000"
-        )),
     }
 }
 
@@ -500,35 +515,6 @@ mod tests {
     }
 
     #[test]
-    fn the_edge_is_an_http_url_with_a_host() {
-        for good in [
-            "http://127.0.0.1:7000",
-            "http://edge.example.com",
-            "http://[::1]:7000",
-        ] {
-            assert_eq!(check_edge_url(good), Ok(()), "{good}");
-        }
-        for bad in [
-            "127.0.0.1:7000",
-            "http://",
-            "tcp://edge:7000",
-            "http://a b:7000",
-        ] {
-            let err = check_edge_url(bad).unwrap_err();
-            assert!(err.contains("is not a URL such as http://"), "{bad}: {err}");
-        }
-        let err = SidecarConfig::parse(&GOOD.replace("http://", "https://"), "s.yaml")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains(
-                "edge: \"https://127.0.0.1:7000\": the tunnel does not speak TLS; write http://"
-            ),
-            "{err}"
-        );
-    }
-
-    #[test]
     fn errors_name_file_and_field() {
         let err = SidecarConfig::parse(&GOOD.replace("token:", "tokn:"), "s.yaml")
             .unwrap_err()
@@ -538,5 +524,71 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("targets[0].address"), "{err}");
+    }
+
+    #[test]
+    fn plaintext_only_to_loopback_unless_insecure() {
+        assert!(matches!(
+            SidecarConfig::parse(GOOD, "s.yaml").unwrap().transport,
+            EdgeTransport::Plaintext { warn: false }
+        ));
+        let remote = GOOD.replace("http://127.0.0.1:7000", "http://edge.example.com:7000");
+        let err = SidecarConfig::parse(&remote, "s.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("edge:") && err.contains("insecure_plaintext"),
+            "{err}"
+        );
+        let insecure = format!("{remote}insecure_plaintext: true\n");
+        assert!(matches!(
+            SidecarConfig::parse(&insecure, "s.yaml").unwrap().transport,
+            EdgeTransport::Plaintext { warn: true }
+        ));
+        let tls_on_http = format!("{GOOD}tls: {{ ca_file: ca.pem }}\n");
+        let err = SidecarConfig::parse(&tls_on_http, "s.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls: set, but edge"), "{err}");
+    }
+
+    #[test]
+    fn tls_settings_are_checked_with_their_paths() {
+        let text = GOOD.replace("http://127.0.0.1:7000", "https://edge.example.com:7000")
+            + "tls:\n  ca_file: /nonexistent/ca.pem\n  pin_sha256: [abc]\n  client_cert: c.pem\n";
+        let err = SidecarConfig::parse(&text, "s.yaml")
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "tls.ca_file",
+            "tls.pin_sha256[0]",
+            "tls.client_cert, tls.client_key",
+        ] {
+            assert!(err.contains(needle), "missing {needle} in {err}");
+        }
+        // Pins alone need no CA.
+        let pinned = GOOD.replace("http://127.0.0.1:7000", "https://10.0.0.1:7000")
+            + &format!("tls:\n  pin_sha256: [\"{}\"]\n", "ab".repeat(32));
+        let c = SidecarConfig::parse(&pinned, "s.yaml").unwrap();
+        assert!(matches!(c.transport, EdgeTransport::Tls(_)));
+        assert!(!format!("{c:?}").contains("t0k3n"));
+    }
+
+    #[test]
+    fn token_from_an_environment_variable() {
+        let text = GOOD.replace("token: t0k3n", "token_env: SIDECAR_TEST_TOKEN_VAR");
+        let err = SidecarConfig::parse(&text, "s.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("token_env") && err.contains("SIDECAR_TEST_TOKEN_VAR"),
+            "{err}"
+        );
+        // Only this test reads this variable.
+        std::env::set_var("SIDECAR_TEST_TOKEN_VAR", "from-env\n");
+        let c = SidecarConfig::parse(&text, "s.yaml").unwrap();
+        assert_eq!(c.token.expose(), "from-env");
+        let both = format!("{text}token: x\n");
+        assert!(SidecarConfig::parse(&both, "s.yaml").is_err());
     }
 }

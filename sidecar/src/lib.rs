@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`config`]: YAML → validated config, including the target allowlist.
 //! - [`session`]: one tunnel session (control stream, heartbeats, drain).
+//! - [`tls`]: TLS to the edge: verification, pinning, client certificates, errors.
 //! - [`stream`]: one proxied connection (dial target, pipe bytes).
 //! - [`backoff`]: reconnect delays.
 //!
@@ -14,6 +15,7 @@ pub mod backoff;
 pub mod config;
 pub mod session;
 pub mod stream;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -101,7 +103,9 @@ async fn keep_session(
             }
             Err(e) => {
                 let delay = backoff.next_delay();
-                if e.is_rejection() {
+                if matches!(e, session::SessionError::Tls(_)) {
+                    warn!(session = index, error = %e, retry_in = ?delay, "cannot reach the edge securely; check the edge URL and tls settings");
+                } else if e.is_rejection() {
                     warn!(session = index, error = %e, retry_in = ?delay, "edge rejected this sidecar; check token and environment");
                 } else {
                     warn!(session = index, error = %e, retry_in = ?delay, "tunnel down; reconnecting");
@@ -135,6 +139,7 @@ mod tests {
             // A failure that needs no I/O, so the paused clock moves only
             // by the delays the sidecar sleeps.
             edge: "not a URL".into(),
+            transport: crate::config::EdgeTransport::Plaintext { warn: false },
             token: Secret::new("token"),
             environment: "demo".into(),
             name: "test".into(),

@@ -1,7 +1,10 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use sidecar::config::{wire_protocol, Allowlist, Secret, SidecarConfig, Target};
+use sidecar::config::{
+    edge_transport, wire_protocol, Allowlist, EdgeTlsOptions, EdgeTransport, Secret, SidecarConfig,
+    Target,
+};
 use sidecar::Sidecar;
 use tokio_util::sync::CancellationToken;
 use tunnel_proto::{UpstreamProtocol, UpstreamTls};
@@ -33,9 +36,21 @@ enum Command {
     Expose {
         /// Local address to expose, e.g. 127.0.0.1:3000 (or just a port).
         address: String,
-        /// The edge's tunnel address, e.g. http://edge.example.com:7000.
+        /// The edge's tunnel address, e.g. https://edge.example.com:7000
+        /// (without a scheme: https://).
         #[arg(long)]
         edge: String,
+        /// PEM file of the CA that signed the edge's certificate (default:
+        /// the system's roots).
+        #[arg(long)]
+        ca_file: Option<String>,
+        /// SHA-256 (hex) of the edge's public key, instead of or besides a CA.
+        #[arg(long)]
+        pin_sha256: Vec<String>,
+        /// Allow an http:// edge that is not on this machine (the token and
+        /// all traffic then cross the network in clear).
+        #[arg(long)]
+        insecure_plaintext: bool,
         /// Sidecar token (or set SIDECAR_TOKEN).
         #[arg(long, env = "SIDECAR_TOKEN", hide_env_values = true)]
         token: String,
@@ -73,12 +88,35 @@ fn main() -> anyhow::Result<()> {
         Command::Expose {
             address,
             edge,
+            ca_file,
+            pin_sha256,
+            insecure_plaintext,
             token,
             name,
             env,
             port,
             protocol,
-        } => expose_config(address, edge, token, name, env, port, protocol)?,
+        } => {
+            let edge = if edge.contains("://") {
+                edge
+            } else {
+                format!("https://{edge}")
+            };
+            let options = EdgeTlsOptions {
+                ca_file,
+                pin_sha256,
+                ..Default::default()
+            };
+            let transport = edge_transport(&edge, options, insecure_plaintext).unwrap_or_else(
+                |problems| {
+                    for p in problems {
+                        eprintln!("sidecar expose: {p} (flags: --ca-file, --pin-sha256, --insecure-plaintext)");
+                    }
+                    std::process::exit(2)
+                },
+            );
+            expose_config(address, edge, transport, token, name, env, port, protocol)?
+        }
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -94,9 +132,11 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn expose_config(
     address: String,
     edge: String,
+    transport: EdgeTransport,
     token: String,
     name: String,
     env: Option<String>,
@@ -121,14 +161,9 @@ fn expose_config(
             ..Default::default()
         });
     }
-    let edge = if edge.contains("://") {
-        edge
-    } else {
-        format!("http://{edge}")
-    };
-    sidecar::config::check_edge_url(&edge).map_err(|e| anyhow::anyhow!("--edge {e}"))?;
     Ok(SidecarConfig {
         edge,
+        transport,
         token: Secret::new(token),
         environment: env.unwrap_or_default(),
         name: sidecar::config::default_name(),

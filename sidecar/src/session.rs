@@ -24,7 +24,7 @@ use tunnel_transport::rpc::H2Channel;
 use tunnel_transport::settings::*;
 use tunnel_transport::{keepalive, ConnectionFlow};
 
-use crate::config::SidecarConfig;
+use crate::config::{EdgeTransport, SidecarConfig};
 use crate::stream::{Stats, StreamPool};
 
 /// In-flight streams get this long to finish when the sidecar stops.
@@ -49,6 +49,8 @@ pub enum SessionError {
     Rejected(String),
     #[error("tunnel lost: {0}")]
     Lost(String),
+    #[error("no trusted TLS connection to the edge: {0}")]
+    Tls(String),
 }
 
 impl SessionError {
@@ -56,7 +58,7 @@ impl SessionError {
     /// soon will not help, but the edge's config may change, so keep
     /// retrying at the backoff cap.
     pub fn is_rejection(&self) -> bool {
-        matches!(self, SessionError::Rejected(_))
+        matches!(self, SessionError::Rejected(_) | SessionError::Tls(_))
     }
 }
 
@@ -73,23 +75,83 @@ pub fn edge_uri(config: &SidecarConfig) -> Result<Uri, SessionError> {
 
 /// Opens the TCP connection to the edge (no Nagle delay: small frames of
 /// many streams share it; frames batched into few writes by
-/// [`CoalescingIo`]) and speaks HTTP/2 on it with the tunnel's settings.
-/// The connection is driven, with keep-alive pings, by a task of its own
-/// until the edge closes it or every handle to it is gone.
-async fn connect(uri: &Uri) -> Result<h2::client::SendRequest<Bytes>, String> {
+/// [`CoalescingIo`]), with TLS unless the edge URL is `http://`, and
+/// speaks HTTP/2 on it with the tunnel's settings. The connection is
+/// driven, with keep-alive pings, by a task of its own until the edge
+/// closes it or every handle to it is gone.
+async fn connect(
+    uri: &Uri,
+    transport: &EdgeTransport,
+    first_bytes: &Arc<FirstBytes>,
+) -> Result<h2::client::SendRequest<Bytes>, SessionError> {
     let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
-    let port = uri.port_u16().unwrap_or(80);
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    let failed = |reason: String| SessionError::Connect {
+        edge: uri.to_string(),
+        reason,
+    };
     let stream = TcpStream::connect((host, port))
         .await
-        .map_err(|e| e.to_string())?;
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    let (send, mut connection) = h2::client::Builder::new()
-        .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_FRAME_SIZE)
-        .handshake(CoalescingIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| failed(e.to_string()))?;
+    stream
+        .set_nodelay(true)
+        .map_err(|e| failed(e.to_string()))?;
+    let builder = {
+        let mut b = h2::client::Builder::new();
+        b.initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME_SIZE);
+        b
+    };
+    match transport {
+        EdgeTransport::Plaintext { warn } => {
+            if *warn {
+                warn!(edge = %uri, "connecting to the edge WITHOUT TLS (insecure_plaintext: true): the token and all traffic cross the network in clear");
+            }
+            let io = Sniffed {
+                inner: stream,
+                first: first_bytes.clone(),
+            };
+            let (send, connection) = builder
+                .handshake(CoalescingIo::new(io))
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            Ok(drive(send, connection))
+        }
+        EdgeTransport::Tls(tls) => {
+            let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+            let stream = connector
+                .connect(tls.server_name.clone(), stream)
+                .await
+                .map_err(|e| SessionError::Tls(crate::tls::explain(&e, tls)))?;
+            if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+                return Err(SessionError::Tls(
+                    "the edge did not agree to HTTP/2 (ALPN h2): is this the edge's tunnel port?"
+                        .into(),
+                ));
+            }
+            let (send, connection) = builder
+                .handshake(CoalescingIo::new(stream))
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            Ok(drive(send, connection))
+        }
+    }
+}
+
+fn drive<T>(
+    send: h2::client::SendRequest<Bytes>,
+    mut connection: h2::client::Connection<T, Bytes>,
+) -> h2::client::SendRequest<Bytes>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let pings = connection.ping_pong().expect("taken once");
     tokio::spawn(async move {
         tokio::select! {
@@ -101,7 +163,88 @@ async fn connect(uri: &Uri) -> Result<h2::client::SendRequest<Bytes>, String> {
             }
         }
     });
-    Ok(send)
+    send
+}
+
+/// The first two bytes a plaintext connection received: a TLS record
+/// header there means the edge's tunnel port speaks TLS.
+#[derive(Default)]
+pub struct FirstBytes {
+    /// Both bytes seen: reads no longer look.
+    done: std::sync::atomic::AtomicBool,
+    bytes: std::sync::Mutex<Vec<u8>>,
+}
+
+impl FirstBytes {
+    fn looks_like_tls(&self) -> bool {
+        matches!(self.bytes.lock().unwrap()[..], [0x14..=0x17, 0x03, ..])
+    }
+}
+
+/// A plaintext connection that keeps its first bytes in [`FirstBytes`].
+struct Sniffed {
+    inner: TcpStream,
+    first: Arc<FirstBytes>,
+}
+
+impl tokio::io::AsyncRead for Sniffed {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        if !this.first.done.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut first = this.first.bytes.lock().unwrap();
+            let new = &buf.filled()[before..];
+            let take = new.len().min(2 - first.len());
+            first.extend_from_slice(&new[..take]);
+            if first.len() == 2 {
+                this.first
+                    .done
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Sniffed {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Runs one session to its end. `on_welcome` is called once the edge has
@@ -112,13 +255,34 @@ pub async fn run(
     on_welcome: impl FnOnce(&Welcome),
 ) -> Result<SessionEnd, SessionError> {
     let uri = edge_uri(config)?;
-    let connection = tokio::time::timeout(CONNECT_TIMEOUT, connect(&uri))
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {CONNECT_TIMEOUT:?}")))
-        .map_err(|reason| SessionError::Connect {
+    let first_bytes = Arc::new(FirstBytes::default());
+    let connection = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        connect(&uri, &config.transport, &first_bytes),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(SessionError::Connect {
             edge: config.edge.clone(),
-            reason,
-        })?;
+            reason: format!("no answer within {CONNECT_TIMEOUT:?}"),
+        })
+    })?;
+    // A plaintext sidecar at a TLS port fails somewhere in HTTP/2; the
+    // bytes it got say why.
+    // So does a client certificate the edge refuses: with TLS 1.3 its
+    // alert comes after the handshake, as the first thing read.
+    let tls_port = |message: &str| {
+        if first_bytes.looks_like_tls() {
+            return Some(SessionError::Tls(
+                "the edge's tunnel port speaks TLS, and this sidecar spoke plaintext: write the edge URL as https://"
+                    .into(),
+            ));
+        }
+        let alert = message.split("received fatal alert: ").nth(1)?;
+        Some(SessionError::Tls(format!(
+            "the edge refused this sidecar's client certificate ({alert}); check tls.client_cert and the cluster's client_ca"
+        )))
+    };
     let client = TunnelClient::with_origin(H2Channel(connection.clone()), uri.clone())
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
@@ -150,19 +314,27 @@ pub async fn run(
         .clone()
         .control(request)
         .await
-        .map_err(|status| match status.code() {
-            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal => {
-                SessionError::Lost(status.message().to_string())
-            }
-            _ => SessionError::Rejected(status.message().to_string()),
+        .map_err(|status| {
+            tls_port(status.message()).unwrap_or_else(|| match status.code() {
+                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal => {
+                    SessionError::Lost(status.message().to_string())
+                }
+                _ => SessionError::Rejected(status.message().to_string()),
+            })
         })?
         .into_inner();
     let welcome = match inbound.message().await {
         Ok(Some(EdgeMessage {
             kind: Some(edge_message::Kind::Welcome(w)),
         })) => w,
-        Ok(_) => return Err(SessionError::Lost("the edge did not send Welcome".into())),
-        Err(status) => return Err(SessionError::Rejected(status.message().to_string())),
+        Ok(_) => {
+            return Err(tls_port("")
+                .unwrap_or_else(|| SessionError::Lost("the edge did not send Welcome".into())))
+        }
+        Err(status) => {
+            return Err(tls_port(status.message())
+                .unwrap_or_else(|| SessionError::Rejected(status.message().to_string())))
+        }
     };
     on_welcome(&welcome);
 

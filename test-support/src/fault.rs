@@ -34,6 +34,9 @@ struct Faults {
     accepted_at: std::sync::Mutex<Vec<Instant>>,
     accepted_changed: Notify,
     kill: watch::Sender<(u64, Kill)>,
+    /// Keep a copy of every byte relayed, both directions.
+    record: AtomicBool,
+    recorded: std::sync::Mutex<Vec<u8>>,
 }
 
 pub struct FaultProxy {
@@ -59,10 +62,23 @@ impl FaultProxy {
             accepted_at: std::sync::Mutex::new(Vec::new()),
             accepted_changed: Notify::new(),
             kill: watch::Sender::new((0, Kill::None)),
+            record: AtomicBool::new(false),
+            recorded: std::sync::Mutex::new(Vec::new()),
         });
         let stop = CancellationToken::new();
         tokio::spawn(accept_loop(listener, target, faults.clone(), stop.clone()));
         Self { addr, faults, stop }
+    }
+
+    /// From now on, keep a copy of every byte relayed (both directions,
+    /// interleaved as they arrive): what an eavesdropper on the wire sees.
+    pub fn record(&self) {
+        self.faults.record.store(true, Ordering::SeqCst);
+    }
+
+    /// The bytes recorded so far.
+    pub fn recorded(&self) -> Vec<u8> {
+        self.faults.recorded.lock().unwrap().clone()
     }
 
     /// One-way delay added to every chunk, each direction (RTT = 2×).
@@ -214,6 +230,9 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, faults: Arc<Fault
             match from.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
+                    if faults.record.load(Ordering::Relaxed) {
+                        faults.recorded.lock().unwrap().extend_from_slice(&buf);
+                    }
                     let due = Instant::now()
                         + Duration::from_micros(faults.latency_us.load(Ordering::SeqCst));
                     if tx.send((due, buf.split().freeze())).await.is_err() {

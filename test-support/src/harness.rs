@@ -326,6 +326,7 @@ impl TestSidecar {
         TestSidecarBuilder {
             config: SidecarConfig {
                 edge: edge.tunnel_url(),
+                transport: sidecar::config::EdgeTransport::Plaintext { warn: false },
                 token: Secret::new(DEFAULT_TOKEN),
                 environment: DEFAULT_ENV.into(),
                 name: "test-sidecar".into(),

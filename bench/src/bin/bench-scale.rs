@@ -243,6 +243,7 @@ async fn sidecars(args: SidecarArgs) -> anyhow::Result<()> {
         }
         let config = SidecarConfig {
             edge: format!("http://{}", common.tunnel),
+            transport: sidecar::config::EdgeTransport::Plaintext { warn: false },
             token: Secret::new(&common.token),
             environment: format!("{}{i}", common.env_prefix),
             name: format!("bench-{i}"),

@@ -148,8 +148,28 @@ pub mod raw {
     #[serde(deny_unknown_fields)]
     pub struct Cluster {
         pub name: String,
-        pub token_sha256: String,
+        /// One hash, or several while a token rotates.
+        pub token_sha256: OneOrMany,
         pub environments: Vec<String>,
+        /// PEM file of the CA that signs this cluster's sidecar client
+        /// certificates (mutual TLS on the tunnel).
+        pub client_ca: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(untagged)]
+    pub enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+
+    impl OneOrMany {
+        pub fn into_vec(self) -> Vec<String> {
+            match self {
+                OneOrMany::One(s) => vec![s],
+                OneOrMany::Many(v) => v,
+            }
+        }
     }
 
     #[derive(Debug, Deserialize)]
@@ -193,9 +213,19 @@ pub mod raw {
     #[derive(Debug, Default, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct Tunnel {
+        pub tls: Option<TunnelTls>,
+        /// Serve the tunnel without TLS on a non-loopback address.
+        #[serde(default)]
+        pub plaintext: bool,
         pub idle_streams: Option<u32>,
         pub open_stream_timeout: Option<String>,
         pub heartbeat_interval: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct TunnelTls {
+        pub certificates: Vec<Certificate>,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -263,15 +293,30 @@ pub const DEFAULT_HSTS_MAX_AGE: Duration = Duration::from_secs(365 * 24 * 3600);
 #[derive(Debug, Clone)]
 pub struct Cluster {
     pub name: String,
-    pub token: TokenHash,
+    /// Every token hash this cluster's sidecars may use (several while a
+    /// token rotates).
+    pub tokens: Vec<TokenHash>,
     pub environments: Vec<String>,
+    /// With mutual TLS: the roots this cluster's client certificates chain to.
+    pub client_ca: Option<crate::tls::ClientCa>,
 }
 
 #[derive(Debug, Clone)]
 pub struct TunnelSettings {
+    /// TLS on the tunnel listener; `None` serves plaintext HTTP/2 (allowed
+    /// on loopback, or with `tunnel.plaintext: true`).
+    pub tls: Option<TunnelTls>,
     pub idle_streams: u32,
     pub open_stream_timeout: Duration,
     pub heartbeat_interval: Duration,
+}
+
+/// The tunnel listener's certificates (SNI, reloaded like the visitors').
+#[derive(Debug, Clone)]
+pub struct TunnelTls {
+    pub certificates: Vec<crate::tls::LoadedCert>,
+    /// Certificate and key files, watched for changes.
+    pub files: Vec<std::path::PathBuf>,
 }
 
 /// How the edge treats visitors' connections.
@@ -320,7 +365,23 @@ impl EdgeConfig {
 
     /// The environments each token may serve, keyed by token hash.
     pub fn environments_by_token(&self) -> HashMap<TokenHash, &Cluster> {
-        self.clusters.iter().map(|c| (c.token.clone(), c)).collect()
+        self.clusters
+            .iter()
+            .flat_map(|c| c.tokens.iter().map(move |t| (t.clone(), c)))
+            .collect()
+    }
+
+    /// Files whose change reloads the config: visitor and tunnel
+    /// certificates and keys, clusters' client CAs.
+    pub fn watched_files(&self) -> Vec<std::path::PathBuf> {
+        let mut files: Vec<_> = self.tls.iter().flat_map(|t| t.files.clone()).collect();
+        files.extend(self.tunnel.tls.iter().flat_map(|t| t.files.clone()));
+        files.extend(
+            self.clusters
+                .iter()
+                .filter_map(|c| c.client_ca.as_ref().map(|ca| ca.file.clone())),
+        );
+        files
     }
 }
 
@@ -374,20 +435,40 @@ fn validate(raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<String>> 
         if c.name.trim().is_empty() {
             problems.push(format!("{path}.name: must not be empty"));
         }
-        let token = match TokenHash::from_hex(&c.token_sha256) {
-            Some(t) => t,
-            None => {
-                problems.push(format!(
-                    "{path}.token_sha256: expected 64 hex characters (hint: `edge-proxy hash-token <token>`)"
-                ));
-                continue;
-            }
-        };
-        if !seen_tokens.insert(token.clone()) {
+        let hashes = c.token_sha256.into_vec();
+        if hashes.is_empty() {
             problems.push(format!(
-                "{path}.token_sha256: the same token is used by another cluster"
+                "{path}.token_sha256: list at least one token hash (hint: `edge-proxy hash-token`)"
             ));
         }
+        let mut tokens = Vec::new();
+        for (j, hash) in hashes.iter().enumerate() {
+            let at = if hashes.len() > 1 {
+                format!("{path}.token_sha256[{j}]")
+            } else {
+                format!("{path}.token_sha256")
+            };
+            // The value itself is not repeated: a hash does not belong in logs.
+            match TokenHash::from_hex(hash) {
+                Some(t) => {
+                    if !seen_tokens.insert(t.clone()) {
+                        problems.push(format!(
+                            "{at}: the same token is listed twice (here and in this or another cluster)"
+                        ));
+                    }
+                    tokens.push(t);
+                }
+                None => problems.push(format!(
+                    "{at}: expected 64 hex characters (hint: `edge-proxy hash-token` reads the token on stdin)"
+                )),
+            }
+        }
+        let client_ca = c.client_ca.as_ref().and_then(|file| {
+            let file = base.join(file);
+            crate::tls::ClientCa::load(&file)
+                .map_err(|e| problems.push(format!("{path}.client_ca: {e}")))
+                .ok()
+        });
         if c.environments.is_empty() {
             problems.push(format!(
                 "{path}.environments: list at least one environment"
@@ -411,8 +492,9 @@ fn validate(raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<String>> 
         }
         clusters.push(Cluster {
             name: c.name,
-            token,
+            tokens,
             environments: c.environments,
+            client_ca,
         });
     }
 
@@ -436,7 +518,37 @@ fn validate(raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<String>> 
             "tunnel.idle_streams: {idle_streams} is out of range 1..=1024"
         ));
     }
+    let tunnel_tls = raw.tunnel.tls.map(|t| {
+        let (certificates, files) = load_certificates(
+            &t.certificates,
+            "tunnel.tls.certificates",
+            base,
+            &mut problems,
+            &mut warnings,
+        );
+        if t.certificates.is_empty() {
+            problems.push("tunnel.tls.certificates: list at least one certificate".into());
+        }
+        TunnelTls {
+            certificates,
+            files,
+        }
+    });
+    if let Some(addr) = tunnel_addr {
+        if tunnel_tls.is_none() && !raw.tunnel.plaintext && !addr.ip().is_loopback() {
+            problems.push(format!(
+                "listen.tunnel: {addr} is not a loopback address, and sidecar tokens and visitors' traffic would cross the network in clear: configure tunnel.tls.certificates, or set tunnel.plaintext: true (e.g. behind a load balancer that terminates TLS)"
+            ));
+        }
+    }
+    if tunnel_tls.is_some() && raw.tunnel.plaintext {
+        problems.push("tunnel.plaintext: set together with tunnel.tls; choose one".into());
+    }
+    if tunnel_tls.is_none() && clusters.iter().any(|c| c.client_ca.is_some()) {
+        problems.push("clusters[].client_ca: mutual TLS needs tunnel.tls".into());
+    }
     let tunnel = TunnelSettings {
+        tls: tunnel_tls,
         idle_streams,
         open_stream_timeout: duration(
             &raw.tunnel.open_stream_timeout,
@@ -542,34 +654,13 @@ fn validate_tls(
     warnings: &mut Vec<String>,
 ) -> TlsSettings {
     let fallback_to_default = raw.unknown_names != Some(raw::UnknownNames::Refuse);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let mut certificates = Vec::new();
-    let mut files = Vec::new();
-    for (i, c) in raw.certificates.iter().enumerate() {
-        let (cert, key) = (base.join(&c.cert), base.join(&c.key));
-        files.extend([cert.clone(), key.clone()]);
-        match crate::tls::load(&cert, &key) {
-            Ok(loaded) => {
-                if loaded.not_after < now {
-                    warnings.push(format!(
-                        "tls.certificates[{i}]: {} has expired; browsers will refuse it",
-                        cert.display()
-                    ));
-                }
-                if loaded.names.is_empty() {
-                    problems.push(format!(
-                        "tls.certificates[{i}]: {} names no DNS host",
-                        cert.display()
-                    ));
-                }
-                certificates.push(loaded);
-            }
-            Err(e) => problems.push(format!("tls.certificates[{i}]: {e}")),
-        }
-    }
+    let (certificates, files) = load_certificates(
+        &raw.certificates,
+        "tls.certificates",
+        base,
+        problems,
+        warnings,
+    );
     let plain_paths = raw
         .plain_paths
         .unwrap_or_else(|| DEFAULT_PLAIN_PATHS.iter().map(|p| p.to_string()).collect());
@@ -606,6 +697,43 @@ fn validate_tls(
         redirect_port: raw.redirect_port,
         hsts,
     }
+}
+
+/// Loads `certificates` (cert and key paths relative to `base`); returns
+/// them and the files to watch. `at` is their YAML path.
+fn load_certificates(
+    raw: &[raw::Certificate],
+    at: &str,
+    base: &Path,
+    problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> (Vec<crate::tls::LoadedCert>, Vec<std::path::PathBuf>) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let mut certificates = Vec::new();
+    let mut files = Vec::new();
+    for (i, c) in raw.iter().enumerate() {
+        let (cert, key) = (base.join(&c.cert), base.join(&c.key));
+        files.extend([cert.clone(), key.clone()]);
+        match crate::tls::load(&cert, &key) {
+            Ok(loaded) => {
+                if loaded.not_after < now {
+                    warnings.push(format!(
+                        "{at}[{i}]: {} has expired; clients will refuse it",
+                        cert.display()
+                    ));
+                }
+                if loaded.names.is_empty() {
+                    problems.push(format!("{at}[{i}]: {} names no DNS host", cert.display()));
+                }
+                certificates.push(loaded);
+            }
+            Err(e) => problems.push(format!("{at}[{i}]: {e}")),
+        }
+    }
+    (certificates, files)
 }
 
 /// `app.example.com` or `*.example.com` (lowercased); `None` if invalid.
@@ -1054,5 +1182,68 @@ tunnel:
             .unwrap_err()
             .to_string();
         assert!(err.contains("already owned by cluster \"demo\""), "{err}");
+    }
+
+    #[test]
+    fn several_token_hashes_per_cluster_for_rotation() {
+        let (a, b) = (TokenHash::of("old"), TokenHash::of("new"));
+        let text = GOOD.replace(
+            "\"2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b\"",
+            &format!("[{}, {}]", a.to_hex(), b.to_hex()),
+        );
+        let c = EdgeConfig::parse(&text, "edge.yaml").unwrap();
+        assert_eq!(c.clusters[0].tokens, vec![a.clone(), b]);
+        assert_eq!(c.environments_by_token().len(), 2);
+        let twice = GOOD.replace(
+            "\"2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b\"",
+            &format!("[{}, {}, nothex]", a.to_hex(), a.to_hex()),
+        );
+        let err = EdgeConfig::parse(&twice, "edge.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("clusters[0].token_sha256[1]: the same token"),
+            "{err}"
+        );
+        assert!(
+            err.contains("clusters[0].token_sha256[2]: expected 64 hex"),
+            "{err}"
+        );
+        // Problems never quote a hash.
+        assert!(!err.contains(&a.to_hex()), "{err}");
+    }
+
+    #[test]
+    fn a_plaintext_tunnel_needs_loopback_or_a_decision() {
+        let open = GOOD.replace("tunnel: 127.0.0.1:7000", "tunnel: 0.0.0.0:7000");
+        let err = EdgeConfig::parse(&open, "edge.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("listen.tunnel") && err.contains("tunnel.tls"),
+            "{err}"
+        );
+        let decided = open.replace("tunnel:\n  open", "tunnel:\n  plaintext: true\n  open");
+        assert!(EdgeConfig::parse(&decided, "edge.yaml")
+            .unwrap()
+            .tunnel
+            .tls
+            .is_none());
+        let missing = GOOD.replace(
+            "tunnel:\n  open",
+            "tunnel:\n  tls: { certificates: [{ cert: nope.pem, key: nope.key }] }\n  open",
+        );
+        let err = EdgeConfig::parse(&missing, "edge.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tunnel.tls.certificates[0]"), "{err}");
+        let mtls_without_tls = GOOD.replace(
+            "    environments: [demo]",
+            "    environments: [demo]\n    client_ca: nope.pem",
+        );
+        let err = EdgeConfig::parse(&mtls_without_tls, "edge.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("clusters[0].client_ca"), "{err}");
     }
 }

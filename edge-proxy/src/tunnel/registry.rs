@@ -299,13 +299,14 @@ impl Authorizations {
         for c in &config.clusters {
             auth.known_environments
                 .extend(c.environments.iter().cloned());
-            auth.by_token.insert(
-                c.token.clone(),
-                ClusterGrant {
-                    cluster: c.name.clone(),
-                    environments: c.environments.clone(),
-                },
-            );
+            let grant = ClusterGrant {
+                cluster: c.name.clone(),
+                environments: c.environments.clone(),
+                client_ca: c.client_ca.clone().map(Arc::new),
+            };
+            for token in &c.tokens {
+                auth.by_token.insert(token.clone(), grant.clone());
+            }
         }
         auth
     }
@@ -315,6 +316,8 @@ impl Authorizations {
 pub struct ClusterGrant {
     pub cluster: String,
     pub environments: Vec<String>,
+    /// With mutual TLS: the CA the sidecar's client certificate must chain to.
+    pub client_ca: Option<Arc<crate::tls::ClientCa>>,
 }
 
 #[derive(Default)]

@@ -38,6 +38,11 @@ use crate::routing::upstream::Protocol;
 use crate::tunnel::registry::{ClusterGrant, Session, TunnelRegistry};
 use yaml_config::is_label;
 
+/// The certificate chain a sidecar presented in its TLS handshake (end
+/// entity first), kept with the connection's requests.
+#[derive(Clone, Debug)]
+pub struct ClientChain(pub Arc<[rustls::pki_types::CertificateDer<'static>]>);
+
 /// Largest header block a sidecar may send.
 const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
 /// How long a new control stream may take to say Hello.
@@ -69,7 +74,14 @@ impl TunnelService {
         }
     }
 
-    fn authenticate(&self, metadata: &MetadataMap) -> Result<(TokenHash, ClusterGrant), Status> {
+    /// The token names the cluster; a cluster with mutual TLS also needs a
+    /// client certificate from its own CA on the connection. Messages never
+    /// repeat the token or its hash.
+    fn authenticate(
+        &self,
+        metadata: &MetadataMap,
+        client: Option<&ClientChain>,
+    ) -> Result<(TokenHash, ClusterGrant), Status> {
         let token = metadata
             .get("authorization")
             .and_then(|v| v.to_str().ok())
@@ -83,6 +95,21 @@ impl TunnelService {
             .get(&hash)
             .cloned()
             .ok_or_else(|| Status::unauthenticated("the edge does not know this sidecar token"))?;
+        if let Some(ca) = &grant.client_ca {
+            let chain = client.map(|c| &c.0[..]).unwrap_or_default();
+            if chain.is_empty() {
+                return Err(Status::unauthenticated(format!(
+                    "cluster {:?} requires a client certificate (mutual TLS); the sidecar sent none",
+                    grant.cluster
+                )));
+            }
+            ca.verify(chain).map_err(|e| {
+                Status::unauthenticated(format!(
+                    "the client certificate is not one of cluster {:?}'s: {e}",
+                    grant.cluster
+                ))
+            })?;
+        }
         Ok((hash, grant))
     }
 
@@ -160,9 +187,12 @@ impl Tunnel for TunnelService {
         &self,
         request: Request<Streaming<SidecarMessage>>,
     ) -> Result<Response<Self::ControlStream>, Status> {
-        let (token, grant) = self.authenticate(request.metadata()).inspect_err(|e| {
-            warn!(peer = ?request.remote_addr(), reason = e.message(), "sidecar rejected");
-        })?;
+        let client = request.extensions().get::<ClientChain>();
+        let (token, grant) = self
+            .authenticate(request.metadata(), client)
+            .inspect_err(|e| {
+                warn!(peer = ?request.remote_addr(), reason = e.message(), "sidecar rejected");
+            })?;
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(SidecarMessage {
@@ -242,8 +272,15 @@ impl TunnelService {
     /// Serves one sidecar connection until it closes, its keep-alive pings
     /// go unanswered, or `stop` is cancelled (then gracefully: GOAWAY, and
     /// the streams in flight finish).
-    pub async fn serve_connection<T>(self, io: T, peer: Option<SocketAddr>, stop: CancellationToken)
-    where
+    /// `client` is the certificate chain the sidecar presented in the TLS
+    /// handshake, if any.
+    pub async fn serve_connection<T>(
+        self,
+        io: T,
+        peer: Option<SocketAddr>,
+        client: Option<ClientChain>,
+        stop: CancellationToken,
+    ) where
         T: AsyncRead + AsyncWrite + Unpin,
     {
         let handshake = h2::server::Builder::new()
@@ -271,10 +308,13 @@ impl TunnelService {
         loop {
             tokio::select! {
                 next = connection.accept() => match next {
-                    Some(Ok((request, respond))) => {
+                    Some(Ok((mut request, respond))) => {
                         if request.uri().path() == DATA_PATH {
-                            self.park_data_stream(request, respond, &flow);
+                            self.park_data_stream(request, respond, &flow, client.as_ref());
                         } else {
+                            if let Some(client) = &client {
+                                request.extensions_mut().insert(client.clone());
+                            }
                             tokio::spawn(rpc::serve_rpc(rpcs.clone(), request, respond, peer));
                         }
                     }
@@ -297,8 +337,9 @@ impl TunnelService {
         request: http::Request<h2::RecvStream>,
         mut respond: h2::server::SendResponse<Bytes>,
         flow: &Arc<ConnectionFlow>,
+        client: Option<&ClientChain>,
     ) {
-        let session = match self.admit_data_stream(request.headers()) {
+        let session = match self.admit_data_stream(request.headers(), client) {
             Ok(session) => session,
             Err(status) => {
                 let refusal = grpc::status_response(status.code(), status.message());
@@ -318,7 +359,11 @@ impl TunnelService {
         }
     }
 
-    fn admit_data_stream(&self, headers: &http::HeaderMap) -> Result<Arc<Session>, Status> {
+    fn admit_data_stream(
+        &self,
+        headers: &http::HeaderMap,
+        client: Option<&ClientChain>,
+    ) -> Result<Arc<Session>, Status> {
         let version = headers.get(VERSION_METADATA).and_then(|v| v.to_str().ok());
         if version.and_then(|v| v.parse().ok()) != Some(PROTOCOL_VERSION) {
             return Err(Status::failed_precondition(format!(
@@ -331,7 +376,7 @@ impl TunnelService {
             .and_then(|id| self.registry.session(id))
             .ok_or_else(|| Status::not_found("unknown tunnel session"))?;
         let metadata = MetadataMap::from_headers(headers.clone());
-        let (token, _) = self.authenticate(&metadata)?;
+        let (token, _) = self.authenticate(&metadata, client)?;
         if token != session.token {
             return Err(Status::permission_denied(
                 "this token does not own the session",
@@ -390,6 +435,7 @@ mod tests {
         ClusterGrant {
             cluster: "c1".into(),
             environments: envs.iter().map(|e| e.to_string()).collect(),
+            client_ca: None,
         }
     }
 
