@@ -472,10 +472,12 @@ fn printed_urls_follow_preview_public_url() {
     );
     std::fs::write(dir.path().join("edge.yaml"), yaml).unwrap();
     let (_edge, _, tunnel) = conformance::start_edge_file(dir.path());
+    // The test edge's tunnel is plaintext on loopback (a bare --edge means https://).
+    let edge = format!("http://{tunnel}");
     let expose = Proc::spawn(
         "sidecar",
         &[
-            "expose", "9", "--edge", &tunnel, "--token", TOKEN, "--name", "web",
+            "expose", "9", "--edge", &edge, "--token", TOKEN, "--name", "web",
         ],
     );
     let line = expose.wait_line("Forwarding ", Duration::from_secs(10));
