@@ -58,16 +58,7 @@ fn retry_delays(output: &str) -> Vec<Duration> {
 /// Waits for `needle` three times in the sidecar's output and checks the
 /// delays between attempts grew (backoff, not a tight loop).
 fn assert_refused_with_backoff(sidecar: &Proc, needle: &str) {
-    sidecar.wait_line(needle, WAIT);
-    let deadline = std::time::Instant::now() + WAIT;
-    while sidecar.output().matches(needle).count() < 3 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "fewer than 3 attempts:\n{}",
-            sidecar.output()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    sidecar.wait_lines(needle, 3, WAIT);
     let delays = retry_delays(&sidecar.output());
     assert!(
         delays.len() >= 3 && delays[2] > delays[0],
