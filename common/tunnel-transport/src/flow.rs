@@ -56,6 +56,9 @@ pub const GROWTH_BUDGET: u64 = 2 * MAX_STREAM_CREDIT;
 pub const QUIET_RESET: Duration = Duration::from_secs(1);
 /// A stream's window is at most what it has handed on, divided by this.
 pub const VOLUME_SHARE: u64 = 4;
+
+/// Credit goes back once half the window, or this much, has been handed on.
+pub const GRANT_STEP: u64 = 1024 * 1024;
 /// A window doubles at most this often (from the stream's start, then from
 /// its last growth).
 pub const GROWTH_INTERVAL: Duration = Duration::from_millis(20);
@@ -241,7 +244,7 @@ impl RecvWindow {
         if let Some(credit) = self.grow_if_drained(now, flow) {
             return Some(credit);
         }
-        if self.unacked < self.window / 2 {
+        if self.unacked < (self.window / 2).min(GRANT_STEP) {
             return None;
         }
         Some(self.grant(0))
@@ -343,6 +346,25 @@ mod tests {
         assert_eq!(w.on_consumed(INITIAL / 2 - 1, t, &flow), None);
         assert_eq!(w.on_consumed(1, t, &flow), Some(INITIAL / 2));
         assert_eq!(w.buffered(), INITIAL / 2);
+    }
+
+    #[test]
+    fn a_large_window_is_granted_back_each_mib() {
+        let flow = ConnectionFlow::default();
+        let t = Instant::now();
+        let mut w = RecvWindow::new(t);
+        let mut at = t;
+        while w.window() < 4 * GRANT_STEP {
+            round(&mut w, &flow, &mut at);
+        }
+        let window = w.window();
+        w.on_received(w.granted - w.received).unwrap();
+        assert_eq!(w.on_consumed(GRANT_STEP - 1, at, &flow), None);
+        assert_eq!(
+            w.on_consumed(1, at, &flow),
+            Some(GRANT_STEP),
+            "not half of {window}"
+        );
     }
 
     #[test]

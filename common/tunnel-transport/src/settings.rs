@@ -19,7 +19,7 @@ use crate::flow::GROWTH_BUDGET;
 use tunnel_proto::{INITIAL_STREAM_CREDIT, MAX_STREAM_CREDIT};
 
 /// Per-stream HTTP/2 window: the largest credit plus room for control frames.
-pub const STREAM_WINDOW: u32 = (MAX_STREAM_CREDIT + 1024 * 1024) as u32;
+pub const STREAM_WINDOW: u32 = (2 * MAX_STREAM_CREDIT + 1024 * 1024) as u32;
 /// Per-connection HTTP/2 window: the largest HTTP/2 allows.
 pub const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
 /// Most concurrent streams on one tunnel connection (data streams are
