@@ -509,3 +509,133 @@ fn check_config_and_errors_never_print_secrets() {
         assert!(!text.contains(secret), "{text}");
     }
 }
+
+/// One Control RPC with a token the edge does not know, on `h2`; `Ok` with
+/// its gRPC status once answered, `Err` if the connection went away first.
+async fn wrong_token_control(
+    mut h2: h2::client::SendRequest<bytes::Bytes>,
+) -> Result<String, h2::Error> {
+    let request = http::Request::post("http://localhost/tunnel.v1.Tunnel/Control")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", "Bearer not-a-token-of-this-edge")
+        .body(())
+        .unwrap();
+    h2 = h2.ready().await?;
+    let (response, _send) = h2.send_request(request, false)?;
+    let response = response.await?;
+    Ok(response
+        .headers()
+        .get("grpc-status")
+        .map(|s| s.to_str().unwrap().to_string())
+        .unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_tokens_are_answered_later_and_later_then_locked_out_and_summarized() {
+    let stack = Stack::start_tunnel(Tunnel::Plain, "", &[], &[]);
+    let log_before = stack.edge.output().lines().count();
+
+    // One at a time: five answered at once (UNAUTHENTICATED, 16), then
+    // each answer waits, 250 ms and doubling.
+    let tcp = tokio::net::TcpStream::connect(&stack.tunnel_addr)
+        .await
+        .unwrap();
+    let (h2, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    for attempt in 1..=7u32 {
+        let started = std::time::Instant::now();
+        assert_eq!(wrong_token_control(h2.clone()).await.unwrap(), "16");
+        let least = match attempt {
+            1..=5 => Duration::ZERO,
+            n => Duration::from_millis(250 << (n - 6)),
+        };
+        assert!(
+            started.elapsed() >= least,
+            "attempt {attempt} answered in {:?}",
+            started.elapsed()
+        );
+    }
+    // Then 200 at once, as a brute-forcer pipelines them: the twentieth
+    // failure locks the source out and closes the connection, with the
+    // waiting attempts on it, before any of them is answered.
+    let attempts: Vec<_> = (0..200)
+        .map(|_| tokio::spawn(wrong_token_control(h2.clone())))
+        .collect();
+    let mut answered = 0;
+    for attempt in attempts {
+        if attempt.await.unwrap().is_ok() {
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 0);
+    let _ = tokio::time::timeout(WAIT, connection)
+        .await
+        .expect("the edge closed the connection");
+
+    // The source is locked out: a new connection is closed before HTTP/2.
+    let tcp = tokio::net::TcpStream::connect(&stack.tunnel_addr)
+        .await
+        .unwrap();
+    let refused = async {
+        let (h2, connection) = h2::client::handshake(tcp).await?;
+        tokio::spawn(connection);
+        wrong_token_control(h2).await
+    };
+    assert!(tokio::time::timeout(WAIT, refused).await.unwrap().is_err());
+
+    // Visitors are served throughout: the sidecar's connections are older
+    // than the lockout, and its data streams carry a good token.
+    for _ in 0..20 {
+        let out = curl(&[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &stack.url("hello-8080", "/"),
+        ]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    }
+
+    // One line with the reason, one for the lockout, then summaries with
+    // the counts (every 10 s at most), instead of a line per attempt.
+    const SUMMARY: &str = "sidecar authentication failures in the last";
+    let field = |line: &str, key: &str| -> u64 {
+        let value = line
+            .split(&format!(" {key}="))
+            .nth(1)
+            .unwrap_or_else(|| panic!("{key} in {line}"));
+        value.split(' ').next().unwrap().parse().unwrap()
+    };
+    let summaries = stack
+        .edge
+        .wait_output("summaries of the whole storm", WAIT, |lines| {
+            let summaries: Vec<String> = lines
+                .iter()
+                .filter(|l| l.contains(SUMMARY))
+                .cloned()
+                .collect();
+            let refused: u64 = summaries.iter().map(|l| field(l, "refused")).sum();
+            (refused == 1).then_some(summaries)
+        });
+    let last = summaries.last().unwrap();
+    assert!(field(last, "total_failed") >= 20, "{last}");
+    assert_eq!(
+        summaries.iter().map(|l| field(l, "lockouts")).sum::<u64>(),
+        1
+    );
+    let output = stack.edge.output();
+    let lines: Vec<&str> = output
+        .lines()
+        .skip(log_before)
+        .filter(|l| l.contains("sidecar") && !l.contains(SUMMARY))
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(
+        lines[0].contains("does not know this sidecar token"),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[1].contains("locked out"), "{}", lines[1]);
+}

@@ -178,6 +178,8 @@ impl Edge {
             stop_tunnel: CancellationToken::new(),
         };
         let workers = Workers::start(workers.max(1), &shared)?;
+        let throttle = shared.tunnel_service.throttle().clone();
+        let summaries = tokio::spawn(async move { throttle.summarize().await });
         let mut acceptors = vec![tokio::spawn(accept(
             http,
             Handoff::Visitor,
@@ -229,6 +231,7 @@ impl Edge {
         }
         shared.stop_tunnel.cancel();
         let _ = tunnel_acceptor.await;
+        summaries.abort();
         workers.stopped().await;
         Ok(())
     }
@@ -391,6 +394,13 @@ async fn run_worker(shared: Shared, mut handoffs: mpsc::UnboundedReceiver<Handof
 /// (the client certificate chain, if any, goes with the connection).
 async fn serve_tunnel(stream: TcpStream, peer: std::net::SocketAddr, shared: Shared) {
     let service = shared.tunnel_service.clone();
+    if service
+        .throttle()
+        .refuses(peer.ip(), std::time::Instant::now())
+    {
+        // Locked out after failed authentications: closed before any TLS.
+        return;
+    }
     let stop = shared.stop_tunnel.clone();
     let Some(acceptor) = &shared.tunnel_tls else {
         return service

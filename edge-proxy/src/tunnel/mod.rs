@@ -1,6 +1,7 @@
 //! The tunnels' far end: the gRPC service sidecars dial ([`service`]), the
 //! live sessions with their idle data-stream pools ([`registry`]), and tunnel
-//! streams as Pingora upstream sockets ([`connector`]).
+//! streams as Pingora upstream sockets ([`connector`]), and failed
+//! authentications throttled by source ([`throttle`]).
 //!
 //! May use `routing` (the services a session offers), `tls` and `config`
 //! (what a token grants, the settings in force). Knows nothing of visitors' HTTP.
@@ -8,3 +9,4 @@
 pub mod connector;
 pub mod registry;
 pub mod service;
+pub mod throttle;

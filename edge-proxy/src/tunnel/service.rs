@@ -36,12 +36,18 @@ use crate::config::EdgeConfig;
 use crate::routing::preview::ServiceRef;
 use crate::routing::upstream::Protocol;
 use crate::tunnel::registry::{ClusterGrant, Session, TunnelRegistry};
+use crate::tunnel::throttle::AuthThrottle;
 use yaml_config::is_label;
 
 /// The certificate chain a sidecar presented in its TLS handshake (end
 /// entity first), kept with the connection's requests.
 #[derive(Clone, Debug)]
 pub struct ClientChain(pub Arc<[rustls::pki_types::CertificateDer<'static>]>);
+
+/// Cancelled to close a sidecar connection whose source was just locked
+/// out (see [`AuthThrottle`]); travels with the connection's requests.
+#[derive(Clone, Debug)]
+struct CloseConnection(CancellationToken);
 
 /// Largest header block a sidecar may send.
 const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
@@ -58,6 +64,7 @@ pub struct TunnelService {
     config: Arc<ArcSwap<EdgeConfig>>,
     /// Used when the config sets no `preview.public_url`.
     default_public_url: String,
+    throttle: Arc<AuthThrottle>,
 }
 
 impl TunnelService {
@@ -71,7 +78,38 @@ impl TunnelService {
             registry,
             config,
             default_public_url,
+            throttle: Arc::default(),
         }
+    }
+
+    /// Failed authentications by source: the listener refuses the
+    /// connections of a locked-out source with it.
+    pub fn throttle(&self) -> &Arc<AuthThrottle> {
+        &self.throttle
+    }
+
+    /// Records a refused authentication from `peer` and says how long to
+    /// wait before answering; closes the connection when the source is now
+    /// locked out.
+    fn rejected(
+        &self,
+        peer: Option<SocketAddr>,
+        status: &Status,
+        close: Option<&CloseConnection>,
+    ) -> Duration {
+        let Some(peer) = peer else {
+            warn!(reason = status.message(), "sidecar rejected");
+            return Duration::ZERO;
+        };
+        let verdict = self
+            .throttle
+            .failed(peer.ip(), status.message(), std::time::Instant::now());
+        if verdict.close {
+            if let Some(close) = close {
+                close.0.cancel();
+            }
+        }
+        verdict.delay
     }
 
     /// The token names the cluster; a cluster with mutual TLS also needs a
@@ -188,11 +226,15 @@ impl Tunnel for TunnelService {
         request: Request<Streaming<SidecarMessage>>,
     ) -> Result<Response<Self::ControlStream>, Status> {
         let client = request.extensions().get::<ClientChain>();
-        let (token, grant) = self
-            .authenticate(request.metadata(), client)
-            .inspect_err(|e| {
-                warn!(peer = ?request.remote_addr(), reason = e.message(), "sidecar rejected");
-            })?;
+        let (token, grant) = match self.authenticate(request.metadata(), client) {
+            Ok(admitted) => admitted,
+            Err(status) => {
+                let close = request.extensions().get::<CloseConnection>();
+                let delay = self.rejected(request.remote_addr(), &status, close);
+                tokio::time::sleep(delay).await;
+                return Err(status);
+            }
+        };
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(SidecarMessage {
@@ -299,6 +341,7 @@ impl TunnelService {
         // What the connection's data streams share: the budget their
         // windows grow from.
         let flow = Arc::new(ConnectionFlow::default());
+        let close = CloseConnection(CancellationToken::new());
         let keepalive = keepalive::keepalive(pings, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT);
         tokio::pin!(keepalive);
         let rpcs = TunnelServer::new(self.clone())
@@ -310,11 +353,12 @@ impl TunnelService {
                 next = connection.accept() => match next {
                     Some(Ok((mut request, respond))) => {
                         if request.uri().path() == DATA_PATH {
-                            self.park_data_stream(request, respond, &flow, client.as_ref());
+                            self.park_data_stream(request, respond, &flow, client.as_ref(), peer, &close);
                         } else {
                             if let Some(client) = &client {
                                 request.extensions_mut().insert(client.clone());
                             }
+                            request.extensions_mut().insert(close.clone());
                             tokio::spawn(rpc::serve_rpc(rpcs.clone(), request, respond, peer));
                         }
                     }
@@ -322,6 +366,8 @@ impl TunnelService {
                     None => break,
                 },
                 reason = &mut keepalive => break warn!(?peer, %reason, "tunnel connection lost"),
+                // Dropped, not drained: the source is locked out.
+                _ = close.0.cancelled() => break,
                 _ = stop.cancelled(), if !stopping => {
                     stopping = true;
                     connection.graceful_shutdown();
@@ -338,12 +384,25 @@ impl TunnelService {
         mut respond: h2::server::SendResponse<Bytes>,
         flow: &Arc<ConnectionFlow>,
         client: Option<&ClientChain>,
+        peer: Option<SocketAddr>,
+        close: &CloseConnection,
     ) {
         let session = match self.admit_data_stream(request.headers(), client) {
             Ok(session) => session,
             Err(status) => {
+                let delay = match status.code() {
+                    tonic::Code::Unauthenticated => self.rejected(peer, &status, Some(close)),
+                    _ => Duration::ZERO,
+                };
                 let refusal = grpc::status_response(status.code(), status.message());
-                let _ = respond.send_response(refusal, true);
+                if delay.is_zero() {
+                    let _ = respond.send_response(refusal, true);
+                } else {
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let _ = respond.send_response(refusal, true);
+                    });
+                }
                 return;
             }
         };
