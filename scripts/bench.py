@@ -610,7 +610,7 @@ clusters:
             edge = f"http://{tunnel}"
             if self.tunnel_tls:
                 ca = os.path.join(os.path.dirname(self.cert), "ca.pem")
-                edge = f"https://{tunnel}\ntls: {{ ca_file: {ca}, server_name: localhost }}"
+                edge = f"https://{tunnel}\ntls: {{ ca: {ca}, server_name: localhost }}"
             f.write(f"""edge: {edge}
 token: {self.token}
 environment: {environment}
@@ -819,7 +819,8 @@ targets:
             out = run([self.bin("bench-scale"), "run", "--edge-pid", str(proc.pid), "--http", found["http"],
                        "--tunnel", found["tunnel"], "--token", self.token, "--env-prefix", "s",
                        "--sidecars", str(self.scale_n), "--connections", str(self.scale_m),
-                       "--timeout", "30" if self.quick else "120", "--settle", "1" if self.quick else "2"],
+                       "--timeout", "30" if self.quick else "120", "--settle", "1" if self.quick else "2"]
+                      + (["--tunnel-ca", os.path.join(os.path.dirname(self.cert), "ca.pem")] if self.tunnel_tls else []),
                       timeout=900, check=False)
         finally:
             edge_log = self.procs.log_text("edge-scale")
@@ -865,7 +866,7 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the temp directory (configs, logs)")
     ap.add_argument("--tunnel-tls", action="store_true",
                     help="run the edge's tunnel (sidecar to edge) over TLS; run once with and once without "
-                         "to compare (the scale and idle-memory rows' in-process sidecars stay plaintext)")
+                         "to compare")
     ap.add_argument("--only", metavar="ROWS", help="comma-separated subset: " + ",".join(ROW_KEYS))
     args = ap.parse_args()
     unknown = set(args.only.split(",")) - set(ROW_KEYS) if args.only else set()

@@ -396,7 +396,7 @@ impl Stack {
         let edge = match self.tunnel {
             Tunnel::Plain => format!("edge: http://{}\n", self.tunnel_addr),
             Tunnel::Tls => format!(
-                "edge: https://{}\ntls:\n  ca_file: {}\n",
+                "edge: https://{}\ntls:\n  ca: {}\n",
                 self.tunnel_addr,
                 self.dir.path().join("tunnel-ca/ca.pem").display()
             ),

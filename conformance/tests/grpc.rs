@@ -87,7 +87,7 @@ impl GrpcStack {
         let edge_url = match &tunnel_ca {
             None => format!("edge: http://{}\n", listening.tunnel),
             Some(ca) => format!(
-                "edge: https://{}\ntls: {{ ca_file: \"{}\" }}\n",
+                "edge: https://{}\ntls: {{ ca: \"{}\" }}\n",
                 listening.tunnel,
                 path(ca)
             ),

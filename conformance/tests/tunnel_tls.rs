@@ -133,7 +133,7 @@ fn plaintext_against_tls_and_tls_against_plaintext_are_explained_and_backed_off(
         &sidecar_yaml(
             &format!("https://{}", plain_stack.tunnel_addr),
             TOKEN,
-            &format!("tls: {{ ca_file: {ca} }}\n"),
+            &format!("tls: {{ ca: {ca} }}\n"),
         ),
     );
     assert_refused_with_backoff(&tls, "the edge did not answer with TLS");
@@ -161,11 +161,11 @@ fn wrong_ca_wrong_name_expired_certificate_and_wrong_pin_are_refused() {
     assert_eq!(pin.len(), 64, "{pin}");
     let cases = [
         (
-            format!("tls: {{ ca_file: {} }}\n", path(&other_ca)),
+            format!("tls: {{ ca: {} }}\n", path(&other_ca)),
             "not signed by a CA this sidecar trusts",
         ),
         (
-            format!("tls: {{ ca_file: {ca}, server_name: wrong.example }}\n"),
+            format!("tls: {{ ca: {ca}, server_name: wrong.example }}\n"),
             "not valid for \"wrong.example\"",
         ),
         (
@@ -174,7 +174,7 @@ fn wrong_ca_wrong_name_expired_certificate_and_wrong_pin_are_refused() {
         ),
         (
             format!(
-                "tls: {{ ca_file: {ca}, pin_sha256: [\"{}\"] }}\n",
+                "tls: {{ ca: {ca}, pin_sha256: [\"{}\"] }}\n",
                 "11".repeat(32)
             ),
             "does not match tls.pin_sha256",
@@ -191,7 +191,7 @@ fn wrong_ca_wrong_name_expired_certificate_and_wrong_pin_are_refused() {
     // The right pin alone (no CA) is enough; so are pin and CA together.
     for (i, tls) in [
         format!("tls: {{ pin_sha256: [\"{pin}\"] }}\n"),
-        format!("tls: {{ ca_file: {ca}, pin_sha256: [\"{pin}\"] }}\n"),
+        format!("tls: {{ ca: {ca}, pin_sha256: [\"{pin}\"] }}\n"),
     ]
     .iter()
     .enumerate()
@@ -217,7 +217,7 @@ fn wrong_ca_wrong_name_expired_certificate_and_wrong_pin_are_refused() {
         &sidecar_yaml(
             &format!("https://{}", listening.tunnel),
             TOKEN,
-            &format!("tls: {{ ca_file: {ca} }}\n"),
+            &format!("tls: {{ ca: {ca} }}\n"),
         ),
     );
     late.wait_line("the edge's certificate has expired", WAIT);
@@ -250,7 +250,7 @@ fn mutual_tls_needs_the_clusters_own_client_certificate() {
     let edge = format!("https://{}", listening.tunnel);
     let client = |files: &certs::CertFiles| {
         format!(
-            "tls: {{ ca_file: {ca}, client_cert: {}, client_key: {} }}\n",
+            "tls: {{ ca: {ca}, client_cert: {}, client_key: {} }}\n",
             path(&files.cert),
             path(&files.key)
         )
@@ -258,7 +258,7 @@ fn mutual_tls_needs_the_clusters_own_client_certificate() {
     let none = sidecar(
         d,
         "none",
-        &sidecar_yaml(&edge, TOKEN, &format!("tls: {{ ca_file: {ca} }}\n")),
+        &sidecar_yaml(&edge, TOKEN, &format!("tls: {{ ca: {ca} }}\n")),
     );
     let foreign = sidecar(d, "foreign", &sidecar_yaml(&edge, TOKEN, &client(&theirs)));
     let stale = sidecar(d, "stale", &sidecar_yaml(&edge, TOKEN, &client(&expired)));

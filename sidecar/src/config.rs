@@ -206,7 +206,7 @@ impl SidecarConfig {
 fn validate(raw: raw::SidecarFile, base: &Path) -> Result<SidecarConfig, Vec<String>> {
     let mut problems = Vec::new();
     let mut tls = raw.tls.unwrap_or_default();
-    for file in [&mut tls.ca_file, &mut tls.client_cert, &mut tls.client_key]
+    for file in [&mut tls.ca, &mut tls.client_cert, &mut tls.client_key]
         .into_iter()
         .flatten()
     {
@@ -545,7 +545,13 @@ mod tests {
             SidecarConfig::parse(&insecure, "s.yaml").unwrap().transport,
             EdgeTransport::Plaintext { warn: true }
         ));
-        let tls_on_http = format!("{GOOD}tls: {{ ca_file: ca.pem }}\n");
+        let tls_on_http = format!("{GOOD}tls: {{ ca: ca.pem }}\n");
+        let old = GOOD.replace("http://127.0.0.1:7000", "https://edge.example.com:7000")
+            + "tls: { ca_file: ca.pem }\n";
+        let err = SidecarConfig::parse(&old, "s.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls.ca_file: renamed to `ca`"), "{err}");
         let err = SidecarConfig::parse(&tls_on_http, "s.yaml")
             .unwrap_err()
             .to_string();
@@ -555,12 +561,12 @@ mod tests {
     #[test]
     fn tls_settings_are_checked_with_their_paths() {
         let text = GOOD.replace("http://127.0.0.1:7000", "https://edge.example.com:7000")
-            + "tls:\n  ca_file: /nonexistent/ca.pem\n  pin_sha256: [abc]\n  client_cert: c.pem\n";
+            + "tls:\n  ca: /nonexistent/ca.pem\n  pin_sha256: [abc]\n  client_cert: c.pem\n";
         let err = SidecarConfig::parse(&text, "s.yaml")
             .unwrap_err()
             .to_string();
         for needle in [
-            "tls.ca_file",
+            "tls.ca: ",
             "tls.pin_sha256[0]",
             "tls.client_cert, tls.client_key",
         ] {

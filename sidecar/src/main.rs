@@ -43,7 +43,7 @@ enum Command {
         /// PEM file of the CA that signed the edge's certificate (default:
         /// the system's roots).
         #[arg(long)]
-        ca_file: Option<String>,
+        ca: Option<String>,
         /// SHA-256 (hex) of the edge's public key, instead of or besides a CA.
         #[arg(long)]
         pin_sha256: Vec<String>,
@@ -88,7 +88,7 @@ fn main() -> anyhow::Result<()> {
         Command::Expose {
             address,
             edge,
-            ca_file,
+            ca,
             pin_sha256,
             insecure_plaintext,
             token,
@@ -103,18 +103,19 @@ fn main() -> anyhow::Result<()> {
                 format!("https://{edge}")
             };
             let options = EdgeTlsOptions {
-                ca_file,
+                ca,
                 pin_sha256,
                 ..Default::default()
             };
-            let transport = edge_transport(&edge, options, insecure_plaintext).unwrap_or_else(
-                |problems| {
+            let transport =
+                edge_transport(&edge, options, insecure_plaintext).unwrap_or_else(|problems| {
                     for p in problems {
-                        eprintln!("sidecar expose: {p} (flags: --ca-file, --pin-sha256, --insecure-plaintext)");
+                        eprintln!(
+                            "sidecar expose: {p} (flags: --ca, --pin-sha256, --insecure-plaintext)"
+                        );
                     }
                     std::process::exit(2)
-                },
-            );
+                });
             expose_config(address, edge, transport, token, name, env, port, protocol)?
         }
     };

@@ -20,7 +20,10 @@ use sha2::{Digest, Sha256};
 #[serde(deny_unknown_fields)]
 pub struct EdgeTlsOptions {
     /// PEM file of the CA(s) to trust for the edge instead of the system roots.
-    pub ca_file: Option<String>,
+    pub ca: Option<String>,
+    /// The old spelling of `ca`: refused with a pointer to the new one.
+    #[doc(hidden)]
+    pub ca_file: Option<serde::de::IgnoredAny>,
     /// The name checked in the edge's certificate (default: the host of `edge`).
     pub server_name: Option<String>,
     /// SHA-256 (hex) of the edge's public key (SPKI); any one matches.
@@ -92,7 +95,13 @@ pub fn edge_transport(
             "edge: {edge:?} must be a URL such as https://edge.example.com:7000"
         )]);
     };
-    let tls_set = options.ca_file.is_some()
+    if options.ca_file.is_some() {
+        problems.push(
+            "tls.ca_file: renamed to `ca`, as in targets[].tls.ca and the edge's clusters[].client_ca"
+                .into(),
+        );
+    }
+    let tls_set = options.ca.is_some()
         || options.server_name.is_some()
         || !options.pin_sha256.is_empty()
         || options.client_cert.is_some()
@@ -140,11 +149,11 @@ pub fn edge_transport(
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     // Pins alone (no CA file) authenticate the edge: for setups without a CA.
-    let (roots, trust) = match (&options.ca_file, pins.is_empty()) {
+    let (roots, trust) = match (&options.ca, pins.is_empty()) {
         (Some(file), _) => match read_certs(file) {
-            Ok(certs) => (Some(certs), format!("tls.ca_file {file}")),
+            Ok(certs) => (Some(certs), format!("tls.ca {file}")),
             Err(e) => {
-                problems.push(format!("tls.ca_file: {e}"));
+                problems.push(format!("tls.ca: {e}"));
                 (None, String::new())
             }
         },
@@ -152,7 +161,7 @@ pub fn edge_transport(
             let native = rustls_native_certs::load_native_certs().unwrap_or_default();
             if native.is_empty() {
                 problems.push(
-                    "tls.ca_file: no system root certificates were found; name the CA that signed the edge's certificate"
+                    "tls.ca: no system root certificates were found; name the CA that signed the edge's certificate"
                         .into(),
                 );
             }
@@ -345,7 +354,7 @@ pub fn explain(error: &std::io::Error, tls: &EdgeTls) -> String {
     match rustls_error {
         E::InvalidCertificate(cert) => match cert {
             CertificateError::UnknownIssuer | CertificateError::BadSignature => format!(
-                "the edge's certificate is not signed by a CA this sidecar trusts ({}); set tls.ca_file to the CA that signed it",
+                "the edge's certificate is not signed by a CA this sidecar trusts ({}); set tls.ca to the CA that signed it",
                 tls.trust
             ),
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => format!(

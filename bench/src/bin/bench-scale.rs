@@ -90,6 +90,10 @@ struct SidecarCommon {
     /// The sidecars' token.
     #[arg(long)]
     token: String,
+    /// The tunnel speaks TLS, its certificate signed by this CA (PEM) for
+    /// `localhost`; without it, plaintext.
+    #[arg(long)]
+    tunnel_ca: Option<String>,
     /// Environments are `<prefix>0 … <prefix>N-1` (the edge's config must list them).
     #[arg(long, default_value = "s")]
     env_prefix: String,
@@ -231,6 +235,23 @@ async fn sidecars(args: SidecarArgs) -> anyhow::Result<()> {
     let mut statuses = Vec::with_capacity(common.sidecars);
     let mut tasks = tokio::task::JoinSet::new();
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    let (edge, transport) = match &common.tunnel_ca {
+        None => (
+            format!("http://{}", common.tunnel),
+            sidecar::config::EdgeTransport::Plaintext { warn: false },
+        ),
+        Some(ca) => {
+            let edge = format!("https://{}", common.tunnel);
+            let options = sidecar::config::EdgeTlsOptions {
+                ca: Some(ca.clone()),
+                server_name: Some("localhost".into()),
+                ..Default::default()
+            };
+            let transport = sidecar::config::edge_transport(&edge, options, false)
+                .map_err(|problems| anyhow::anyhow!("{}", problems.join("; ")))?;
+            (edge, transport)
+        }
+    };
     let connected = |statuses: &Vec<watch::Receiver<sidecar::Status>>| {
         statuses.iter().map(|s| s.borrow().connected).sum::<usize>()
     };
@@ -242,8 +263,8 @@ async fn sidecars(args: SidecarArgs) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let config = SidecarConfig {
-            edge: format!("http://{}", common.tunnel),
-            transport: sidecar::config::EdgeTransport::Plaintext { warn: false },
+            edge: edge.clone(),
+            transport: transport.clone(),
             token: Secret::new(&common.token),
             environment: format!("{}{i}", common.env_prefix),
             name: format!("bench-{i}"),
@@ -520,7 +541,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .to_string();
 
     let c = &args.sidecars;
-    let mut sidecars = Helper::spawn(&[
+    let mut helper_args = vec![
         "sidecars".into(),
         format!("--tunnel={}", c.tunnel),
         format!("--token={}", c.token),
@@ -529,7 +550,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         format!("--connect-concurrency={}", c.connect_concurrency),
         format!("--target={target}"),
         format!("--timeout={}", args.timeout),
-    ])?;
+    ];
+    helper_args.extend(c.tunnel_ca.iter().map(|ca| format!("--tunnel-ca={ca}")));
+    let mut sidecars = Helper::spawn(&helper_args)?;
     let line = sidecars.line(timeout + Duration::from_secs(10)).await?;
     let connected: usize = line
         .strip_prefix("connected ")
