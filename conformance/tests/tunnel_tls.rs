@@ -639,3 +639,35 @@ async fn wrong_tokens_are_answered_later_and_later_then_locked_out_and_summarize
     );
     assert!(lines[1].contains("locked out"), "{}", lines[1]);
 }
+
+#[test]
+fn the_tunnel_certificate_reloads_when_its_files_change() {
+    let stack = Stack::start_tunnel(Tunnel::Tls, "", &[], &[]);
+    let d = stack.dir.path();
+    let edge = format!("https://{}", stack.tunnel_addr);
+    // A new certificate from another CA, written over the old files in
+    // place, as cert-manager renews a Secret.
+    let renewed = certs::write(
+        &d.join("renewed-ca"),
+        "",
+        &["localhost".into(), "127.0.0.1".into()],
+        false,
+    )
+    .unwrap();
+    let trusting_new = format!(
+        "tls: {{ ca: {}, server_name: localhost }}\n",
+        path(&renewed.ca)
+    );
+    let before = sidecar(d, "before", &sidecar_yaml(&edge, TOKEN, &trusting_new));
+    before.wait_line("not signed by a CA this sidecar trusts", WAIT);
+    drop(before);
+    std::fs::copy(&renewed.cert, d.join("tunnel-cert.pem")).unwrap();
+    std::fs::copy(&renewed.key, d.join("tunnel-key.pem")).unwrap();
+    stack.edge.wait_line("config reloaded", WAIT);
+    let after = sidecar(d, "after", &sidecar_yaml(&edge, TOKEN, &trusting_new));
+    after.wait_line("Forwarding", WAIT);
+    // The old CA is no longer what the edge presents.
+    let old_ca = format!("tls: {{ ca: {} }}\n", path(&d.join("tunnel-ca/ca.pem")));
+    let old = sidecar(d, "old", &sidecar_yaml(&edge, TOKEN, &old_ca));
+    old.wait_line("not signed by a CA this sidecar trusts", WAIT);
+}
