@@ -59,12 +59,11 @@ fn a_changed_file_is_applied_and_a_bad_one_refused() {
 
     // Broken YAML: refused, with file, line and field; the old routes keep serving.
     stack.write_edge_yaml(&edge_yaml(&format!("{APP_ROUTE}    tiemout: 1s\n")));
+    // The refusal is one log event over several lines (the problems follow
+    // the message): wait for the line that names the problem.
     stack.edge.wait_line("config reload refused", RELOAD_WAIT);
-    let log = stack.edge.output();
-    assert!(
-        log.contains("edge.yaml") && log.contains("tiemout"),
-        "{log}"
-    );
+    let problem = stack.edge.wait_line("tiemout", RELOAD_WAIT);
+    assert!(stack.edge.output().contains("edge.yaml"), "{problem}");
     assert_eq!(status(&stack, "app.example.test", "/"), "200");
 
     // An invalid value is refused the same way.
@@ -74,7 +73,7 @@ fn a_changed_file_is_applied_and_a_bad_one_refused() {
     stack
         .edge
         .wait_lines("config reload refused", 2, RELOAD_WAIT);
-    assert!(stack.edge.output().contains("routes[0].host"));
+    stack.edge.wait_line("routes[0].host", RELOAD_WAIT);
     assert_eq!(status(&stack, "app.example.test", "/"), "200");
 }
 

@@ -67,6 +67,7 @@ pub mod raw {
         pub upstream: Upstream,
         #[serde(default)]
         pub visitors: Visitors,
+        pub header_policy: Option<header_policy::RawPolicy>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -175,6 +176,7 @@ pub mod raw {
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct Route {
+        pub name: Option<String>,
         pub host: String,
         pub path: Option<String>,
         #[serde(default)]
@@ -184,6 +186,7 @@ pub mod raw {
         #[serde(default)]
         pub timeouts: RouteTimeouts,
         pub upstream: Option<RouteUpstream>,
+        pub header_policy: Option<header_policy::RawPolicy>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -253,6 +256,9 @@ pub struct EdgeConfig {
     pub clusters: Vec<Cluster>,
     /// Custom-domain rules, tried before preview URLs.
     pub routes: RouteTable,
+    /// `header_policy:`, for requests no route names (`None`: nothing to
+    /// do); routes carry it followed by their own.
+    pub header_policy: Option<Arc<header_policy::Policy>>,
     /// Clients whose forwarding headers and request ids are believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub tunnel: TunnelSettings,
@@ -498,7 +504,18 @@ fn validate(raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<String>> 
         });
     }
 
-    let routes = validate_routes(raw.routes, &owner_of_env, base, &mut problems);
+    let default_policy = raw
+        .header_policy
+        .as_ref()
+        .map(|p| header_policy::compile(p, "header_policy", &mut problems))
+        .unwrap_or_default();
+    let routes = validate_routes(
+        raw.routes,
+        &owner_of_env,
+        &default_policy,
+        base,
+        &mut problems,
+    );
     let mut trusted_proxies = Vec::new();
     for (i, cidr) in raw.forwarding.trusted_proxies.iter().enumerate() {
         let parsed = cidr
@@ -640,6 +657,7 @@ fn validate(raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<String>> 
         public_url: raw.preview.public_url,
         clusters,
         routes,
+        header_policy: in_force(default_policy),
         trusted_proxies,
         tunnel,
         upstream,
@@ -748,14 +766,21 @@ fn parse_host_pattern(text: &str) -> Option<HostPattern> {
     }
 }
 
+/// A policy worth applying: `None` when it cannot change anything.
+fn in_force(policy: header_policy::Policy) -> Option<Arc<header_policy::Policy>> {
+    (!policy.is_noop()).then(|| Arc::new(policy))
+}
+
 fn validate_routes(
     raw: Vec<raw::Route>,
     owner_of_env: &HashMap<String, String>,
+    default_policy: &header_policy::Policy,
     base: &Path,
     problems: &mut Vec<String>,
 ) -> RouteTable {
     let mut rules = Vec::new();
     let mut seen: HashMap<(String, String), usize> = HashMap::new();
+    let mut names: HashMap<String, usize> = HashMap::new();
     for (i, r) in raw.into_iter().enumerate() {
         let path_of = |field: &str| format!("routes[{i}].{field}");
         let host_text = r.host.trim().trim_end_matches('.').to_ascii_lowercase();
@@ -815,6 +840,27 @@ fn validate_routes(
         let protocol = r.upstream.and_then(|u| {
             validate_route_upstream(u, &path_of("upstream"), base, target.as_ref(), problems)
         });
+        if let Some(name) = &r.name {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_graphic()) {
+                problems.push(format!(
+                    "{}: {name:?} must be printable ASCII without spaces",
+                    path_of("name")
+                ));
+            } else if let Some(j) = names.insert(name.clone(), i) {
+                problems.push(format!(
+                    "{}: {name:?} is also routes[{j}]'s name",
+                    path_of("name")
+                ));
+            }
+        }
+        let policy = match &r.header_policy {
+            Some(own) => default_policy.then(&header_policy::compile(
+                own,
+                &path_of("header_policy"),
+                problems,
+            )),
+            None => default_policy.clone(),
+        };
         if let (Some(host), Some(target)) = (host, target) {
             rules.push(RouteRule {
                 host,
@@ -824,6 +870,8 @@ fn validate_routes(
                 connect_timeout,
                 read_timeout,
                 protocol,
+                name: r.name.map(Arc::from),
+                policy: in_force(policy),
             });
         }
     }
@@ -999,6 +1047,45 @@ tunnel:
             assert!(err.contains(needle), "missing {needle} in {err}");
         }
         assert!(!err.contains("routes[0]."), "{err}");
+    }
+
+    #[test]
+    fn header_policies_compose_default_then_route() {
+        let c = EdgeConfig::parse(
+            &format!(
+                "{GOOD}header_policy:\n  request: [{{ set: {{ x-a: '1' }} }}]\nroutes:\n  - {{ name: own, host: a.example.com, target: demo/web:8080, header_policy: {{ request: [{{ set: {{ x-b: '2' }} }}] }} }}\n  - {{ host: b.example.com, target: demo/web:8080 }}\n"
+            ),
+            "edge.yaml",
+        )
+        .unwrap();
+        let default = c.header_policy.clone().expect("a default that acts");
+        let own = c.routes.resolve("a.example.com", "/").unwrap();
+        let inherited = c.routes.resolve("b.example.com", "/").unwrap();
+        assert_eq!(own.name.as_deref(), Some("own"));
+        let mut headers = header_policy::HeaderList::new();
+        own.policy
+            .as_ref()
+            .unwrap()
+            .on_request(&Default::default(), &mut headers);
+        assert_eq!(
+            headers.fields().len(),
+            2,
+            "the default's rule, then the route's"
+        );
+        assert_eq!(inherited.policy.as_deref(), Some(&*default));
+        // Without any policy, nothing is carried: requests skip the phase.
+        let bare = EdgeConfig::parse(
+            &format!("{GOOD}routes:\n  - {{ host: a.example.com, target: demo/web:8080 }}\n"),
+            "edge.yaml",
+        )
+        .unwrap();
+        assert!(bare.header_policy.is_none());
+        assert!(bare
+            .routes
+            .resolve("a.example.com", "/")
+            .unwrap()
+            .policy
+            .is_none());
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! request context filled once ([`context`]), Pingora's phases in order
 //! ([`phases`]), request → target ([`route`]), what the service is told
 //! ([`forwarding`]), HTTPS redirects and HSTS ([`https`]), what went wrong
-//! ([`failure`]) and the one place it becomes a response ([`errors`]), and the visitor's connection
-//! itself: protocol sniffing, request-head deadline ([`visitor`]).
+//! ([`failure`]) and the one place it becomes a response ([`errors`]), the
+//! header policy on the way up and back ([`policy`]), and the visitor's
+//! connection itself: protocol sniffing, request-head deadline ([`visitor`]).
 //!
 //! The top room: may use every other. Capabilities that act on requests
 //! (visitor auth, limits, header policy) hang off the context and the
@@ -15,5 +16,6 @@ pub mod failure;
 pub mod forwarding;
 pub mod https;
 pub mod phases;
+pub mod policy;
 pub mod route;
 pub mod visitor;

@@ -4,14 +4,16 @@
 //! 1. `new_ctx`: a [`RequestCtx`], counted in flight.
 //! 2. `request_filter`: learn the request's facts once ([`RequestCtx::learn`]),
 //!    apply the visitor settings to its connection, redirect plain HTTP to
-//!    HTTPS, route it ([`route::resolve`]). Visitor auth, limits and the
-//!    header policy's request checks join here, after learning and around
-//!    routing.
+//!    HTTPS, route it ([`route::resolve`]), then the header policy's
+//!    request side ([`policy::on_request`]: edits, or a CORS preflight
+//!    answered here). Visitor auth and limits join here, after learning and
+//!    around routing.
 //! 3. `upstream_peer`: the target's tunnel stream as the upstream socket
 //!    ([`TunnelConnector`]), pooled per service and protocol.
 //! 4. `upstream_request_filter`: request id, rewritten path, forwarding
 //!    headers.
-//! 5. `response_filter`: request id, HSTS.
+//! 5. `response_filter`: request id, HSTS, then the header policy's
+//!    response side ([`policy::on_response`]).
 //! 6. `fail_to_proxy`: any failure becomes the one error shape.
 //! 7. `logging`: one line per request, from the context.
 
@@ -30,7 +32,7 @@ use super::context::RequestCtx;
 use super::errors;
 use super::failure::{self, Failure};
 use super::visitor::HeadDeadline;
-use super::{forwarding, https, route};
+use super::{forwarding, https, policy, route};
 use crate::config::{EdgeConfig, VisitorSettings};
 use crate::tunnel::connector::TunnelConnector;
 use crate::tunnel::registry::TunnelRegistry;
@@ -107,6 +109,10 @@ impl ProxyHttp for EdgeProxy {
         match route::resolve(host, session.req_header(), &config, &self.registry) {
             Ok(target) => {
                 ctx.target = Some(target);
+                if let Some(answer) = policy::on_request(session, ctx) {
+                    policy::answer(session, &answer, &ctx.id).await;
+                    return Ok(true);
+                }
                 Ok(false)
             }
             Err(failure) => answer(session, failure, ctx).await,
@@ -180,7 +186,7 @@ impl ProxyHttp for EdgeProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -190,6 +196,7 @@ impl ProxyHttp for EdgeProxy {
                 response.insert_header("strict-transport-security", value)?;
             }
         }
+        policy::on_response(session, response, ctx);
         Ok(())
     }
 

@@ -5,6 +5,7 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
+use header_policy::Policy;
 use pingora_http::RequestHeader;
 
 use super::failure::Failure;
@@ -29,6 +30,10 @@ pub struct Target {
     pub stream_idle_timeout: Duration,
     /// How the edge speaks to the service.
     pub protocol: Protocol,
+    /// The rule's name, for the header policy's `when.route`.
+    pub route_name: Option<Arc<str>>,
+    /// The header policy in force (`None`: nothing to do).
+    pub policy: Option<Arc<Policy>>,
 }
 
 impl Target {
@@ -82,7 +87,13 @@ pub fn resolve(
         .and_then(|r| r.protocol.clone())
         .or_else(|| session.protocol(&service.service, service.port).cloned())
         .unwrap_or_default();
+    let (route_name, policy) = match rule {
+        Some(rule) => (rule.name.clone(), rule.policy.clone()),
+        None => (None, config.header_policy.clone()),
+    };
     Ok(Target {
+        route_name,
+        policy,
         protocol,
         stream_idle_timeout: upstream.stream_idle_timeout,
         service,

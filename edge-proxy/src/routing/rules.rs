@@ -5,7 +5,10 @@
 //! by wildcard suffix, so a request looks at the rules for its own host and
 //! its parent domains only, and picks the earliest that matches its path.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use header_policy::Policy;
 
 use crate::routing::preview::ServiceRef;
 use crate::routing::upstream::Protocol;
@@ -41,6 +44,11 @@ pub struct RouteRule {
     pub read_timeout: Option<Duration>,
     /// Overrides the protocol the sidecar registered for the service.
     pub protocol: Option<Protocol>,
+    /// `routes[].name`: what header policies match `when.route` against.
+    pub name: Option<Arc<str>>,
+    /// The header policy requests through this rule get: the edge's
+    /// default followed by the rule's own (`None`: nothing to do).
+    pub policy: Option<Arc<Policy>>,
 }
 
 impl RouteRule {
@@ -143,6 +151,8 @@ mod tests {
                 environment: "prod".into(),
             },
             connect_timeout: None,
+            name: None,
+            policy: None,
             read_timeout: None,
             protocol: None,
         }
