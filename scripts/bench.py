@@ -71,7 +71,23 @@ RATHOLE = os.environ.get("RATHOLE") or os.path.expanduser("~/.cache/preview-edge
 # (the targets' musts compare us with it, their aims with each half alone).
 COMPARATORS = ["direct", "nginx", "rathole", "nginx+rathole", "edge"]
 MIDDLE_HOPS = [c for c in COMPARATORS if c != "direct"]  # the rows about the hop in between
-ROW_KEYS = ["rps_c64", "rps_c1", "latency", "conn_rate", "bulk", "h2", "stalled", "bulk_rtt", "scale", "routes"]
+ROW_KEYS = ["rps_c64", "rps_c1", "latency", "conn_rate", "bulk", "h2", "stalled", "bulk_rtt", "scale", "routes",
+            "policy"]
+# The policy row: two custom-domain routes to the same service, one with a
+# typical header policy (strip lists, a templated request header, security
+# headers), one without; the edge's requests/s through each, alternating.
+POLICY_HOST, PLAIN_HOST = "policy.bench.test", "plain.bench.test"
+POLICY_ROUTES = f"""routes:
+  - {{ name: plain, host: {PLAIN_HOST}, target: bench/hello:8080 }}
+  - name: policy
+    host: {POLICY_HOST}
+    target: bench/hello:8080
+    header_policy:
+      strip: {{ request: [x-internal-*], response: [server, x-powered-by] }}
+      request:
+        - set: {{ x-request-source: edge, x-route: "{{route}}" }}
+      security_headers: {{ hsts: true, content_type_options: true, referrer_policy: true, frame_options: deny }}
+"""
 HOST = "hello-8080-bench.preview.localhost"
 HOST_RTT = "hello-8080-benchrtt.preview.localhost"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -580,6 +596,8 @@ clusters:
     token_sha256: "{token_hash}"
     environments: [{envs}]
 """)
+            if "bench" in environments:
+                f.write(POLICY_ROUTES)
             if self.tunnel_tls:
                 # The tunnel over TLS (--tunnel-tls): the dev certificate covers localhost.
                 f.write(f"""tunnel:
@@ -653,8 +671,8 @@ targets:
 
     # ------------------------------------------------------------ measurements
 
-    def wrk(self, comp, conns, threads, extra=()):
-        argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{self.round_seconds}s", "-H", f"Host: {HOST}", *extra,
+    def wrk(self, comp, conns, threads, extra=(), host=HOST):
+        argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{self.round_seconds}s", "-H", f"Host: {host}", *extra,
                 f"http://{self.addr[comp]}/"]
         pids = self.hop_pids(comp)
         user0, system0 = cpu_seconds(pids)
@@ -1082,6 +1100,20 @@ def run_rows(b):
         add("routes", "route lookup, 10,000 rules: slowest case (ns)", "ns",
             {**only_edge, "edge": lookup["slowest_lookup_ns"]}, {"edge": lookup}, better="lower",
             expected=["edge"], seconds=time.monotonic() - t0)
+    if b.want("policy"):
+        log("header policy, native: a route with a policy beside one without (64 connections)")
+        t0 = time.monotonic()
+        rps = {PLAIN_HOST: [], POLICY_HOST: []}
+        for _ in range(b.rounds):
+            for host in rps:
+                value, _ = b.wrk("edge", 64, 2, host=host)
+                rps[host].append(value or 0.0)
+        without, with_policy = (statistics.median(rps[h]) for h in (PLAIN_HOST, POLICY_HOST))
+        cost = round((1 - with_policy / without) * 100, 1) if without else None
+        note(f"without {without:,.0f} req/s, with {with_policy:,.0f} req/s: {cost} %")
+        add("policy", "header policy, native: requests/s lost (%, 64 conns)", "%",
+            {**only_edge, "edge": cost}, {"edge": {"rps_without": rps[PLAIN_HOST], "rps_with": rps[POLICY_HOST]}},
+            must="≤ 3% rps", aim="≤ 1%", better="lower", expected=["edge"], seconds=time.monotonic() - t0)
     if b.only is None:
         for key, name, must, aim in (("wasm", "WASM header filter overhead", "≤ 10% rps", "≤ 3%"),
                                      ("auth", "auth (JWT verify per request) overhead", "≤ 5% rps",
@@ -1129,6 +1161,8 @@ def judge(r, quick):
         return "n/a" if not unloaded else ("yes" if d.get("failed") == 0 and e <= 2 * unloaded else "no")
     if key == "stalled_rss":
         return "yes" if e <= 1024 else "no"
+    if key == "policy":
+        return "yes" if e <= 3 else "no"
     if key == "scale":
         d = r["details"]["scale"]
         if e > 0:

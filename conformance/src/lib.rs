@@ -510,6 +510,14 @@ pub fn curl(args: &[&str]) -> Output {
         .expect("curl is installed")
 }
 
+/// The HTTP status curl got for `args` (a URL and any options), as text:
+/// `"200"`, or `"000"` when no response came.
+pub fn http_status(args: &[&str]) -> String {
+    let mut argv = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+    argv.extend_from_slice(args);
+    String::from_utf8_lossy(&curl(&argv).stdout).into_owned()
+}
+
 /// Runs a shell pipeline; returns stdout, panics on failure.
 pub fn sh(script: &str) -> String {
     let out = Command::new("sh").arg("-c").arg(script).output().unwrap();

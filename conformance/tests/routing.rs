@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use conformance::{curl, edge_yaml, signal, Stack};
+use conformance::{curl, edge_yaml, http_status, signal, Stack};
 use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -12,17 +12,7 @@ const API_ROUTE: &str =
 
 fn status(stack: &Stack, host: &str, path: &str) -> String {
     let url = format!("http://127.0.0.1:{}{path}", stack.http_port);
-    let out = curl(&[
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "-H",
-        &format!("Host: {host}"),
-        &url,
-    ]);
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    http_status(&["-H", &format!("Host: {host}"), &url])
 }
 
 fn body(stack: &Stack, host: &str, path: &str) -> String {

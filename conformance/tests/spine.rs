@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use conformance::{curl, curl_with_stdin, sh, start_edge, Proc, Stack, TOKEN};
+use conformance::{curl, curl_with_stdin, http_status, sh, start_edge, Proc, Stack, TOKEN};
 use futures::{SinkExt, StreamExt};
 use test_support::pattern;
 use test_support::wait::until_ok_blocking_within;
@@ -146,8 +146,7 @@ fn the_service_closing_idle_connections_loses_no_request() {
     let stack = Stack::start_with("", &["--idle-close-ms", "100", "--log-events"]);
     let url = stack.url("hello-8080", "/");
     for i in 0..8 {
-        let out = curl(&["-sS", "-o", "/dev/null", "-w", "%{http_code}", &url]);
-        assert_eq!(stdout(&out), "200", "request {i}: {out:?}");
+        assert_eq!(http_status(&[&url]), "200", "request {i}");
         // The next request comes only once the service has closed the
         // connection this one used.
         stack
@@ -162,8 +161,7 @@ fn the_service_closing_idle_connections_loses_no_request() {
 fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
     let stack = Stack::start_with_edge_yaml("upstream:\n  idle_timeout: 300ms\n");
     let url = stack.url("hello-8080", "/");
-    let out = curl(&["-sS", "-o", "/dev/null", "-w", "%{http_code}", &url]);
-    assert_eq!(stdout(&out), "200");
+    assert_eq!(http_status(&[&url]), "200");
     // The tunnelled connection is kept for reuse (the stats request is the other).
     assert_eq!(upstream_stats(&stack)["open"], 2);
     // Closed by the edge's side, which says nothing the test can see:
@@ -181,8 +179,7 @@ fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
         },
     );
     // And the next request opens a new one.
-    let out = curl(&["-sS", "-o", "/dev/null", "-w", "%{http_code}", &url]);
-    assert_eq!(stdout(&out), "200");
+    assert_eq!(http_status(&[&url]), "200");
 }
 
 #[test]
@@ -418,11 +415,9 @@ async fn a_quiet_websocket_outlives_the_read_timeout() {
     // WebSocket went quiet, so when its 504 arrives the WebSocket has been
     // quiet for longer than the read timeout.
     let url = stack.url("hello-8080", "/slow?ms=2500");
-    let plain = tokio::task::spawn_blocking(move || {
-        stdout(&curl(&["-o", "/dev/null", "-w", "%{http_code}", &url]))
-    })
-    .await
-    .unwrap();
+    let plain = tokio::task::spawn_blocking(move || http_status(&[&url]))
+        .await
+        .unwrap();
     assert_eq!(plain, "504");
     ws.send(Message::text("still here")).await.unwrap();
     assert_eq!(
@@ -505,15 +500,7 @@ fn killed_sidecar_gives_503_then_a_restarted_one_serves_again() {
     stack
         .edge
         .wait_lines("tunnel down", 2, Duration::from_secs(15));
-    let out = curl(&[
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        &stack.url("hello-8080", "/"),
-    ]);
-    assert_eq!(stdout(&out), "503");
+    assert_eq!(http_status(&[&stack.url("hello-8080", "/")]), "503");
     stack.start_sidecar();
     let out = curl(&[&stack.url("hello-8080", "/")]);
     assert!(stdout(&out).contains("Hello from the sample service"));

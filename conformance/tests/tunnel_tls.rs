@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use conformance::{
-    bin, curl, curl_with_stdin, edge_yaml, sh, start_edge_listening, with_tunnel_tls,
+    bin, curl, curl_with_stdin, edge_yaml, http_status, sh, start_edge_listening, with_tunnel_tls,
     write_tunnel_certs, Proc, Stack, Tunnel, ENV, TOKEN,
 };
 use futures::{SinkExt, StreamExt};
@@ -401,14 +401,7 @@ fn a_rotated_token_keeps_serving_and_the_old_ones_sessions_close() {
     let old = stack.sidecar.as_ref().unwrap();
     old.wait_line("does not know this sidecar token", WAIT);
     for _ in 0..5 {
-        let out = curl(&[
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &stack.url("hello-8080", "/"),
-        ]);
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+        assert_eq!(http_status(&[&stack.url("hello-8080", "/")]), "200");
     }
     assert!(!moved.output().contains(new_token));
     assert!(!stack.edge.output().contains(&new_hash));
@@ -587,15 +580,7 @@ async fn wrong_tokens_are_answered_later_and_later_then_locked_out_and_summarize
     // Visitors are served throughout: the sidecar's connections are older
     // than the lockout, and its data streams carry a good token.
     for _ in 0..20 {
-        let out = curl(&[
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &stack.url("hello-8080", "/"),
-        ]);
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+        assert_eq!(http_status(&[&stack.url("hello-8080", "/")]), "200");
     }
 
     // One line with the reason, one for the lockout, then summaries with
