@@ -42,9 +42,25 @@ def start(work, name, argv, ready, timeout=120.0):
         sys.exit(f"{name} did not start:\n{f.read()[-3000:]}")
 
 
-def h2load(addr, requests, connections, streams, h2):
+# `--route plain|policy`: requests go through a custom-domain route instead
+# of a preview URL, without or with the header policy the bench's `policy`
+# row uses (the difference is the policy's cost).
+ROUTES = """routes:
+  - { name: plain, host: plain.bench.test, target: bench/hello:8080 }
+  - name: policy
+    host: policy.bench.test
+    target: bench/hello:8080
+    header_policy:
+      strip: { request: [x-internal-*], response: [server, x-powered-by] }
+      request:
+        - set: { x-request-source: edge, x-route: "{route}" }
+      security_headers: { hsts: true, content_type_options: true, referrer_policy: true, frame_options: deny }
+"""
+
+
+def h2load(addr, requests, connections, streams, h2, host=HOST):
     argv = ["h2load", "-n", str(requests), "-c", str(connections), "-m", str(streams), "-t", "1",
-            "-H", f":authority: {HOST}", f"http://{addr}/"]
+            "-H", f":authority: {host}", f"http://{addr}/"]
     if not h2:
         argv.insert(1, "--h1")
     out = subprocess.run(argv, capture_output=True, text=True, timeout=3600).stdout
@@ -62,6 +78,8 @@ def main():
     parser.add_argument("--streams", type=int, default=1, help="requests in flight per connection")
     parser.add_argument("--threads", type=int, default=2, help="the edge's worker threads")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (printed)")
+    parser.add_argument("--route", choices=["plain", "policy"],
+                        help="through a custom-domain route, without or with a header policy")
     args = parser.parse_args()
 
     work = tempfile.mkdtemp(prefix="callgrind-")
@@ -81,7 +99,7 @@ clusters:
   - name: bench
     token_sha256: "{token_hash}"
     environments: [bench]
-""")
+{ROUTES}""")
         out_file = os.path.join(work, "callgrind.out")
         edge, _ = start(work, "edge", ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}",
                                        f"{RELEASE_DIR}/edge-proxy", "--config", os.path.join(work, "edge.yaml"),
@@ -100,9 +118,10 @@ targets:
                                              os.path.join(work, "sidecar.yaml")], r"^Forwarding")
         procs.append(sidecar)
 
-        h2load(listening["http"], max(1000, args.requests // 10), args.connections, args.streams, args.h2)
+        host = f"{args.route}.bench.test" if args.route else HOST
+        h2load(listening["http"], max(1000, args.requests // 10), args.connections, args.streams, args.h2, host)
         subprocess.run(["callgrind_control", "--zero", str(edge.pid)], check=True, capture_output=True)
-        requests = h2load(listening["http"], args.requests, args.connections, args.streams, args.h2)
+        requests = h2load(listening["http"], args.requests, args.connections, args.streams, args.h2, host)
         subprocess.run(["callgrind_control", "--dump", str(edge.pid)], check=True, capture_output=True)
 
         total = 0

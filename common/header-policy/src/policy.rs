@@ -258,13 +258,32 @@ impl Policy {
     /// were); otherwise the request strip list runs, then the request rules
     /// in order.
     pub fn on_request(&self, facts: &RequestFacts<'_>, headers: &mut impl Headers) -> Decision {
-        if let CorsSetting::On(cors) = &self.cors {
-            if let Some(answer) = cors.preflight(facts, headers) {
-                return Decision::Respond(answer);
-            }
+        if let Some(answer) = self.preflight(facts, headers) {
+            return Decision::Respond(answer);
         }
-        self.request.apply(facts, headers);
+        self.edit_request(facts, headers);
         Decision::Continue
+    }
+
+    /// The first half of [`Policy::on_request`]: the answer to a CORS
+    /// preflight, when the request is one. For a host that answers
+    /// preflights early and edits the request later, on another header map
+    /// (the edge edits its upstream copy).
+    pub fn preflight(
+        &self,
+        facts: &RequestFacts<'_>,
+        headers: &impl Headers,
+    ) -> Option<LocalResponse> {
+        match &self.cors {
+            CorsSetting::On(cors) => cors.preflight(facts, headers),
+            _ => None,
+        }
+    }
+
+    /// The second half of [`Policy::on_request`]: the request strip list,
+    /// then the request rules in order.
+    pub fn edit_request(&self, facts: &RequestFacts<'_>, headers: &mut impl Headers) {
+        self.request.apply(facts, headers);
     }
 
     /// Applies the policy to response headers as they go to the visitor:

@@ -4,14 +4,14 @@
 //! 1. `new_ctx`: a [`RequestCtx`], counted in flight.
 //! 2. `request_filter`: learn the request's facts once ([`RequestCtx::learn`]),
 //!    apply the visitor settings to its connection, redirect plain HTTP to
-//!    HTTPS, route it ([`route::resolve`]), then the header policy's
-//!    request side ([`policy::on_request`]: edits, or a CORS preflight
-//!    answered here). Visitor auth and limits join here, after learning and
-//!    around routing.
+//!    HTTPS, route it ([`route::resolve`]), answer a CORS preflight if the
+//!    header policy says so ([`policy::preflight`]). Visitor auth and
+//!    limits join here, after learning and around routing.
 //! 3. `upstream_peer`: the target's tunnel stream as the upstream socket
 //!    ([`TunnelConnector`]), pooled per service and protocol.
 //! 4. `upstream_request_filter`: request id, rewritten path, forwarding
-//!    headers.
+//!    headers, then the header policy's request edits
+//!    ([`policy::on_request`]).
 //! 5. `response_filter`: request id, HSTS, then the header policy's
 //!    response side ([`policy::on_response`]).
 //! 6. `fail_to_proxy`: any failure becomes the one error shape.
@@ -109,7 +109,7 @@ impl ProxyHttp for EdgeProxy {
         match route::resolve(host, session.req_header(), &config, &self.registry) {
             Ok(target) => {
                 ctx.target = Some(target);
-                if let Some(answer) = policy::on_request(session, ctx) {
+                if let Some(answer) = policy::preflight(session, ctx) {
                     policy::answer(session, &answer, &ctx.id).await;
                     return Ok(true);
                 }
@@ -181,6 +181,7 @@ impl ProxyHttp for EdgeProxy {
                 result = request.insert_header(name, value);
             }
         });
+        policy::on_request(session, request, ctx);
         result
     }
 

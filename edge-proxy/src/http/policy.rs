@@ -1,19 +1,22 @@
 //! The header policy (`header_policy:`, `routes[].header_policy:`; the
-//! `header-policy` crate) on a request's way upstream and its response's
-//! way back, through the request context: the visitor's headers are edited
-//! in `request_filter` (so Pingora's copy for the service has the edits, and
-//! a CORS preflight is answered before any upstream work), the response's
-//! in `response_filter`, after the edge's own headers.
+//! `header-policy` crate) through the request context: a CORS preflight is
+//! answered in `request_filter`, before any upstream work; the request's
+//! edits go to the upstream request in `upstream_request_filter`, after the
+//! edge's forwarding headers (the copy Pingora made for the service has
+//! room for added headers; the visitor's own map has none, and growing it
+//! cost more than the policy); the response's in `response_filter`, after
+//! the edge's own headers.
 
-use header_policy::{single_value, Decision, Headers, LocalResponse, Policy, RequestFacts};
-use http::HeaderValue;
+use header_policy::{single_value, Headers, LocalResponse, Policy, RequestFacts};
+use http::{HeaderName, HeaderValue};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 
 use super::context::RequestCtx;
 
 /// A Pingora header map as the policy sees it. Names come lowercase and
-/// valid from the policy; Pingora keeps its case map in step.
+/// valid from the policy (standard ones parse without allocating);
+/// Pingora keeps its case map, if any, in step.
 macro_rules! pingora_headers {
     ($adapter:ident, $header:ty) => {
         struct $adapter<'a>(&'a mut $header);
@@ -35,14 +38,20 @@ macro_rules! pingora_headers {
             }
 
             fn set(&mut self, name: &str, value: &[u8]) {
-                if let Ok(value) = HeaderValue::from_bytes(value) {
-                    let _ = self.0.insert_header(name.to_owned(), value);
+                if let (Ok(name), Ok(value)) = (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_bytes(value),
+                ) {
+                    let _ = self.0.insert_header(name, value);
                 }
             }
 
             fn append(&mut self, name: &str, value: &[u8]) {
-                if let Ok(value) = HeaderValue::from_bytes(value) {
-                    let _ = self.0.append_header(name.to_owned(), value);
+                if let (Ok(name), Ok(value)) = (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_bytes(value),
+                ) {
+                    let _ = self.0.append_header(name, value);
                 }
             }
 
@@ -56,101 +65,68 @@ macro_rules! pingora_headers {
 pingora_headers!(Request, RequestHeader);
 pingora_headers!(Response, ResponseHeader);
 
-/// The facts a policy reads, owned: the request phase edits the header
-/// they come from. Only what the policy needs is copied.
-#[derive(Default)]
-struct Owned {
-    method: String,
-    path: String,
-    origin: Option<String>,
-    client_ip: Option<String>,
+/// The policy in force for the routed request.
+fn policy(ctx: &RequestCtx) -> Option<&Policy> {
+    ctx.target.as_ref()?.policy.as_deref()
 }
 
-/// The policy in force for the routed request, if it acts on requests.
-fn request_policy(ctx: &RequestCtx) -> Option<&Policy> {
-    let policy = ctx.target.as_ref()?.policy.as_deref()?;
-    policy.acts_on_request().then_some(policy)
-}
-
-/// Applies the request side of the policy to the visitor's request; a
-/// CORS preflight comes back as the response to answer with.
-pub fn on_request(session: &mut Session, ctx: &RequestCtx) -> Option<LocalResponse> {
-    let policy = request_policy(ctx)?;
-    let needs = policy.needs();
+/// The answer to a CORS preflight, when the policy has CORS and the
+/// visitor's request is one.
+pub fn preflight(session: &Session, ctx: &RequestCtx) -> Option<LocalResponse> {
+    let policy = policy(ctx)?;
     let req = session.req_header();
-    let owned = Owned {
-        method: if needs.method {
-            req.method.as_str().to_owned()
-        } else {
-            String::new()
-        },
-        path: if needs.path {
-            req.uri.path().to_owned()
-        } else {
-            String::new()
-        },
-        origin: needs
-            .origin
-            .then(|| single_value(&req.headers, "origin").map(str::to_owned))
-            .flatten(),
-        client_ip: needs
-            .client_ip
-            .then(|| ctx.client.ip.map(|ip| ip.to_string()))
-            .flatten(),
-    };
-    let facts = facts(
-        ctx,
-        &owned.method,
-        &owned.path,
-        owned.origin.as_deref(),
-        owned.client_ip.as_deref(),
-    );
-    match policy.on_request(&facts, &mut Request(session.req_header_mut())) {
-        Decision::Continue => None,
-        Decision::Respond(answer) => Some(answer),
+    if req.method != http::Method::OPTIONS {
+        return None;
     }
+    let facts = facts(session, ctx, None);
+    policy.preflight(&facts, &req.headers)
+}
+
+/// Applies the policy's request edits to the request going upstream.
+pub fn on_request(session: &Session, upstream: &mut RequestHeader, ctx: &RequestCtx) {
+    let Some(policy) = policy(ctx).filter(|p| p.acts_on_request()) else {
+        return;
+    };
+    let client_ip = client_ip(policy, ctx);
+    let facts = facts(session, ctx, client_ip.as_deref());
+    policy.edit_request(&facts, &mut Request(upstream));
 }
 
 /// Applies the response side of the policy to the service's response.
 pub fn on_response(session: &Session, response: &mut ResponseHeader, ctx: &RequestCtx) {
-    let Some(policy) = ctx.target.as_ref().and_then(|t| t.policy.as_deref()) else {
+    let Some(policy) = policy(ctx).filter(|p| p.acts_on_response()) else {
         return;
     };
-    if !policy.acts_on_response() {
-        return;
-    }
-    let req = session.req_header();
-    let origin = single_value(&req.headers, "origin");
-    let client_ip = policy
-        .needs()
-        .client_ip
-        .then(|| ctx.client.ip.map(|ip| ip.to_string()))
-        .flatten();
-    let facts = facts(
-        ctx,
-        req.method.as_str(),
-        req.uri.path(),
-        origin,
-        client_ip.as_deref(),
-    );
+    let client_ip = client_ip(policy, ctx);
+    let facts = facts(session, ctx, client_ip.as_deref());
     policy.on_response(&facts, &mut Response(response));
 }
 
+/// The visitor's address as text, when the policy reads it.
+fn client_ip(policy: &Policy, ctx: &RequestCtx) -> Option<String> {
+    policy
+        .needs()
+        .client_ip
+        .then(|| ctx.client.ip.map(|ip| ip.to_string()))
+        .flatten()
+}
+
+/// What the policy knows of the request: the visitor's request as sent,
+/// and the context.
 fn facts<'a>(
+    session: &'a Session,
     ctx: &'a RequestCtx,
-    method: &'a str,
-    path: &'a str,
-    origin: Option<&'a str>,
     client_ip: Option<&'a str>,
 ) -> RequestFacts<'a> {
+    let req = session.req_header();
     RequestFacts {
-        method,
+        method: req.method.as_str(),
         host: ctx.host.sent().unwrap_or(""),
-        path,
+        path: req.uri.path(),
         route: ctx.target.as_ref().and_then(|t| t.route_name.as_deref()),
         request_id: Some(&ctx.id),
         client_ip,
-        origin,
+        origin: single_value(&req.headers, "origin"),
         claims: None,
     }
 }
