@@ -42,20 +42,11 @@ def start(work, name, argv, ready, timeout=120.0):
         sys.exit(f"{name} did not start:\n{f.read()[-3000:]}")
 
 
-# `--route plain|policy`: requests go through a custom-domain route instead
-# of a preview URL, without or with the header policy the bench's `policy`
-# row uses (the difference is the policy's cost).
-ROUTES = """routes:
-  - { name: plain, host: plain.bench.test, target: bench/hello:8080 }
-  - name: policy
-    host: policy.bench.test
-    target: bench/hello:8080
-    header_policy:
-      strip: { request: [x-internal-*], response: [server, x-powered-by] }
-      request:
-        - set: { x-request-source: edge, x-route: "{route}" }
-      security_headers: { hsts: true, content_type_options: true, referrer_policy: true, frame_options: deny }
-"""
+# `--route plain|policy`: requests go through one of the bench's two
+# custom-domain routes, without or with the header policy its `policy` row
+# uses (the difference is the policy's cost).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import PLAIN_HOST, POLICY_HOST, POLICY_ROUTES  # noqa: E402
 
 
 def h2load(addr, requests, connections, streams, h2, host=HOST):
@@ -99,7 +90,7 @@ clusters:
   - name: bench
     token_sha256: "{token_hash}"
     environments: [bench]
-{ROUTES}""")
+{POLICY_ROUTES}""")
         out_file = os.path.join(work, "callgrind.out")
         edge, _ = start(work, "edge", ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}",
                                        f"{RELEASE_DIR}/edge-proxy", "--config", os.path.join(work, "edge.yaml"),
@@ -118,7 +109,7 @@ targets:
                                              os.path.join(work, "sidecar.yaml")], r"^Forwarding")
         procs.append(sidecar)
 
-        host = f"{args.route}.bench.test" if args.route else HOST
+        host = {"plain": PLAIN_HOST, "policy": POLICY_HOST}.get(args.route, HOST)
         h2load(listening["http"], max(1000, args.requests // 10), args.connections, args.streams, args.h2, host)
         subprocess.run(["callgrind_control", "--zero", str(edge.pid)], check=True, capture_output=True)
         requests = h2load(listening["http"], args.requests, args.connections, args.streams, args.h2, host)

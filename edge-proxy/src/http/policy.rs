@@ -78,7 +78,7 @@ pub fn preflight(session: &Session, ctx: &RequestCtx) -> Option<LocalResponse> {
     if req.method != http::Method::OPTIONS {
         return None;
     }
-    let facts = facts(session, ctx, None);
+    let facts = facts(session, ctx, policy, None);
     policy.preflight(&facts, &req.headers)
 }
 
@@ -88,7 +88,7 @@ pub fn on_request(session: &Session, upstream: &mut RequestHeader, ctx: &Request
         return;
     };
     let client_ip = client_ip(policy, ctx);
-    let facts = facts(session, ctx, client_ip.as_deref());
+    let facts = facts(session, ctx, policy, client_ip.as_deref());
     policy.edit_request(&facts, &mut Request(upstream));
 }
 
@@ -98,7 +98,7 @@ pub fn on_response(session: &Session, response: &mut ResponseHeader, ctx: &Reque
         return;
     };
     let client_ip = client_ip(policy, ctx);
-    let facts = facts(session, ctx, client_ip.as_deref());
+    let facts = facts(session, ctx, policy, client_ip.as_deref());
     policy.on_response(&facts, &mut Response(response));
 }
 
@@ -112,13 +112,15 @@ fn client_ip(policy: &Policy, ctx: &RequestCtx) -> Option<String> {
 }
 
 /// What the policy knows of the request: the visitor's request as sent,
-/// and the context.
+/// and the context (`Origin` looked up only when the policy reads it).
 fn facts<'a>(
     session: &'a Session,
     ctx: &'a RequestCtx,
+    policy: &Policy,
     client_ip: Option<&'a str>,
 ) -> RequestFacts<'a> {
     let req = session.req_header();
+    let origin = policy.needs().origin;
     RequestFacts {
         method: req.method.as_str(),
         host: ctx.host.sent().unwrap_or(""),
@@ -126,7 +128,9 @@ fn facts<'a>(
         route: ctx.target.as_ref().and_then(|t| t.route_name.as_deref()),
         request_id: Some(&ctx.id),
         client_ip,
-        origin: single_value(&req.headers, "origin"),
+        origin: origin
+            .then(|| single_value(&req.headers, "origin"))
+            .flatten(),
         claims: None,
     }
 }

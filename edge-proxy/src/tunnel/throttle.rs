@@ -147,17 +147,7 @@ impl AuthThrottle {
         self.failed.fetch_add(1, Ordering::Relaxed);
         let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
         if sources.len() >= MAX_SOURCES && !sources.contains_key(&source) {
-            sources.retain(|_, r| {
-                r.forgive(now);
-                !r.forgotten()
-            });
-            self.locked.store(
-                sources
-                    .values()
-                    .filter(|r| r.locked_until.is_some())
-                    .count(),
-                Ordering::Relaxed,
-            );
+            self.forget_forgiven(&mut sources, now);
             if sources.len() >= MAX_SOURCES {
                 return Verdict {
                     delay: Duration::ZERO,
@@ -242,6 +232,13 @@ impl AuthThrottle {
     /// and how many are locked out now.
     fn sweep(&self, now: Instant) -> (usize, usize) {
         let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        let locked = self.forget_forgiven(&mut sources, now);
+        (sources.len(), locked)
+    }
+
+    /// Drops the records of sources whose failures are all forgiven and
+    /// whose lockout ended; recounts and returns the sources locked out.
+    fn forget_forgiven(&self, sources: &mut HashMap<Source, Record>, now: Instant) -> usize {
         sources.retain(|_, r| {
             r.forgive(now);
             !r.forgotten()
@@ -251,7 +248,7 @@ impl AuthThrottle {
             .filter(|r| r.locked_until.is_some())
             .count();
         self.locked.store(locked, Ordering::Relaxed);
-        (sources.len(), locked)
+        locked
     }
 
     /// Every [`SUMMARY_EVERY`]: forgets forgiven sources and logs one line
