@@ -10,6 +10,7 @@
 //! - [`tls`]: TLS for the test servers.
 //! - [`wait`]: waiting on events, or on a condition until a deadline (never a fixed sleep).
 //! - [`port`]: a held local port nobody answers on.
+//! - [`wasm`]: the header-policy filter module, built for the test.
 
 pub mod certs;
 pub mod fault;
@@ -20,6 +21,7 @@ pub mod port;
 pub mod tls;
 pub mod upstream;
 pub mod wait;
+pub mod wasm;
 
 pub use fault::FaultProxy;
 pub use harness::{client, stack, TestEdge, TestSidecar, DEFAULT_ENV, DEFAULT_TOKEN};

@@ -20,6 +20,7 @@
 //!
 //! # Layout
 //! - `filter`: [`WasmRuntime`], [`WasmFilter`], [`FilterInstance`], limits and errors.
+//! - `pool`: [`FilterPool`], a filter shared by a server's threads, and its [`PooledStream`]s.
 //! - `hostcalls`: the functions the specification lists, linked into every instance.
 //! - `fields`: header maps as the guest sees them, and its edits replayed.
 //! - `props`: properties ([`StreamInfo`]) under Envoy's names.
@@ -29,6 +30,7 @@ mod abi;
 mod fields;
 mod filter;
 mod hostcalls;
+mod pool;
 mod props;
 mod state;
 
@@ -37,5 +39,6 @@ pub use filter::{
     WasmFilter, WasmModule, WasmRuntime, DEFAULT_CALL_TIMEOUT, DEFAULT_MAX_HEADER_BYTES,
     DEFAULT_MEMORY_BYTES, EPOCH_TICK, RESTART_BACKOFF,
 };
+pub use pool::{FilterPool, PooledStream};
 pub use props::StreamInfo;
 pub use state::{Metric, MetricKind};

@@ -20,6 +20,7 @@ use crate::routing::upstream::{Protocol, TlsUpstream};
 use token::TokenHash;
 
 pub mod token;
+mod wasm;
 
 /// Idle data streams each sidecar session keeps open by default.
 pub const DEFAULT_IDLE_STREAMS: u32 = tunnel_transport::settings::DEFAULT_IDLE_STREAMS;
@@ -187,6 +188,27 @@ pub mod raw {
         pub timeouts: RouteTimeouts,
         pub upstream: Option<RouteUpstream>,
         pub header_policy: Option<header_policy::RawPolicy>,
+        pub wasm_filter: Option<RouteWasm>,
+    }
+
+    /// A proxy-wasm filter for a route's requests.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RouteWasm {
+        /// The `.wasm` file, relative to the config file's directory.
+        pub module: String,
+        /// The plugin configuration: a string as written, anything else
+        /// as JSON.
+        pub configuration: Option<serde_json::Value>,
+        /// `plugin_root_id`, for modules that serve several root contexts.
+        pub root_id: Option<String>,
+        /// Run instead of the header policy, not after it.
+        #[serde(default)]
+        pub replaces_policy: bool,
+        /// Memory one instance may grow to, in MiB.
+        pub memory_limit_mib: Option<u32>,
+        /// Time one callback may run.
+        pub call_timeout: Option<String>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -781,6 +803,7 @@ fn validate_routes(
     let mut rules = Vec::new();
     let mut seen: HashMap<(String, String), usize> = HashMap::new();
     let mut names: HashMap<String, usize> = HashMap::new();
+    let mut modules = wasm::Modules::default();
     for (i, r) in raw.into_iter().enumerate() {
         let path_of = |field: &str| format!("routes[{i}].{field}");
         let host_text = r.host.trim().trim_end_matches('.').to_ascii_lowercase();
@@ -861,6 +884,18 @@ fn validate_routes(
             )),
             None => default_policy.clone(),
         };
+        let wasm = r.wasm_filter.as_ref().and_then(|w| {
+            let name = r.name.clone().unwrap_or_else(|| format!("routes[{i}]"));
+            wasm::route_filter(
+                w,
+                name,
+                &path_of("wasm_filter"),
+                base,
+                &mut modules,
+                problems,
+            )
+        });
+        let replaces_policy = r.wasm_filter.as_ref().is_some_and(|w| w.replaces_policy);
         if let (Some(host), Some(target)) = (host, target) {
             rules.push(RouteRule {
                 host,
@@ -871,7 +906,8 @@ fn validate_routes(
                 read_timeout,
                 protocol,
                 name: r.name.map(Arc::from),
-                policy: in_force(policy),
+                policy: in_force(policy).filter(|_| !replaces_policy),
+                wasm,
             });
         }
     }

@@ -42,6 +42,9 @@ pub struct RequestCtx {
     pub target: Option<Target>,
     /// Why the edge answered itself, when it did.
     pub failure: Option<Failure>,
+    /// The route's wasm filter's stream, from the request side on (ended
+    /// when the context is dropped).
+    pub wasm: Option<wasm_host::PooledStream>,
     _in_flight: InFlight,
 }
 
@@ -71,6 +74,7 @@ impl RequestCtx {
             client: Client::default(),
             target: None,
             failure: None,
+            wasm: None,
             _in_flight: InFlight::new(in_flight),
         }
     }

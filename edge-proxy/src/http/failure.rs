@@ -18,6 +18,8 @@ pub enum ErrorKind {
     UpstreamUnreachable,
     UpstreamTimeout,
     UpstreamError,
+    /// The route's wasm filter crashed, ran too long or grew too large.
+    FilterFailed,
     Internal,
 }
 
@@ -29,7 +31,7 @@ impl ErrorKind {
             Self::TunnelUnavailable => 503,
             Self::UpstreamUnreachable | Self::UpstreamError => 502,
             Self::UpstreamTimeout => 504,
-            Self::Internal => 500,
+            Self::FilterFailed | Self::Internal => 500,
         }
     }
 
@@ -41,6 +43,7 @@ impl ErrorKind {
             Self::UpstreamUnreachable => "UPSTREAM_UNREACHABLE",
             Self::UpstreamTimeout => "UPSTREAM_TIMEOUT",
             Self::UpstreamError => "UPSTREAM_ERROR",
+            Self::FilterFailed => "FILTER_FAILED",
             Self::Internal => "INTERNAL",
         }
     }
@@ -54,7 +57,7 @@ impl ErrorKind {
             | Self::UpstreamUnreachable
             | Self::UpstreamError
             | Self::UpstreamTimeout => 14, // UNAVAILABLE
-            Self::BadRequest | Self::Internal => 13, // INTERNAL
+            Self::BadRequest | Self::FilterFailed | Self::Internal => 13, // INTERNAL
         }
     }
 
@@ -66,6 +69,7 @@ impl ErrorKind {
             Self::UpstreamUnreachable => "the service could not be reached",
             Self::UpstreamTimeout => "the service did not answer in time",
             Self::UpstreamError => "the service's response was invalid or cut short",
+            Self::FilterFailed => "the route's filter failed on this request",
             Self::Internal => "internal error",
         }
     }

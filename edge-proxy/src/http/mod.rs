@@ -3,7 +3,8 @@
 //! ([`phases`]), request → target ([`route`]), what the service is told
 //! ([`forwarding`]), HTTPS redirects and HSTS ([`https`]), what went wrong
 //! ([`failure`]) and the one place it becomes a response ([`errors`]), the
-//! header policy on the way up and back ([`policy`]), and the visitor's
+//! header policy on the way up and back ([`policy`]) and a route's
+//! proxy-wasm filter after it ([`wasm`]), and the visitor's
 //! connection itself: protocol sniffing, request-head deadline ([`visitor`]).
 //!
 //! The top room: may use every other. Capabilities that act on requests
@@ -19,3 +20,4 @@ pub mod phases;
 pub mod policy;
 pub mod route;
 pub mod visitor;
+pub mod wasm;

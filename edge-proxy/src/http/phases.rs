@@ -5,7 +5,9 @@
 //! 2. `request_filter`: learn the request's facts once ([`RequestCtx::learn`]),
 //!    apply the visitor settings to its connection, redirect plain HTTP to
 //!    HTTPS, route it ([`route::resolve`]), answer a CORS preflight if the
-//!    header policy says so ([`policy::preflight`]). Visitor auth and
+//!    header policy says so ([`policy::preflight`]); on a route with a
+//!    wasm filter, the policy's request edits and the filter's request
+//!    side ([`wasm::on_request`]), which may answer. Visitor auth and
 //!    limits join here, after learning and around routing.
 //! 3. `upstream_peer`: the target's tunnel stream as the upstream socket
 //!    ([`TunnelConnector`]), pooled per service and protocol.
@@ -13,8 +15,10 @@
 //!    headers, then the header policy's request edits
 //!    ([`policy::on_request`]).
 //! 5. `response_filter`: request id, HSTS, then the header policy's
-//!    response side ([`policy::on_response`]).
-//! 6. `fail_to_proxy`: any failure becomes the one error shape.
+//!    response side ([`policy::on_response`]), then the wasm filter's
+//!    ([`wasm::on_response`]).
+//! 6. `fail_to_proxy`: any failure becomes the one error shape (a wasm
+//!    filter's own answer is written as it asked).
 //! 7. `logging`: one line per request, from the context.
 
 use std::sync::atomic::AtomicUsize;
@@ -32,7 +36,7 @@ use super::context::RequestCtx;
 use super::errors;
 use super::failure::{self, Failure};
 use super::visitor::HeadDeadline;
-use super::{forwarding, https, policy, route};
+use super::{forwarding, https, policy, route, wasm};
 use crate::config::{EdgeConfig, VisitorSettings};
 use crate::tunnel::connector::TunnelConnector;
 use crate::tunnel::registry::TunnelRegistry;
@@ -112,6 +116,18 @@ impl ProxyHttp for EdgeProxy {
                 if let Some(answer) = policy::preflight(session, ctx) {
                     policy::answer(session, &answer, &ctx.id).await;
                     return Ok(true);
+                }
+                if ctx.target.as_ref().is_some_and(|t| t.wasm.is_some()) {
+                    policy::on_visitor_request(session, ctx);
+                    return match wasm::on_request(session, ctx) {
+                        wasm::Step::Continue => Ok(false),
+                        wasm::Step::Reply(reply) => {
+                            wasm::reply(session, &reply, &ctx.id).await;
+                            Ok(true)
+                        }
+                        wasm::Step::Failed(failure) => answer(session, failure, ctx).await,
+                        reset @ wasm::Step::Reset => Err(reset.into_error()),
+                    };
                 }
                 Ok(false)
             }
@@ -198,7 +214,7 @@ impl ProxyHttp for EdgeProxy {
             }
         }
         policy::on_response(session, response, ctx);
-        Ok(())
+        wasm::on_response(session, response, ctx)
     }
 
     async fn fail_to_proxy(
@@ -207,13 +223,34 @@ impl ProxyHttp for EdgeProxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let failure = failure::classify(e);
+        let failure = match wasm::replaced(e) {
+            Some(wasm::Step::Reply(reply)) => {
+                return FailToProxy {
+                    error_code: wasm::reply(session, reply, &ctx.id).await,
+                    can_reuse_downstream: false,
+                }
+            }
+            Some(wasm::Step::Reset) => {
+                return FailToProxy {
+                    error_code: 0,
+                    can_reuse_downstream: false,
+                }
+            }
+            Some(wasm::Step::Failed(failure)) => failure.clone(),
+            Some(wasm::Step::Continue) | None => failure::classify(e),
+        };
         let error_code = errors::respond(session, &failure, ctx).await;
         ctx.failure = Some(failure);
         FailToProxy {
             error_code,
             can_reuse_downstream: false,
         }
+    }
+
+    /// A wasm filter's own answer is no error, and its failures were
+    /// logged by the host with their cause.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+        wasm::replaced(e).is_some()
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {

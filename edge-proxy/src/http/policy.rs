@@ -19,7 +19,7 @@ use super::context::RequestCtx;
 /// Pingora keeps its case map, if any, in step.
 macro_rules! pingora_headers {
     ($adapter:ident, $header:ty) => {
-        struct $adapter<'a>(&'a mut $header);
+        pub struct $adapter<'a>(pub &'a mut $header);
 
         impl Headers for $adapter<'_> {
             fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
@@ -78,18 +78,49 @@ pub fn preflight(session: &Session, ctx: &RequestCtx) -> Option<LocalResponse> {
     if req.method != http::Method::OPTIONS {
         return None;
     }
-    let facts = facts(session, ctx, policy, None);
+    let facts = facts(ctx, Line::of(req), origin(policy, req), None);
     policy.preflight(&facts, &req.headers)
 }
 
-/// Applies the policy's request edits to the request going upstream.
+/// Applies the policy's request edits to the request going upstream
+/// (on a route with a wasm filter, [`on_visitor_request`] did).
 pub fn on_request(session: &Session, upstream: &mut RequestHeader, ctx: &RequestCtx) {
     let Some(policy) = policy(ctx).filter(|p| p.acts_on_request()) else {
         return;
     };
+    if ctx.target.as_ref().is_some_and(|t| t.wasm.is_some()) {
+        return;
+    }
+    let req = session.req_header();
     let client_ip = client_ip(policy, ctx);
-    let facts = facts(session, ctx, policy, client_ip.as_deref());
+    let facts = facts(
+        ctx,
+        Line::of(req),
+        origin(policy, req),
+        client_ip.as_deref(),
+    );
     policy.edit_request(&facts, &mut Request(upstream));
+}
+
+/// Applies the policy's request edits to the visitor's request itself, on
+/// a route whose wasm filter runs next and must see them (the filter
+/// answers before a tunnel stream is taken, so it sees the request before
+/// the forwarding headers, as Envoy's filters do).
+pub fn on_visitor_request(session: &mut Session, ctx: &RequestCtx) {
+    let Some(policy) = policy(ctx).filter(|p| p.acts_on_request()) else {
+        return;
+    };
+    let req = session.req_header();
+    let line = Line::of(req).owned();
+    let origin = origin(policy, req).map(str::to_owned);
+    let client_ip = client_ip(policy, ctx);
+    let facts = facts(
+        ctx,
+        line.borrowed(),
+        origin.as_deref(),
+        client_ip.as_deref(),
+    );
+    policy.edit_request(&facts, &mut Request(session.req_header_mut()));
 }
 
 /// Applies the response side of the policy to the service's response.
@@ -97,9 +128,47 @@ pub fn on_response(session: &Session, response: &mut ResponseHeader, ctx: &Reque
     let Some(policy) = policy(ctx).filter(|p| p.acts_on_response()) else {
         return;
     };
+    let req = session.req_header();
     let client_ip = client_ip(policy, ctx);
-    let facts = facts(session, ctx, policy, client_ip.as_deref());
+    let facts = facts(
+        ctx,
+        Line::of(req),
+        origin(policy, req),
+        client_ip.as_deref(),
+    );
     policy.on_response(&facts, &mut Response(response));
+}
+
+/// The visitor's request line: method and path (without the query).
+#[derive(Clone, Copy)]
+pub struct Line<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+}
+
+impl<'a> Line<'a> {
+    pub fn of(req: &'a RequestHeader) -> Self {
+        Line {
+            method: req.method.as_str(),
+            path: req.uri.path(),
+        }
+    }
+
+    /// A copy, for reading while the request's own map is edited.
+    pub fn owned(self) -> OwnedLine {
+        OwnedLine(self.method.to_owned(), self.path.to_owned())
+    }
+}
+
+pub struct OwnedLine(String, String);
+
+impl OwnedLine {
+    pub fn borrowed(&self) -> Line<'_> {
+        Line {
+            method: &self.0,
+            path: &self.1,
+        }
+    }
 }
 
 /// The visitor's address as text, when the policy reads it.
@@ -111,26 +180,31 @@ fn client_ip(policy: &Policy, ctx: &RequestCtx) -> Option<String> {
         .flatten()
 }
 
+/// The request's `Origin`, looked up only when the policy reads it.
+fn origin<'a>(policy: &Policy, req: &'a RequestHeader) -> Option<&'a str> {
+    policy
+        .needs()
+        .origin
+        .then(|| single_value(&req.headers, "origin"))
+        .flatten()
+}
+
 /// What the policy knows of the request: the visitor's request as sent,
-/// and the context (`Origin` looked up only when the policy reads it).
+/// and the context.
 fn facts<'a>(
-    session: &'a Session,
     ctx: &'a RequestCtx,
-    policy: &Policy,
+    line: Line<'a>,
+    origin: Option<&'a str>,
     client_ip: Option<&'a str>,
 ) -> RequestFacts<'a> {
-    let req = session.req_header();
-    let origin = policy.needs().origin;
     RequestFacts {
-        method: req.method.as_str(),
+        method: line.method,
         host: ctx.host.sent().unwrap_or(""),
-        path: req.uri.path(),
+        path: line.path,
         route: ctx.target.as_ref().and_then(|t| t.route_name.as_deref()),
         request_id: Some(&ctx.id),
         client_ip,
-        origin: origin
-            .then(|| single_value(&req.headers, "origin"))
-            .flatten(),
+        origin,
         claims: None,
     }
 }

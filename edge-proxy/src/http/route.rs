@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use header_policy::Policy;
 use pingora_http::RequestHeader;
+use wasm_host::FilterPool;
 
 use super::failure::Failure;
 use crate::config::EdgeConfig;
@@ -34,6 +35,8 @@ pub struct Target {
     pub route_name: Option<Arc<str>>,
     /// The header policy in force (`None`: nothing to do).
     pub policy: Option<Arc<Policy>>,
+    /// The route's wasm filter, if it has one.
+    pub wasm: Option<Arc<FilterPool>>,
 }
 
 impl Target {
@@ -87,13 +90,14 @@ pub fn resolve(
         .and_then(|r| r.protocol.clone())
         .or_else(|| session.protocol(&service.service, service.port).cloned())
         .unwrap_or_default();
-    let (route_name, policy) = match rule {
-        Some(rule) => (rule.name.clone(), rule.policy.clone()),
-        None => (None, config.header_policy.clone()),
+    let (route_name, policy, wasm) = match rule {
+        Some(rule) => (rule.name.clone(), rule.policy.clone(), rule.wasm.clone()),
+        None => (None, config.header_policy.clone(), None),
     };
     Ok(Target {
         route_name,
         policy,
+        wasm,
         protocol,
         stream_idle_timeout: upstream.stream_idle_timeout,
         service,

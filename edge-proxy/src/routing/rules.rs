@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use header_policy::Policy;
+use wasm_host::FilterPool;
 
 use crate::routing::preview::ServiceRef;
 use crate::routing::upstream::Protocol;
@@ -49,6 +50,9 @@ pub struct RouteRule {
     /// The header policy requests through this rule get: the edge's
     /// default followed by the rule's own (`None`: nothing to do).
     pub policy: Option<Arc<Policy>>,
+    /// `routes[].wasm_filter:`, run after the policy (or instead of it,
+    /// when `policy` is `None` for that reason).
+    pub wasm: Option<Arc<FilterPool>>,
 }
 
 impl RouteRule {
@@ -153,6 +157,7 @@ mod tests {
             connect_timeout: None,
             name: None,
             policy: None,
+            wasm: None,
             read_timeout: None,
             protocol: None,
         }

@@ -5,8 +5,7 @@
 pub mod corpus;
 pub mod envoy;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::OnceLock;
 
 use header_policy::HeaderList;
@@ -14,36 +13,12 @@ use wasm_host::{
     FilterInstance, Outcome, PluginSpec, StreamInfo, WasmFilter, WasmModule, WasmRuntime,
 };
 
-/// The target directory this test runs from (`target/<profile>/deps/..`).
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    exe.ancestors()
-        .nth(3)
-        .expect("target/<profile>/deps")
-        .to_path_buf()
-}
+/// The built filter module (shared with the conformance suite).
+#[path = "../../../../test-support/src/wasm.rs"]
+mod wasm;
 
-/// The header-policy filter module: `$HEADER_POLICY_WASM` if set, else
-/// built (once per test binary) by `scripts/build-wasm` into this target
-/// directory's `wasm/` (a second of cargo when nothing changed).
 pub fn filter_wasm_path() -> &'static Path {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        if let Some(p) = std::env::var_os("HEADER_POLICY_WASM") {
-            return p.into();
-        }
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let out = Command::new(root.join("scripts/build-wasm"))
-            .env("CARGO_TARGET_DIR", target_dir())
-            .output()
-            .expect("run scripts/build-wasm");
-        assert!(
-            out.status.success(),
-            "scripts/build-wasm failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-    })
+    wasm::header_policy_wasm()
 }
 
 pub fn filter_wasm() -> Vec<u8> {

@@ -1,0 +1,32 @@
+;; A filter that misbehaves on request when a header says so: x-crash
+;; traps, x-loop never returns, x-grow grows memory forever, x-pause
+;; pauses; otherwise it adds x-seen: 1. Used by the host's tests and the
+;; conformance suite (through the edge binary).
+(module
+  (import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (global $heap (mut i32) (i32.const 4096))
+  (data (i32.const 16) "x-crash")
+  (data (i32.const 32) "x-loop")
+  (data (i32.const 48) "x-grow")
+  (data (i32.const 64) "x-pause")
+  (data (i32.const 80) "x-seen1")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param $n i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (local.get $n)))
+    (local.get $p))
+  (func $has (param $name i32) (param $len i32) (result i32)
+    (i32.eqz (call $get (i32.const 0) (local.get $name) (local.get $len) (i32.const 1000) (i32.const 1004))))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (global.set $heap (i32.const 4096))
+    (if (call $has (i32.const 16) (i32.const 7)) (then unreachable))
+    (if (call $has (i32.const 32) (i32.const 6)) (then (loop $l (br $l))))
+    (if (call $has (i32.const 48) (i32.const 6))
+      (then (loop $g (drop (memory.grow (i32.const 16))) (br $g))))
+    (if (call $has (i32.const 64) (i32.const 7)) (then (return (i32.const 1))))
+    (drop (call $add (i32.const 0) (i32.const 80) (i32.const 6) (i32.const 86) (i32.const 1)))
+    (i32.const 0))
+)

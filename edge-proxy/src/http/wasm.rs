@@ -1,0 +1,190 @@
+//! A route's proxy-wasm filter (`routes[].wasm_filter:`, the `wasm-host`
+//! crate) through the request context. The request side runs in
+//! `request_filter` on the visitor's request, after routing and the
+//! header policy's request edits, so a filter's own answer (a preflight, a
+//! refusal) costs no tunnel stream; the edge's forwarding headers come
+//! after it, as Envoy's router adds its own after the filter chain. The
+//! response side runs last in `response_filter`.
+//!
+//! A filter that crashes, runs past its time or grows past its memory
+//! fails only its request: 500 `FILTER_FAILED` in the error shape (the
+//! host has logged why and replaces the instance).
+
+use bytes::Bytes;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+use wasm_host::{FilterError, LocalReply, Outcome, StreamInfo};
+
+use super::context::RequestCtx;
+use super::failure::{ErrorKind, Failure};
+use super::policy::{Line, Request, Response};
+
+/// What the request side decided.
+#[derive(Debug)]
+pub enum Step {
+    /// Proxy the request, with the headers as the filter left them.
+    Continue,
+    /// Answer with the filter's own response.
+    Reply(LocalReply),
+    /// The filter closed the stream: close the visitor's connection.
+    Reset,
+    /// The filter failed: answer 500.
+    Failed(Failure),
+}
+
+/// Starts the route's filter on the request and runs its request side.
+pub fn on_request(session: &mut Session, ctx: &mut RequestCtx) -> Step {
+    let Some(pool) = ctx.target.as_ref().and_then(|t| t.wasm.clone()) else {
+        return Step::Continue;
+    };
+    let mut stream = match pool.start() {
+        Ok(s) => s,
+        Err(e) => return Step::Failed(failed(&e)),
+    };
+    let req = session.req_header();
+    let line = Line::of(req).owned();
+    let query_path = req.uri.path_and_query().map(|p| p.as_str().to_owned());
+    let end_of_stream = session.is_body_empty();
+    let info = stream_info(session, ctx, line.borrowed(), query_path.as_deref(), None);
+    let outcome =
+        stream.on_request_headers(&mut Request(session.req_header_mut()), &info, end_of_stream);
+    ctx.wasm = Some(stream);
+    step(outcome)
+}
+
+/// Runs the filter's response side on the service's response. A failure
+/// or the filter's own answer replaces the response (through
+/// `fail_to_proxy`, with the step kept in the context).
+pub fn on_response(
+    session: &Session,
+    response: &mut ResponseHeader,
+    ctx: &mut RequestCtx,
+) -> Result<()> {
+    let Some(mut stream) = ctx.wasm.take() else {
+        return Ok(());
+    };
+    let req = session.req_header();
+    let status = response.status.as_u16();
+    let info = stream_info(session, ctx, Line::of(req), None, Some(status));
+    let outcome = stream.on_response_headers(&mut Response(response), &info, false);
+    ctx.wasm = Some(stream);
+    match step(outcome) {
+        Step::Continue => Ok(()),
+        other => Err(other.into_error()),
+    }
+}
+
+/// A step that ends the request, carried as the error Pingora hands to
+/// `fail_to_proxy`, which answers it ([`replaced`]).
+#[derive(Debug)]
+pub struct Replaced(pub Step);
+
+impl std::fmt::Display for Replaced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Step::Continue => f.write_str("the wasm filter continued"),
+            Step::Reply(r) => write!(f, "the wasm filter answered {}", r.status),
+            Step::Reset => f.write_str("the wasm filter closed the stream"),
+            Step::Failed(_) => f.write_str("the wasm filter failed"),
+        }
+    }
+}
+
+impl std::error::Error for Replaced {}
+
+impl Step {
+    pub fn into_error(self) -> Box<Error> {
+        Error::because(ErrorType::InternalError, "wasm filter", Replaced(self))
+    }
+}
+
+/// The filter's step, when it is why the request ended.
+pub fn replaced(e: &Error) -> Option<&Step> {
+    e.root_cause()
+        .downcast_ref::<Replaced>()
+        .map(|Replaced(step)| step)
+}
+
+fn step(outcome: std::result::Result<Outcome, FilterError>) -> Step {
+    match outcome {
+        Ok(Outcome::Continue) => Step::Continue,
+        Ok(Outcome::Respond(reply)) => Step::Reply(reply),
+        Ok(Outcome::Reset) => Step::Reset,
+        Err(e) => Step::Failed(failed(&e)),
+    }
+}
+
+/// The visitor sees that the filter failed, not how (the host logged it).
+fn failed(e: &FilterError) -> Failure {
+    if let FilterError::Start { .. } | FilterError::StreamLost { .. } = e {
+        tracing::warn!(error = %e, "wasm filter unavailable for a request");
+    }
+    Failure::new(ErrorKind::FilterFailed)
+}
+
+/// The properties the filter may read.
+fn stream_info<'a>(
+    session: &Session,
+    ctx: &'a RequestCtx,
+    line: Line<'a>,
+    query_path: Option<&'a str>,
+    response_code: Option<u16>,
+) -> StreamInfo<'a> {
+    StreamInfo {
+        method: line.method,
+        authority: ctx.host.sent().unwrap_or(""),
+        path: query_path.unwrap_or(line.path),
+        scheme: if ctx.tls.is_some() { "https" } else { "http" },
+        protocol: match ctx.version {
+            http::Version::HTTP_2 => "HTTP/2",
+            http::Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        },
+        request_id: Some(&ctx.id),
+        source: session.client_addr().and_then(|a| a.as_inet()).copied(),
+        destination: session.server_addr().and_then(|a| a.as_inet()).copied(),
+        route_name: ctx.target.as_ref().and_then(|t| t.route_name.as_deref()),
+        response_code,
+        claims: &[],
+        extra: &[],
+    }
+}
+
+/// Writes the filter's own response (`proxy_send_local_response`): its
+/// status, headers and body, with the request id. A gRPC answer is
+/// trailers-only, as Envoy sends it.
+pub async fn reply(session: &mut Session, reply: &LocalReply, request_id: &str) -> u16 {
+    let status = if reply.grpc_status.is_some() {
+        200
+    } else {
+        reply.status
+    };
+    let Ok(mut header) = ResponseHeader::build(status, Some(reply.headers.len() + 3)) else {
+        return 0;
+    };
+    for (name, value) in &reply.headers {
+        let _ = header.append_header(name.clone(), value.as_slice());
+    }
+    if let Some(code) = reply.grpc_status {
+        let _ = header.insert_header("content-type", "application/grpc");
+        let _ = header.insert_header("grpc-status", code.to_string());
+    }
+    let _ = header.insert_header("content-length", reply.body.len().to_string());
+    let _ = header.insert_header("x-request-id", request_id);
+    let body = (!reply.body.is_empty()).then(|| Bytes::copy_from_slice(&reply.body));
+    let end = body.is_none();
+    if session
+        .write_response_header(Box::new(header), end)
+        .await
+        .is_err()
+    {
+        return 0;
+    }
+    if let Some(body) = body {
+        if session.write_response_body(Some(body), true).await.is_err() {
+            return 0;
+        }
+    }
+    status
+}
