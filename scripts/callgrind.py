@@ -42,11 +42,12 @@ def start(work, name, argv, ready, timeout=120.0):
         sys.exit(f"{name} did not start:\n{f.read()[-3000:]}")
 
 
-# `--route plain|policy`: requests go through one of the bench's two
-# custom-domain routes, without or with the header policy its `policy` row
-# uses (the difference is the policy's cost).
+# `--route plain|policy|wasm`: requests go through one of the bench's
+# custom-domain routes: without a header policy, with the one its `policy`
+# row uses, or with that policy in the wasm filter (the differences are
+# their costs).
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import PLAIN_HOST, POLICY_HOST, POLICY_ROUTES  # noqa: E402
+from bench import ROUTE_HOSTS, policy_routes  # noqa: E402
 
 
 def h2load(addr, requests, connections, streams, h2, host=HOST):
@@ -69,8 +70,8 @@ def main():
     parser.add_argument("--streams", type=int, default=1, help="requests in flight per connection")
     parser.add_argument("--threads", type=int, default=2, help="the edge's worker threads")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (printed)")
-    parser.add_argument("--route", choices=["plain", "policy"],
-                        help="through a custom-domain route, without or with a header policy")
+    parser.add_argument("--route", choices=sorted(ROUTE_HOSTS),
+                        help="through a custom-domain route: without a header policy, with it natively, in the wasm filter")
     args = parser.parse_args()
 
     work = tempfile.mkdtemp(prefix="callgrind-")
@@ -90,7 +91,7 @@ clusters:
   - name: bench
     token_sha256: "{token_hash}"
     environments: [bench]
-{POLICY_ROUTES}""")
+{policy_routes()}""")
         out_file = os.path.join(work, "callgrind.out")
         edge, _ = start(work, "edge", ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}",
                                        f"{RELEASE_DIR}/edge-proxy", "--config", os.path.join(work, "edge.yaml"),
@@ -109,7 +110,7 @@ targets:
                                              os.path.join(work, "sidecar.yaml")], r"^Forwarding")
         procs.append(sidecar)
 
-        host = {"plain": PLAIN_HOST, "policy": POLICY_HOST}.get(args.route, HOST)
+        host = ROUTE_HOSTS.get(args.route, HOST)
         h2load(listening["http"], max(1000, args.requests // 10), args.connections, args.streams, args.h2, host)
         subprocess.run(["callgrind_control", "--zero", str(edge.pid)], check=True, capture_output=True)
         requests = h2load(listening["http"], args.requests, args.connections, args.streams, args.h2, host)

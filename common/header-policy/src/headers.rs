@@ -26,6 +26,125 @@ pub trait Headers {
     fn contains(&self, name: &str) -> bool {
         self.get_all(name).next().is_some()
     }
+
+    // The same with a policy's own names and fixed values, prepared at
+    // load: a host whose map keys on `http::HeaderName` overrides these to
+    // use the parsed forms and parse nothing per request.
+
+    /// [`Headers::contains`] for a policy's name.
+    fn contains_name(&self, name: &Name) -> bool {
+        self.contains(name)
+    }
+    /// [`Headers::remove`] for a policy's name.
+    fn remove_name(&mut self, name: &Name) {
+        self.remove(name)
+    }
+    /// [`Headers::set`] for a policy's name.
+    fn set_name(&mut self, name: &Name, value: &[u8]) {
+        self.set(name, value)
+    }
+    /// [`Headers::append`] for a policy's name.
+    fn append_name(&mut self, name: &Name, value: &[u8]) {
+        self.append(name, value)
+    }
+    /// [`Headers::set`] for a policy's name and fixed value.
+    fn set_value(&mut self, name: &Name, value: &Value) {
+        self.set_name(name, value.as_bytes())
+    }
+    /// [`Headers::append`] for a policy's name and fixed value.
+    fn append_value(&mut self, name: &Name, value: &Value) {
+        self.append_name(name, value.as_bytes())
+    }
+}
+
+/// A header name a policy names: lowercase and a token (checked at load),
+/// and with the `http` feature also parsed once into the
+/// `http::HeaderName` a host keyed on it uses. Reads as a `&str`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Name {
+    text: String,
+    #[cfg(feature = "http")]
+    parsed: Option<http::HeaderName>,
+}
+
+impl Name {
+    /// `text` must be a lowercase token (the validator's job).
+    pub(crate) fn new(text: impl Into<String>) -> Self {
+        let text = text.into();
+        Name {
+            #[cfg(feature = "http")]
+            parsed: http::HeaderName::from_bytes(text.as_bytes()).ok(),
+            text,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The name as `http` parsed it (every token parses).
+    #[cfg(feature = "http")]
+    pub fn header_name(&self) -> Option<&http::HeaderName> {
+        self.parsed.as_ref()
+    }
+}
+
+impl std::ops::Deref for Name {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::fmt::Debug for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.text, f)
+    }
+}
+
+/// A fixed header value from a policy (checked at load), with the `http`
+/// feature also as the `http::HeaderValue` a host can clone instead of
+/// parsing. Reads as a `&str`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Value {
+    text: String,
+    #[cfg(feature = "http")]
+    parsed: Option<http::HeaderValue>,
+}
+
+impl Value {
+    /// `text` must be a field value (the validator's job).
+    pub(crate) fn new(text: impl Into<String>) -> Self {
+        let text = text.into();
+        Value {
+            #[cfg(feature = "http")]
+            parsed: http::HeaderValue::from_str(&text).ok(),
+            text,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The value as `http` parsed it (every field value parses).
+    #[cfg(feature = "http")]
+    pub fn header_value(&self) -> Option<&http::HeaderValue> {
+        self.parsed.as_ref()
+    }
+}
+
+impl std::ops::Deref for Value {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::fmt::Debug for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.text, f)
+    }
 }
 
 /// An ordered list of fields with lowercase names: what the proxy-wasm

@@ -6,7 +6,7 @@ use std::fmt;
 
 use crate::conditions::Conditions;
 use crate::cors::Cors;
-use crate::headers::{is_managed, Headers};
+use crate::headers::{is_managed, Headers, Name, Value};
 use crate::security::SecurityHeaders;
 use crate::template::{Template, Uses};
 
@@ -131,39 +131,45 @@ pub struct Needs {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Rule {
     pub(crate) when: Conditions,
-    pub(crate) remove: Vec<String>,
-    pub(crate) rename: Vec<(String, String)>,
-    pub(crate) set: Vec<(String, Template)>,
-    pub(crate) append: Vec<(String, Template)>,
+    pub(crate) remove: Vec<Name>,
+    pub(crate) rename: Vec<(Name, Name)>,
+    pub(crate) set: Vec<(Name, Template)>,
+    pub(crate) append: Vec<(Name, Template)>,
 }
 
 impl Rule {
     fn apply(&self, facts: &RequestFacts<'_>, headers: &mut impl Headers) {
         for name in &self.remove {
-            if headers.contains(name) {
-                headers.remove(name);
-            }
+            headers.remove_name(name);
         }
         for (from, to) in &self.rename {
-            if headers.contains(from) {
+            if headers.contains_name(from) {
                 let values: Vec<Vec<u8>> = headers.get_all(from).map(<[u8]>::to_vec).collect();
-                headers.remove(from);
-                if headers.contains(to) {
-                    headers.remove(to);
-                }
+                headers.remove_name(from);
+                headers.remove_name(to);
                 for v in &values {
-                    headers.append(to, v);
+                    headers.append_name(to, v);
                 }
             }
         }
         for (name, template) in &self.set {
-            if let Some(value) = template.render(facts) {
-                headers.set(name, value.as_bytes());
+            match template.fixed_value() {
+                Some(value) => headers.set_value(name, value),
+                None => {
+                    if let Some(value) = template.render(facts) {
+                        headers.set_name(name, value.as_bytes());
+                    }
+                }
             }
         }
         for (name, template) in &self.append {
-            if let Some(value) = template.render(facts) {
-                headers.append(name, value.as_bytes());
+            match template.fixed_value() {
+                Some(value) => headers.append_value(name, value),
+                None => {
+                    if let Some(value) = template.render(facts) {
+                        headers.append_name(name, value.as_bytes());
+                    }
+                }
             }
         }
     }
@@ -176,7 +182,7 @@ impl Rule {
 /// Strip lists and rules for one direction.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Direction {
-    pub(crate) strip: Vec<String>,
+    pub(crate) strip: Vec<Name>,
     /// Lowercase prefixes, from `x-internal-*`.
     pub(crate) strip_prefixes: Vec<String>,
     pub(crate) rules: Vec<Rule>,
@@ -185,9 +191,7 @@ pub(crate) struct Direction {
 impl Direction {
     fn apply(&self, facts: &RequestFacts<'_>, headers: &mut impl Headers) {
         for name in &self.strip {
-            if headers.contains(name) {
-                headers.remove(name);
-            }
+            headers.remove_name(name);
         }
         if !self.strip_prefixes.is_empty() {
             let mut doomed: Vec<String> = Vec::new();
@@ -212,11 +216,11 @@ impl Direction {
     }
 
     fn then(&self, next: &Direction) -> Direction {
-        let cat = |a: &[String], b: &[String]| {
+        fn cat<T: Clone + PartialEq>(a: &[T], b: &[T]) -> Vec<T> {
             let mut v = a.to_vec();
             v.extend(b.iter().filter(|x| !a.contains(x)).cloned());
             v
-        };
+        }
         Direction {
             strip: cat(&self.strip, &next.strip),
             strip_prefixes: cat(&self.strip_prefixes, &next.strip_prefixes),
@@ -248,7 +252,7 @@ pub struct Policy {
     pub(crate) security: SecurityHeaders,
     pub(crate) cors: CorsSetting,
     /// Derived from `security`: added when absent.
-    pub(crate) security_headers: Vec<(&'static str, String)>,
+    pub(crate) security_headers: Vec<(Name, Value)>,
     pub(crate) needs: Needs,
 }
 
@@ -292,8 +296,8 @@ impl Policy {
     pub fn on_response(&self, facts: &RequestFacts<'_>, headers: &mut impl Headers) {
         self.response.apply(facts, headers);
         for (name, value) in &self.security_headers {
-            if !headers.contains(name) {
-                headers.set(name, value.as_bytes());
+            if !headers.contains_name(name) {
+                headers.set_value(name, value);
             }
         }
         if let CorsSetting::On(cors) = &self.cors {

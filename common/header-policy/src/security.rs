@@ -4,6 +4,7 @@
 //! service's own value wins; a response `set` rule forces one).
 
 use crate::config::{RawSecurityHeaders, Switch};
+use crate::headers::{Name, Value};
 use crate::validate::seconds;
 
 /// HSTS `max-age` when not given: one year.
@@ -70,12 +71,12 @@ impl SecurityHeaders {
     }
 
     /// The headers to add when absent.
-    pub(crate) fn headers(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn headers(&self) -> Vec<(Name, Value)> {
         NAMES
             .iter()
             .zip(&self.settings)
             .filter_map(|(name, s)| match s {
-                Setting::Value(v) => Some((*name, v.clone())),
+                Setting::Value(v) => Some((Name::new(*name), Value::new(v.as_str()))),
                 _ => None,
             })
             .collect()

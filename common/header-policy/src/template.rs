@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use crate::headers::is_field_value;
+use crate::headers::{is_field_value, Value};
 use crate::RequestFacts;
 
 /// The placeholders a template may use, for error messages.
@@ -15,7 +15,7 @@ pub const PLACEHOLDERS: &str =
 pub struct Template {
     parts: Vec<Part>,
     /// The value when it has no placeholder (the common case: no rendering).
-    fixed: Option<String>,
+    fixed: Option<Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,12 +94,20 @@ impl Template {
                 );
             }
         }
-        Ok(Self { parts, fixed })
+        Ok(Self {
+            parts,
+            fixed: fixed.map(Value::new),
+        })
     }
 
     /// The value when it has no placeholder.
     pub fn fixed(&self) -> Option<&str> {
         self.fixed.as_deref()
+    }
+
+    /// [`Template::fixed`], prepared for hosts.
+    pub fn fixed_value(&self) -> Option<&Value> {
+        self.fixed.as_ref()
     }
 
     /// The value for this request, or `None` when a placeholder has no value

@@ -4,7 +4,7 @@
 
 use crate::conditions::{Conditions, HostPattern};
 use crate::config::{FieldMap, OneOrMany, RawPolicy, RawRule, Seconds, Switch};
-use crate::headers::{is_managed, is_token};
+use crate::headers::{is_managed, is_token, Name};
 use crate::policy::{CorsSetting, Direction, Policy, Rule};
 use crate::template::Template;
 
@@ -87,11 +87,7 @@ fn name_problem(name: &str) -> Option<String> {
     None
 }
 
-fn strip_list(
-    list: &[String],
-    path: &str,
-    problems: &mut Vec<String>,
-) -> (Vec<String>, Vec<String>) {
+fn strip_list(list: &[String], path: &str, problems: &mut Vec<String>) -> (Vec<Name>, Vec<String>) {
     let mut names = Vec::new();
     let mut prefixes = Vec::new();
     for (i, entry) in list.iter().enumerate() {
@@ -108,7 +104,7 @@ fn strip_list(
         } else if let Some(p) = name_problem(entry) {
             problems.push(format!("{path}[{i}]: {entry:?}: {p}"));
         } else {
-            names.push(entry.to_ascii_lowercase());
+            names.push(Name::new(entry.to_ascii_lowercase()));
         }
     }
     (names, prefixes)
@@ -173,7 +169,7 @@ fn rule(raw: &RawRule, path: &str, problems: &mut Vec<String>) -> Rule {
     for (i, name) in raw.remove.iter().enumerate() {
         match name_problem(name) {
             Some(p) => problems.push(format!("{path}.remove[{i}]: {name:?}: {p}")),
-            None => remove.push(name.to_ascii_lowercase()),
+            None => remove.push(Name::new(name.to_ascii_lowercase())),
         }
     }
     let mut rename = Vec::new();
@@ -194,7 +190,10 @@ fn rule(raw: &RawRule, path: &str, problems: &mut Vec<String>) -> Rule {
             ok = false;
         }
         if ok {
-            rename.push((from.to_ascii_lowercase(), to.to_ascii_lowercase()));
+            rename.push((
+                Name::new(from.to_ascii_lowercase()),
+                Name::new(to.to_ascii_lowercase()),
+            ));
         }
     }
     let set = values(&raw.set, &format!("{path}.set"), problems);
@@ -208,7 +207,7 @@ fn rule(raw: &RawRule, path: &str, problems: &mut Vec<String>) -> Rule {
     }
 }
 
-fn values(map: &FieldMap, path: &str, problems: &mut Vec<String>) -> Vec<(String, Template)> {
+fn values(map: &FieldMap, path: &str, problems: &mut Vec<String>) -> Vec<(Name, Template)> {
     check_duplicates(map, path, problems);
     let mut out = Vec::new();
     for (name, value) in &map.0 {
@@ -221,7 +220,7 @@ fn values(map: &FieldMap, path: &str, problems: &mut Vec<String>) -> Vec<(String
             None => true,
         };
         match Template::parse(value) {
-            Ok(t) if name_ok => out.push((name.to_ascii_lowercase(), t)),
+            Ok(t) if name_ok => out.push((Name::new(name.to_ascii_lowercase()), t)),
             Ok(_) => {}
             Err(e) => problems.push(format!("{p}: {value:?}: {e}")),
         }

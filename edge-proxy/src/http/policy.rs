@@ -7,7 +7,7 @@
 //! cost more than the policy); the response's in `response_filter`, after
 //! the edge's own headers.
 
-use header_policy::{single_value, Headers, LocalResponse, Policy, RequestFacts};
+use header_policy::{single_value, Headers, LocalResponse, Name, Policy, RequestFacts, Value};
 use http::{HeaderName, HeaderValue};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
@@ -57,6 +57,50 @@ macro_rules! pingora_headers {
 
             fn remove(&mut self, name: &str) {
                 let _ = self.0.remove_header(name);
+            }
+
+            // The policy's own names and fixed values come parsed.
+
+            fn contains_name(&self, name: &Name) -> bool {
+                match name.header_name() {
+                    Some(n) => self.0.headers.contains_key(n),
+                    None => self.contains(name),
+                }
+            }
+
+            fn remove_name(&mut self, name: &Name) {
+                match name.header_name() {
+                    Some(n) => drop(self.0.remove_header(n)),
+                    None => self.remove(name),
+                }
+            }
+
+            fn set_name(&mut self, name: &Name, value: &[u8]) {
+                match (name.header_name(), HeaderValue::from_bytes(value)) {
+                    (Some(n), Ok(v)) => drop(self.0.insert_header(n.clone(), v)),
+                    _ => self.set(name, value),
+                }
+            }
+
+            fn append_name(&mut self, name: &Name, value: &[u8]) {
+                match (name.header_name(), HeaderValue::from_bytes(value)) {
+                    (Some(n), Ok(v)) => drop(self.0.append_header(n.clone(), v)),
+                    _ => self.append(name, value),
+                }
+            }
+
+            fn set_value(&mut self, name: &Name, value: &Value) {
+                match (name.header_name(), value.header_value()) {
+                    (Some(n), Some(v)) => drop(self.0.insert_header(n.clone(), v.clone())),
+                    _ => self.set_name(name, value.as_bytes()),
+                }
+            }
+
+            fn append_value(&mut self, name: &Name, value: &Value) {
+                match (name.header_name(), value.header_value()) {
+                    (Some(n), Some(v)) => drop(self.0.append_header(n.clone(), v.clone())),
+                    _ => self.append_name(name, value.as_bytes()),
+                }
             }
         }
     };
