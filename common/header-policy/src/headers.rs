@@ -35,9 +35,12 @@ pub trait Headers {
     fn contains_name(&self, name: &Name) -> bool {
         self.contains(name)
     }
-    /// [`Headers::remove`] for a policy's name.
+    /// [`Headers::remove`] for a policy's name (only when present: for a
+    /// host that pays per call, most names a strip list names are absent).
     fn remove_name(&mut self, name: &Name) {
-        self.remove(name)
+        if self.contains(name) {
+            self.remove(name)
+        }
     }
     /// [`Headers::set`] for a policy's name.
     fn set_name(&mut self, name: &Name, value: &[u8]) {
