@@ -11,6 +11,7 @@
 //!
 //! | room          | role                                                      |
 //! |---------------|-----------------------------------------------------------|
+//! | [`auth`]      | visitor identities (bearer JWTs) and access rules: pure   |
 //! | [`routing`]   | host names, preview URLs, custom-domain rules, upstream protocols: pure |
 //! | [`tls`]       | visitor certificates, chosen by SNI                       |
 //! | [`config`]    | YAML → validated config, sidecar token hashes             |
@@ -21,6 +22,7 @@
 //!
 //! A request's way through them is walked file by file in `docs/design.md`.
 
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod reload;

@@ -6,15 +6,18 @@ use std::path::Path;
 
 /// Each room and the rooms it may use (see the table in `lib.rs`).
 const ROOMS: &[(&str, &[&str])] = &[
-    ("routing", &[]),
+    ("auth", &[]),
+    ("routing", &["auth"]),
     ("tls", &[]),
-    ("config", &["routing", "tls"]),
-    ("tunnel", &["routing", "tls", "config"]),
-    ("http", &["routing", "tls", "config", "tunnel"]),
-    ("reload", &["routing", "tls", "config", "tunnel"]),
+    ("config", &["auth", "routing", "tls"]),
+    ("tunnel", &["auth", "routing", "tls", "config"]),
+    ("http", &["auth", "routing", "tls", "config", "tunnel"]),
+    ("reload", &["auth", "routing", "tls", "config", "tunnel"]),
     (
         "server",
-        &["routing", "tls", "config", "tunnel", "http", "reload"],
+        &[
+            "auth", "routing", "tls", "config", "tunnel", "http", "reload",
+        ],
     ),
 ];
 

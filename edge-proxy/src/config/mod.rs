@@ -19,6 +19,7 @@ use crate::routing::rules::{HostPattern, RouteRule, RouteTable};
 use crate::routing::upstream::{Protocol, TlsUpstream};
 use token::TokenHash;
 
+pub mod auth;
 pub mod token;
 mod wasm;
 
@@ -69,6 +70,7 @@ pub mod raw {
         #[serde(default)]
         pub visitors: Visitors,
         pub header_policy: Option<header_policy::RawPolicy>,
+        pub auth: Option<super::auth::raw::Auth>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -189,6 +191,8 @@ pub mod raw {
         pub upstream: Option<RouteUpstream>,
         pub header_policy: Option<header_policy::RawPolicy>,
         pub wasm_filter: Option<RouteWasm>,
+        /// Who may use the route (with `auth:`).
+        pub access: Option<super::auth::raw::Access>,
     }
 
     /// A proxy-wasm filter for a route's requests.
@@ -281,6 +285,8 @@ pub struct EdgeConfig {
     /// `header_policy:`, for requests no route names (`None`: nothing to
     /// do); routes carry it followed by their own.
     pub header_policy: Option<Arc<header_policy::Policy>>,
+    /// Visitor authentication (`None`: every request is public).
+    pub auth: Option<Arc<auth::AuthSettings>>,
     /// Clients whose forwarding headers and request ids are believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub tunnel: TunnelSettings,
@@ -531,10 +537,15 @@ fn validate(raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<String>> 
         .as_ref()
         .map(|p| header_policy::compile(p, "header_policy", &mut problems))
         .unwrap_or_default();
+    let auth = raw.auth.as_ref().map(|a| {
+        let envs: Vec<&str> = owner_of_env.keys().map(String::as_str).collect();
+        auth::validate(a, &envs, base, &mut problems)
+    });
     let routes = validate_routes(
         raw.routes,
         &owner_of_env,
         &default_policy,
+        auth.is_some(),
         base,
         &mut problems,
     );
@@ -680,6 +691,7 @@ fn validate(raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<String>> 
         clusters,
         routes,
         header_policy: in_force(default_policy),
+        auth,
         trusted_proxies,
         tunnel,
         upstream,
@@ -797,6 +809,7 @@ fn validate_routes(
     raw: Vec<raw::Route>,
     owner_of_env: &HashMap<String, String>,
     default_policy: &header_policy::Policy,
+    auth_configured: bool,
     base: &Path,
     problems: &mut Vec<String>,
 ) -> RouteTable {
@@ -896,6 +909,15 @@ fn validate_routes(
             )
         });
         let replaces_policy = r.wasm_filter.as_ref().is_some_and(|w| w.replaces_policy);
+        let access = r.access.as_ref().map(|a| {
+            if !auth_configured {
+                problems.push(format!(
+                    "{}: needs auth: (issuers) to check identities",
+                    path_of("access")
+                ));
+            }
+            Arc::new(auth::access(a, &path_of("access"), problems))
+        });
         if let (Some(host), Some(target)) = (host, target) {
             rules.push(RouteRule {
                 host,
@@ -908,6 +930,7 @@ fn validate_routes(
                 name: r.name.map(Arc::from),
                 policy: in_force(policy).filter(|_| !replaces_policy),
                 wasm,
+                access,
             });
         }
     }

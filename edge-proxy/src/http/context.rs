@@ -42,6 +42,8 @@ pub struct RequestCtx {
     pub target: Option<Target>,
     /// Why the edge answered itself, when it did.
     pub failure: Option<Failure>,
+    /// The visitor, when a bearer token proved who they are.
+    pub identity: Option<Arc<crate::auth::Identity>>,
     /// The route's wasm filter's stream, from the request side on (ended
     /// when the context is dropped).
     pub wasm: Option<wasm_host::PooledStream>,
@@ -75,6 +77,7 @@ impl RequestCtx {
             target: None,
             failure: None,
             wasm: None,
+            identity: None,
             _in_flight: InFlight::new(in_flight),
         }
     }

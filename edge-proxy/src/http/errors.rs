@@ -85,6 +85,9 @@ pub async fn respond(session: &mut Session, failure: &Failure, ctx: &RequestCtx)
     if failure.kind == ErrorKind::TunnelUnavailable {
         let _ = header.insert_header("retry-after", "5");
     }
+    if let Some(challenge) = challenge(failure) {
+        let _ = header.insert_header("www-authenticate", challenge);
+    }
     session.set_keepalive(None);
     if session
         .write_response_header(Box::new(header), false)
@@ -95,6 +98,19 @@ pub async fn respond(session: &mut Session, failure: &Failure, ctx: &RequestCtx)
         return 0;
     }
     status
+}
+
+/// `WWW-Authenticate` for a 401 (RFC 6750): `invalid_token` with the
+/// reason when a token was sent.
+fn challenge(failure: &Failure) -> Option<String> {
+    match failure.kind {
+        ErrorKind::Unauthenticated => Some("Bearer realm=\"preview\"".into()),
+        ErrorKind::InvalidToken => Some(format!(
+            "Bearer realm=\"preview\", error=\"invalid_token\", error_description=\"{}\"",
+            failure.message.replace(['"', '\\'], "")
+        )),
+        _ => None,
+    }
 }
 
 /// Writes a 308 Permanent Redirect to `location`.

@@ -13,6 +13,12 @@ use crate::tunnel::registry::{RouteError, TakeError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     BadRequest,
+    /// No identity where the route needs one.
+    Unauthenticated,
+    /// A bearer token was sent and did not verify.
+    InvalidToken,
+    /// An identity the route does not admit.
+    Forbidden,
     RouteNotFound,
     TunnelUnavailable,
     UpstreamUnreachable,
@@ -27,6 +33,8 @@ impl ErrorKind {
     pub fn status(self) -> u16 {
         match self {
             Self::BadRequest => 400,
+            Self::Unauthenticated | Self::InvalidToken => 401,
+            Self::Forbidden => 403,
             Self::RouteNotFound => 404,
             Self::TunnelUnavailable => 503,
             Self::UpstreamUnreachable | Self::UpstreamError => 502,
@@ -38,6 +46,9 @@ impl ErrorKind {
     pub fn code(self) -> &'static str {
         match self {
             Self::BadRequest => "BAD_REQUEST",
+            Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::InvalidToken => "INVALID_TOKEN",
+            Self::Forbidden => "FORBIDDEN",
             Self::RouteNotFound => "ROUTE_NOT_FOUND",
             Self::TunnelUnavailable => "TUNNEL_UNAVAILABLE",
             Self::UpstreamUnreachable => "UPSTREAM_UNREACHABLE",
@@ -52,7 +63,9 @@ impl ErrorKind {
     /// mapping would derive it from [`Self::status`].
     pub fn grpc_status(self) -> u32 {
         match self {
-            Self::RouteNotFound => 12, // UNIMPLEMENTED
+            Self::RouteNotFound => 12,                        // UNIMPLEMENTED
+            Self::Unauthenticated | Self::InvalidToken => 16, // UNAUTHENTICATED
+            Self::Forbidden => 7,                             // PERMISSION_DENIED
             Self::TunnelUnavailable
             | Self::UpstreamUnreachable
             | Self::UpstreamError
@@ -64,6 +77,9 @@ impl ErrorKind {
     fn default_message(self) -> &'static str {
         match self {
             Self::BadRequest => "the request is malformed",
+            Self::Unauthenticated => "this preview needs a sign-in: send a bearer token",
+            Self::InvalidToken => "the bearer token was refused",
+            Self::Forbidden => "this identity may not use this preview",
             Self::RouteNotFound => "no route for this host",
             Self::TunnelUnavailable => "the service's tunnel is not connected",
             Self::UpstreamUnreachable => "the service could not be reached",

@@ -11,6 +11,7 @@
 //! (visitor auth, limits, header policy) hang off the context and the
 //! phases here.
 
+pub mod auth;
 pub mod context;
 pub mod errors;
 pub mod failure;

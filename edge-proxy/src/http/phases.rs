@@ -5,14 +5,16 @@
 //! 2. `request_filter`: learn the request's facts once ([`RequestCtx::learn`]),
 //!    apply the visitor settings to its connection, redirect plain HTTP to
 //!    HTTPS, route it ([`route::resolve`]), answer a CORS preflight if the
-//!    header policy says so ([`policy::preflight`]); on a route with a
+//!    header policy says so ([`policy::preflight`]), check the visitor's
+//!    bearer token against the target's access rule ([`auth::check`]); on a route with a
 //!    wasm filter, the policy's request edits and the filter's request
 //!    side ([`wasm::on_request`]), which may answer. Visitor auth and
 //!    limits join here, after learning and around routing.
 //! 3. `upstream_peer`: the target's tunnel stream as the upstream socket
 //!    ([`TunnelConnector`]), pooled per service and protocol.
 //! 4. `upstream_request_filter`: request id, rewritten path, forwarding
-//!    headers, then the header policy's request edits
+//!    headers, the visitor's identity ([`auth::to_service`]), then the
+//!    header policy's request edits
 //!    ([`policy::on_request`]).
 //! 5. `response_filter`: request id, HSTS, then the header policy's
 //!    response side ([`policy::on_response`]), then the wasm filter's
@@ -36,7 +38,7 @@ use super::context::RequestCtx;
 use super::errors;
 use super::failure::{self, Failure};
 use super::visitor::HeadDeadline;
-use super::{forwarding, https, policy, route, wasm};
+use super::{auth, forwarding, https, policy, route, wasm};
 use crate::config::{EdgeConfig, VisitorSettings};
 use crate::tunnel::connector::TunnelConnector;
 use crate::tunnel::registry::TunnelRegistry;
@@ -116,6 +118,9 @@ impl ProxyHttp for EdgeProxy {
                 if let Some(answer) = policy::preflight(session, ctx) {
                     policy::answer(session, &answer, &ctx.id).await;
                     return Ok(true);
+                }
+                if let Err(failure) = auth::check(session, ctx, &config) {
+                    return answer(session, failure, ctx).await;
                 }
                 if ctx.target.as_ref().is_some_and(|t| t.wasm.is_some()) {
                     policy::on_visitor_request(session, ctx);
@@ -197,6 +202,7 @@ impl ProxyHttp for EdgeProxy {
                 result = request.insert_header(name, value);
             }
         });
+        auth::to_service(request, ctx);
         policy::on_request(session, request, ctx);
         result
     }

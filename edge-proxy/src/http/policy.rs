@@ -249,7 +249,10 @@ fn facts<'a>(
         request_id: Some(&ctx.id),
         client_ip,
         origin,
-        claims: None,
+        claims: ctx
+            .identity
+            .as_ref()
+            .map(|who| &who.claims as &dyn header_policy::Claims),
     }
 }
 

@@ -9,6 +9,8 @@ use header_policy::Policy;
 use pingora_http::RequestHeader;
 use wasm_host::FilterPool;
 
+use crate::auth::Access;
+
 use super::failure::Failure;
 use crate::config::EdgeConfig;
 use crate::routing::preview::ServiceRef;
@@ -37,6 +39,8 @@ pub struct Target {
     pub policy: Option<Arc<Policy>>,
     /// The route's wasm filter, if it has one.
     pub wasm: Option<Arc<FilterPool>>,
+    /// Who may use it (`None`: no `auth:`, everyone).
+    pub access: Option<Arc<Access>>,
 }
 
 impl Target {
@@ -94,7 +98,14 @@ pub fn resolve(
         Some(rule) => (rule.name.clone(), rule.policy.clone(), rule.wasm.clone()),
         None => (None, config.header_policy.clone(), None),
     };
+    // The most specific rule wins: the route's, the environment's, the default.
+    let access = config.auth.as_ref().map(|auth| {
+        rule.and_then(|r| r.access.clone())
+            .or_else(|| auth.environments.get(&service.environment).cloned())
+            .unwrap_or_else(|| auth.default.clone())
+    });
     Ok(Target {
+        access,
         route_name,
         policy,
         wasm,

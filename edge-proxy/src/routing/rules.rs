@@ -11,6 +11,8 @@ use std::time::Duration;
 use header_policy::Policy;
 use wasm_host::FilterPool;
 
+use crate::auth::Access;
+
 use crate::routing::preview::ServiceRef;
 use crate::routing::upstream::Protocol;
 
@@ -53,6 +55,8 @@ pub struct RouteRule {
     /// `routes[].wasm_filter:`, run after the policy (or instead of it,
     /// when `policy` is `None` for that reason).
     pub wasm: Option<Arc<FilterPool>>,
+    /// `routes[].access:` (`None`: the environment's or the default).
+    pub access: Option<Arc<Access>>,
 }
 
 impl RouteRule {
@@ -158,6 +162,7 @@ mod tests {
             name: None,
             policy: None,
             wasm: None,
+            access: None,
             read_timeout: None,
             protocol: None,
         }

@@ -1,0 +1,336 @@
+//! Visitor authentication through the real binaries (`auth:`,
+//! `routes[].access:`): bearer JWTs from a configured issuer, the 401/403
+//! outcomes with their `WWW-Authenticate`, what reaches the service
+//! (identity headers, never the visitor's credentials or spoofed identity
+//! headers), and bad issuer configs refused by `check-config`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use conformance::{bin, curl, edge_yaml, Stack};
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+const ISS: &str = "https://id.example.test";
+
+fn keys_dir() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../test-support/jwt-keys"
+    ))
+}
+
+fn auth_yaml() -> String {
+    let keys = keys_dir();
+    format!(
+        r#"auth:
+  issuers:
+    - issuer: {ISS}
+      algorithms: [ES256, RS256]
+      keys: [{ec}, {rsa}]
+      audiences: [preview]
+  access:
+    default: authenticated
+routes:
+  - {{ name: open, host: open.example.test, target: demo/hello:8080, access: public }}
+  - name: team
+    host: team.example.test
+    target: demo/hello:8080
+    access: {{ email_domains: [example.com], groups: [admins] }}
+  - name: pass
+    host: pass.example.test
+    target: demo/hello:8080
+    access: {{ level: authenticated, pass_authorization: true }}
+"#,
+        ec = keys.join("ec.pub").display(),
+        rsa = keys.join("rsa.pub").display(),
+    )
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn token(alg: Algorithm, key: &str, claims: Value) -> String {
+    let pem = std::fs::read(keys_dir().join(key)).unwrap();
+    let key = match alg {
+        Algorithm::ES256 => EncodingKey::from_ec_pem(&pem).unwrap(),
+        _ => EncodingKey::from_rsa_pem(&pem).unwrap(),
+    };
+    encode(&Header::new(alg), &claims, &key).unwrap()
+}
+
+fn claims(email: &str) -> Value {
+    json!({ "iss": ISS, "aud": "preview", "sub": "u-42", "email": email,
+            "groups": ["eng"], "exp": now() + 600 })
+}
+
+/// `curl -i` to `host` on the edge; status, headers (lowercase names), body.
+fn exchange(
+    stack: &Stack,
+    host: &str,
+    path: &str,
+    args: &[&str],
+) -> (u16, Vec<(String, String)>, String) {
+    let url = format!("http://127.0.0.1:{}{path}", stack.http_port);
+    let host = format!("Host: {host}");
+    let mut argv = vec!["-si", "--max-time", "10", "-H", &host];
+    argv.extend_from_slice(args);
+    argv.push(&url);
+    let out = String::from_utf8(curl(&argv).stdout).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.to_string()))
+        .collect();
+    (status, headers, body.to_string())
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn code(body: &str) -> String {
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("JSON: {body}"));
+    v["error"]["code"].as_str().unwrap().to_owned()
+}
+
+fn preview_host(stack: &Stack) -> String {
+    let url = stack.url("hello-8080", "/");
+    url.split("//")
+        .nth(1)
+        .unwrap()
+        .split(['/', ':'])
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_preview_needs_a_valid_token_and_the_service_learns_who() {
+    let stack = Stack::start_with_edge_yaml(&auth_yaml());
+    let host = preview_host(&stack);
+
+    let (status, headers, body) = exchange(&stack, &host, "/headers", &[]);
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(code(&body), "UNAUTHENTICATED");
+    assert_eq!(
+        header(&headers, "www-authenticate"),
+        Some("Bearer realm=\"preview\"")
+    );
+
+    let good = token(Algorithm::ES256, "ec.key", claims("a@example.com"));
+    let bearer = format!("Authorization: Bearer {good}");
+    let (status, _, body) = exchange(
+        &stack,
+        &host,
+        "/headers",
+        &[
+            "-H",
+            &bearer,
+            "-H",
+            "X-Auth-Request-User: admin",
+            "-H",
+            "X-Auth-Request-Extra: x",
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
+    let seen: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["x-auth-request-user"], "u-42", "{seen}");
+    assert_eq!(seen["x-auth-request-email"], "a@example.com");
+    assert_eq!(seen["x-auth-request-groups"], "eng");
+    assert!(
+        seen.get("x-auth-request-extra").is_none(),
+        "spoofed: {seen}"
+    );
+    assert!(
+        seen.get("authorization").is_none(),
+        "the token stays at the edge: {seen}"
+    );
+
+    // RS256 from the same issuer works too; the token is only read from
+    // the Authorization header.
+    let rs = token(Algorithm::RS256, "rsa.key", claims("a@example.com"));
+    let (status, _, _) = exchange(
+        &stack,
+        &host,
+        "/headers",
+        &["-H", &format!("Authorization: Bearer {rs}")],
+    );
+    assert_eq!(status, 200);
+    let (status, _, body) = exchange(&stack, &host, &format!("/headers?access_token={good}"), &[]);
+    assert_eq!(status, 401, "{body}");
+}
+
+#[test]
+fn refused_tokens_say_why_and_bad_tokens_fail_even_on_public_routes() {
+    let stack = Stack::start_with_edge_yaml(&auth_yaml());
+    let host = preview_host(&stack);
+    let mut expired = claims("a@example.com");
+    expired["exp"] = json!(now() - 3600);
+    let mut wrong_aud = claims("a@example.com");
+    wrong_aud["aud"] = json!("other");
+    let none = format!(
+        "{}.{}.",
+        "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0", "eyJzdWIiOiJ1LTQyIn0"
+    );
+    for (name, t, reason) in [
+        (
+            "expired",
+            token(Algorithm::ES256, "ec.key", expired),
+            "expired",
+        ),
+        (
+            "audience",
+            token(Algorithm::ES256, "ec.key", wrong_aud),
+            "audience",
+        ),
+        (
+            "foreign key",
+            token(Algorithm::RS256, "other-rsa.key", claims("a@example.com")),
+            "signature",
+        ),
+        ("alg none", none, "not a JWT"),
+    ] {
+        let (status, headers, body) = exchange(
+            &stack,
+            &host,
+            "/",
+            &["-H", &format!("Authorization: Bearer {t}")],
+        );
+        assert_eq!(status, 401, "{name}: {body}");
+        assert_eq!(code(&body), "INVALID_TOKEN", "{name}");
+        let challenge = header(&headers, "www-authenticate").unwrap();
+        assert!(
+            challenge.contains("error=\"invalid_token\"") && challenge.contains(reason),
+            "{name}: {challenge}"
+        );
+        let (status, _, _) = exchange(
+            &stack,
+            "open.example.test",
+            "/",
+            &["-H", &format!("Authorization: Bearer {t}")],
+        );
+        assert_eq!(status, 401, "{name} on a public route");
+    }
+    let (status, _, _) = exchange(&stack, "open.example.test", "/", &[]);
+    assert_eq!(status, 200, "public needs nothing");
+}
+
+#[test]
+fn allow_rules_give_403_to_identities_they_do_not_admit() {
+    let stack = Stack::start_with_edge_yaml(&auth_yaml());
+    let outsider = token(Algorithm::ES256, "ec.key", claims("eve@other.org"));
+    let (status, headers, body) = exchange(
+        &stack,
+        "team.example.test",
+        "/",
+        &["-H", &format!("Authorization: Bearer {outsider}")],
+    );
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(code(&body), "FORBIDDEN");
+    assert_eq!(header(&headers, "www-authenticate"), None);
+    let member = token(Algorithm::ES256, "ec.key", claims("ann@example.com"));
+    let (status, _, _) = exchange(
+        &stack,
+        "team.example.test",
+        "/",
+        &["-H", &format!("Authorization: Bearer {member}")],
+    );
+    assert_eq!(status, 200);
+    // A route that passes the token on.
+    let (status, _, body) = exchange(
+        &stack,
+        "pass.example.test",
+        "/headers",
+        &["-H", &format!("Authorization: Bearer {member}")],
+    );
+    assert_eq!(status, 200);
+    let seen: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["authorization"], format!("Bearer {member}"));
+}
+
+fn check_config(extra: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edge.yaml");
+    std::fs::write(&path, edge_yaml(extra)).unwrap();
+    let out = Command::new(bin("edge-proxy"))
+        .args(["check-config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn issuer_configs_that_would_be_unsafe_are_refused() {
+    let keys = keys_dir();
+    let issuer = |fields: &str| format!("auth:\n  issuers:\n    - issuer: {ISS}\n{fields}");
+    for (fields, expect) in [
+        (
+            format!(
+                "      algorithms: [RS256]\n      keys: [{}]\n",
+                keys.join("rsa.key").display()
+            ),
+            "private key",
+        ),
+        (
+            format!(
+                "      algorithms: [RS256, HS256]\n      keys: [{}]\n",
+                keys.join("rsa.pub").display()
+            ),
+            "HS256 has no key of its family",
+        ),
+        (
+            format!(
+                "      algorithms: [none]\n      keys: [{}]\n",
+                keys.join("rsa.pub").display()
+            ),
+            "not one of",
+        ),
+        (
+            format!(
+                "      algorithms: [RS256]\n      keys: [{}]\n      leeway: 5m\n",
+                keys.join("rsa.pub").display()
+            ),
+            "leeway",
+        ),
+        ("      algorithms: [RS256]\n".to_owned(), "give keys"),
+    ] {
+        let (ok, err) = check_config(&issuer(&fields));
+        assert!(!ok, "{fields}");
+        assert!(
+            err.contains("auth.issuers[0]") && err.contains(expect),
+            "{expect}: {err}"
+        );
+    }
+    let (ok, err) = check_config(
+        "routes:\n  - { host: a.example.test, target: demo/hello:8080, access: public }\n",
+    );
+    assert!(
+        !ok && err.contains("routes[0].access: needs auth:"),
+        "{err}"
+    );
+    let (ok, err) = check_config(&issuer(&format!(
+        "      algorithms: [ES256]\n      keys: [{}]\n  access:\n    default: everyone\n",
+        keys.join("ec.pub").display()
+    )));
+    assert!(
+        !ok && err.contains("auth.access.default") && err.contains("not an access level"),
+        "{err}"
+    );
+}

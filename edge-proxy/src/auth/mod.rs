@@ -1,0 +1,283 @@
+//! Visitor authentication: who sent a request ([`Verifier`]: bearer JWTs
+//! from the configured issuers, verified tokens cached until they expire)
+//! and whether they may reach what it routes to ([`access`]).
+//!
+//! Pure but for the clock: no I/O at request time. Keys are loaded from
+//! files when the config is validated ([`keys`]); a key never comes from
+//! the token itself (`jku`, `x5u`, an embedded `jwk` are ignored), `alg:
+//! none` never parses, and a key only verifies the algorithm family it is
+//! (an RSA public key is never an HMAC secret).
+//!
+//! The bottom room: uses no other.
+
+pub mod access;
+pub mod keys;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+
+pub use access::{Access, Allow, Level};
+
+/// Bearer tokens longer than this are refused before any parsing.
+pub const MAX_TOKEN_BYTES: usize = 8 << 10;
+/// Verified tokens remembered, per config.
+pub const CACHE_ENTRIES: usize = 4096;
+/// Clock skew allowed on `exp` and `nbf` when an issuer sets none.
+pub const DEFAULT_LEEWAY_SECS: u64 = 30;
+/// The most an issuer may allow.
+pub const MAX_LEEWAY_SECS: u64 = 60;
+
+/// A visitor, as a token from a trusted issuer says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub issuer: String,
+    pub subject: String,
+    pub email: Option<String>,
+    pub groups: Vec<String>,
+    /// Every claim with a string value, for header templates
+    /// (`{claim.<name>}`).
+    pub claims: Vec<(String, String)>,
+}
+
+/// One trusted issuer: its keys and what its tokens must say.
+#[derive(Clone)]
+pub struct Issuer {
+    /// `iss` as the tokens carry it.
+    pub issuer: String,
+    pub keys: Vec<keys::Key>,
+    pub validation: Validation,
+    /// Claim names for the identity.
+    pub email_claim: String,
+    pub groups_claim: String,
+}
+
+impl std::fmt::Debug for Issuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issuer")
+            .field("issuer", &self.issuer)
+            .field("keys", &self.keys.len())
+            .field("algorithms", &self.validation.algorithms)
+            .finish()
+    }
+}
+
+/// Why a token was not accepted: what the visitor is told (in
+/// `WWW-Authenticate`'s `error_description` and the error body).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("the token is larger than {MAX_TOKEN_BYTES} bytes")]
+    TooLarge,
+    #[error("the token is not a JWT this edge accepts")]
+    Malformed,
+    #[error("no trusted issuer signs with this algorithm")]
+    Algorithm,
+    #[error("no trusted key has this key id")]
+    UnknownKey,
+    #[error("the signature does not verify")]
+    Signature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token is for another audience")]
+    Audience,
+    #[error("the token is from an untrusted issuer")]
+    Issuer,
+    #[error("the token lacks a required claim: {0}")]
+    MissingClaim(String),
+}
+
+/// Verifies bearer tokens against the configured issuers and remembers
+/// the ones that verified until they expire.
+#[derive(Debug)]
+pub struct Verifier {
+    issuers: Vec<Issuer>,
+    cache: Mutex<HashMap<Box<str>, Cached, foldhash::fast::FixedState>>,
+}
+
+#[derive(Debug, Clone)]
+struct Cached {
+    identity: Arc<Identity>,
+    /// Accepted until this time (unix seconds): `exp` plus the leeway.
+    until: u64,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Verifier {
+    pub fn new(issuers: Vec<Issuer>) -> Self {
+        Verifier {
+            issuers,
+            cache: Mutex::new(HashMap::default()),
+        }
+    }
+
+    /// The identity a bearer token proves.
+    pub fn verify(&self, token: &str) -> Result<Arc<Identity>, TokenError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::TooLarge);
+        }
+        let now = now();
+        if let Some(hit) = self.cached(token, now) {
+            return Ok(hit);
+        }
+        let (identity, until) = self.verify_uncached(token)?;
+        let identity = Arc::new(identity);
+        self.remember(token, &identity, until, now);
+        Ok(identity)
+    }
+
+    fn cached(&self, token: &str, now: u64) -> Option<Arc<Identity>> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = cache.get(token)?;
+        if entry.until >= now {
+            return Some(entry.identity.clone());
+        }
+        cache.remove(token);
+        None
+    }
+
+    /// Bounded: when full, expired entries go; if none did, everything
+    /// does (a flood of distinct valid tokens costs verification, never
+    /// memory).
+    fn remember(&self, token: &str, identity: &Arc<Identity>, until: u64, now: u64) {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= CACHE_ENTRIES {
+            cache.retain(|_, e| e.until >= now);
+            if cache.len() >= CACHE_ENTRIES {
+                cache.clear();
+            }
+        }
+        cache.insert(
+            token.into(),
+            Cached {
+                identity: identity.clone(),
+                until,
+            },
+        );
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<(Identity, u64), TokenError> {
+        // `alg: none` (any spelling) and unknown algorithms fail here.
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        let candidates: Vec<&Issuer> = (self.issuers.iter())
+            .filter(|i| i.validation.algorithms.contains(&header.alg))
+            .collect();
+        if candidates.is_empty() {
+            return Err(TokenError::Algorithm);
+        }
+        let mut last = TokenError::UnknownKey;
+        for issuer in candidates {
+            // jsonwebtoken wants every algorithm of a validation in the
+            // key's family: this token's alone (allowed, checked above).
+            let mut validation = issuer.validation.clone();
+            validation.algorithms = vec![header.alg];
+            let keys = issuer.keys.iter().filter(|k| k.fits(header.alg));
+            for key in keys.filter(|k| header.kid.is_none() || k.kid == header.kid) {
+                match decode(token, &key.key, &validation) {
+                    Ok(claims) => return issuer.identity(claims),
+                    Err(e) => last = worse(last, e),
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Between two reasons for one token, the one that says more.
+fn worse(a: TokenError, b: TokenError) -> TokenError {
+    match (&a, &b) {
+        (TokenError::UnknownKey, _) => b,
+        (_, TokenError::UnknownKey) => a,
+        (TokenError::Signature | TokenError::Issuer, _) => b,
+        _ => a,
+    }
+}
+
+fn decode(token: &str, key: &DecodingKey, validation: &Validation) -> Result<Value, TokenError> {
+    use jsonwebtoken::errors::ErrorKind as K;
+    jsonwebtoken::decode::<Value>(token, key, validation)
+        .map(|data| data.claims)
+        .map_err(|e| match e.into_kind() {
+            K::ExpiredSignature => TokenError::Expired,
+            K::ImmatureSignature => TokenError::NotYetValid,
+            K::InvalidAudience => TokenError::Audience,
+            K::InvalidIssuer => TokenError::Issuer,
+            K::MissingRequiredClaim(c) => TokenError::MissingClaim(c),
+            K::InvalidSignature | K::InvalidAlgorithm => TokenError::Signature,
+            _ => TokenError::Malformed,
+        })
+}
+
+impl Issuer {
+    /// The identity in verified claims, and until when it holds.
+    fn identity(&self, claims: Value) -> Result<(Identity, u64), TokenError> {
+        let Value::Object(map) = claims else {
+            return Err(TokenError::Malformed);
+        };
+        let text = |name: &str| map.get(name).and_then(Value::as_str).map(str::to_owned);
+        let subject = text("sub").ok_or_else(|| TokenError::MissingClaim("sub".into()))?;
+        let exp = (map.get("exp").and_then(Value::as_u64))
+            .ok_or_else(|| TokenError::MissingClaim("exp".into()))?;
+        let groups = match map.get(&self.groups_claim) {
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(|g| g.as_str().map(str::to_owned))
+                .collect(),
+            Some(Value::String(g)) => g
+                .split([',', ' '])
+                .filter(|g| !g.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let claims = (map.iter())
+            .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+            .collect();
+        Ok((
+            Identity {
+                issuer: self.issuer.clone(),
+                email: text(&self.email_claim),
+                subject,
+                groups,
+                claims,
+            },
+            exp.saturating_add(self.validation.leeway),
+        ))
+    }
+}
+
+/// The validation every token of an issuer gets: its algorithms, `iss`,
+/// the audience when one is configured, `exp` always, `nbf` when present,
+/// and `sub`.
+pub fn validation(
+    issuer: &str,
+    algorithms: Vec<Algorithm>,
+    audiences: &[String],
+    leeway_secs: u64,
+) -> Validation {
+    let mut v = Validation::new(algorithms[0]);
+    v.algorithms = algorithms;
+    v.leeway = leeway_secs;
+    v.validate_nbf = true;
+    v.set_issuer(&[issuer]);
+    let mut required = vec!["exp", "iss", "sub"];
+    if audiences.is_empty() {
+        v.validate_aud = false;
+    } else {
+        v.set_audience(audiences);
+        required.push("aud");
+    }
+    v.set_required_spec_claims(&required);
+    v
+}

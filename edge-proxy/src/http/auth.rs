@@ -1,0 +1,117 @@
+//! Visitor authentication through the request context: after routing, the
+//! bearer token (if any) is verified and the route's access rule decides
+//! ([`check`]); on the way upstream the visitor's credentials and any
+//! identity headers it sent are removed and the edge's own are added
+//! ([`to_service`]).
+//!
+//! A token is read only from `Authorization: Bearer`, never from the query
+//! string (where logs and `Referer` keep it).
+
+use http::{HeaderName, HeaderValue};
+use pingora_http::RequestHeader;
+use pingora_proxy::Session;
+
+use super::context::RequestCtx;
+use super::failure::{ErrorKind, Failure};
+use crate::auth::access::Decision;
+use crate::config::EdgeConfig;
+
+/// Identity headers the service receives (oauth2-proxy's names); a
+/// visitor's own are removed, so they cannot be spoofed.
+pub const X_AUTH_REQUEST_USER: HeaderName = HeaderName::from_static("x-auth-request-user");
+pub const X_AUTH_REQUEST_EMAIL: HeaderName = HeaderName::from_static("x-auth-request-email");
+pub const X_AUTH_REQUEST_GROUPS: HeaderName = HeaderName::from_static("x-auth-request-groups");
+const SPOOFABLE_PREFIX: &str = "x-auth-request-";
+
+/// Verifies the request's bearer token, if any, and applies the target's
+/// access rule. A token that fails is refused even on a public route (the
+/// visitor meant to be someone).
+pub fn check(session: &Session, ctx: &mut RequestCtx, config: &EdgeConfig) -> Result<(), Failure> {
+    let (Some(auth), Some(access)) = (
+        config.auth.as_ref(),
+        ctx.target.as_ref().and_then(|t| t.access.clone()),
+    ) else {
+        return Ok(());
+    };
+    if let Some(token) = bearer(session.req_header())? {
+        match auth.verifier.verify(token) {
+            Ok(identity) => ctx.identity = Some(identity),
+            Err(e) => {
+                return Err(Failure {
+                    kind: ErrorKind::InvalidToken,
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+    match access.decide(ctx.identity.as_deref()) {
+        Decision::Allow => Ok(()),
+        Decision::Unauthenticated => Err(Failure::new(ErrorKind::Unauthenticated)),
+        Decision::Forbidden => Err(Failure::new(ErrorKind::Forbidden)),
+    }
+}
+
+/// The bearer token, if the request carries one; a malformed or repeated
+/// `Authorization` is refused rather than guessed at.
+fn bearer(req: &RequestHeader) -> Result<Option<&str>, Failure> {
+    let mut values = req.headers.get_all(http::header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let invalid = |message: &str| Failure {
+        kind: ErrorKind::InvalidToken,
+        message: message.into(),
+    };
+    if values.next().is_some() {
+        return Err(invalid("more than one Authorization header"));
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| invalid("the Authorization header is not text"))?;
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+            let token = token.trim();
+            if token.is_empty() {
+                return Err(invalid("an empty bearer token"));
+            }
+            Ok(Some(token))
+        }
+        // Another scheme (Basic, ...) is the service's business on a route
+        // that needs no identity; where one is needed it does not count.
+        _ => Ok(None),
+    }
+}
+
+/// What the service learns about the visitor: the visitor's own
+/// `Authorization` is removed unless the route passes it on, identity
+/// headers the visitor sent are removed, and the edge's are added.
+pub fn to_service(upstream: &mut RequestHeader, ctx: &RequestCtx) {
+    // An access rule is in force exactly when `auth:` is configured.
+    let Some(access) = ctx.target.as_ref().and_then(|t| t.access.as_ref()) else {
+        return;
+    };
+    let pass = access.pass_authorization;
+    if !pass {
+        let _ = upstream.remove_header(&http::header::AUTHORIZATION);
+    }
+    let spoofed: Vec<HeaderName> = (upstream.headers.keys())
+        .filter(|n| n.as_str().starts_with(SPOOFABLE_PREFIX))
+        .cloned()
+        .collect();
+    for name in &spoofed {
+        let _ = upstream.remove_header(name);
+    }
+    let Some(who) = &ctx.identity else { return };
+    let mut add = |name: &HeaderName, value: &str| {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            let _ = upstream.insert_header(name.clone(), value);
+        }
+    };
+    add(&X_AUTH_REQUEST_USER, &who.subject);
+    if let Some(email) = &who.email {
+        add(&X_AUTH_REQUEST_EMAIL, email);
+    }
+    if !who.groups.is_empty() {
+        add(&X_AUTH_REQUEST_GROUPS, &who.groups.join(","));
+    }
+}
