@@ -72,7 +72,7 @@ RATHOLE = os.environ.get("RATHOLE") or os.path.expanduser("~/.cache/preview-edge
 COMPARATORS = ["direct", "nginx", "rathole", "nginx+rathole", "edge"]
 MIDDLE_HOPS = [c for c in COMPARATORS if c != "direct"]  # the rows about the hop in between
 ROW_KEYS = ["rps_c64", "rps_c1", "latency", "conn_rate", "bulk", "h2", "stalled", "bulk_rtt", "scale", "routes",
-            "policy", "wasm"]
+            "policy", "wasm", "auth"]
 # The policy and wasm rows: custom-domain routes to the same service, one
 # without a header policy, one with a typical policy (strip lists, a
 # templated request header, security headers) applied natively, one with
@@ -80,7 +80,13 @@ ROW_KEYS = ["rps_c64", "rps_c1", "latency", "conn_rate", "bulk", "h2", "stalled"
 # (scripts/build-wasm; $HEADER_POLICY_WASM, which scripts/bench sets) in
 # the edge's wasm host; the edge's requests/s through each, alternating.
 POLICY_HOST, PLAIN_HOST, WASM_HOST = "policy.bench.test", "plain.bench.test", "wasm.bench.test"
-ROUTE_HOSTS = {"plain": PLAIN_HOST, "policy": POLICY_HOST, "wasm": WASM_HOST}
+# The auth row: a route that needs a bearer JWT beside the public one
+# (the bench's edge has `auth:` with a public default), with an ES256 and
+# an RS256 token from test-support/jwt-keys (bench-token mints them).
+JWT_HOST = "jwt.bench.test"
+JWT_ISSUER, JWT_AUDIENCE = "https://id.bench.test", "bench"
+JWT_KEYS = os.path.join(ROOT, "test-support", "jwt-keys")
+ROUTE_HOSTS = {"plain": PLAIN_HOST, "policy": POLICY_HOST, "wasm": WASM_HOST, "jwt": JWT_HOST}
 BENCH_POLICY = ("{ strip: { request: [x-internal-*], response: [server, x-powered-by] }, "
                 "request: [ { set: { x-request-source: edge, x-route: '{route}' } } ], "
                 "security_headers: { hsts: true, content_type_options: true, referrer_policy: true, "
@@ -88,10 +94,18 @@ BENCH_POLICY = ("{ strip: { request: [x-internal-*], response: [server, x-powere
 
 
 def policy_routes():
-    """The `routes:` section of the bench's edge config (the wasm route only
-    when the module is built)."""
-    routes = f"""routes:
+    """The `auth:` and `routes:` sections of the bench's edge config (the
+    wasm route only when the module is built)."""
+    routes = f"""auth:
+  issuers:
+    - issuer: {JWT_ISSUER}
+      algorithms: [ES256, RS256]
+      keys: [{JWT_KEYS}/ec.pub, {JWT_KEYS}/rsa.pub]
+      audiences: [{JWT_AUDIENCE}]
+  access: {{ default: public }}
+routes:
   - {{ name: plain, host: {PLAIN_HOST}, target: bench/hello:8080 }}
+  - {{ name: jwt, host: {JWT_HOST}, target: bench/hello:8080, access: authenticated }}
   - {{ name: policy, host: {POLICY_HOST}, target: bench/hello:8080, header_policy: {BENCH_POLICY} }}
 """
     module = os.environ.get("HEADER_POLICY_WASM")
@@ -398,7 +412,7 @@ class Bench:
         bindir = os.path.join(work, "bin")
         os.makedirs(bindir)
         for name in ("edge-proxy", "sidecar", "dev-certs", "bench-latency", "bench-delay", "bench-scale",
-                     "bench-routes"):
+                     "bench-routes", "bench-token"):
             src = os.path.join(RELEASE_DIR, name)
             if not os.path.exists(src):
                 raise HarnessError(f"{src} is missing: build with `cargo build --release --workspace --bins`")
@@ -1146,9 +1160,31 @@ def run_rows(b):
                 {**only_edge, "edge": lost(WASM_HOST)},
                 {"edge": {"rps_without": rps[PLAIN_HOST], "rps_with": rps[WASM_HOST]}},
                 must="≤ 10% rps", aim="≤ 3%", better="lower", expected=["edge"], seconds=seconds)
-    if b.only is None:
-        add("auth", "auth (JWT verify per request) overhead: not built yet", "%", dict(only_edge),
-            must="≤ 5% rps", aim="cached: ≤ 1%", better="lower", expected=[])
+    if b.want("auth"):
+        log("visitor auth: a public route, a route needing a bearer JWT (ES256, RS256; 64 connections)")
+        t0 = time.monotonic()
+        tokens = {alg: run([b.bin("bench-token"), "--alg", alg, "--key", os.path.join(JWT_KEYS, key),
+                            "--issuer", JWT_ISSUER, "--audience", JWT_AUDIENCE], timeout=30).strip()
+                  for alg, key in (("ES256", "ec.key"), ("RS256", "rsa.key"))}
+        loads = {"public": (PLAIN_HOST, ())}
+        for alg, t in tokens.items():
+            loads[alg] = (JWT_HOST, ("-H", f"Authorization: Bearer {t}"))
+        rps = {name: [] for name in loads}
+        for _ in range(b.rounds):
+            for name, (host, extra) in loads.items():
+                value, detail = b.wrk("edge", 64, 2, extra=extra, host=host)
+                if detail["non_2xx"]:
+                    raise HarnessError(f"auth row, {name}: {detail['non_2xx']} refused requests")
+                rps[name].append(value or 0.0)
+        median = {n: statistics.median(v) for n, v in rps.items()}
+        public = median["public"]
+        for alg in tokens:
+            cost = round((1 - median[alg] / public) * 100, 1) if public else None
+            note(f"public {public:,.0f} req/s, bearer {alg} {median[alg]:,.0f} req/s: {cost} %")
+            add(f"auth_{alg.lower()}", f"visitor auth, bearer {alg} (cached): requests/s lost (%, 64 conns)", "%",
+                {**only_edge, "edge": cost}, {"edge": {"rps_public": rps["public"], "rps_with": rps[alg]}},
+                must="≤ 5% rps", aim="≤ 1%", better="lower", expected=["edge"],
+                seconds=time.monotonic() - t0)
     return rows
 
 
@@ -1194,6 +1230,8 @@ def judge(r, quick):
         return "yes" if e <= 3 else "no"
     if key == "wasm":
         return "yes" if e <= 10 else "no"
+    if key.startswith("auth_"):
+        return "yes" if e <= 5 else "no"
     if key == "scale":
         d = r["details"]["scale"]
         if e > 0:

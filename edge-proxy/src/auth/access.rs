@@ -87,6 +87,7 @@ mod tests {
             email: email.map(Into::into),
             groups: groups.iter().map(|g| g.to_string()).collect(),
             claims: vec![],
+            headers: vec![],
         }
     }
 

@@ -43,6 +43,38 @@ pub struct Identity {
     /// Every claim with a string value, for header templates
     /// (`{claim.<name>}`).
     pub claims: Vec<(String, String)>,
+    /// What the service is told ([`service_headers`]), made once per
+    /// token rather than per request.
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+/// Identity headers the service receives (oauth2-proxy's names).
+pub const X_AUTH_REQUEST_USER: http::HeaderName =
+    http::HeaderName::from_static("x-auth-request-user");
+pub const X_AUTH_REQUEST_EMAIL: http::HeaderName =
+    http::HeaderName::from_static("x-auth-request-email");
+pub const X_AUTH_REQUEST_GROUPS: http::HeaderName =
+    http::HeaderName::from_static("x-auth-request-groups");
+
+/// `X-Auth-Request-User`, `-Email`, `-Groups` for an identity (a value
+/// that is not a valid header value is left out).
+fn service_headers(
+    subject: &str,
+    email: Option<&str>,
+    groups: &[String],
+) -> Vec<(http::HeaderName, http::HeaderValue)> {
+    let groups = groups.join(",");
+    [
+        (X_AUTH_REQUEST_USER, Some(subject)),
+        (X_AUTH_REQUEST_EMAIL, email),
+        (
+            X_AUTH_REQUEST_GROUPS,
+            Some(groups.as_str()).filter(|g| !g.is_empty()),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| Some((name, http::HeaderValue::from_str(value?).ok()?)))
+    .collect()
 }
 
 /// One trusted issuer: its keys and what its tokens must say.
@@ -244,10 +276,12 @@ impl Issuer {
         let claims = (map.iter())
             .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
             .collect();
+        let email = text(&self.email_claim);
         Ok((
             Identity {
                 issuer: self.issuer.clone(),
-                email: text(&self.email_claim),
+                headers: service_headers(&subject, email.as_deref(), &groups),
+                email,
                 subject,
                 groups,
                 claims,

@@ -7,7 +7,7 @@
 //! A token is read only from `Authorization: Bearer`, never from the query
 //! string (where logs and `Referer` keep it).
 
-use http::{HeaderName, HeaderValue};
+use http::HeaderName;
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 
@@ -16,11 +16,7 @@ use super::failure::{ErrorKind, Failure};
 use crate::auth::access::Decision;
 use crate::config::EdgeConfig;
 
-/// Identity headers the service receives (oauth2-proxy's names); a
-/// visitor's own are removed, so they cannot be spoofed.
-pub const X_AUTH_REQUEST_USER: HeaderName = HeaderName::from_static("x-auth-request-user");
-pub const X_AUTH_REQUEST_EMAIL: HeaderName = HeaderName::from_static("x-auth-request-email");
-pub const X_AUTH_REQUEST_GROUPS: HeaderName = HeaderName::from_static("x-auth-request-groups");
+/// Identity headers a visitor sends are removed, so they cannot be spoofed.
 const SPOOFABLE_PREFIX: &str = "x-auth-request-";
 
 /// Verifies the request's bearer token, if any, and applies the target's
@@ -101,17 +97,9 @@ pub fn to_service(upstream: &mut RequestHeader, ctx: &RequestCtx) {
     for name in &spoofed {
         let _ = upstream.remove_header(name);
     }
-    let Some(who) = &ctx.identity else { return };
-    let mut add = |name: &HeaderName, value: &str| {
-        if let Ok(value) = HeaderValue::from_str(value) {
-            let _ = upstream.insert_header(name.clone(), value);
+    if let Some(who) = &ctx.identity {
+        for (name, value) in &who.headers {
+            let _ = upstream.insert_header(name.clone(), value.clone());
         }
-    };
-    add(&X_AUTH_REQUEST_USER, &who.subject);
-    if let Some(email) = &who.email {
-        add(&X_AUTH_REQUEST_EMAIL, email);
-    }
-    if !who.groups.is_empty() {
-        add(&X_AUTH_REQUEST_GROUPS, &who.groups.join(","));
     }
 }
