@@ -430,6 +430,11 @@ impl Stack {
         std::fs::rename(tmp, path).unwrap(); // atomic, as config managers do
     }
 
+    /// The sample service's preview host name (`hello-8080-demo.preview.localhost`).
+    pub fn preview_host(&self) -> String {
+        format!("hello-8080-{ENV}.preview.localhost")
+    }
+
     /// `http://<service>-<port>-demo.preview.localhost:<edge port><path>`
     pub fn url(&self, service_port: &str, path: &str) -> String {
         format!(
@@ -516,6 +521,41 @@ pub fn http_status(args: &[&str]) -> String {
     let mut argv = vec!["-o", "/dev/null", "-w", "%{http_code}"];
     argv.extend_from_slice(args);
     String::from_utf8_lossy(&curl(&argv).stdout).into_owned()
+}
+
+/// A response as `curl -i` got it: the status (0 when none came), the
+/// headers with lowercase names, and the body.
+pub type Reply = (u16, Vec<(String, String)>, String);
+
+/// `curl -si` to the edge's HTTP port for `path` with `Host: host`, plus
+/// `args` (more options).
+pub fn exchange(stack: &Stack, host: &str, path: &str, args: &[&str]) -> Reply {
+    let url = format!("http://127.0.0.1:{}{path}", stack.http_port);
+    let host = format!("Host: {host}");
+    let mut argv = vec!["-i", "--max-time", "10", "-H", &host];
+    argv.extend_from_slice(args);
+    argv.push(&url);
+    let out = String::from_utf8(curl(&argv).stdout).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.to_string()))
+        .collect();
+    (status, headers, body.to_string())
+}
+
+/// The first value of `name` (lowercase) in a [`Reply`]'s headers.
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
 }
 
 /// Runs a shell pipeline; returns stdout, panics on failure.

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use conformance::{bin, curl, edge_yaml, Stack};
+use conformance::{bin, edge_yaml, exchange, header, Stack};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
@@ -68,60 +68,15 @@ fn claims(email: &str) -> Value {
             "groups": ["eng"], "exp": now() + 600 })
 }
 
-/// `curl -i` to `host` on the edge; status, headers (lowercase names), body.
-fn exchange(
-    stack: &Stack,
-    host: &str,
-    path: &str,
-    args: &[&str],
-) -> (u16, Vec<(String, String)>, String) {
-    let url = format!("http://127.0.0.1:{}{path}", stack.http_port);
-    let host = format!("Host: {host}");
-    let mut argv = vec!["-si", "--max-time", "10", "-H", &host];
-    argv.extend_from_slice(args);
-    argv.push(&url);
-    let out = String::from_utf8(curl(&argv).stdout).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(": "))
-        .map(|(n, v)| (n.to_ascii_lowercase(), v.to_string()))
-        .collect();
-    (status, headers, body.to_string())
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
-}
-
 fn code(body: &str) -> String {
     let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("JSON: {body}"));
     v["error"]["code"].as_str().unwrap().to_owned()
 }
 
-fn preview_host(stack: &Stack) -> String {
-    let url = stack.url("hello-8080", "/");
-    url.split("//")
-        .nth(1)
-        .unwrap()
-        .split(['/', ':'])
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 #[test]
 fn a_preview_needs_a_valid_token_and_the_service_learns_who() {
     let stack = Stack::start_with_edge_yaml(&auth_yaml());
-    let host = preview_host(&stack);
+    let host = stack.preview_host();
 
     let (status, headers, body) = exchange(&stack, &host, "/headers", &[]);
     assert_eq!(status, 401, "{body}");
@@ -177,7 +132,7 @@ fn a_preview_needs_a_valid_token_and_the_service_learns_who() {
 #[test]
 fn refused_tokens_say_why_and_bad_tokens_fail_even_on_public_routes() {
     let stack = Stack::start_with_edge_yaml(&auth_yaml());
-    let host = preview_host(&stack);
+    let host = stack.preview_host();
     let mut expired = claims("a@example.com");
     expired["exp"] = json!(now() - 3600);
     let mut wrong_aud = claims("a@example.com");

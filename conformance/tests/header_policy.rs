@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use conformance::{bin, curl, edge_yaml, Stack};
+use conformance::{bin, curl, edge_yaml, exchange, header, Stack};
 
 const POLICY: &str = r#"header_policy:
   strip:
@@ -31,57 +31,13 @@ routes:
         allow_headers: [content-type]
 "#;
 
-/// `curl -i` through the edge's HTTP port with `Host: host`; the status
-/// line, the headers (lowercase names) and the body.
-fn exchange(stack: &Stack, host: &str, args: &[&str]) -> (u16, Vec<(String, String)>, String) {
-    let url = format!("http://127.0.0.1:{}/headers", stack.http_port);
-    let mut argv = vec!["-i", "-H"];
-    let host = format!("Host: {host}");
-    argv.push(&host);
-    argv.extend_from_slice(args);
-    argv.push(&url);
-    let out = String::from_utf8(curl(&argv).stdout).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(": "))
-        .map(|(n, v)| (n.to_ascii_lowercase(), v.to_string()))
-        .collect();
-    (status, headers, body.to_string())
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
-}
-
-fn preview_host(stack: &Stack) -> String {
-    let url = stack.url("hello-8080", "/");
-    url.split("//")
-        .nth(1)
-        .unwrap()
-        .split(['/', ':'])
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 #[test]
 fn the_default_policy_edits_preview_requests_and_responses() {
     let stack = Stack::start_with_edge_yaml(POLICY);
     let (status, headers, body) = exchange(
         &stack,
-        &preview_host(&stack),
+        &stack.preview_host(),
+        "/headers",
         &["-H", "X-Internal-Secret: smuggled", "-H", "X-Kept: 1"],
     );
     assert_eq!(status, 200, "{body}");
@@ -105,7 +61,7 @@ fn the_default_policy_edits_preview_requests_and_responses() {
 #[test]
 fn a_routes_policy_runs_after_the_default_with_its_name_and_the_client() {
     let stack = Stack::start_with_edge_yaml(POLICY);
-    let (status, headers, body) = exchange(&stack, "api.example.test", &[]);
+    let (status, headers, body) = exchange(&stack, "api.example.test", "/headers", &[]);
     assert_eq!(status, 200, "{body}");
     let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(seen["x-edge-policy"], "default", "inherited");
@@ -137,6 +93,7 @@ fn cors_preflights_are_answered_at_the_edge_and_responses_carry_cors() {
         exchange(
             &stack,
             "api.example.test",
+            "/headers",
             &[
                 "-X",
                 "OPTIONS",
@@ -167,6 +124,7 @@ fn cors_preflights_are_answered_at_the_edge_and_responses_carry_cors() {
     let (_, headers, _) = exchange(
         &stack,
         "api.example.test",
+        "/headers",
         &["-H", "Origin: https://app.example.test"],
     );
     assert_eq!(

@@ -9,37 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use conformance::{bin, curl, edge_yaml, Stack};
-
-/// `curl -i` through the edge's HTTP port with `Host: host`: the status,
-/// the headers (lowercase names) and the body.
-fn exchange(stack: &Stack, host: &str, args: &[&str]) -> (u16, Vec<(String, String)>, String) {
-    let url = format!("http://127.0.0.1:{}/headers", stack.http_port);
-    let host = format!("Host: {host}");
-    let mut argv = vec!["-si", "--max-time", "10", "-H", &host];
-    argv.extend_from_slice(args);
-    argv.push(&url);
-    let out = String::from_utf8(curl(&argv).stdout).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(": "))
-        .map(|(n, v)| (n.to_ascii_lowercase(), v.to_string()))
-        .collect();
-    (status, headers, body.to_string())
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
-}
+use conformance::{bin, edge_yaml, exchange, header, Stack};
 
 fn policy_module() -> String {
     test_support::wasm::header_policy_wasm()
@@ -99,6 +69,7 @@ fn a_routes_filter_runs_after_the_native_policy_on_both_sides() {
     let (status, headers, body) = exchange(
         &stack,
         "filtered.example.test",
+        "/headers",
         &["-H", "X-Internal-Secret: smuggled"],
     );
     assert_eq!(status, 200, "{body}");
@@ -118,14 +89,14 @@ fn a_routes_filter_runs_after_the_native_policy_on_both_sides() {
     assert!(header(&headers, "x-request-id").is_some());
 
     // Instead of the native policy: only the filter's edits.
-    let (status, _, body) = exchange(&stack, "alone.example.test", &[]);
+    let (status, _, body) = exchange(&stack, "alone.example.test", "/headers", &[]);
     assert_eq!(status, 200, "{body}");
     let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(seen["x-wasm-route"], "alone", "{seen}");
     assert!(seen.get("x-native").is_none(), "replaced: {seen}");
 
     // A route without a filter: the native policy alone.
-    let (_, headers, body) = exchange(&stack, "plain.example.test", &[]);
+    let (_, headers, body) = exchange(&stack, "plain.example.test", "/headers", &[]);
     let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(seen["x-order"], "native", "{seen}");
     assert!(seen.get("x-wasm-route").is_none(), "{seen}");
@@ -138,6 +109,7 @@ fn the_filter_answers_a_cors_preflight_itself() {
     let (status, headers, body) = exchange(
         &stack,
         "filtered.example.test",
+        "/headers",
         &[
             "-X",
             "OPTIONS",
@@ -159,6 +131,7 @@ fn the_filter_answers_a_cors_preflight_itself() {
     let (status, headers, _) = exchange(
         &stack,
         "filtered.example.test",
+        "/headers",
         &[
             "-X",
             "OPTIONS",
@@ -195,7 +168,7 @@ fn misbehaving_filters_fail_only_their_own_requests() {
 "#
     );
     let stack = Stack::start_with_edge_yaml(&yaml);
-    let (status, _, body) = exchange(&stack, "wild.example.test", &[]);
+    let (status, _, body) = exchange(&stack, "wild.example.test", "/headers", &[]);
     assert_eq!(status, 200, "{body}");
     let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(seen["x-seen"], "1", "the filter ran: {seen}");
@@ -205,6 +178,7 @@ fn misbehaving_filters_fail_only_their_own_requests() {
             let (status, headers, body) = exchange(
                 &stack,
                 "wild.example.test",
+                "/headers",
                 &["-H", &format!("{switch}: 1")],
             );
             assert_eq!(status, 500, "{switch}: {body}");
@@ -215,9 +189,9 @@ fn misbehaving_filters_fail_only_their_own_requests() {
                 header(&headers, "x-request-id")
             );
             // Another route, and the same route's next request, are served.
-            let (status, _, body) = exchange(&stack, "calm.example.test", &[]);
+            let (status, _, body) = exchange(&stack, "calm.example.test", "/headers", &[]);
             assert_eq!(status, 200, "after {switch}: {body}");
-            let (status, _, body) = exchange(&stack, "wild.example.test", &[]);
+            let (status, _, body) = exchange(&stack, "wild.example.test", "/headers", &[]);
             assert_eq!(status, 200, "a fresh instance after {switch}: {body}");
         }
     }
@@ -327,7 +301,7 @@ fn a_reload_with_a_module_that_cannot_load_keeps_the_running_config() {
     stack
         .edge
         .wait_line("proxy_open_door", Duration::from_secs(10));
-    let (status, _, body) = exchange(&stack, "filtered.example.test", &[]);
+    let (status, _, body) = exchange(&stack, "filtered.example.test", "/headers", &[]);
     assert_eq!(status, 200, "the old config still serves: {body}");
     let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(seen["x-wasm-route"], "filtered", "{seen}");
