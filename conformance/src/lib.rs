@@ -558,6 +558,22 @@ pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str
         .map(|(_, v)| v.as_str())
 }
 
+/// `edge-proxy check-config` on the harness's edge YAML plus `extra`,
+/// written in `dir` (relative paths in it start there): whether it
+/// passed, and what it printed on stderr.
+pub fn check_config(dir: &Path, extra: &str) -> (bool, String) {
+    let path = dir.join("check.yaml");
+    std::fs::write(&path, edge_yaml(extra)).unwrap();
+    let out = Command::new(bin("edge-proxy"))
+        .args(["check-config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Runs a shell pipeline; returns stdout, panics on failure.
 pub fn sh(script: &str) -> String {
     let out = Command::new("sh").arg("-c").arg(script).output().unwrap();

@@ -5,9 +5,8 @@
 //! headers), and bad issuer configs refused by `check-config`.
 
 use std::path::PathBuf;
-use std::process::Command;
 
-use conformance::{bin, edge_yaml, exchange, header, Stack};
+use conformance::{check_config, exchange, header, Stack};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
@@ -217,22 +216,9 @@ fn allow_rules_give_403_to_identities_they_do_not_admit() {
     assert_eq!(seen["authorization"], format!("Bearer {member}"));
 }
 
-fn check_config(extra: &str) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("edge.yaml");
-    std::fs::write(&path, edge_yaml(extra)).unwrap();
-    let out = Command::new(bin("edge-proxy"))
-        .args(["check-config", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn issuer_configs_that_would_be_unsafe_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
     let keys = keys_dir();
     let issuer = |fields: &str| format!("auth:\n  issuers:\n    - issuer: {ISS}\n{fields}");
     for (fields, expect) in [
@@ -266,7 +252,7 @@ fn issuer_configs_that_would_be_unsafe_are_refused() {
         ),
         ("      algorithms: [RS256]\n".to_owned(), "give keys"),
     ] {
-        let (ok, err) = check_config(&issuer(&fields));
+        let (ok, err) = check_config(dir.path(), &issuer(&fields));
         assert!(!ok, "{fields}");
         assert!(
             err.contains("auth.issuers[0]") && err.contains(expect),
@@ -274,16 +260,20 @@ fn issuer_configs_that_would_be_unsafe_are_refused() {
         );
     }
     let (ok, err) = check_config(
+        dir.path(),
         "routes:\n  - { host: a.example.test, target: demo/hello:8080, access: public }\n",
     );
     assert!(
         !ok && err.contains("routes[0].access: needs auth:"),
         "{err}"
     );
-    let (ok, err) = check_config(&issuer(&format!(
-        "      algorithms: [ES256]\n      keys: [{}]\n  access:\n    default: everyone\n",
-        keys.join("ec.pub").display()
-    )));
+    let (ok, err) = check_config(
+        dir.path(),
+        &issuer(&format!(
+            "      algorithms: [ES256]\n      keys: [{}]\n  access:\n    default: everyone\n",
+            keys.join("ec.pub").display()
+        )),
+    );
     assert!(
         !ok && err.contains("auth.access.default") && err.contains("not an access level"),
         "{err}"

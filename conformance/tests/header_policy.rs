@@ -3,9 +3,7 @@
 //! service, what reaches the visitor, CORS preflights answered at the edge,
 //! and a bad policy refused with its YAML path.
 
-use std::process::Command;
-
-use conformance::{bin, curl, edge_yaml, exchange, header, Stack};
+use conformance::{check_config, curl, exchange, header, Stack};
 
 const POLICY: &str = r#"header_policy:
   strip:
@@ -140,16 +138,8 @@ fn a_bad_policy_is_refused_with_its_yaml_path() {
         .replace("x-edge-policy: default", "\"x bad\": default")
         .replace("name: api", "name: api\n    path: /x")
         + "  - { name: api, host: other.example.test, target: demo/hello:8080 }\n";
-    std::fs::write(dir.path().join("edge.yaml"), edge_yaml(&bad)).unwrap();
-    let out = Command::new(bin("edge-proxy"))
-        .args([
-            "check-config",
-            dir.path().join("edge.yaml").to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (ok, err) = check_config(dir.path(), &bad);
+    assert!(!ok);
     assert!(
         err.contains("header_policy.request[0].set[\"x bad\"]"),
         "{err}"

@@ -6,10 +6,9 @@
 //! modules that cannot load are refused by `check-config` and by a reload.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use conformance::{bin, edge_yaml, exchange, header, Stack};
+use conformance::{check_config, edge_yaml, exchange, header, Stack};
 
 fn policy_module() -> String {
     test_support::wasm::header_policy_wasm()
@@ -209,19 +208,6 @@ const MINIMAL_EXPORTS: &str = r#"
   (func (export "proxy_abi_version_0_2_1"))
   (func (export "malloc") (param i32) (result i32) (i32.const 1024))
 "#;
-
-fn check_config(dir: &Path, route: &str) -> (bool, String) {
-    let path = dir.join("check.yaml");
-    std::fs::write(&path, edge_yaml(route)).unwrap();
-    let out = Command::new(bin("edge-proxy"))
-        .args(["check-config", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn route_with(module: &str, extra: &str) -> String {
     format!(
