@@ -42,17 +42,17 @@ def start(work, name, argv, ready, timeout=120.0):
         sys.exit(f"{name} did not start:\n{f.read()[-3000:]}")
 
 
-# `--route plain|policy|wasm`: requests go through one of the bench's
+# `--route plain|policy|wasm|jwt`: requests go through one of the bench's
 # custom-domain routes: without a header policy, with the one its `policy`
-# row uses, or with that policy in the wasm filter (the differences are
-# their costs).
+# row uses, with that policy in the wasm filter, or needing a bearer JWT
+# (ES256, sent with every request; the differences are their costs).
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import ROUTE_HOSTS, policy_routes  # noqa: E402
+from bench import JWT_AUDIENCE, JWT_ISSUER, JWT_KEYS, ROUTE_HOSTS, policy_routes  # noqa: E402
 
 
-def h2load(addr, requests, connections, streams, h2, host=HOST):
+def h2load(addr, requests, connections, streams, h2, host=HOST, headers=()):
     argv = ["h2load", "-n", str(requests), "-c", str(connections), "-m", str(streams), "-t", "1",
-            "-H", f":authority: {host}", f"http://{addr}/"]
+            "-H", f":authority: {host}", *headers, f"http://{addr}/"]
     if not h2:
         argv.insert(1, "--h1")
     out = subprocess.run(argv, capture_output=True, text=True, timeout=3600).stdout
@@ -73,6 +73,9 @@ def main():
     parser.add_argument("--route", choices=sorted(ROUTE_HOSTS),
                         help="through a custom-domain route: without a header policy, with it natively, in the wasm filter")
     args = parser.parse_args()
+    if args.route != "wasm":
+        # Compiling the module under valgrind takes minutes: only when measured.
+        os.environ.pop("HEADER_POLICY_WASM", None)
 
     work = tempfile.mkdtemp(prefix="callgrind-")
     procs = []
@@ -111,9 +114,17 @@ targets:
         procs.append(sidecar)
 
         host = ROUTE_HOSTS.get(args.route, HOST)
-        h2load(listening["http"], max(1000, args.requests // 10), args.connections, args.streams, args.h2, host)
+        headers = ()
+        if args.route == "jwt":
+            token = subprocess.run([f"{RELEASE_DIR}/bench-token", "--alg", "ES256", "--key",
+                                    os.path.join(JWT_KEYS, "ec.key"), "--issuer", JWT_ISSUER,
+                                    "--audience", JWT_AUDIENCE], check=True, capture_output=True,
+                                   text=True).stdout.strip()
+            headers = ("-H", f"authorization: Bearer {token}")
+        h2load(listening["http"], max(1000, args.requests // 10), args.connections, args.streams, args.h2, host,
+               headers)
         subprocess.run(["callgrind_control", "--zero", str(edge.pid)], check=True, capture_output=True)
-        requests = h2load(listening["http"], args.requests, args.connections, args.streams, args.h2, host)
+        requests = h2load(listening["http"], args.requests, args.connections, args.streams, args.h2, host, headers)
         subprocess.run(["callgrind_control", "--dump", str(edge.pid)], check=True, capture_output=True)
 
         total = 0
