@@ -49,15 +49,6 @@ impl FilterPool {
         }
     }
 
-    pub fn filter(&self) -> &WasmFilter {
-        &self.filter
-    }
-
-    /// Crashes (traps, timeouts, memory limit) over every instance.
-    pub fn crashes(&self) -> u64 {
-        (0..self.slots.len()).map(|i| self.lock(i).crashes()).sum()
-    }
-
     /// Starts a stream for a request on the calling thread's instance.
     pub fn start(self: &Arc<Self>) -> Result<PooledStream, FilterError> {
         let slot = thread_slot() % self.slots.len();
@@ -120,10 +111,6 @@ impl PooledStream {
         self.pool
             .lock(self.slot)
             .on_response_headers(stream, headers, info, end_of_stream)
-    }
-
-    pub fn filter(&self) -> &WasmFilter {
-        &self.pool.filter
     }
 }
 

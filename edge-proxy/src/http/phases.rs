@@ -6,10 +6,10 @@
 //!    apply the visitor settings to its connection, redirect plain HTTP to
 //!    HTTPS, route it ([`route::resolve`]), answer a CORS preflight if the
 //!    header policy says so ([`policy::preflight`]), check the visitor's
-//!    bearer token against the target's access rule ([`auth::check`]); on a route with a
-//!    wasm filter, the policy's request edits and the filter's request
-//!    side ([`wasm::on_request`]), which may answer. Visitor auth and
-//!    limits join here, after learning and around routing.
+//!    bearer token against the target's access rule ([`auth::check`]);
+//!    on a route with a wasm filter, the policy's request edits and the
+//!    filter's request side ([`wasm::on_request`]), which may answer.
+//!    Limits join here, after learning and around routing.
 //! 3. `upstream_peer`: the target's tunnel stream as the upstream socket
 //!    ([`TunnelConnector`]), pooled per service and protocol.
 //! 4. `upstream_request_filter`: request id, rewritten path, forwarding

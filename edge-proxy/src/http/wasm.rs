@@ -54,8 +54,8 @@ pub fn on_request(session: &mut Session, ctx: &mut RequestCtx) -> Step {
 }
 
 /// Runs the filter's response side on the service's response. A failure
-/// or the filter's own answer replaces the response (through
-/// `fail_to_proxy`, with the step kept in the context).
+/// or the filter's own answer replaces the response: the step travels as
+/// the error ([`Replaced`]) that `fail_to_proxy` answers.
 pub fn on_response(
     session: &Session,
     response: &mut ResponseHeader,
