@@ -12,13 +12,13 @@
 
 use bytes::Bytes;
 use pingora_error::{Error, ErrorType, Result};
-use pingora_http::ResponseHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 use wasm_host::{FilterError, LocalReply, Outcome, StreamInfo};
 
 use super::context::RequestCtx;
 use super::failure::{ErrorKind, Failure};
-use super::policy::{Line, Request, Response};
+use super::policy::{Request, Response};
 
 /// What the request side decided.
 #[derive(Debug)]
@@ -42,11 +42,11 @@ pub fn on_request(session: &mut Session, ctx: &mut RequestCtx) -> Step {
         Ok(s) => s,
         Err(e) => return Step::Failed(failed(&e)),
     };
+    // Copies: the filter edits the request these are read from.
     let req = session.req_header();
-    let line = Line::of(req).owned();
-    let query_path = req.uri.path_and_query().map(|p| p.as_str().to_owned());
+    let (method, path) = (req.method.as_str().to_owned(), path(req).to_owned());
     let end_of_stream = session.is_body_empty();
-    let info = stream_info(session, ctx, line.borrowed(), query_path.as_deref(), None);
+    let info = stream_info(session, ctx, &method, &path, None);
     let outcome =
         stream.on_request_headers(&mut Request(session.req_header_mut()), &info, end_of_stream);
     ctx.wasm = Some(stream);
@@ -66,7 +66,7 @@ pub fn on_response(
     };
     let req = session.req_header();
     let status = response.status.as_u16();
-    let info = stream_info(session, ctx, Line::of(req), None, Some(status));
+    let info = stream_info(session, ctx, req.method.as_str(), path(req), Some(status));
     let outcome = stream.on_response_headers(&mut Response(response), &info, false);
     ctx.wasm = Some(stream);
     match step(outcome) {
@@ -123,18 +123,25 @@ fn failed(e: &FilterError) -> Failure {
     Failure::new(ErrorKind::FilterFailed)
 }
 
+/// `request.path`: the path with the query, in both phases.
+fn path(req: &RequestHeader) -> &str {
+    req.uri
+        .path_and_query()
+        .map_or(req.uri.path(), |p| p.as_str())
+}
+
 /// The properties the filter may read.
 fn stream_info<'a>(
     session: &Session,
     ctx: &'a RequestCtx,
-    line: Line<'a>,
-    query_path: Option<&'a str>,
+    method: &'a str,
+    path: &'a str,
     response_code: Option<u16>,
 ) -> StreamInfo<'a> {
     StreamInfo {
-        method: line.method,
+        method,
         authority: ctx.host.sent().unwrap_or(""),
-        path: query_path.unwrap_or(line.path),
+        path,
         scheme: if ctx.tls.is_some() { "https" } else { "http" },
         protocol: match ctx.version {
             http::Version::HTTP_2 => "HTTP/2",
