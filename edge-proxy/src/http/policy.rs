@@ -135,15 +135,9 @@ pub fn on_request(session: &Session, upstream: &mut RequestHeader, ctx: &Request
     if ctx.target.as_ref().is_some_and(|t| t.wasm.is_some()) {
         return;
     }
-    let req = session.req_header();
-    let client_ip = client_ip(policy, ctx);
-    let facts = facts(
-        ctx,
-        Line::of(req),
-        origin(policy, req),
-        client_ip.as_deref(),
-    );
-    policy.edit_request(&facts, &mut Request(upstream));
+    with_facts(policy, session.req_header(), ctx, |facts| {
+        policy.edit_request(facts, &mut Request(upstream))
+    });
 }
 
 /// Applies the policy's request edits to the visitor's request itself, on
@@ -172,26 +166,36 @@ pub fn on_response(session: &Session, response: &mut ResponseHeader, ctx: &Reque
     let Some(policy) = policy(ctx).filter(|p| p.acts_on_response()) else {
         return;
     };
-    let req = session.req_header();
+    with_facts(policy, session.req_header(), ctx, |facts| {
+        policy.on_response(facts, &mut Response(response))
+    });
+}
+
+/// Runs `f` with what the policy knows of the visitor's request `req`.
+fn with_facts<R>(
+    policy: &Policy,
+    req: &RequestHeader,
+    ctx: &RequestCtx,
+    f: impl FnOnce(&RequestFacts<'_>) -> R,
+) -> R {
     let client_ip = client_ip(policy, ctx);
-    let facts = facts(
+    f(&facts(
         ctx,
         Line::of(req),
         origin(policy, req),
         client_ip.as_deref(),
-    );
-    policy.on_response(&facts, &mut Response(response));
+    ))
 }
 
 /// The visitor's request line: method and path (without the query).
 #[derive(Clone, Copy)]
-pub struct Line<'a> {
-    pub method: &'a str,
-    pub path: &'a str,
+struct Line<'a> {
+    method: &'a str,
+    path: &'a str,
 }
 
 impl<'a> Line<'a> {
-    pub fn of(req: &'a RequestHeader) -> Self {
+    fn of(req: &'a RequestHeader) -> Self {
         Line {
             method: req.method.as_str(),
             path: req.uri.path(),
@@ -199,15 +203,15 @@ impl<'a> Line<'a> {
     }
 
     /// A copy, for reading while the request's own map is edited.
-    pub fn owned(self) -> OwnedLine {
+    fn owned(self) -> OwnedLine {
         OwnedLine(self.method.to_owned(), self.path.to_owned())
     }
 }
 
-pub struct OwnedLine(String, String);
+struct OwnedLine(String, String);
 
 impl OwnedLine {
-    pub fn borrowed(&self) -> Line<'_> {
+    fn borrowed(&self) -> Line<'_> {
         Line {
             method: &self.0,
             path: &self.1,
