@@ -42,6 +42,21 @@ ensure_envoy() {
     export ENVOY="$ENVOY_VENV/bin/envoy"
 }
 
+# Node, the browser-test packages (an OpenID provider, Playwright, jose;
+# versions pinned by conformance/browser/package-lock.json) and Chromium.
+ensure_browser_tests() {
+    # Node may come from elsewhere (NodeSource's nodejs carries npm and
+    # conflicts with Debian's npm package).
+    command -v npm >/dev/null || ensure_apt nodejs npm
+    ensure_apt chromium
+    local dir="$ROOT/conformance/browser"
+    if ! cmp -s "$dir/package-lock.json" "$dir/node_modules/.package-lock.json.installed" 2>/dev/null; then
+        log "npm ci (conformance/browser)"
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+        cp "$dir/package-lock.json" "$dir/node_modules/.package-lock.json.installed"
+    fi
+}
+
 ensure_rust() {
     command -v cargo >/dev/null || { echo "Rust is required: https://rustup.rs" >&2; exit 1; }
 }

@@ -120,9 +120,20 @@ impl Proc {
 
     /// [`Proc::spawn`] with more environment variables.
     pub fn spawn_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(bin(name))
-            .args(args)
-            .envs(env.iter().copied())
+        Self::spawn_command(
+            name,
+            Command::new(bin(name)).args(args).envs(env.iter().copied()),
+        )
+    }
+
+    /// Any program (a Node script, a server from a package), with its
+    /// output collected as the project's binaries' is.
+    pub fn spawn_program(program: &str, args: &[&str], dir: &Path) -> Self {
+        Self::spawn_command(program, Command::new(program).args(args).current_dir(dir))
+    }
+
+    fn spawn_command(name: &str, command: &mut Command) -> Self {
+        let mut child = command
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

@@ -12,6 +12,7 @@
 //! | room          | role                                                      |
 //! |---------------|-----------------------------------------------------------|
 //! | [`auth`]      | visitor identities (bearer JWTs) and access rules: pure   |
+//! | [`idp`]       | identity providers: JWK sets by URL, OIDC sign-in          |
 //! | [`routing`]   | host names, preview URLs, custom-domain rules, upstream protocols: pure |
 //! | [`tls`]       | visitor certificates, chosen by SNI                       |
 //! | [`config`]    | YAML → validated config, sidecar token hashes             |
@@ -25,6 +26,7 @@
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod idp;
 pub mod reload;
 pub mod routing;
 pub mod server;

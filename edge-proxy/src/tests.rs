@@ -7,16 +7,20 @@ use std::path::Path;
 /// Each room and the rooms it may use (see the table in `lib.rs`).
 const ROOMS: &[(&str, &[&str])] = &[
     ("auth", &[]),
+    ("idp", &["auth"]),
     ("routing", &["auth"]),
     ("tls", &[]),
-    ("config", &["auth", "routing", "tls"]),
+    ("config", &["auth", "idp", "routing", "tls"]),
     ("tunnel", &["auth", "routing", "tls", "config"]),
-    ("http", &["auth", "routing", "tls", "config", "tunnel"]),
+    (
+        "http",
+        &["auth", "idp", "routing", "tls", "config", "tunnel"],
+    ),
     ("reload", &["auth", "routing", "tls", "config", "tunnel"]),
     (
         "server",
         &[
-            "auth", "routing", "tls", "config", "tunnel", "http", "reload",
+            "auth", "idp", "routing", "tls", "config", "tunnel", "http", "reload",
         ],
     ),
 ];

@@ -264,6 +264,32 @@ fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Respo
         .unwrap()
 }
 
+/// `%XX` and `+` decoded (a query value).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
     req.uri().query()?.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
@@ -412,6 +438,18 @@ async fn handle(
                 "application/json",
                 serde_json::Value::Object(map).to_string(),
             )
+        }
+        // `/set-cookie?name=value;+attributes` (percent-encoded, repeatable
+        // as `&`-separated values): a service setting cookies.
+        ("GET", "/set-cookie") => {
+            let mut resp = full(StatusCode::OK, "text/plain", "cookies set\n");
+            for value in req.uri().query().unwrap_or("").split('&') {
+                let value = percent_decode(value);
+                if let Ok(v) = hyper::header::HeaderValue::from_str(&value) {
+                    resp.headers_mut().append(hyper::header::SET_COOKIE, v);
+                }
+            }
+            resp
         }
         ("GET", "/stats") => {
             let json = serde_json::json!({

@@ -112,3 +112,27 @@ pub fn secret(bytes: &[u8]) -> Result<Key, String> {
         key: DecodingKey::from_secret(secret),
     })
 }
+
+/// An issuer's current keys: fixed (from files), or replaced as a JWKS
+/// fetched by URL changes (by the `idp` room; a failed fetch keeps the
+/// keys it had).
+#[derive(Debug, Default)]
+pub struct KeyRing {
+    keys: arc_swap::ArcSwap<Vec<Key>>,
+}
+
+impl KeyRing {
+    pub fn new(keys: Vec<Key>) -> Self {
+        KeyRing {
+            keys: arc_swap::ArcSwap::from_pointee(keys),
+        }
+    }
+
+    pub fn current(&self) -> arc_swap::Guard<std::sync::Arc<Vec<Key>>> {
+        self.keys.load()
+    }
+
+    pub fn replace(&self, keys: Vec<Key>) {
+        self.keys.store(std::sync::Arc::new(keys));
+    }
+}

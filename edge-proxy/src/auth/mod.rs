@@ -11,12 +11,13 @@
 //! The bottom room: uses no other.
 
 pub mod access;
+pub mod cache;
 pub mod keys;
+pub mod session;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -26,8 +27,6 @@ pub use access::{Access, Allow, Level};
 
 /// Bearer tokens longer than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 8 << 10;
-/// Verified tokens remembered, per config.
-pub const CACHE_ENTRIES: usize = 4096;
 /// Clock skew allowed on `exp` and `nbf` when an issuer sets none.
 pub const DEFAULT_LEEWAY_SECS: u64 = 30;
 /// The most an issuer may allow.
@@ -58,7 +57,7 @@ pub const X_AUTH_REQUEST_GROUPS: http::HeaderName =
 
 /// `X-Auth-Request-User`, `-Email`, `-Groups` for an identity (a value
 /// that is not a valid header value is left out).
-fn service_headers(
+pub(crate) fn service_headers(
     subject: &str,
     email: Option<&str>,
     groups: &[String],
@@ -82,7 +81,9 @@ fn service_headers(
 pub struct Issuer {
     /// `iss` as the tokens carry it.
     pub issuer: String,
-    pub keys: Vec<keys::Key>,
+    pub keys: Arc<keys::KeyRing>,
+    /// The keys come from a JWKS URL (refreshed by the `idp` room).
+    pub remote: bool,
     pub validation: Validation,
     /// Claim names for the identity.
     pub email_claim: String,
@@ -93,7 +94,7 @@ impl std::fmt::Debug for Issuer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Issuer")
             .field("issuer", &self.issuer)
-            .field("keys", &self.keys.len())
+            .field("keys", &self.keys.current().len())
             .field("algorithms", &self.validation.algorithms)
             .finish()
     }
@@ -130,17 +131,12 @@ pub enum TokenError {
 #[derive(Debug)]
 pub struct Verifier {
     issuers: Vec<Issuer>,
-    cache: Mutex<HashMap<Box<str>, Cached, foldhash::fast::FixedState>>,
+    /// Verified tokens, until `exp` plus the leeway.
+    cache: cache::Cache<Arc<Identity>>,
 }
 
-#[derive(Debug, Clone)]
-struct Cached {
-    identity: Arc<Identity>,
-    /// Accepted until this time (unix seconds): `exp` plus the leeway.
-    until: u64,
-}
-
-fn now() -> u64 {
+/// Unix seconds.
+pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -150,7 +146,7 @@ impl Verifier {
     pub fn new(issuers: Vec<Issuer>) -> Self {
         Verifier {
             issuers,
-            cache: Mutex::new(HashMap::default()),
+            cache: cache::Cache::default(),
         }
     }
 
@@ -160,43 +156,13 @@ impl Verifier {
             return Err(TokenError::TooLarge);
         }
         let now = now();
-        if let Some(hit) = self.cached(token, now) {
+        if let Some(hit) = self.cache.get(token, now) {
             return Ok(hit);
         }
         let (identity, until) = self.verify_uncached(token)?;
         let identity = Arc::new(identity);
-        self.remember(token, &identity, until, now);
+        self.cache.insert(token, identity.clone(), until, now);
         Ok(identity)
-    }
-
-    fn cached(&self, token: &str, now: u64) -> Option<Arc<Identity>> {
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = cache.get(token)?;
-        if entry.until >= now {
-            return Some(entry.identity.clone());
-        }
-        cache.remove(token);
-        None
-    }
-
-    /// Bounded: when full, expired entries go; if none did, everything
-    /// does (a flood of distinct valid tokens costs verification, never
-    /// memory).
-    fn remember(&self, token: &str, identity: &Arc<Identity>, until: u64, now: u64) {
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= CACHE_ENTRIES {
-            cache.retain(|_, e| e.until >= now);
-            if cache.len() >= CACHE_ENTRIES {
-                cache.clear();
-            }
-        }
-        cache.insert(
-            token.into(),
-            Cached {
-                identity: identity.clone(),
-                until,
-            },
-        );
     }
 
     fn verify_uncached(&self, token: &str) -> Result<(Identity, u64), TokenError> {
@@ -214,7 +180,8 @@ impl Verifier {
             // key's family: this token's alone (allowed, checked above).
             let mut validation = issuer.validation.clone();
             validation.algorithms = vec![header.alg];
-            let keys = issuer.keys.iter().filter(|k| k.fits(header.alg));
+            let ring = issuer.keys.current();
+            let keys = ring.iter().filter(|k| k.fits(header.alg));
             for key in keys.filter(|k| header.kid.is_none() || k.kid == header.kid) {
                 match decode(token, &key.key, &validation) {
                     Ok(claims) => return issuer.identity(claims),

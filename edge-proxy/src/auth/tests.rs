@@ -29,7 +29,8 @@ fn signing_key(alg: Algorithm, file: &str) -> EncodingKey {
 fn issuer(algorithms: &[Algorithm], keys: Vec<keys::Key>) -> Issuer {
     Issuer {
         issuer: ISS.into(),
-        keys,
+        keys: Arc::new(keys::KeyRing::new(keys)),
+        remote: false,
         validation: validation(ISS, algorithms.to_vec(), &[AUD.into()], DEFAULT_LEEWAY_SECS),
         email_claim: "email".into(),
         groups_claim: "groups".into(),
@@ -284,13 +285,13 @@ fn the_cache_is_bounded_and_keeps_identities() {
         "the second verification is the cached one"
     );
     let key = signing_key(Algorithm::HS256, "");
-    for i in 0..CACHE_ENTRIES + 10 {
+    for i in 0..cache::CACHE_ENTRIES + 10 {
         let mut c = claims();
         c["sub"] = json!(format!("u-{i}"));
         v.verify(&encode(&Header::new(Algorithm::HS256), &c, &key).unwrap())
             .unwrap();
     }
-    assert!(v.cache.lock().unwrap().len() <= CACHE_ENTRIES);
+    assert!(v.cache.entries() <= cache::CACHE_ENTRIES);
 }
 
 #[test]

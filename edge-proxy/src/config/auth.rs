@@ -9,7 +9,38 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::auth::session::Sealer;
 use crate::auth::{self, keys, Access, Allow, Issuer, Level, Verifier};
+use crate::idp::{self, Provider, RemoteKeys};
+
+/// Browser sign-in, validated.
+#[derive(Debug)]
+pub struct Login {
+    pub provider: Arc<Provider>,
+    /// The sign-in host's URL (scheme, host, port; no path).
+    pub url: String,
+    /// Its host name, normalized.
+    pub host: String,
+    /// `<url>/.edge/callback`, as registered with the provider.
+    pub redirect_uri: String,
+}
+
+/// The edge's own cookies.
+#[derive(Debug)]
+pub struct SessionSettings {
+    pub sealer: Sealer,
+    pub lifetime: Duration,
+    pub idle: Duration,
+    pub cookie: String,
+    /// The cookie that holds a sign-in in progress.
+    pub login_cookie: String,
+    /// Cookies already opened, until they lapse.
+    pub cache: auth::cache::Cache<Arc<auth::session::Opened>>,
+}
+
+pub const DEFAULT_SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(2 * 3600);
+pub const DEFAULT_SESSION_COOKIE: &str = "_preview_session";
 
 /// The YAML as written.
 pub mod raw {
@@ -18,9 +49,47 @@ pub mod raw {
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct Auth {
+        #[serde(default)]
         pub issuers: Vec<Issuer>,
+        pub login: Option<Login>,
+        #[serde(default)]
+        pub session: Session,
         #[serde(default)]
         pub access: AccessTable,
+    }
+
+    /// Browser sign-in with an OpenID provider.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Login {
+        /// The provider's issuer URL (discovery at
+        /// `<issuer>/.well-known/openid-configuration`).
+        pub issuer: String,
+        pub client_id: String,
+        /// Without one, a public client (PKCE alone).
+        pub client_secret_file: Option<String>,
+        /// The sign-in host's public URL (`https://auth.preview.example.com`):
+        /// the callback is `<url>/.edge/callback`.
+        pub url: String,
+        pub scopes: Option<Vec<String>>,
+        #[serde(default)]
+        pub claims: Claims,
+        /// Extra CA certificates to trust for the provider (PEM).
+        pub ca_file: Option<String>,
+        pub leeway: Option<String>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Session {
+        /// At least 32 random bytes, the same on every replica. Without
+        /// one, a secret made at start (sign-ins end with the process).
+        pub secret_file: Option<String>,
+        /// A sign-in ends this long after it began.
+        pub lifetime: Option<String>,
+        /// ... or this long after its last use.
+        pub idle: Option<String>,
+        pub cookie: Option<String>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -32,6 +101,10 @@ pub mod raw {
         /// Public-key files: PEM, a JWK or a JWK set.
         #[serde(default)]
         pub keys: Vec<String>,
+        /// A JWK set fetched by URL (refreshed; served stale when the
+        /// issuer is down).
+        pub jwks_url: Option<String>,
+        pub jwks_refresh: Option<String>,
         /// An HMAC secret's file (HS256/384/512).
         pub secret_file: Option<String>,
         #[serde(default)]
@@ -85,6 +158,13 @@ pub mod raw {
 #[derive(Debug)]
 pub struct AuthSettings {
     pub verifier: Verifier,
+    /// The issuers' JWK sets fetched by URL.
+    pub remote_keys: Vec<Arc<RemoteKeys>>,
+    /// For providers' JWK sets, discovery and code exchanges.
+    pub http: reqwest::Client,
+    /// Browser sign-in (`None`: bearer tokens only).
+    pub login: Option<Login>,
+    pub session: SessionSettings,
     /// For requests no more specific rule covers.
     pub default: Arc<Access>,
     pub environments: HashMap<String, Arc<Access>>,
@@ -97,12 +177,36 @@ pub fn validate(
     base: &Path,
     problems: &mut Vec<String>,
 ) -> Arc<AuthSettings> {
-    if raw.issuers.is_empty() {
-        problems.push("auth.issuers: give at least one issuer".into());
+    if raw.issuers.is_empty() && raw.login.is_none() {
+        problems.push("auth: give issuers (bearer tokens), login (browser sign-in) or both".into());
     }
+    let ca = raw
+        .login
+        .as_ref()
+        .and_then(|l| l.ca_file.as_ref())
+        .and_then(|file| {
+            std::fs::read(base.join(file))
+                .map_err(|e| problems.push(format!("auth.login.ca_file: cannot read {file}: {e}")))
+                .ok()
+        });
+    let http = idp::client(ca.as_deref()).unwrap_or_else(|e| {
+        problems.push(format!("auth.login.ca_file: {e}"));
+        reqwest::Client::new()
+    });
+    let mut remote_keys = Vec::new();
     let issuers = (raw.issuers.iter().enumerate())
-        .filter_map(|(i, r)| issuer(r, &format!("auth.issuers[{i}]"), base, problems))
+        .filter_map(|(i, r)| {
+            issuer(
+                r,
+                &format!("auth.issuers[{i}]"),
+                base,
+                &mut remote_keys,
+                problems,
+            )
+        })
         .collect();
+    let session = session(&raw.session, base, problems);
+    let login = (raw.login.as_ref()).and_then(|l| login(l, base, http.clone(), problems));
     let default = match &raw.access.default {
         Some(a) => access(a, "auth.access.default", problems),
         None => Access {
@@ -123,6 +227,10 @@ pub fn validate(
     }
     Arc::new(AuthSettings {
         verifier: Verifier::new(issuers),
+        remote_keys,
+        http,
+        login,
+        session,
         default: Arc::new(default),
         environments: by_env,
     })
@@ -132,6 +240,7 @@ fn issuer(
     raw: &raw::Issuer,
     path: &str,
     base: &Path,
+    remote_keys: &mut Vec<Arc<RemoteKeys>>,
     problems: &mut Vec<String>,
 ) -> Option<Issuer> {
     let before = problems.len();
@@ -174,15 +283,48 @@ fn issuer(
             Err(e) => problems.push(format!("{at}: cannot read {file}: {e}")),
         }
     }
-    if raw.keys.is_empty() && raw.secret_file.is_none() {
+    let remote = raw.jwks_url.as_ref().map(|url| {
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            problems.push(format!("{path}.jwks_url: {url:?} is not an http(s) URL"));
+        }
+        let refresh = yaml_config::duration(
+            &raw.jwks_refresh,
+            &format!("{path}.jwks_refresh"),
+            idp::DEFAULT_JWKS_REFRESH,
+            problems,
+        );
+        if refresh < idp::MIN_JWKS_INTERVAL {
+            problems.push(format!(
+                "{path}.jwks_refresh: at least {:?}",
+                idp::MIN_JWKS_INTERVAL
+            ));
+        }
+        Arc::new(RemoteKeys::new(
+            Some(url.clone()),
+            refresh,
+            idp::MIN_JWKS_INTERVAL,
+        ))
+    });
+    if raw.keys.is_empty() && raw.secret_file.is_none() && remote.is_none() {
         problems.push(format!(
-            "{path}: give keys (public-key files) or secret_file"
+            "{path}: give keys (public-key files), jwks_url or secret_file"
+        ));
+    }
+    if remote.is_some() && !(raw.keys.is_empty() && raw.secret_file.is_none()) {
+        problems.push(format!(
+            "{path}: jwks_url replaces keys and secret_file: give one source"
         ));
     }
     // Every algorithm needs a key of its family, and every key an
     // algorithm: an HMAC algorithm beside only public keys would be the
     // classic confusion, and is refused here as well as at verification.
+    // (A fetched set is checked per token: its keys come and go.)
     for a in &algorithms {
+        if remote.is_some() && a.family() == keys::Family::Hmac {
+            problems.push(format!(
+                "{path}.algorithms: {a:?} needs a secret_file, never keys from a URL"
+            ));
+        }
         if !keys.is_empty() && !keys.iter().any(|k| k.fits(*a)) {
             problems.push(format!(
                 "{path}.algorithms: {a:?} has no key of its family among the issuer's keys"
@@ -204,13 +346,191 @@ fn issuer(
     if problems.len() > before || algorithms.is_empty() {
         return None;
     }
+    let ring = match &remote {
+        Some(r) => r.ring.clone(),
+        None => Arc::new(keys::KeyRing::new(keys)),
+    };
+    remote_keys.extend(remote.iter().cloned());
     Some(Issuer {
         issuer: raw.issuer.clone(),
-        keys,
+        keys: ring,
+        remote: remote.is_some(),
         validation: auth::validation(&raw.issuer, algorithms, &raw.audiences, leeway.as_secs()),
         email_claim: raw.claims.email.clone().unwrap_or_else(|| "email".into()),
         groups_claim: raw.claims.groups.clone().unwrap_or_else(|| "groups".into()),
     })
+}
+
+/// `auth.login:` → the provider and the sign-in host.
+fn login(
+    raw: &raw::Login,
+    base: &Path,
+    http: reqwest::Client,
+    problems: &mut Vec<String>,
+) -> Option<Login> {
+    let before = problems.len();
+    let path = "auth.login";
+    let issuer = raw.issuer.trim_end_matches('/').to_owned();
+    if !(issuer.starts_with("https://") || issuer.starts_with("http://")) {
+        problems.push(format!("{path}.issuer: {issuer:?} is not an http(s) URL"));
+    }
+    if raw.client_id.is_empty() {
+        problems.push(format!("{path}.client_id: must not be empty"));
+    }
+    let secret = raw.client_secret_file.as_ref().and_then(|file| {
+        match std::fs::read_to_string(base.join(file)) {
+            Ok(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+            Ok(_) => {
+                problems.push(format!("{path}.client_secret_file: {file} is empty"));
+                None
+            }
+            Err(e) => {
+                problems.push(format!(
+                    "{path}.client_secret_file: cannot read {file}: {e}"
+                ));
+                None
+            }
+        }
+    });
+    let url = raw.url.trim_end_matches('/').to_owned();
+    let host = match url::Url::parse(&url) {
+        Ok(u)
+            if matches!(u.scheme(), "http" | "https") && u.path() == "/" && u.query().is_none() =>
+        {
+            u.host_str().map(str::to_ascii_lowercase)
+        }
+        _ => None,
+    };
+    if host.is_none() {
+        problems.push(format!(
+            "{path}.url: {url:?} is not a sign-in host's URL (https://auth.preview.example.com)"
+        ));
+    }
+    let scopes = raw
+        .scopes
+        .clone()
+        .unwrap_or_else(|| vec!["openid".into(), "email".into(), "profile".into()]);
+    if !scopes.iter().any(|s| s == "openid") {
+        problems.push(format!("{path}.scopes: must include openid"));
+    }
+    let leeway = yaml_config::duration(
+        &raw.leeway,
+        &format!("{path}.leeway"),
+        Duration::from_secs(auth::DEFAULT_LEEWAY_SECS),
+        problems,
+    );
+    if problems.len() > before {
+        return None;
+    }
+    let keys = Arc::new(RemoteKeys::new(
+        None,
+        idp::DEFAULT_JWKS_REFRESH,
+        idp::MIN_JWKS_INTERVAL,
+    ));
+    // ID tokens: signed with the provider's published keys (never HMAC),
+    // for this client.
+    let algorithms = [
+        "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+    ]
+    .iter()
+    .map(|a| jsonwebtoken::Algorithm::from_str(a).expect("known algorithm"))
+    .collect();
+    let id_tokens = Issuer {
+        issuer: issuer.clone(),
+        keys: keys.ring.clone(),
+        remote: true,
+        validation: auth::validation(
+            &issuer,
+            algorithms,
+            std::slice::from_ref(&raw.client_id),
+            leeway.as_secs().min(auth::MAX_LEEWAY_SECS),
+        ),
+        email_claim: raw.claims.email.clone().unwrap_or_else(|| "email".into()),
+        groups_claim: raw.claims.groups.clone().unwrap_or_else(|| "groups".into()),
+    };
+    let provider = Provider::new(
+        issuer,
+        raw.client_id.clone(),
+        secret,
+        scopes.join(" "),
+        id_tokens,
+        keys,
+        http,
+    );
+    Some(Login {
+        provider: Arc::new(provider),
+        redirect_uri: format!("{url}/.edge/callback"),
+        url,
+        host: host?,
+    })
+}
+
+/// A secret made once per process, for sessions when none is configured
+/// (a config reload keeps everyone signed in).
+fn generated_secret() -> &'static [u8; 32] {
+    static SECRET: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    SECRET.get_or_init(|| {
+        let mut secret = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+            .expect("the system's random source works");
+        secret
+    })
+}
+
+/// `auth.session:` → the sealer and the cookie's lifetimes.
+fn session(raw: &raw::Session, base: &Path, problems: &mut Vec<String>) -> SessionSettings {
+    let path = "auth.session";
+    let secret = match &raw.secret_file {
+        Some(file) => match std::fs::read(base.join(file)) {
+            Ok(bytes) => {
+                let trimmed = bytes.trim_ascii();
+                if trimmed.len() < auth::session::MIN_SECRET_BYTES {
+                    problems.push(format!(
+                        "{path}.secret_file: {file} holds {} bytes; give at least {} random bytes (openssl rand -hex 32)",
+                        trimmed.len(),
+                        auth::session::MIN_SECRET_BYTES
+                    ));
+                }
+                trimmed.to_vec()
+            }
+            Err(e) => {
+                problems.push(format!("{path}.secret_file: cannot read {file}: {e}"));
+                Vec::new()
+            }
+        },
+        None => generated_secret().to_vec(),
+    };
+    let lifetime = yaml_config::duration(
+        &raw.lifetime,
+        &format!("{path}.lifetime"),
+        DEFAULT_SESSION_LIFETIME,
+        problems,
+    );
+    let idle = yaml_config::duration(
+        &raw.idle,
+        &format!("{path}.idle"),
+        DEFAULT_SESSION_IDLE.min(lifetime),
+        problems,
+    );
+    if idle.is_zero() || lifetime.is_zero() {
+        problems.push(format!("{path}: lifetime and idle must be more than zero"));
+    }
+    let cookie = raw
+        .cookie
+        .clone()
+        .unwrap_or_else(|| DEFAULT_SESSION_COOKIE.into());
+    let token_char = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if cookie.is_empty() || !cookie.chars().all(token_char) {
+        problems.push(format!("{path}.cookie: {cookie:?} is not a cookie name"));
+    }
+    SessionSettings {
+        sealer: Sealer::new(&secret),
+        lifetime,
+        idle,
+        login_cookie: format!("{cookie}_login"),
+        cookie,
+        cache: Default::default(),
+    }
 }
 
 /// An `access:` value at `path`.

@@ -1,6 +1,7 @@
 //! Visitor authentication through the request context: after routing, the
-//! bearer token (if any) is verified and the route's access rule decides
-//! ([`check`]); on the way upstream the visitor's credentials and any
+//! bearer token (if any) is verified, else the session cookie is read, and
+//! the route's access rule decides ([`check`]); on the way upstream the
+//! visitor's credentials (its `Authorization`, the edge's cookies) and any
 //! identity headers it sent are removed and the edge's own are added
 //! ([`to_service`]).
 //!
@@ -13,24 +14,35 @@ use pingora_proxy::Session;
 
 use super::context::RequestCtx;
 use super::failure::{ErrorKind, Failure};
+use super::login;
 use crate::auth::access::Decision;
+use crate::auth::session::Revocations;
 use crate::config::EdgeConfig;
 
 /// Identity headers a visitor sends are removed, so they cannot be spoofed.
 const SPOOFABLE_PREFIX: &str = "x-auth-request-";
 
-/// Verifies the request's bearer token, if any, and applies the target's
-/// access rule. A token that fails is refused even on a public route (the
-/// visitor meant to be someone).
-pub fn check(session: &Session, ctx: &mut RequestCtx, config: &EdgeConfig) -> Result<(), Failure> {
+/// Verifies the request's bearer token, if any, else reads its session
+/// cookie, and applies the target's access rule. A token that fails is
+/// refused even on a public route (the visitor meant to be someone); a
+/// cookie that fails counts as none (the browser is sent to sign in).
+pub async fn check(
+    session: &Session,
+    ctx: &mut RequestCtx,
+    config: &EdgeConfig,
+    revocations: &Revocations,
+) -> Result<(), Failure> {
     let (Some(auth), Some(access)) = (
         config.auth.as_ref(),
         ctx.target.as_ref().and_then(|t| t.access.clone()),
     ) else {
         return Ok(());
     };
-    if let Some(token) = bearer(session.req_header())? {
-        match auth.verifier.verify(token) {
+    let req = session.req_header();
+    if let Some(token) = bearer(req)? {
+        let verified =
+            crate::idp::verify(&auth.verifier, &auth.remote_keys, &auth.http, token).await;
+        match verified {
             Ok(identity) => ctx.identity = Some(identity),
             Err(e) => {
                 return Err(Failure {
@@ -39,6 +51,8 @@ pub fn check(session: &Session, ctx: &mut RequestCtx, config: &EdgeConfig) -> Re
                 })
             }
         }
+    } else if auth.login.is_some() {
+        ctx.identity = login::identity(req, ctx, &auth.session, revocations);
     }
     match access.decide(ctx.identity.as_deref()) {
         Decision::Allow => Ok(()),
@@ -81,7 +95,7 @@ fn bearer(req: &RequestHeader) -> Result<Option<&str>, Failure> {
 /// What the service learns about the visitor: the visitor's own
 /// `Authorization` is removed unless the route passes it on, identity
 /// headers the visitor sent are removed, and the edge's are added.
-pub fn to_service(upstream: &mut RequestHeader, ctx: &RequestCtx) {
+pub fn to_service(upstream: &mut RequestHeader, ctx: &RequestCtx, config: &EdgeConfig) {
     // An access rule is in force exactly when `auth:` is configured.
     let Some(access) = ctx.target.as_ref().and_then(|t| t.access.as_ref()) else {
         return;
@@ -96,6 +110,9 @@ pub fn to_service(upstream: &mut RequestHeader, ctx: &RequestCtx) {
         .collect();
     for name in &spoofed {
         let _ = upstream.remove_header(name);
+    }
+    if let Some(auth) = config.auth.as_ref().filter(|a| a.login.is_some()) {
+        login::strip_own_cookies(upstream, &auth.session);
     }
     if let Some(who) = &ctx.identity {
         for (name, value) in &who.headers {

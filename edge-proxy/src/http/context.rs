@@ -42,8 +42,11 @@ pub struct RequestCtx {
     pub target: Option<Target>,
     /// Why the edge answered itself, when it did.
     pub failure: Option<Failure>,
-    /// The visitor, when a bearer token proved who they are.
+    /// The visitor, when a bearer token or a session cookie proved who
+    /// they are.
     pub identity: Option<Arc<crate::auth::Identity>>,
+    /// A session cookie to write on the response (its sliding refresh).
+    pub set_cookie: Option<String>,
     /// The route's wasm filter's stream, from the request side on (ended
     /// when the context is dropped).
     pub wasm: Option<wasm_host::PooledStream>,
@@ -78,6 +81,7 @@ impl RequestCtx {
             failure: None,
             wasm: None,
             identity: None,
+            set_cookie: None,
             _in_flight: InFlight::new(in_flight),
         }
     }

@@ -113,6 +113,55 @@ fn challenge(failure: &Failure) -> Option<String> {
     }
 }
 
+/// A response of the edge's own: a redirect or a short page, with cookies.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub location: Option<String>,
+    pub cookies: Vec<String>,
+    pub page: Option<&'static str>,
+}
+
+pub fn redirect_reply(location: String, cookies: Vec<String>) -> Reply {
+    Reply {
+        status: 302,
+        location: Some(location),
+        cookies,
+        page: None,
+    }
+}
+
+/// Writes one of the edge's own responses (sign-in redirects, the
+/// signed-out page), never cached.
+pub async fn own_response(session: &mut Session, reply: &Reply, request_id: &str) {
+    let Ok(mut header) = ResponseHeader::build(reply.status, Some(6)) else {
+        return;
+    };
+    if let Some(location) = &reply.location {
+        let _ = header.insert_header("location", location);
+    }
+    for cookie in &reply.cookies {
+        let _ = header.append_header("set-cookie", cookie);
+    }
+    let body = reply.page.unwrap_or("");
+    if !body.is_empty() {
+        let _ = header.insert_header("content-type", "text/html; charset=utf-8");
+    }
+    let _ = header.insert_header("content-length", body.len().to_string());
+    let _ = header.insert_header("cache-control", "no-store");
+    let _ = header.insert_header("x-request-id", request_id);
+    if session
+        .write_response_header(Box::new(header), body.is_empty())
+        .await
+        .is_ok()
+        && !body.is_empty()
+    {
+        let _ = session
+            .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
+            .await;
+    }
+}
+
 /// Writes a 308 Permanent Redirect to `location`.
 pub async fn redirect(session: &mut Session, location: &str, request_id: &str) {
     let Ok(mut header) = ResponseHeader::build(308, Some(4)) else {

@@ -26,6 +26,8 @@ pub enum ErrorKind {
     UpstreamError,
     /// The route's wasm filter crashed, ran too long or grew too large.
     FilterFailed,
+    /// The identity provider could not be reached or refused a sign-in.
+    IdentityProvider,
     Internal,
 }
 
@@ -37,7 +39,7 @@ impl ErrorKind {
             Self::Forbidden => 403,
             Self::RouteNotFound => 404,
             Self::TunnelUnavailable => 503,
-            Self::UpstreamUnreachable | Self::UpstreamError => 502,
+            Self::UpstreamUnreachable | Self::UpstreamError | Self::IdentityProvider => 502,
             Self::UpstreamTimeout => 504,
             Self::FilterFailed | Self::Internal => 500,
         }
@@ -55,6 +57,7 @@ impl ErrorKind {
             Self::UpstreamTimeout => "UPSTREAM_TIMEOUT",
             Self::UpstreamError => "UPSTREAM_ERROR",
             Self::FilterFailed => "FILTER_FAILED",
+            Self::IdentityProvider => "IDENTITY_PROVIDER_ERROR",
             Self::Internal => "INTERNAL",
         }
     }
@@ -69,7 +72,8 @@ impl ErrorKind {
             Self::TunnelUnavailable
             | Self::UpstreamUnreachable
             | Self::UpstreamError
-            | Self::UpstreamTimeout => 14, // UNAVAILABLE
+            | Self::UpstreamTimeout
+            | Self::IdentityProvider => 14, // UNAVAILABLE
             Self::BadRequest | Self::FilterFailed | Self::Internal => 13, // INTERNAL
         }
     }
@@ -77,7 +81,7 @@ impl ErrorKind {
     fn default_message(self) -> &'static str {
         match self {
             Self::BadRequest => "the request is malformed",
-            Self::Unauthenticated => "this preview needs a sign-in: send a bearer token",
+            Self::Unauthenticated => "this preview needs a sign-in: send a bearer token or sign in",
             Self::InvalidToken => "the bearer token was refused",
             Self::Forbidden => "this identity may not use this preview",
             Self::RouteNotFound => "no route for this host",
@@ -86,6 +90,7 @@ impl ErrorKind {
             Self::UpstreamTimeout => "the service did not answer in time",
             Self::UpstreamError => "the service's response was invalid or cut short",
             Self::FilterFailed => "the route's filter failed on this request",
+            Self::IdentityProvider => "the identity provider could not be reached",
             Self::Internal => "internal error",
         }
     }

@@ -17,6 +17,7 @@ pub mod errors;
 pub mod failure;
 pub mod forwarding;
 pub mod https;
+pub mod login;
 pub mod phases;
 pub mod policy;
 pub mod route;

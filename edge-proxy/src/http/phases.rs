@@ -6,7 +6,10 @@
 //!    apply the visitor settings to its connection, redirect plain HTTP to
 //!    HTTPS, route it ([`route::resolve`]), answer a CORS preflight if the
 //!    header policy says so ([`policy::preflight`]), check the visitor's
-//!    bearer token against the target's access rule ([`auth::check`]);
+//!    bearer token or session cookie against the target's access rule
+//!    ([`auth::check`]), sending a browser that needs one to sign in
+//!    ([`login`], which also answers the edge's own `/.edge/` paths before
+//!    routing);
 //!    on a route with a wasm filter, the policy's request edits and the
 //!    filter's request side ([`wasm::on_request`]), which may answer.
 //!    Limits join here, after learning and around routing.
@@ -38,7 +41,8 @@ use super::context::RequestCtx;
 use super::errors;
 use super::failure::{self, Failure};
 use super::visitor::HeadDeadline;
-use super::{auth, forwarding, https, policy, route, wasm};
+use super::{auth, forwarding, https, login, policy, route, wasm};
+use crate::auth::session::Revocations;
 use crate::config::{EdgeConfig, VisitorSettings};
 use crate::tunnel::connector::TunnelConnector;
 use crate::tunnel::registry::TunnelRegistry;
@@ -51,6 +55,9 @@ pub struct EdgeProxy {
     pub in_flight: Arc<AtomicUsize>,
     /// The bound HTTPS port, for redirects (`None`: no HTTPS listener).
     pub https_port: Option<u16>,
+    /// Sign-ins ended by logout and sign-in tickets used (kept across
+    /// config reloads).
+    pub revocations: Arc<Revocations>,
 }
 
 /// A header value HTTP/2 sends as a literal "never indexed": a value unique
@@ -112,6 +119,10 @@ impl ProxyHttp for EdgeProxy {
                 return Ok(true);
             }
         }
+        if login::endpoint(session, ctx, &config, &self.revocations).await {
+            return Ok(true);
+        }
+        let host = ctx.host.name().unwrap_or_default(); // an error was answered above
         match route::resolve(host, session.req_header(), &config, &self.registry) {
             Ok(target) => {
                 ctx.target = Some(target);
@@ -119,7 +130,14 @@ impl ProxyHttp for EdgeProxy {
                     policy::answer(session, &answer, &ctx.id).await;
                     return Ok(true);
                 }
-                if let Err(failure) = auth::check(session, ctx, &config) {
+                if let Err(failure) = auth::check(session, ctx, &config, &self.revocations).await {
+                    let req = session.req_header();
+                    if let Some(location) = login::sign_in_redirect(req, ctx, &config, &failure) {
+                        let reply = errors::redirect_reply(location, Vec::new());
+                        errors::own_response(session, &reply, &ctx.id).await;
+                        ctx.failure = Some(failure);
+                        return Ok(true);
+                    }
                     return answer(session, failure, ctx).await;
                 }
                 if ctx.target.as_ref().is_some_and(|t| t.wasm.is_some()) {
@@ -202,7 +220,7 @@ impl ProxyHttp for EdgeProxy {
                 result = request.insert_header(name, value);
             }
         });
-        auth::to_service(request, ctx);
+        auth::to_service(request, ctx, &self.config.load());
         policy::on_request(session, request, ctx);
         result
     }
@@ -218,6 +236,14 @@ impl ProxyHttp for EdgeProxy {
             if let Some(value) = https::hsts(&self.config.load(), host) {
                 response.insert_header("strict-transport-security", value)?;
             }
+        }
+        if let Some(auth) = ctx.target.as_ref().and(self.config.load().auth.clone()) {
+            if auth.login.is_some() {
+                login::strip_tossed_cookies(response, &auth.session);
+            }
+        }
+        if let Some(cookie) = ctx.set_cookie.take() {
+            response.append_header(http::header::SET_COOKIE, cookie)?;
         }
         policy::on_response(session, response, ctx);
         wasm::on_response(session, response, ctx)

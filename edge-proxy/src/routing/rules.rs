@@ -106,6 +106,22 @@ impl RouteTable {
         self.rules.is_empty()
     }
 
+    /// Whether any rule names `host` (lowercase, no port), whatever the
+    /// path.
+    pub fn serves(&self, host: &str) -> bool {
+        if self.exact.contains_key(host) {
+            return true;
+        }
+        let mut rest = host;
+        while let Some((_, parent)) = rest.split_once('.') {
+            if self.wildcard.contains_key(parent) {
+                return true;
+            }
+            rest = parent;
+        }
+        false
+    }
+
     /// The first rule (in file order) matching `host` (lowercase, no port)
     /// and `path`.
     pub fn resolve(&self, host: &str, path: &str) -> Option<&RouteRule> {
