@@ -226,6 +226,48 @@ fn session_cookies_tickets_and_return_addresses_resist_tampering() {
     assert_eq!(service["x-auth-request-user"], "bob");
     assert_eq!(service["cookie"], "theme=dark; lang=en", "{service}");
 
+    // The identity token the edge signed verifies with jose against the
+    // keys the edge publishes, for this host only.
+    let token = service["x-preview-jwt-assertion"]
+        .as_str()
+        .expect("an identity token");
+    let (status, headers, jwks) = exchange(&login.stack, hello, "/.well-known/jwks.json", &[]);
+    assert_eq!(status, 200, "{jwks}");
+    assert_eq!(header(&headers, "content-type"), Some("application/json"));
+    let issuer = login.url("auth.preview.localhost", "");
+    let verify = |audience: &str| {
+        std::process::Command::new("node")
+            .args(["verify-jwt.mjs", token, &jwks, &issuer, audience])
+            .current_dir(browser_dir())
+            .output()
+            .unwrap()
+    };
+    let out = verify(hello);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let verified = json(String::from_utf8_lossy(&out.stdout).trim());
+    assert_eq!(verified["claims"]["sub"], "bob", "{verified}");
+    assert_eq!(verified["claims"]["email"], "bob@example.com");
+    let out = verify("docs.preview.localhost");
+    assert!(
+        !out.status.success(),
+        "a token for one preview is refused by another"
+    );
+    // A visitor cannot send its own.
+    let (_, _, body) = exchange(
+        &login.stack,
+        "open.preview.localhost",
+        "/headers",
+        &["-H", "X-Preview-Jwt-Assertion: forged"],
+    );
+    assert!(
+        json(&body).get("x-preview-jwt-assertion").is_none(),
+        "{body}"
+    );
+
     // Tampered, truncated, foreign, doubled: each refused.
     let mut tampered = value.clone().into_bytes();
     let i = tampered.len() / 2;

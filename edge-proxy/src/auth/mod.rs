@@ -11,6 +11,7 @@
 //! The bottom room: uses no other.
 
 pub mod access;
+pub mod assertion;
 pub mod cache;
 pub mod keys;
 pub mod session;

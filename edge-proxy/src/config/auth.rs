@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::auth::assertion::{Assertions, SigningKey};
 use crate::auth::session::Sealer;
 use crate::auth::{self, keys, Access, Allow, Issuer, Level, Verifier};
 use crate::idp::{self, Provider, RemoteKeys};
@@ -54,8 +55,29 @@ pub mod raw {
         pub login: Option<Login>,
         #[serde(default)]
         pub session: Session,
+        pub identity_token: Option<IdentityToken>,
         #[serde(default)]
         pub access: AccessTable,
+    }
+
+    /// `false`, or settings for the token the edge signs for services.
+    #[derive(Debug, Deserialize)]
+    #[serde(untagged)]
+    pub enum IdentityToken {
+        Switch(bool),
+        Settings(IdentityTokenSettings),
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct IdentityTokenSettings {
+        pub header: Option<String>,
+        pub issuer: Option<String>,
+        pub lifetime: Option<String>,
+        /// PKCS#8 P-256 private keys (PEM): the first signs, all are
+        /// published.
+        #[serde(default)]
+        pub keys: Vec<String>,
     }
 
     /// Browser sign-in with an OpenID provider.
@@ -165,6 +187,8 @@ pub struct AuthSettings {
     /// Browser sign-in (`None`: bearer tokens only).
     pub login: Option<Login>,
     pub session: SessionSettings,
+    /// The identity token services receive (`None`: turned off).
+    pub assertions: Option<Arc<Assertions>>,
     /// For requests no more specific rule covers.
     pub default: Arc<Access>,
     pub environments: HashMap<String, Arc<Access>>,
@@ -207,6 +231,7 @@ pub fn validate(
         .collect();
     let session = session(&raw.session, base, problems);
     let login = (raw.login.as_ref()).and_then(|l| login(l, base, http.clone(), problems));
+    let assertions = identity_token(raw.identity_token.as_ref(), login.as_ref(), base, problems);
     let default = match &raw.access.default {
         Some(a) => access(a, "auth.access.default", problems),
         None => Access {
@@ -231,6 +256,7 @@ pub fn validate(
         http,
         login,
         session,
+        assertions,
         default: Arc::new(default),
         environments: by_env,
     })
@@ -463,6 +489,62 @@ fn login(
         url,
         host: host?,
     })
+}
+
+pub const DEFAULT_IDENTITY_HEADER: &str = "x-preview-jwt-assertion";
+pub const DEFAULT_IDENTITY_LIFETIME: Duration = Duration::from_secs(300);
+
+/// `auth.identity_token:` → the signer (on unless `false`).
+fn identity_token(
+    raw: Option<&raw::IdentityToken>,
+    login: Option<&Login>,
+    base: &Path,
+    problems: &mut Vec<String>,
+) -> Option<Arc<Assertions>> {
+    let path = "auth.identity_token";
+    let default = raw::IdentityTokenSettings::default();
+    let settings = match raw {
+        Some(raw::IdentityToken::Switch(false)) => return None,
+        Some(raw::IdentityToken::Switch(true)) | None => &default,
+        Some(raw::IdentityToken::Settings(s)) => s,
+    };
+    let header = settings
+        .header
+        .as_deref()
+        .unwrap_or(DEFAULT_IDENTITY_HEADER);
+    let header = match http::HeaderName::from_bytes(header.as_bytes()) {
+        Ok(h) => h,
+        Err(_) => {
+            problems.push(format!("{path}.header: {header:?} is not a header name"));
+            return None;
+        }
+    };
+    let lifetime = yaml_config::duration(
+        &settings.lifetime,
+        &format!("{path}.lifetime"),
+        DEFAULT_IDENTITY_LIFETIME,
+        problems,
+    );
+    if lifetime < Duration::from_secs(10) || lifetime > Duration::from_secs(3600) {
+        problems.push(format!("{path}.lifetime: between 10s and 1h"));
+    }
+    let mut keys = Vec::new();
+    for (i, file) in settings.keys.iter().enumerate() {
+        match std::fs::read_to_string(base.join(file)) {
+            Ok(text) => match SigningKey::from_pem(&text) {
+                Ok(k) => keys.push(Arc::new(k)),
+                Err(e) => problems.push(format!("{path}.keys[{i}]: {file}: {e}")),
+            },
+            Err(e) => problems.push(format!("{path}.keys[{i}]: cannot read {file}: {e}")),
+        }
+    }
+    if settings.keys.is_empty() {
+        keys.push(SigningKey::generated());
+    }
+    let issuer = (settings.issuer.clone())
+        .or_else(|| login.map(|l| l.url.clone()))
+        .unwrap_or_else(|| "preview-edge".into());
+    (!keys.is_empty()).then(|| Arc::new(Assertions::new(header, issuer, lifetime.as_secs(), keys)))
 }
 
 /// A secret made once per process, for sessions when none is configured

@@ -119,4 +119,13 @@ pub fn to_service(upstream: &mut RequestHeader, ctx: &RequestCtx, config: &EdgeC
             let _ = upstream.insert_header(name.clone(), value.clone());
         }
     }
+    let assertions = config.auth.as_ref().and_then(|a| a.assertions.as_ref());
+    if let Some(assertions) = assertions {
+        // Never the visitor's own.
+        let _ = upstream.remove_header(&assertions.header);
+        if let (Some(who), Ok(host)) = (&ctx.identity, ctx.host.name()) {
+            let token = assertions.token(who, host, crate::auth::now());
+            let _ = upstream.insert_header(assertions.header.clone(), token);
+        }
+    }
 }

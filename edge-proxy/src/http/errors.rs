@@ -119,7 +119,10 @@ pub struct Reply {
     pub status: u16,
     pub location: Option<String>,
     pub cookies: Vec<String>,
-    pub page: Option<&'static str>,
+    /// Content type and body.
+    pub body: Option<(&'static str, Bytes)>,
+    /// `no-store` unless said otherwise.
+    pub cache_control: &'static str,
 }
 
 pub fn redirect_reply(location: String, cookies: Vec<String>) -> Reply {
@@ -127,12 +130,13 @@ pub fn redirect_reply(location: String, cookies: Vec<String>) -> Reply {
         status: 302,
         location: Some(location),
         cookies,
-        page: None,
+        body: None,
+        cache_control: "no-store",
     }
 }
 
 /// Writes one of the edge's own responses (sign-in redirects, the
-/// signed-out page), never cached.
+/// signed-out page, the identity token's keys).
 pub async fn own_response(session: &mut Session, reply: &Reply, request_id: &str) {
     let Ok(mut header) = ResponseHeader::build(reply.status, Some(6)) else {
         return;
@@ -143,12 +147,15 @@ pub async fn own_response(session: &mut Session, reply: &Reply, request_id: &str
     for cookie in &reply.cookies {
         let _ = header.append_header("set-cookie", cookie);
     }
-    let body = reply.page.unwrap_or("");
-    if !body.is_empty() {
-        let _ = header.insert_header("content-type", "text/html; charset=utf-8");
-    }
+    let body = match &reply.body {
+        Some((content_type, body)) => {
+            let _ = header.insert_header("content-type", *content_type);
+            body.clone()
+        }
+        None => Bytes::new(),
+    };
     let _ = header.insert_header("content-length", body.len().to_string());
-    let _ = header.insert_header("cache-control", "no-store");
+    let _ = header.insert_header("cache-control", reply.cache_control);
     let _ = header.insert_header("x-request-id", request_id);
     if session
         .write_response_header(Box::new(header), body.is_empty())
@@ -156,9 +163,7 @@ pub async fn own_response(session: &mut Session, reply: &Reply, request_id: &str
         .is_ok()
         && !body.is_empty()
     {
-        let _ = session
-            .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
-            .await;
+        let _ = session.write_response_body(Some(body), true).await;
     }
 }
 

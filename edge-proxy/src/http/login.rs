@@ -40,6 +40,8 @@ const LOGIN: &str = "/.edge/login";
 const CALLBACK: &str = "/.edge/callback";
 const SESSION: &str = "/.edge/session";
 const LOGOUT: &str = "/.edge/logout";
+/// The identity token's keys, on every host (with `auth:`).
+pub const JWKS: &str = "/.well-known/jwks.json";
 
 /// A sealed session bigger than this does not fit in a cookie next to
 /// the service's own.
@@ -193,10 +195,23 @@ pub async fn endpoint(
     let Some(auth) = config.auth.as_deref() else {
         return false;
     };
+    let path = session.req_header().uri.path();
+    if path == JWKS {
+        if let Some(assertions) = &auth.assertions {
+            let reply = Reply {
+                status: 200,
+                location: None,
+                cookies: Vec::new(),
+                body: Some(("application/json", assertions.jwks.clone())),
+                cache_control: "public, max-age=300",
+            };
+            errors::own_response(session, &reply, &ctx.id).await;
+            return true;
+        }
+    }
     let Some(login) = auth.login.as_ref() else {
         return false;
     };
-    let path = session.req_header().uri.path();
     if !path.starts_with(PREFIX) {
         return false;
     }
@@ -471,9 +486,13 @@ fn logout(
         status: 200,
         location: None,
         cookies: vec![cookie(&sessions.cookie, "", "/", 0, ctx.tls.is_some())],
-        page: Some(
-            "<!doctype html><title>Signed out</title><p>You are signed out of every preview.</p>\n",
-        ),
+        body: Some((
+            "text/html; charset=utf-8",
+            bytes::Bytes::from_static(
+                b"<!doctype html><title>Signed out</title><p>You are signed out of every preview.</p>\n",
+            ),
+        )),
+        cache_control: "no-store",
     }
 }
 
