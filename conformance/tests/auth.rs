@@ -279,3 +279,97 @@ fn issuer_configs_that_would_be_unsafe_are_refused() {
         "{err}"
     );
 }
+
+/// A JWK for a test key, with a key id.
+fn jwk(file: &str, alg: Algorithm, kid: &str) -> Value {
+    let pem = std::fs::read(keys_dir().join(file)).unwrap();
+    let key = match alg {
+        Algorithm::ES256 => EncodingKey::from_ec_pem(&pem).unwrap(),
+        _ => EncodingKey::from_rsa_pem(&pem).unwrap(),
+    };
+    let mut jwk =
+        serde_json::to_value(jsonwebtoken::jwk::Jwk::from_encoding_key(&key, alg).unwrap())
+            .unwrap();
+    jwk["kid"] = json!(kid);
+    jwk
+}
+
+fn token_with_kid(alg: Algorithm, key: &str, kid: &str, sub: &str) -> String {
+    let pem = std::fs::read(keys_dir().join(key)).unwrap();
+    let key = match alg {
+        Algorithm::ES256 => EncodingKey::from_ec_pem(&pem).unwrap(),
+        _ => EncodingKey::from_rsa_pem(&pem).unwrap(),
+    };
+    let mut header = Header::new(alg);
+    header.kid = Some(kid.into());
+    let mut claims = claims("a@example.com");
+    claims["sub"] = json!(sub);
+    encode(&header, &claims, &key).unwrap()
+}
+
+#[test]
+fn keys_from_a_jwks_url_are_fetched_refreshed_for_new_kids_and_kept_when_the_issuer_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = |keys: Vec<Value>| {
+        let tmp = dir.path().join("jwks.tmp");
+        std::fs::write(&tmp, json!({ "keys": keys }).to_string()).unwrap();
+        std::fs::rename(tmp, dir.path().join("jwks.json")).unwrap();
+    };
+    set(vec![jwk("ec.key", Algorithm::ES256, "k1")]);
+    // A real web server for the key set.
+    let mut server = conformance::Proc::spawn_program(
+        "python3",
+        &["-u", "-m", "http.server", "--bind", "127.0.0.1", "0"],
+        dir.path(),
+    );
+    let line = server.wait_line("Serving HTTP on", std::time::Duration::from_secs(10));
+    let port = line
+        .split("port ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let stack = Stack::start_with_edge_yaml(&format!(
+        r#"auth:
+  issuers:
+    - issuer: {ISS}
+      algorithms: [ES256, RS256]
+      jwks_url: http://127.0.0.1:{port}/jwks.json
+      jwks_refresh: 1s
+      audiences: [preview]
+"#
+    ));
+    let host = stack.preview_host();
+    let call = |t: &str| {
+        exchange(
+            &stack,
+            &host,
+            "/",
+            &["-H", &format!("Authorization: Bearer {t}")],
+        )
+    };
+    let (status, _, body) = call(&token_with_kid(Algorithm::ES256, "ec.key", "k1", "u1"));
+    assert_eq!(status, 200, "fetched on first use: {body}");
+
+    // A key the set does not have yet: refused, until the issuer publishes it.
+    let rotated = token_with_kid(Algorithm::RS256, "rsa.key", "k2", "u2");
+    let (status, _, body) = call(&rotated);
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("key id"), "{body}");
+    set(vec![
+        jwk("ec.key", Algorithm::ES256, "k1"),
+        jwk("rsa.key", Algorithm::RS256, "k2"),
+    ]);
+    // Refetches for unknown keys are spaced by a floor (here 1 s, the
+    // refresh period): once it has passed, the next token with the new key
+    // makes the edge fetch the set before answering.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (status, _, body) = call(&rotated);
+    assert_eq!(status, 200, "refetched for a new key id: {body}");
+
+    // The issuer goes down: keys already fetched keep verifying new tokens.
+    server.kill();
+    let (status, _, body) = call(&token_with_kid(Algorithm::ES256, "ec.key", "k1", "u3"));
+    assert_eq!(status, 200, "stale keys served: {body}");
+}

@@ -319,17 +319,13 @@ fn issuer(
             idp::DEFAULT_JWKS_REFRESH,
             problems,
         );
-        if refresh < idp::MIN_JWKS_INTERVAL {
-            problems.push(format!(
-                "{path}.jwks_refresh: at least {:?}",
-                idp::MIN_JWKS_INTERVAL
-            ));
+        if refresh < Duration::from_secs(1) {
+            problems.push(format!("{path}.jwks_refresh: at least 1s"));
         }
-        Arc::new(RemoteKeys::new(
-            Some(url.clone()),
-            refresh,
-            idp::MIN_JWKS_INTERVAL,
-        ))
+        // Refetches for unknown keys: at most one per 10 s (or per
+        // refresh period, when that is shorter).
+        let floor = refresh.min(idp::MIN_JWKS_INTERVAL);
+        Arc::new(RemoteKeys::new(Some(url.clone()), refresh, floor))
     });
     if raw.keys.is_empty() && raw.secret_file.is_none() && remote.is_none() {
         problems.push(format!(
