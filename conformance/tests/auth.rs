@@ -373,3 +373,119 @@ fn keys_from_a_jwks_url_are_fetched_refreshed_for_new_kids_and_kept_when_the_iss
     let (status, _, body) = call(&token_with_kid(Algorithm::ES256, "ec.key", "k1", "u3"));
     assert_eq!(status, 200, "stale keys served: {body}");
 }
+
+#[test]
+fn shared_and_personal_levels_and_a_sidecar_may_only_tighten_them() {
+    let yaml = conformance::edge_yaml(&format!(
+        r#"auth:
+  issuers:
+    - {{ issuer: {ISS}, algorithms: [ES256], keys: [{ec}], audiences: [preview] }}
+  admins: {{ groups: [platform] }}
+  access:
+    environments:
+      demo: shared
+routes:
+  - name: mine
+    host: mine.example.test
+    target: demo/hello:8080
+    access: {{ level: personal, owner: alice@example.com }}
+"#,
+        ec = keys_dir().join("ec.pub").display()
+    ))
+    .replace(
+        "    environments: [demo]\n",
+        "    environments: [demo]\n    organization: acme\n",
+    );
+    let mut stack = Stack::start_with_edge_yaml("");
+    stack.write_edge_yaml(&yaml);
+    stack
+        .edge
+        .wait_line("config reloaded", std::time::Duration::from_secs(10));
+    let who = |sub: &str, email: &str, org: &str, groups: &[&str]| {
+        token(
+            Algorithm::ES256,
+            "ec.key",
+            json!({ "iss": ISS, "aud": "preview", "sub": sub, "email": email,
+                    "org": org, "groups": groups, "exp": now() + 600 }),
+        )
+    };
+    let member = who("m", "m@acme.test", "acme", &[]);
+    let outsider = who("o", "o@other.test", "other", &[]);
+    let admin = who("root", "root@ops.test", "ops", &["platform"]);
+    let alice = who("alice", "alice@example.com", "other", &[]);
+    let carol = who("carol", "carol@other.test", "other", &[]);
+    let status = |stack: &Stack, host: &str, t: &str| {
+        exchange(
+            stack,
+            host,
+            "/",
+            &["-H", &format!("Authorization: Bearer {t}")],
+        )
+        .0
+    };
+    let preview = stack.preview_host();
+    for (name, t, want) in [
+        ("member", &member, 200),
+        ("outsider", &outsider, 403),
+        ("admin", &admin, 200),
+        ("alice", &alice, 403),
+    ] {
+        assert_eq!(status(&stack, &preview, t), want, "shared preview, {name}");
+    }
+    for (name, t, want) in [
+        ("alice", &alice, 200),
+        ("member", &member, 403),
+        ("admin", &admin, 200),
+    ] {
+        assert_eq!(
+            status(&stack, "mine.example.test", t),
+            want,
+            "personal route, {name}"
+        );
+    }
+
+    // The sidecar asks for its environment to be personal to carol: the
+    // organization's members are out, carol and the admins in.
+    let restart_sidecar = |stack: &mut Stack, extra: &str| {
+        let down = |lines: &[String]| lines.iter().filter(|l| l.contains("tunnel down")).count();
+        let before = stack
+            .edge
+            .wait_output("", std::time::Duration::ZERO, |l| Some(down(l)));
+        let mut old = stack.sidecar.take().unwrap();
+        old.kill();
+        // Both of its sessions gone before the new sidecar registers.
+        stack.edge.wait_output(
+            "both sessions down",
+            std::time::Duration::from_secs(10),
+            |l| (down(l) >= before + 2).then_some(()),
+        );
+        let path = stack.sidecar_yaml();
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str(extra);
+        std::fs::write(&path, text).unwrap();
+        let sidecar =
+            conformance::Proc::spawn("sidecar", &["run", "--config", path.to_str().unwrap()]);
+        sidecar.wait_lines("tunnel up", 2, std::time::Duration::from_secs(10));
+        stack.sidecar = Some(sidecar);
+    };
+    restart_sidecar(&mut stack, "access: personal\nowner: carol\n");
+    for (name, t, want) in [
+        ("carol", &carol, 200),
+        ("member", &member, 403),
+        ("admin", &admin, 200),
+    ] {
+        assert_eq!(
+            status(&stack, &preview, t),
+            want,
+            "tightened by the sidecar, {name}"
+        );
+    }
+    // Asking for less than the YAML gives changes nothing.
+    restart_sidecar(&mut stack, "access: authenticated\n");
+    assert_eq!(
+        status(&stack, &preview, &outsider),
+        403,
+        "loosening is ignored"
+    );
+    assert_eq!(status(&stack, &preview, &member), 200);
+}

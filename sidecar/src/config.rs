@@ -54,6 +54,11 @@ mod raw {
         pub insecure_plaintext: bool,
         pub tls: Option<crate::tls::EdgeTlsOptions>,
         pub environment: Option<String>,
+        /// A stricter access level for this environment than the edge
+        /// gives it: `authenticated`, `shared` or `personal`.
+        pub access: Option<String>,
+        /// With `access: personal`: the owner's subject or email.
+        pub owner: Option<String>,
         pub name: Option<String>,
         pub connections: Option<u32>,
         pub connect_timeout: Option<String>,
@@ -103,6 +108,10 @@ pub struct SidecarConfig {
     pub token: Secret,
     /// Empty: the environment the token allows.
     pub environment: String,
+    /// The access level asked of the edge (empty: the edge's).
+    pub access: String,
+    /// With `access: personal`: the owner (empty: none).
+    pub owner: String,
     pub name: String,
     pub connections: u32,
     pub connect_timeout: Duration,
@@ -315,6 +324,15 @@ fn validate(raw: raw::SidecarFile, base: &Path) -> Result<SidecarConfig, Vec<Str
             ));
         }
     }
+    match raw.access.as_deref() {
+        None | Some("authenticated" | "shared" | "personal") => {}
+        Some(other) => problems.push(format!(
+            "access: {other:?} is not a level a sidecar may ask for (authenticated, shared or personal)"
+        )),
+    }
+    if raw.owner.is_some() && raw.access.as_deref() != Some("personal") {
+        problems.push("owner: only with access: personal".into());
+    }
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -323,6 +341,8 @@ fn validate(raw: raw::SidecarFile, base: &Path) -> Result<SidecarConfig, Vec<Str
         transport: transport.expect("checked"),
         token: Secret::new(token.expect("checked")),
         environment: raw.environment.unwrap_or_default(),
+        access: raw.access.unwrap_or_default(),
+        owner: raw.owner.unwrap_or_default(),
         name: raw.name.unwrap_or_else(default_name),
         connections,
         connect_timeout,

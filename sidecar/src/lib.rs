@@ -142,6 +142,8 @@ mod tests {
             transport: crate::config::EdgeTransport::Plaintext { warn: false },
             token: Secret::new("token"),
             environment: "demo".into(),
+            access: String::new(),
+            owner: String::new(),
             name: "test".into(),
             connections: 1,
             connect_timeout: Duration::from_secs(2),

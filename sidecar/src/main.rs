@@ -167,6 +167,8 @@ fn expose_config(
         transport,
         token: Secret::new(token),
         environment: env.unwrap_or_default(),
+        access: String::new(),
+        owner: String::new(),
         name: sidecar::config::default_name(),
         connections: 1,
         connect_timeout: sidecar::config::DEFAULT_CONNECT_TIMEOUT,

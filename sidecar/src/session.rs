@@ -302,6 +302,8 @@ pub async fn run(
         environment: config.environment.clone(),
         routes: config.targets.targets().iter().map(|t| t.route()).collect(),
         sidecar_name: config.name.clone(),
+        access_level: config.access.clone(),
+        owner: config.owner.clone(),
     };
     let _ = control
         .send(message(sidecar_message::Kind::Hello(hello)))

@@ -329,6 +329,8 @@ impl TestSidecar {
                 transport: sidecar::config::EdgeTransport::Plaintext { warn: false },
                 token: Secret::new(DEFAULT_TOKEN),
                 environment: DEFAULT_ENV.into(),
+                access: String::new(),
+                owner: String::new(),
                 name: "test-sidecar".into(),
                 connections: 1,
                 connect_timeout: Duration::from_secs(2),

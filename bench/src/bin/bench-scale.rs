@@ -267,6 +267,8 @@ async fn sidecars(args: SidecarArgs) -> anyhow::Result<()> {
             transport: transport.clone(),
             token: Secret::new(&common.token),
             environment: format!("{}{i}", common.env_prefix),
+            access: String::new(),
+            owner: String::new(),
             name: format!("bench-{i}"),
             connections: 1,
             connect_timeout: Duration::from_secs(5),

@@ -192,6 +192,7 @@ mod tests {
             subject: "alice".into(),
             email: Some("alice@example.com".into()),
             groups: vec!["eng".into()],
+            organizations: vec![],
             claims: vec![],
             headers: vec![],
         }

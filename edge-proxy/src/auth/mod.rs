@@ -40,6 +40,9 @@ pub struct Identity {
     pub subject: String,
     pub email: Option<String>,
     pub groups: Vec<String>,
+    /// The organizations the identity belongs to (its organization claim),
+    /// for the `shared` level.
+    pub organizations: Vec<String>,
     /// Every claim with a string value, for header templates
     /// (`{claim.<name>}`).
     pub claims: Vec<(String, String)>,
@@ -89,6 +92,7 @@ pub struct Issuer {
     /// Claim names for the identity.
     pub email_claim: String,
     pub groups_claim: String,
+    pub organization_claim: String,
 }
 
 impl std::fmt::Debug for Issuer {
@@ -229,7 +233,7 @@ impl Issuer {
         let subject = text("sub").ok_or_else(|| TokenError::MissingClaim("sub".into()))?;
         let exp = (map.get("exp").and_then(Value::as_u64))
             .ok_or_else(|| TokenError::MissingClaim("exp".into()))?;
-        let groups = match map.get(&self.groups_claim) {
+        let list = |name: &str| match map.get(name) {
             Some(Value::Array(items)) => items
                 .iter()
                 .filter_map(|g| g.as_str().map(str::to_owned))
@@ -241,6 +245,8 @@ impl Issuer {
                 .collect(),
             _ => Vec::new(),
         };
+        let groups = list(&self.groups_claim);
+        let organizations = list(&self.organization_claim);
         let claims = (map.iter())
             .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
             .collect();
@@ -252,6 +258,7 @@ impl Issuer {
                 email,
                 subject,
                 groups,
+                organizations,
                 claims,
             },
             exp.saturating_add(self.validation.leeway),

@@ -175,6 +175,8 @@ pub struct Session {
     pub email: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub orgs: Vec<String>,
     /// Other string claims of the ID token worth keeping (name,
     /// preferred_username, an organization), for access rules and
     /// header templates.
@@ -231,6 +233,7 @@ impl Session {
             subject: self.sub.clone(),
             email: self.email.clone(),
             groups: self.groups.clone(),
+            organizations: self.orgs.clone(),
             claims,
         }
     }
@@ -365,6 +368,7 @@ mod tests {
             sub: "alice".into(),
             email: Some("alice@example.com".into()),
             groups: vec!["eng".into()],
+            orgs: vec!["acme".into()],
             claims: vec![("name".into(), "Alice".into())],
             expires: 2_000,
             seen: 1_000,

@@ -34,6 +34,7 @@ fn issuer(algorithms: &[Algorithm], keys: Vec<keys::Key>) -> Issuer {
         validation: validation(ISS, algorithms.to_vec(), &[AUD.into()], DEFAULT_LEEWAY_SECS),
         email_claim: "email".into(),
         groups_claim: "groups".into(),
+        organization_claim: "org".into(),
     }
 }
 

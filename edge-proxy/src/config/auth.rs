@@ -58,6 +58,8 @@ pub mod raw {
         pub identity_token: Option<IdentityToken>,
         #[serde(default)]
         pub access: AccessTable,
+        /// Who passes the `shared` and `personal` levels anyway.
+        pub admins: Option<AccessRule>,
     }
 
     /// `false`, or settings for the token the edge signs for services.
@@ -141,6 +143,8 @@ pub mod raw {
     pub struct Claims {
         pub email: Option<String>,
         pub groups: Option<String>,
+        /// For the `shared` level (default `org`; a string or a list).
+        pub organization: Option<String>,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -173,6 +177,8 @@ pub mod raw {
         pub groups: Vec<String>,
         #[serde(default)]
         pub pass_authorization: bool,
+        /// With `level: personal`: the owner's subject or email.
+        pub owner: Option<String>,
     }
 }
 
@@ -192,12 +198,17 @@ pub struct AuthSettings {
     /// For requests no more specific rule covers.
     pub default: Arc<Access>,
     pub environments: HashMap<String, Arc<Access>>,
+    /// Each environment's organization (its cluster's).
+    pub organizations: HashMap<String, String>,
+    /// Who passes the shared and personal levels anyway.
+    pub admins: Allow,
 }
 
 /// `auth:` → settings, or problems.
 pub fn validate(
     raw: &raw::Auth,
     environments: &[&str],
+    organizations: HashMap<String, String>,
     base: &Path,
     problems: &mut Vec<String>,
 ) -> Arc<AuthSettings> {
@@ -238,7 +249,26 @@ pub fn validate(
             level: Level::Authenticated,
             allow: Allow::default(),
             pass_authorization: false,
+            owner: None,
         },
+    };
+    let without_org: Vec<&str> = (environments.iter().copied())
+        .filter(|e| !organizations.contains_key(*e))
+        .collect();
+    if default.level == Level::Shared && !without_org.is_empty() {
+        problems.push(format!(
+            "auth.access.default: shared needs an organization on every cluster; none for {without_org:?} (clusters[].organization)"
+        ));
+    }
+    let admins = match &raw.admins {
+        Some(rule) => {
+            let admins = allow(rule);
+            if admins.is_empty() || rule.level.is_some() || rule.owner.is_some() {
+                problems.push("auth.admins: give subjects, emails, email_domains or groups (no level or owner)".into());
+            }
+            admins
+        }
+        None => Allow::default(),
     };
     let mut by_env = HashMap::new();
     for (env, a) in &raw.access.environments {
@@ -248,7 +278,13 @@ pub fn validate(
                 "{path}: {env:?} is not listed in any clusters[].environments"
             ));
         }
-        by_env.insert(env.clone(), Arc::new(access(a, &path, problems)));
+        let rule = access(a, &path, problems);
+        if rule.level == Level::Shared && !organizations.contains_key(env) {
+            problems.push(format!(
+                "{path}: shared needs the cluster's organization (clusters[].organization)"
+            ));
+        }
+        by_env.insert(env.clone(), Arc::new(rule));
     }
     Arc::new(AuthSettings {
         verifier: Verifier::new(issuers),
@@ -259,6 +295,8 @@ pub fn validate(
         assertions,
         default: Arc::new(default),
         environments: by_env,
+        organizations,
+        admins,
     })
 }
 
@@ -380,6 +418,7 @@ fn issuer(
         validation: auth::validation(&raw.issuer, algorithms, &raw.audiences, leeway.as_secs()),
         email_claim: raw.claims.email.clone().unwrap_or_else(|| "email".into()),
         groups_claim: raw.claims.groups.clone().unwrap_or_else(|| "groups".into()),
+        organization_claim: (raw.claims.organization.clone()).unwrap_or_else(|| "org".into()),
     })
 }
 
@@ -469,6 +508,7 @@ fn login(
         ),
         email_claim: raw.claims.email.clone().unwrap_or_else(|| "email".into()),
         groups_claim: raw.claims.groups.clone().unwrap_or_else(|| "groups".into()),
+        organization_claim: (raw.claims.organization.clone()).unwrap_or_else(|| "org".into()),
     };
     let provider = Provider::new(
         issuer,
@@ -611,41 +651,48 @@ fn session(raw: &raw::Session, base: &Path, problems: &mut Vec<String>) -> Sessi
     }
 }
 
+fn allow(r: &raw::AccessRule) -> Allow {
+    Allow {
+        subjects: r.subjects.clone(),
+        emails: r.emails.clone(),
+        email_domains: r.email_domains.clone(),
+        groups: r.groups.clone(),
+    }
+}
+
 /// An `access:` value at `path`.
 pub fn access(raw: &raw::Access, path: &str, problems: &mut Vec<String>) -> Access {
-    let level = |name: &str, problems: &mut Vec<String>| match name {
-        "public" => Level::Public,
-        "authenticated" => Level::Authenticated,
-        other => {
+    let level = |name: &str, problems: &mut Vec<String>| {
+        Level::parse(name).unwrap_or_else(|| {
             problems.push(format!(
-                "{path}: {other:?} is not an access level (public or authenticated)"
+                "{path}: {name:?} is not an access level (public, authenticated, shared or personal)"
             ));
             Level::Authenticated
-        }
+        })
     };
     match raw {
         raw::Access::Level(name) => Access {
             level: level(name, problems),
             allow: Allow::default(),
             pass_authorization: false,
+            owner: None,
         },
         raw::Access::Rule(r) => {
-            let allow = Allow {
-                subjects: r.subjects.clone(),
-                emails: r.emails.clone(),
-                email_domains: r.email_domains.clone(),
-                groups: r.groups.clone(),
-            };
+            let allow = allow(r);
             let level = level(r.level.as_deref().unwrap_or("authenticated"), problems);
             if level == Level::Public && !allow.is_empty() {
                 problems.push(format!(
                     "{path}: allow rules on a public level would never apply"
                 ));
             }
+            if r.owner.is_some() && level != Level::Personal {
+                problems.push(format!("{path}.owner: only with level: personal"));
+            }
             Access {
                 level,
                 allow,
                 pass_authorization: r.pass_authorization,
+                owner: r.owner.clone(),
             }
         }
     }

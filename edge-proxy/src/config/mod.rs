@@ -155,6 +155,9 @@ pub mod raw {
         /// One hash, or several while a token rotates.
         pub token_sha256: OneOrMany,
         pub environments: Vec<String>,
+        /// The organization that owns the cluster (the `shared` access
+        /// level admits its members).
+        pub organization: Option<String>,
         /// PEM file of the CA that signs this cluster's sidecar client
         /// certificates (mutual TLS on the tunnel).
         pub client_ca: Option<String>,
@@ -464,7 +467,13 @@ fn validate(raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<String>> 
     let mut clusters = Vec::new();
     let mut seen_tokens = HashSet::new();
     let mut owner_of_env: HashMap<String, String> = HashMap::new();
+    let mut org_of_env: HashMap<String, String> = HashMap::new();
     for (i, c) in raw.clusters.into_iter().enumerate() {
+        if let Some(org) = &c.organization {
+            for env in &c.environments {
+                org_of_env.insert(env.clone(), org.clone());
+            }
+        }
         let path = format!("clusters[{i}]");
         if c.name.trim().is_empty() {
             problems.push(format!("{path}.name: must not be empty"));
@@ -539,7 +548,7 @@ fn validate(raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<String>> 
         .unwrap_or_default();
     let auth = raw.auth.as_ref().map(|a| {
         let envs: Vec<&str> = owner_of_env.keys().map(String::as_str).collect();
-        auth::validate(a, &envs, base, &mut problems)
+        auth::validate(a, &envs, org_of_env.clone(), base, &mut problems)
     });
     let routes = validate_routes(
         raw.routes,

@@ -15,8 +15,9 @@ use pingora_proxy::Session;
 use super::context::RequestCtx;
 use super::failure::{ErrorKind, Failure};
 use super::login;
-use crate::auth::access::Decision;
+use crate::auth::access::{Decision, Owners};
 use crate::auth::session::Revocations;
+use crate::auth::Level;
 use crate::config::EdgeConfig;
 
 /// Identity headers a visitor sends are removed, so they cannot be spoofed.
@@ -54,7 +55,18 @@ pub async fn check(
     } else if auth.login.is_some() {
         ctx.identity = login::identity(req, ctx, &auth.session, revocations);
     }
-    match access.decide(ctx.identity.as_deref()) {
+    let owners = match ctx.target.as_ref() {
+        Some(t) if access.level >= Level::Shared => Owners {
+            organization: auth
+                .organizations
+                .get(&t.service.environment)
+                .map(String::as_str),
+            owner: t.session.requested.owner.as_deref(),
+            admins: Some(&auth.admins),
+        },
+        _ => Owners::default(),
+    };
+    match access.decide(ctx.identity.as_deref(), &owners) {
         Decision::Allow => Ok(()),
         Decision::Unauthenticated => Err(Failure::new(ErrorKind::Unauthenticated)),
         Decision::Forbidden => Err(Failure::new(ErrorKind::Forbidden)),

@@ -385,6 +385,7 @@ async fn callback(
         sub: identity.subject.clone(),
         email: identity.email.clone(),
         groups: identity.groups.clone(),
+        orgs: identity.organizations.clone(),
         claims,
         expires: now + sessions.lifetime.as_secs(),
         seen: now,

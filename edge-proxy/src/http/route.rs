@@ -98,11 +98,17 @@ pub fn resolve(
         Some(rule) => (rule.name.clone(), rule.policy.clone(), rule.wasm.clone()),
         None => (None, config.header_policy.clone(), None),
     };
-    // The most specific rule wins: the route's, the environment's, the default.
+    // The most specific rule wins: the route's, the environment's, the
+    // default; made stricter if the sidecar asked.
     let access = config.auth.as_ref().map(|auth| {
-        rule.and_then(|r| r.access.clone())
+        let rule = rule
+            .and_then(|r| r.access.clone())
             .or_else(|| auth.environments.get(&service.environment).cloned())
-            .unwrap_or_else(|| auth.default.clone())
+            .unwrap_or_else(|| auth.default.clone());
+        match session.requested.level {
+            Some(level) => rule.at_least(level),
+            None => rule,
+        }
     });
     Ok(Target {
         access,

@@ -69,6 +69,16 @@ pub struct Session {
     /// Streams handed to visitors' connections over the session's life.
     pub streams_taken: AtomicU64,
     pub last_stats: Mutex<TunnelStats>,
+    /// What the sidecar asked of visitors' access to its environment.
+    pub requested: Requested,
+}
+
+/// A stricter access level a sidecar asked for its environment, and the
+/// owner for `personal`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Requested {
+    pub level: Option<crate::auth::Level>,
+    pub owner: Option<String>,
 }
 
 impl std::fmt::Debug for Session {
@@ -127,6 +137,7 @@ impl Session {
             control,
             streams_taken: AtomicU64::new(0),
             last_stats: Mutex::new(TunnelStats::default()),
+            requested: Requested::default(),
         }
     }
 

@@ -35,7 +35,7 @@ use crate::config::token::{bearer, TokenHash};
 use crate::config::EdgeConfig;
 use crate::routing::preview::ServiceRef;
 use crate::routing::upstream::Protocol;
-use crate::tunnel::registry::{ClusterGrant, Session, TunnelRegistry};
+use crate::tunnel::registry::{ClusterGrant, Requested, Session, TunnelRegistry};
 use crate::tunnel::throttle::AuthThrottle;
 use yaml_config::is_label;
 
@@ -163,6 +163,32 @@ impl TunnelService {
 /// A session's registered routes: service and port → how to speak to it.
 type Routes = HashMap<(String, u16), Protocol>;
 
+/// The access a Hello asks for: a known level, an owner of sane length
+/// only with `personal`.
+fn requested(hello: &Hello) -> Result<Requested, Status> {
+    let level = match hello.access_level.as_str() {
+        "" => None,
+        name => match crate::auth::Level::parse(name) {
+            Some(crate::auth::Level::Public) | None => {
+                return Err(Status::invalid_argument(format!(
+                    "access level {name:?} is not one a sidecar may ask for (authenticated, shared, personal)"
+                )))
+            }
+            level => level,
+        },
+    };
+    let owner = Some(hello.owner.clone()).filter(|o| !o.is_empty());
+    if owner.as_ref().is_some_and(|o| o.len() > 256) {
+        return Err(Status::invalid_argument("owner: at most 256 bytes"));
+    }
+    if owner.is_some() && level != Some(crate::auth::Level::Personal) {
+        return Err(Status::invalid_argument(
+            "owner: only with access level personal",
+        ));
+    }
+    Ok(Requested { level, owner })
+}
+
 /// Checks a Hello against what the token allows; returns the environment
 /// and the routes.
 fn admit(hello: &Hello, grant: &ClusterGrant) -> Result<(String, Routes), Status> {
@@ -247,13 +273,15 @@ impl Tunnel for TunnelService {
                 ))
             }
         };
-        let (environment, routes) = admit(&hello, &grant).inspect_err(|e| {
-            warn!(cluster = %grant.cluster, sidecar = %hello.sidecar_name, reason = e.message(), "sidecar rejected");
-        })?;
+        let (environment, routes, requested) = admit(&hello, &grant)
+            .and_then(|(env, routes)| Ok((env, routes, requested(&hello)?)))
+            .inspect_err(|e| {
+                warn!(cluster = %grant.cluster, sidecar = %hello.sidecar_name, reason = e.message(), "sidecar rejected");
+            })?;
 
         let config = self.config.load();
         let (tx, rx) = mpsc::channel(16);
-        let session = Arc::new(Session::new(
+        let mut session = Session::new(
             grant.cluster.clone(),
             environment.clone(),
             hello.sidecar_name.clone(),
@@ -261,7 +289,9 @@ impl Tunnel for TunnelService {
             routes,
             config.tunnel.idle_streams,
             tx,
-        ));
+        );
+        session.requested = requested;
+        let session = Arc::new(session);
         let urls = hello
             .routes
             .iter()
