@@ -42,12 +42,13 @@ def start(work, name, argv, ready, timeout=120.0):
         sys.exit(f"{name} did not start:\n{f.read()[-3000:]}")
 
 
-# `--route plain|policy|wasm|jwt`: requests go through one of the bench's
-# custom-domain routes: without a header policy, with the one its `policy`
-# row uses, with that policy in the wasm filter, or needing a bearer JWT
-# (ES256, sent with every request; the differences are their costs).
+# `--route plain|policy|wasm|jwt|cookie`: requests go through one of the
+# bench's custom-domain routes: without a header policy, with the one its
+# `policy` row uses, with that policy in the wasm filter, or needing an
+# identity (an ES256 bearer JWT or a session cookie, sent with every
+# request; the differences are their costs).
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import JWT_AUDIENCE, JWT_ISSUER, JWT_KEYS, ROUTE_HOSTS, policy_routes  # noqa: E402
+from bench import JWT_AUDIENCE, JWT_ISSUER, JWT_KEYS, ROUTE_HOSTS, policy_routes, session_cookie  # noqa: E402
 
 
 def h2load(addr, requests, connections, streams, h2, host=HOST, headers=()):
@@ -121,6 +122,8 @@ targets:
                                     "--audience", JWT_AUDIENCE], check=True, capture_output=True,
                                    text=True).stdout.strip()
             headers = ("-H", f"authorization: Bearer {token}")
+        if args.route == "cookie":
+            headers = ("-H", f"cookie: {session_cookie(f'{RELEASE_DIR}/bench-token')}")
         h2load(listening["http"], max(1000, args.requests // 10), args.connections, args.streams, args.h2, host,
                headers)
         subprocess.run(["callgrind_control", "--zero", str(edge.pid)], check=True, capture_output=True)

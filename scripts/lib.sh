@@ -42,19 +42,24 @@ ensure_envoy() {
     export ENVOY="$ENVOY_VENV/bin/envoy"
 }
 
-# Node, the browser-test packages (an OpenID provider, Playwright, jose;
-# versions pinned by conformance/browser/package-lock.json) and Chromium.
-ensure_browser_tests() {
+# Node and the packages in conformance/browser (an OpenID provider,
+# Playwright, jose; versions pinned by its package-lock.json).
+ensure_node_packages() {
     # Node may come from elsewhere (NodeSource's nodejs carries npm and
     # conflicts with Debian's npm package).
     command -v npm >/dev/null || ensure_apt nodejs npm
-    ensure_apt chromium
     local dir="$ROOT/conformance/browser"
     if ! cmp -s "$dir/package-lock.json" "$dir/node_modules/.package-lock.json.installed" 2>/dev/null; then
         log "npm ci (conformance/browser)"
         (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
         cp "$dir/package-lock.json" "$dir/node_modules/.package-lock.json.installed"
     fi
+}
+
+# The browser tests: the packages above and Chromium.
+ensure_browser_tests() {
+    ensure_node_packages
+    ensure_apt chromium
 }
 
 ensure_rust() {

@@ -4,7 +4,8 @@
 //
 //   node oidc-provider.mjs <client-id> <client-secret> <redirect-uri>...
 //
-// Listens on a free loopback port; prints `listening <issuer>` when ready. Accounts: the login name is the
+// Listens on a free loopback port (or $PORT); prints `listening <issuer>`
+// when ready. Accounts: the login name is the
 // subject; `<name>@example.com` its email; groups `eng` for every name but
 // `outsider`.
 import { createServer } from 'node:http';
@@ -12,7 +13,7 @@ import Provider from 'oidc-provider';
 
 const [clientId, clientSecret, ...redirectUris] = process.argv.slice(2);
 const server = createServer();
-await new Promise((ready) => server.listen(0, '127.0.0.1', ready));
+await new Promise((ready) => server.listen(Number(process.env.PORT || 0), '127.0.0.1', ready));
 const issuer = `http://127.0.0.1:${server.address().port}`;
 
 const provider = new Provider(issuer, {

@@ -602,7 +602,7 @@ fn the_shipped_configs_are_valid() {
     // The edge config names certificates that scripts/demo generates: check
     // a copy next to freshly generated ones.
     let dir = tempfile::tempdir().unwrap();
-    for file in ["edge.yaml", "sidecar.yaml"] {
+    for file in ["edge.yaml", "sidecar.yaml", "demo-oidc-client-secret"] {
         std::fs::copy(root.join("configs").join(file), dir.path().join(file)).unwrap();
     }
     test_support::certs::write(

@@ -161,6 +161,7 @@ mod tests {
             groups: groups.iter().map(|g| g.to_string()).collect(),
             organizations: vec![],
             claims: vec![],
+            assertions: Default::default(),
             headers: vec![],
         }
     }

@@ -20,8 +20,36 @@ use base64::Engine;
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 
-use super::cache::Cache;
 use super::Identity;
+
+/// Audiences an identity keeps signed tokens for (a visitor moving
+/// between more previews than this re-signs now and then).
+const SIGNED_PER_IDENTITY: usize = 4;
+
+/// An identity's signed tokens: (audience, token, good until). Not part of
+/// the identity's value: clones start empty and all compare equal.
+#[derive(Default)]
+pub struct Signed(std::sync::Mutex<Vec<(Box<str>, http::HeaderValue, u64)>>);
+
+impl Clone for Signed {
+    fn clone(&self) -> Self {
+        Signed::default()
+    }
+}
+
+impl PartialEq for Signed {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Signed {}
+
+impl std::fmt::Debug for Signed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Signed")
+    }
+}
 
 /// One signing key and what is published for it.
 pub struct SigningKey {
@@ -105,8 +133,6 @@ pub struct Assertions {
     keys: Vec<Arc<SigningKey>>,
     /// `/.well-known/jwks.json`, made once.
     pub jwks: bytes::Bytes,
-    /// Signed tokens by identity and audience, for half their lifetime.
-    cache: Cache<http::HeaderValue>,
 }
 
 impl Assertions {
@@ -125,23 +151,29 @@ impl Assertions {
             lifetime_secs,
             keys,
             jwks: jwks.to_string().into(),
-            cache: Cache::default(),
         }
     }
 
     /// The token for `who` visiting `audience` (the request's host), at
-    /// `now`.
+    /// `now`: one the identity already holds for half its lifetime, else a
+    /// new one.
     pub fn token(&self, who: &Identity, audience: &str, now: u64) -> http::HeaderValue {
-        let key = format!(
-            "{}\0{}\0{audience}\0{}\0{}",
-            who.issuer,
-            who.subject,
-            who.email.as_deref().unwrap_or(""),
-            who.groups.join(",")
-        );
-        if let Some(hit) = self.cache.get(&key, now) {
-            return hit;
+        let mut signed = who.assertions.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, token, _)) =
+            (signed.iter()).find(|(a, _, until)| &**a == audience && *until >= now)
+        {
+            return token.clone();
         }
+        let token = self.sign(who, audience, now);
+        signed.retain(|(a, _, until)| &**a != audience && *until >= now);
+        if signed.len() >= SIGNED_PER_IDENTITY {
+            signed.remove(0);
+        }
+        signed.push((audience.into(), token.clone(), now + self.lifetime_secs / 2));
+        token
+    }
+
+    fn sign(&self, who: &Identity, audience: &str, now: u64) -> http::HeaderValue {
         let signer = &self.keys[0];
         let header = serde_json::json!({ "alg": "ES256", "typ": "JWT", "kid": signer.kid });
         let mut claims = serde_json::json!({
@@ -175,8 +207,6 @@ impl Assertions {
         let mut value =
             http::HeaderValue::from_str(&token).expect("base64url is a valid header value");
         value.set_sensitive(true);
-        self.cache
-            .insert(&key, value.clone(), now + self.lifetime_secs / 2, now);
         value
     }
 }
@@ -194,6 +224,7 @@ mod tests {
             groups: vec!["eng".into()],
             organizations: vec![],
             claims: vec![],
+            assertions: Default::default(),
             headers: vec![],
         }
     }
@@ -216,8 +247,14 @@ mod tests {
         let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_slice(&a.jwks).unwrap();
         assert_eq!(jwks.keys.len(), 2, "the old key stays published");
         let now = super::super::now();
-        let token = a.token(&who(), "a.preview.test", now);
-        assert_eq!(a.token(&who(), "a.preview.test", now), token, "cached");
+        let alice = who();
+        let token = a.token(&alice, "a.preview.test", now);
+        assert_eq!(a.token(&alice, "a.preview.test", now), token, "kept");
+        assert_ne!(
+            a.token(&who(), "a.preview.test", now),
+            token,
+            "another identity's own"
+        );
         let token = token.to_str().unwrap();
         let header = jsonwebtoken::decode_header(token).unwrap();
         assert_eq!(header.kid.as_deref(), Some(key.kid.as_str()));

@@ -49,6 +49,10 @@ pub struct Identity {
     /// What the service is told ([`service_headers`]), made once per
     /// token rather than per request.
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// The edge's identity tokens for this identity, by audience (kept
+    /// with the identity, which lives as long as its credential is
+    /// cached).
+    pub assertions: assertion::Signed,
 }
 
 /// Identity headers the service receives (oauth2-proxy's names).
@@ -260,6 +264,7 @@ impl Issuer {
                 groups,
                 organizations,
                 claims,
+                assertions: Default::default(),
             },
             exp.saturating_add(self.validation.leeway),
         ))

@@ -235,6 +235,7 @@ impl Session {
             groups: self.groups.clone(),
             organizations: self.orgs.clone(),
             claims,
+            assertions: Default::default(),
         }
     }
 }
