@@ -58,6 +58,8 @@ impl Login {
   session: {{ secret_file: session.key }}
   access:
     default: authenticated
+    environments:
+      demo: {{ level: personal, owner: alice@example.com }}
 routes:
   - {{ name: docs, host: docs.preview.localhost, target: demo/hello:8080 }}
   - {{ name: open, host: open.preview.localhost, target: demo/hello:8080, access: public }}
@@ -126,6 +128,7 @@ fn with_cookie(login: &Login, host: &str, path: &str, cookie: &str) -> (u16, Str
     (status, body)
 }
 
+/// The previews of environment `demo` are personal to alice.
 #[test]
 fn a_browser_signs_in_once_for_every_preview_and_signs_out_everywhere() {
     let login = Login::start();
@@ -203,7 +206,7 @@ fn session_cookies_tickets_and_return_addresses_resist_tampering() {
     let hello = "hello-8080-demo.preview.localhost";
     let first = login.url(hello, "/headers");
     let second = login.url("docs.preview.localhost", "/headers");
-    let seen = login.journey("bob", &first, &second, None);
+    let seen = login.journey("alice", &first, &second, None);
     let value = cookie_for(&seen, hello)["value"]
         .as_str()
         .unwrap()
@@ -223,7 +226,7 @@ fn session_cookies_tickets_and_return_addresses_resist_tampering() {
     );
     assert_eq!(status, 200, "{body}");
     let service = json(&body);
-    assert_eq!(service["x-auth-request-user"], "bob");
+    assert_eq!(service["x-auth-request-user"], "alice");
     assert_eq!(service["cookie"], "theme=dark; lang=en", "{service}");
 
     // The identity token the edge signed verifies with jose against the
@@ -249,8 +252,8 @@ fn session_cookies_tickets_and_return_addresses_resist_tampering() {
         String::from_utf8_lossy(&out.stdout)
     );
     let verified = json(String::from_utf8_lossy(&out.stdout).trim());
-    assert_eq!(verified["claims"]["sub"], "bob", "{verified}");
-    assert_eq!(verified["claims"]["email"], "bob@example.com");
+    assert_eq!(verified["claims"]["sub"], "alice", "{verified}");
+    assert_eq!(verified["claims"]["email"], "alice@example.com");
     let out = verify("docs.preview.localhost");
     assert!(
         !out.status.success(),

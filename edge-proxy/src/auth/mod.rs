@@ -97,6 +97,8 @@ pub struct Issuer {
     pub email_claim: String,
     pub groups_claim: String,
     pub organization_claim: String,
+    /// Claims a token must carry beyond `exp`, `iss` and `sub`.
+    pub required_claims: Vec<String>,
 }
 
 impl std::fmt::Debug for Issuer {
@@ -235,6 +237,11 @@ impl Issuer {
         };
         let text = |name: &str| map.get(name).and_then(Value::as_str).map(str::to_owned);
         let subject = text("sub").ok_or_else(|| TokenError::MissingClaim("sub".into()))?;
+        if let Some(missing) =
+            (self.required_claims.iter()).find(|c| map.get(*c).is_none_or(Value::is_null))
+        {
+            return Err(TokenError::MissingClaim(missing.clone()));
+        }
         let exp = (map.get("exp").and_then(Value::as_u64))
             .ok_or_else(|| TokenError::MissingClaim("exp".into()))?;
         let list = |name: &str| match map.get(name) {

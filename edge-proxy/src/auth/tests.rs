@@ -35,6 +35,7 @@ fn issuer(algorithms: &[Algorithm], keys: Vec<keys::Key>) -> Issuer {
         email_claim: "email".into(),
         groups_claim: "groups".into(),
         organization_claim: "org".into(),
+        required_claims: Vec::new(),
     }
 }
 
@@ -307,4 +308,24 @@ fn key_files_are_checked_at_load() {
         keys::public_keys(&key_file("ec.pub")).unwrap()[0].family,
         keys::Family::Ec
     );
+}
+
+#[test]
+fn required_claims_must_be_present() {
+    let mut issuer = issuer(
+        &[Algorithm::ES256],
+        keys::public_keys(&key_file("ec.pub")).unwrap(),
+    );
+    issuer.required_claims = vec!["tenant".into()];
+    let v = Verifier::new(vec![issuer]);
+    let without = token(Algorithm::ES256, "ec.key", &claims());
+    assert_eq!(
+        v.verify(&without),
+        Err(TokenError::MissingClaim("tenant".into()))
+    );
+    let mut with = claims();
+    with["tenant"] = json!("acme");
+    assert!(v.verify(&token(Algorithm::ES256, "ec.key", &with)).is_ok());
+    with["tenant"] = json!(null);
+    assert!(v.verify(&token(Algorithm::ES256, "ec.key", &with)).is_err());
 }

@@ -133,6 +133,9 @@ pub mod raw {
         pub secret_file: Option<String>,
         #[serde(default)]
         pub audiences: Vec<String>,
+        /// Claims every token must carry (beyond exp, iss, sub).
+        #[serde(default)]
+        pub required_claims: Vec<String>,
         pub leeway: Option<String>,
         #[serde(default)]
         pub claims: Claims,
@@ -151,6 +154,11 @@ pub mod raw {
     #[serde(deny_unknown_fields)]
     pub struct AccessTable {
         pub default: Option<Access>,
+        /// Per preview domain (or any parent domain of a request's host).
+        #[serde(default)]
+        pub domains: std::collections::BTreeMap<String, Access>,
+        #[serde(default)]
+        pub clusters: std::collections::BTreeMap<String, Access>,
         #[serde(default)]
         pub environments: std::collections::BTreeMap<String, Access>,
     }
@@ -198,20 +206,36 @@ pub struct AuthSettings {
     /// For requests no more specific rule covers.
     pub default: Arc<Access>,
     pub environments: HashMap<String, Arc<Access>>,
+    pub clusters: HashMap<String, Arc<Access>>,
+    /// Domain → rule, longest first.
+    pub domains: Vec<(String, Arc<Access>)>,
     /// Each environment's organization (its cluster's).
     pub organizations: HashMap<String, String>,
     /// Who passes the shared and personal levels anyway.
     pub admins: Allow,
 }
 
+impl AuthSettings {
+    /// The rule for the longest configured domain `host` is or is under.
+    pub fn domain_rule(&self, host: &str) -> Option<&Arc<Access>> {
+        (self.domains.iter())
+            .find(|(d, _)| {
+                host.strip_suffix(d.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.ends_with('.'))
+            })
+            .map(|(_, rule)| rule)
+    }
+}
+
 /// `auth:` → settings, or problems.
 pub fn validate(
     raw: &raw::Auth,
-    environments: &[&str],
+    owner_of_env: &HashMap<String, String>,
     organizations: HashMap<String, String>,
     base: &Path,
     problems: &mut Vec<String>,
 ) -> Arc<AuthSettings> {
+    let environments: Vec<&str> = owner_of_env.keys().map(String::as_str).collect();
     if raw.issuers.is_empty() && raw.login.is_none() {
         problems.push("auth: give issuers (bearer tokens), login (browser sign-in) or both".into());
     }
@@ -286,6 +310,41 @@ pub fn validate(
         }
         by_env.insert(env.clone(), Arc::new(rule));
     }
+    let mut by_cluster = HashMap::new();
+    for (cluster, a) in &raw.access.clusters {
+        let path = format!("auth.access.clusters.{cluster}");
+        let envs: Vec<&String> = (owner_of_env.iter())
+            .filter(|(_, c)| *c == cluster)
+            .map(|(e, _)| e)
+            .collect();
+        if envs.is_empty() {
+            problems.push(format!("{path}: no cluster {cluster:?} with environments"));
+        }
+        let rule = access(a, &path, problems);
+        if rule.level == Level::Shared && envs.iter().any(|e| !organizations.contains_key(*e)) {
+            problems.push(format!(
+                "{path}: shared needs the cluster's organization (clusters[].organization)"
+            ));
+        }
+        by_cluster.insert(cluster.clone(), Arc::new(rule));
+    }
+    let mut domains = Vec::new();
+    for (domain, a) in &raw.access.domains {
+        let path = format!("auth.access.domains.{domain}");
+        let name = domain.trim_start_matches("*.").to_ascii_lowercase();
+        if name.is_empty() || name.starts_with('.') || name.contains(['/', ':', ' ']) {
+            problems.push(format!("{path}: {domain:?} is not a domain name"));
+        }
+        let rule = access(a, &path, problems);
+        if rule.level == Level::Shared && !without_org.is_empty() {
+            problems.push(format!(
+                "{path}: shared needs an organization on every cluster; none for {without_org:?}"
+            ));
+        }
+        domains.push((name, Arc::new(rule)));
+    }
+    // The longest domain first: the most specific wins.
+    domains.sort_by_key(|(d, _)| std::cmp::Reverse(d.len()));
     Arc::new(AuthSettings {
         verifier: Verifier::new(issuers),
         remote_keys,
@@ -295,6 +354,8 @@ pub fn validate(
         assertions,
         default: Arc::new(default),
         environments: by_env,
+        clusters: by_cluster,
+        domains,
         organizations,
         admins,
     })
@@ -419,6 +480,7 @@ fn issuer(
         email_claim: raw.claims.email.clone().unwrap_or_else(|| "email".into()),
         groups_claim: raw.claims.groups.clone().unwrap_or_else(|| "groups".into()),
         organization_claim: (raw.claims.organization.clone()).unwrap_or_else(|| "org".into()),
+        required_claims: raw.required_claims.clone(),
     })
 }
 
@@ -509,6 +571,7 @@ fn login(
         email_claim: raw.claims.email.clone().unwrap_or_else(|| "email".into()),
         groups_claim: raw.claims.groups.clone().unwrap_or_else(|| "groups".into()),
         organization_claim: (raw.claims.organization.clone()).unwrap_or_else(|| "org".into()),
+        required_claims: Vec::new(),
     };
     let provider = Provider::new(
         issuer,
@@ -695,5 +758,36 @@ pub fn access(raw: &raw::Access, path: &str, problems: &mut Vec<String>) -> Acce
                 owner: r.owner.clone(),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_domain_rule_wins_on_label_boundaries() {
+        let mut problems = Vec::new();
+        let raw: raw::Auth = serde_json::from_value(serde_json::json!({
+            "issuers": [{ "issuer": "https://i", "algorithms": ["HS256"], "secret_file": "/nonexistent" }],
+            "access": { "domains": { "preview.example.com": "public", "internal.preview.example.com": "personal" } },
+        }))
+        .unwrap();
+        let settings = validate(
+            &raw,
+            &HashMap::new(),
+            HashMap::new(),
+            Path::new("/"),
+            &mut problems,
+        );
+        let level = |host: &str| settings.domain_rule(host).map(|r| r.level);
+        assert_eq!(level("a-1-x.preview.example.com"), Some(Level::Public));
+        assert_eq!(
+            level("a-1-x.internal.preview.example.com"),
+            Some(Level::Personal)
+        );
+        assert_eq!(level("preview.example.com"), Some(Level::Public));
+        assert_eq!(level("evilpreview.example.com"), None);
+        assert_eq!(level("preview.example.com.evil"), None);
     }
 }

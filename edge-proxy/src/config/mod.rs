@@ -546,10 +546,10 @@ fn validate(raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<String>> 
         .as_ref()
         .map(|p| header_policy::compile(p, "header_policy", &mut problems))
         .unwrap_or_default();
-    let auth = raw.auth.as_ref().map(|a| {
-        let envs: Vec<&str> = owner_of_env.keys().map(String::as_str).collect();
-        auth::validate(a, &envs, org_of_env.clone(), base, &mut problems)
-    });
+    let auth = raw
+        .auth
+        .as_ref()
+        .map(|a| auth::validate(a, &owner_of_env, org_of_env.clone(), base, &mut problems));
     let routes = validate_routes(
         raw.routes,
         &owner_of_env,

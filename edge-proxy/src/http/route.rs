@@ -99,11 +99,14 @@ pub fn resolve(
         None => (None, config.header_policy.clone(), None),
     };
     // The most specific rule wins: the route's, the environment's, the
-    // default; made stricter if the sidecar asked.
+    // cluster's, the domain's, the default; made stricter if the sidecar
+    // asked.
     let access = config.auth.as_ref().map(|auth| {
         let rule = rule
             .and_then(|r| r.access.clone())
             .or_else(|| auth.environments.get(&service.environment).cloned())
+            .or_else(|| auth.clusters.get(&session.cluster).cloned())
+            .or_else(|| auth.domain_rule(host).cloned())
             .unwrap_or_else(|| auth.default.clone());
         match session.requested.level {
             Some(level) => rule.at_least(level),
