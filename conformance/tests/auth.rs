@@ -53,12 +53,17 @@ fn now() -> u64 {
         .as_secs()
 }
 
-fn token(alg: Algorithm, key: &str, claims: Value) -> String {
-    let pem = std::fs::read(keys_dir().join(key)).unwrap();
-    let key = match alg {
+/// A test issuer's signing key.
+fn encoding_key(alg: Algorithm, file: &str) -> EncodingKey {
+    let pem = std::fs::read(keys_dir().join(file)).unwrap();
+    match alg {
         Algorithm::ES256 => EncodingKey::from_ec_pem(&pem).unwrap(),
         _ => EncodingKey::from_rsa_pem(&pem).unwrap(),
-    };
+    }
+}
+
+fn token(alg: Algorithm, key: &str, claims: Value) -> String {
+    let key = encoding_key(alg, key);
     encode(&Header::new(alg), &claims, &key).unwrap()
 }
 
@@ -282,11 +287,7 @@ fn issuer_configs_that_would_be_unsafe_are_refused() {
 
 /// A JWK for a test key, with a key id.
 fn jwk(file: &str, alg: Algorithm, kid: &str) -> Value {
-    let pem = std::fs::read(keys_dir().join(file)).unwrap();
-    let key = match alg {
-        Algorithm::ES256 => EncodingKey::from_ec_pem(&pem).unwrap(),
-        _ => EncodingKey::from_rsa_pem(&pem).unwrap(),
-    };
+    let key = encoding_key(alg, file);
     let mut jwk =
         serde_json::to_value(jsonwebtoken::jwk::Jwk::from_encoding_key(&key, alg).unwrap())
             .unwrap();
@@ -295,11 +296,7 @@ fn jwk(file: &str, alg: Algorithm, kid: &str) -> Value {
 }
 
 fn token_with_kid(alg: Algorithm, key: &str, kid: &str, sub: &str) -> String {
-    let pem = std::fs::read(keys_dir().join(key)).unwrap();
-    let key = match alg {
-        Algorithm::ES256 => EncodingKey::from_ec_pem(&pem).unwrap(),
-        _ => EncodingKey::from_rsa_pem(&pem).unwrap(),
-    };
+    let key = encoding_key(alg, key);
     let mut header = Header::new(alg);
     header.kid = Some(kid.into());
     let mut claims = claims("a@example.com");
