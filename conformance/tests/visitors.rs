@@ -277,3 +277,71 @@ fn tls_connections_are_closed_when_idle_or_silent() {
         );
     }
 }
+
+/// What the sample service's `/headers` saw for a request through the
+/// edge's plain port, with curl `args`.
+fn seen_headers(stack: &Stack, args: &[&str]) -> serde_json::Value {
+    let url = stack.url("hello-8080", "/headers");
+    let mut argv = args.to_vec();
+    argv.push(&url);
+    let out = curl(&argv);
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn cookie_crumbs_are_joined_and_untrusted_address_claims_and_stale_tracestate_removed() {
+    let stack = Stack::start_with_edge_yaml("visitors:\n  h2c: true\n");
+    for http in ["--http1.1", "--http2-prior-knowledge"] {
+        let seen = seen_headers(
+            &stack,
+            &[
+                http,
+                "-H",
+                "Cookie: a=1",
+                "-H",
+                "Cookie: b=2",
+                "-H",
+                "X-Real-IP: 6.6.6.6",
+                "-H",
+                "True-Client-IP: 6.6.6.6",
+                "-H",
+                "CF-Connecting-IP: 6.6.6.6",
+                "-H",
+                "traceparent: not-a-trace",
+                "-H",
+                "tracestate: vendor=stale",
+            ],
+        );
+        // One `cookie` field, RFC 9113 §8.2.3 (the sample service keeps the
+        // last of repeated fields: without joining it would show "b=2").
+        assert_eq!(seen["cookie"], "a=1; b=2", "{http}: {seen}");
+        for claim in [
+            "x-real-ip",
+            "true-client-ip",
+            "cf-connecting-ip",
+            "tracestate",
+        ] {
+            assert!(
+                seen.get(claim).is_none(),
+                "{http}: {claim} reached the service: {seen}"
+            );
+        }
+        assert_ne!(seen["traceparent"], "not-a-trace");
+        // The edge's own port, whatever the Host header says.
+        assert_eq!(
+            seen["x-forwarded-port"],
+            stack.http_port.to_string(),
+            "{http}: {seen}"
+        );
+    }
+    let seen = seen_headers(
+        &stack,
+        &["-H", "Host: hello-8080-demo.preview.localhost:1234"],
+    );
+    assert_eq!(
+        seen["x-forwarded-port"],
+        stack.http_port.to_string(),
+        "{seen}"
+    );
+}

@@ -3,9 +3,13 @@
 //!
 //! Forwarding headers and request ids from the client are believed only when
 //! the client is a trusted proxy (configured CIDRs); otherwise they are
-//! replaced, so a visitor cannot forge its address. A valid `traceparent` is
-//! propagated from anyone (it is correlation, not identity); a missing or
-//! malformed one starts a new trace.
+//! replaced, so a visitor cannot forge its address; the address claims
+//! other proxies and CDNs use (`X-Real-IP`, `True-Client-IP`,
+//! `CF-Connecting-IP`) are removed unless a trusted hop sent them. A valid
+//! `traceparent` is propagated from anyone (it is correlation, not
+//! identity); a missing or malformed one starts a new trace, without the
+//! visitor's `tracestate` (it described the trace replaced).
+//! `X-Forwarded-Port` is the port the request reached the edge on.
 
 use std::fmt::Write;
 use std::net::IpAddr;
@@ -22,6 +26,14 @@ pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-h
 pub static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 pub static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+/// Client-address claims of other proxies and CDNs: believed only from a
+/// trusted hop.
+pub static CLIENT_IP_CLAIMS: [HeaderName; 3] = [
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("cf-connecting-ip"),
+];
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// This hop, as the edge saw it.
@@ -32,16 +44,26 @@ pub struct Hop<'a> {
     pub tls: bool,
     /// The host the visitor asked for.
     pub host: &'a Host,
+    /// The edge's port the request came in on.
+    pub port: Option<u16>,
 }
 
-/// Headers to set on the upstream request, handed to `set` one by one.
-/// Values are built with one allocation at most: this runs on every
-/// request.
+/// Headers to set on the upstream request, handed to `set` one by one,
+/// and the visitor's headers to remove, handed to `remove`. Values are
+/// built with one allocation at most: this runs on every request.
 pub fn headers(
     hop: &Hop,
     incoming: &HeaderMap,
     mut set: impl FnMut(&'static HeaderName, HeaderValue),
+    mut remove: impl FnMut(&'static HeaderName),
 ) {
+    if !hop.trusted {
+        for name in &CLIENT_IP_CLAIMS {
+            if incoming.contains_key(name) {
+                remove(name);
+            }
+        }
+    }
     let kept = |name: &str| {
         hop.trusted
             .then(|| incoming.get(name).and_then(|v| v.to_str().ok()))
@@ -67,14 +89,9 @@ pub fn headers(
         set(&X_FORWARDED_HOST, host);
     }
     if kept("x-forwarded-port").is_none() {
-        let port = hop
-            .host
-            .sent()
-            .and_then(|h| h.rsplit_once(':'))
-            .and_then(|(_, p)| p.parse::<u16>().ok());
         set(
             &X_FORWARDED_PORT,
-            match port {
+            match hop.port {
                 Some(port) => HeaderValue::from(port),
                 None => HeaderValue::from_static(if hop.tls { "443" } else { "80" }),
             },
@@ -110,11 +127,34 @@ pub fn headers(
     }
     set(&FORWARDED, value_of(element));
     let traceparent = incoming
-        .get("traceparent")
+        .get(&TRACEPARENT)
         .filter(|v| v.to_str().is_ok_and(is_valid_traceparent))
-        .cloned()
-        .unwrap_or_else(|| value_of(new_traceparent()));
-    set(&TRACEPARENT, traceparent);
+        .cloned();
+    match traceparent {
+        Some(traceparent) => set(&TRACEPARENT, traceparent),
+        None => {
+            set(&TRACEPARENT, value_of(new_traceparent()));
+            if incoming.contains_key(&TRACESTATE) {
+                remove(&TRACESTATE);
+            }
+        }
+    }
+}
+
+/// HTTP/2 cookie crumbs (several `cookie` fields, as browsers send them)
+/// as the one field HTTP/1.1 wants, joined with `; ` (RFC 9113 §8.2.3);
+/// `None` when there is at most one.
+pub fn joined_cookies(incoming: &HeaderMap) -> Option<HeaderValue> {
+    let mut crumbs = incoming.get_all(http::header::COOKIE).iter();
+    let first = crumbs.next()?;
+    let second = crumbs.next()?;
+    let mut joined = Vec::with_capacity(first.len() + second.len() + 2);
+    joined.extend_from_slice(first.as_bytes());
+    for crumb in std::iter::once(second).chain(crumbs) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(crumb.as_bytes());
+    }
+    HeaderValue::from_bytes(&joined).ok()
 }
 
 /// Appends `ip` in its usual text form; IPv4 without `fmt` (this runs
@@ -246,12 +286,18 @@ mod tests {
         h
     }
 
+    /// What is set (removed headers show as `-`).
     fn headers(hop: &Hop, incoming: &HeaderMap) -> Vec<(&'static str, String)> {
-        let mut out = Vec::new();
-        super::headers(hop, incoming, |name, value| {
-            out.push((name.as_str(), value.to_str().unwrap().to_owned()))
-        });
-        out
+        let out = std::cell::RefCell::new(Vec::new());
+        super::headers(
+            hop,
+            incoming,
+            |name, value| {
+                (out.borrow_mut()).push((name.as_str(), value.to_str().unwrap().to_owned()))
+            },
+            |name| out.borrow_mut().push((name.as_str(), "-".into())),
+        );
+        out.into_inner()
     }
 
     fn get<'a>(out: &'a [(&'static str, String)], name: &str) -> Option<&'a str> {
@@ -273,7 +319,8 @@ mod tests {
             client_ip: Some("10.1.2.3".parse().unwrap()),
             trusted,
             tls: true,
-            host: host(Some("app.example.com")),
+            host: host(Some("app.example.com:8443")),
+            port: Some(443),
         }
     }
 
@@ -284,6 +331,9 @@ mod tests {
         ("x-forwarded-port", "1"),
         ("forwarded", "for=6.6.6.6"),
         ("x-request-id", "abc-123"),
+        ("x-real-ip", "6.6.6.6"),
+        ("true-client-ip", "6.6.6.6"),
+        ("cf-connecting-ip", "6.6.6.6"),
     ];
 
     #[test]
@@ -291,13 +341,17 @@ mod tests {
         let out = headers(&hop(false), &incoming(FORGED));
         assert_eq!(get(&out, "x-forwarded-for"), Some("10.1.2.3"));
         assert_eq!(get(&out, "x-forwarded-proto"), Some("https"));
-        assert_eq!(get(&out, "x-forwarded-host"), Some("app.example.com"));
+        assert_eq!(get(&out, "x-forwarded-host"), Some("app.example.com:8443"));
+        // The port the edge was reached on, not the one `Host` names.
         assert_eq!(get(&out, "x-forwarded-port"), Some("443"));
         assert_eq!(
             get(&out, "forwarded"),
-            Some("for=10.1.2.3;proto=https;host=\"app.example.com\"")
+            Some("for=10.1.2.3;proto=https;host=\"app.example.com:8443\"")
         );
         assert_eq!(trusted_request_id(&incoming(FORGED), false), None);
+        for claim in ["x-real-ip", "true-client-ip", "cf-connecting-ip"] {
+            assert_eq!(get(&out, claim), Some("-"), "{claim} removed");
+        }
     }
 
     #[test]
@@ -346,7 +400,12 @@ mod tests {
         assert_eq!(get(&out, "x-forwarded-host"), None, "kept as sent");
         assert_eq!(
             get(&out, "forwarded"),
-            Some("for=6.6.6.6, for=10.1.2.3;proto=https;host=\"app.example.com\"")
+            Some("for=6.6.6.6, for=10.1.2.3;proto=https;host=\"app.example.com:8443\"")
+        );
+        assert_eq!(
+            get(&out, "x-real-ip"),
+            None,
+            "a trusted hop's claim is kept"
         );
         assert_eq!(
             trusted_request_id(&incoming(FORGED), true).as_deref(),
@@ -381,6 +440,7 @@ mod tests {
             trusted: false,
             tls: false,
             host: host(None),
+            port: None,
         };
         let out = headers(&h, &HeaderMap::new());
         assert_eq!(get(&out, "forwarded"), Some("for=\"[::1]\";proto=http"));
@@ -412,6 +472,34 @@ mod tests {
             assert_ne!(started, bad);
             assert!(is_valid_traceparent(started), "{started}");
         }
+    }
+
+    #[test]
+    fn a_replaced_traceparent_takes_its_tracestate_along() {
+        let valid = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let out = headers(
+            &hop(false),
+            &incoming(&[("traceparent", valid), ("tracestate", "a=1")]),
+        );
+        assert_eq!(get(&out, "traceparent"), Some(valid));
+        assert_eq!(get(&out, "tracestate"), None, "kept as sent");
+        let out = headers(
+            &hop(false),
+            &incoming(&[("traceparent", "garbage"), ("tracestate", "a=1")]),
+        );
+        assert!(is_valid_traceparent(get(&out, "traceparent").unwrap()));
+        assert_eq!(get(&out, "tracestate"), Some("-"));
+    }
+
+    #[test]
+    fn cookie_crumbs_are_joined() {
+        let mut h = HeaderMap::new();
+        assert_eq!(joined_cookies(&h), None);
+        h.append(http::header::COOKIE, HeaderValue::from_static("a=1"));
+        assert_eq!(joined_cookies(&h), None);
+        h.append(http::header::COOKIE, HeaderValue::from_static("b=2"));
+        h.append(http::header::COOKIE, HeaderValue::from_static("c=3"));
+        assert_eq!(joined_cookies(&h).unwrap(), "a=1; b=2; c=3");
     }
 }
 

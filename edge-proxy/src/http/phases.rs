@@ -213,13 +213,29 @@ impl ProxyHttp for EdgeProxy {
             trusted: ctx.client.trusted_hop,
             tls: ctx.tls.is_some(),
             host: &ctx.host,
+            port: session
+                .server_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.port()),
         };
         let mut result = Ok(());
-        forwarding::headers(&hop, &session.req_header().headers, |name, value| {
-            if result.is_ok() {
-                result = request.insert_header(name, value);
-            }
-        });
+        let mut removed = Vec::new();
+        forwarding::headers(
+            &hop,
+            &session.req_header().headers,
+            |name, value| {
+                if result.is_ok() {
+                    result = request.insert_header(name, value);
+                }
+            },
+            |name| removed.push(name),
+        );
+        for name in removed {
+            let _ = request.remove_header(name);
+        }
+        if let Some(cookies) = forwarding::joined_cookies(&request.headers) {
+            request.insert_header(http::header::COOKIE, cookies)?;
+        }
         auth::to_service(request, ctx, &self.config.load());
         policy::on_request(session, request, ctx);
         result
