@@ -345,3 +345,23 @@ fn cookie_crumbs_are_joined_and_untrusted_address_claims_and_stale_tracestate_re
         "{seen}"
     );
 }
+
+#[test]
+fn identical_content_lengths_reach_the_service_as_one() {
+    let stack = Stack::start();
+    for lengths in [
+        "Content-Length: 5, 5\r\n",
+        "Content-Length: 5\r\nContent-Length: 5\r\n",
+    ] {
+        let mut c = TcpStream::connect(edge_addr(&stack)).unwrap();
+        write!(
+            c,
+            "POST /echo HTTP/1.1\r\nHost: hello-8080-demo.preview.localhost\r\n{lengths}Connection: close\r\n\r\nhello"
+        )
+        .unwrap();
+        let (reply, _) = read_until_closed(&mut c, Duration::from_secs(10));
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(reply.starts_with("HTTP/1.1 200"), "{lengths:?}: {reply}");
+        assert!(reply.contains("\r\nhello\r\n"), "{lengths:?}: {reply}");
+    }
+}

@@ -141,6 +141,31 @@ pub fn headers(
     }
 }
 
+/// One `Content-Length` for a request that came with several identical
+/// ones (`Content-Length: 5, 5`, or two fields): `None` when it already has
+/// at most one plain value. Pingora frames the body by the reconciled
+/// value and refuses disagreeing ones; the service should see the one
+/// value too, not a list some servers refuse and others read differently.
+pub fn single_content_length(incoming: &HeaderMap) -> Option<HeaderValue> {
+    let mut values = incoming.get_all(http::header::CONTENT_LENGTH).iter();
+    let first = values.next()?;
+    let second = values.next();
+    if second.is_none() && !first.as_bytes().contains(&b',') {
+        return None;
+    }
+    let mut agreed: Option<u64> = None;
+    for value in std::iter::once(first).chain(second).chain(values) {
+        for part in value.to_str().ok()?.split(',') {
+            let n: u64 = part.trim().parse().ok()?;
+            if agreed.is_some_and(|a| a != n) {
+                return None;
+            }
+            agreed = Some(n);
+        }
+    }
+    agreed.map(HeaderValue::from)
+}
+
 /// HTTP/2 cookie crumbs (several `cookie` fields, as browsers send them)
 /// as the one field HTTP/1.1 wants, joined with `; ` (RFC 9113 §8.2.3);
 /// `None` when there is at most one.
@@ -489,6 +514,22 @@ mod tests {
         );
         assert!(is_valid_traceparent(get(&out, "traceparent").unwrap()));
         assert_eq!(get(&out, "tracestate"), Some("-"));
+    }
+
+    #[test]
+    fn identical_content_lengths_become_one() {
+        let with = |values: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(http::header::CONTENT_LENGTH, HeaderValue::from_static(v));
+            }
+            single_content_length(&h)
+        };
+        assert_eq!(with(&[]), None);
+        assert_eq!(with(&["5"]), None, "already one");
+        assert_eq!(with(&["5, 5"]).unwrap(), "5");
+        assert_eq!(with(&["5", "5"]).unwrap(), "5");
+        assert_eq!(with(&["5", "6"]), None, "Pingora refuses these");
     }
 
     #[test]

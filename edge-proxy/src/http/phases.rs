@@ -236,6 +236,9 @@ impl ProxyHttp for EdgeProxy {
         if let Some(cookies) = forwarding::joined_cookies(&request.headers) {
             request.insert_header(http::header::COOKIE, cookies)?;
         }
+        if let Some(length) = forwarding::single_content_length(&request.headers) {
+            request.insert_header(http::header::CONTENT_LENGTH, length)?;
+        }
         auth::to_service(request, ctx, &self.config.load());
         policy::on_request(session, request, ctx);
         result
