@@ -181,3 +181,30 @@ fn revoking_a_token_closes_its_tunnels() {
             .cloned()
     });
 }
+
+#[test]
+fn dot_segments_are_resolved_before_routing_and_encoded_ones_refused_under_a_stripped_prefix() {
+    let stack = Stack::start_with_edge_yaml(API_ROUTE);
+    let get = |host: &str, path: &str| conformance::exchange(&stack, host, path, &["--path-as-is"]);
+    // `/api/x/../headers` is `/api/headers`: the service sees `/headers`.
+    let (status, _, body) = get("a.example.test", "/api/x/../headers");
+    assert_eq!(status, 200, "{body}");
+    // `/api/../headers` is `/headers`, outside the route: not the service's
+    // `/../headers`.
+    let (status, _, body) = get("a.example.test", "/api/../headers");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("ROUTE_NOT_FOUND"), "{body}");
+    for path in [
+        "/api/%2e%2e/headers",
+        "/api/%2E%2E%2fheaders",
+        "/api/a%2Fb",
+        "/../headers",
+    ] {
+        let (status, _, body) = get("a.example.test", path);
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains("BAD_REQUEST"), "{path}: {body}");
+    }
+    // On a preview URL the service sees the resolved path too.
+    let (status, _, body) = get(&stack.preview_host(), "/x/./../headers");
+    assert_eq!(status, 200, "{body}");
+}

@@ -11,9 +11,10 @@ use wasm_host::FilterPool;
 
 use crate::auth::Access;
 
-use super::failure::Failure;
+use super::failure::{ErrorKind, Failure};
 use crate::config::EdgeConfig;
 use crate::routing::preview::ServiceRef;
+use crate::routing::rules::normalize_path;
 use crate::routing::upstream::Protocol;
 use crate::tunnel::registry::{Session, TunnelRegistry};
 
@@ -69,22 +70,37 @@ pub fn resolve(
     config: &EdgeConfig,
     registry: &TunnelRegistry,
 ) -> Result<Target, Failure> {
-    let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let sent = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let refused = |message: &str| Failure {
+        kind: ErrorKind::BadRequest,
+        message: message.into(),
+    };
+    // Routed and forwarded without dot segments (the service sees the
+    // path the rule matched, never `/api/../admin` as `/../admin`).
+    let normal = normalize_path(sent).map_err(|_| refused("the path climbs above the root"))?;
+    let path = &*normal.path;
     let upstream = &config.upstream;
     let rule = config.routes.resolve(host, path);
     let (service, upstream_path, connect_timeout, read_timeout) = match rule {
         Some(rule) => {
+            if rule.strip_prefix && normal.encoded_separators {
+                // `%2e%2e` or `%2f` under a stripped prefix: the service
+                // may decode them into a path outside the prefix.
+                return Err(refused(
+                    "encoded dots or slashes in a path under a stripped prefix",
+                ));
+            }
             let rewritten = rule.upstream_path(path);
             (
                 rule.target.clone(),
-                (rewritten != path).then(|| rewritten.into_owned()),
+                (rewritten != sent).then(|| rewritten.into_owned()),
                 rule.connect_timeout.unwrap_or(upstream.connect_timeout),
                 rule.read_timeout.unwrap_or(upstream.read_timeout),
             )
         }
         None => (
             ServiceRef::from_normalized_host(host, &config.preview_domains)?,
-            None,
+            (path != sent).then(|| path.to_owned()),
             upstream.connect_timeout,
             upstream.read_timeout,
         ),

@@ -148,6 +148,80 @@ impl RouteTable {
     }
 }
 
+/// A request path (with its query) with dot segments removed (RFC 3986
+/// §5.2.4), as routing and the service see it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NormalPath<'a> {
+    pub path: std::borrow::Cow<'a, str>,
+    /// The path has percent-encoded dots, slashes or backslashes: what it
+    /// names depends on who decodes it.
+    pub encoded_separators: bool,
+}
+
+/// Why a path is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathEscapes;
+
+/// [`NormalPath`] for `path_and_query`; a path whose `..` segments climb
+/// above the root is refused. Borrowed (no work beyond a scan) when there
+/// is nothing to remove.
+pub fn normalize_path(path_and_query: &str) -> Result<NormalPath<'_>, PathEscapes> {
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    let encoded_separators = path.contains('%') && {
+        let lower = path.to_ascii_lowercase();
+        ["%2e", "%2f", "%5c"].iter().any(|e| lower.contains(e))
+    };
+    let dotted = path
+        .split('/')
+        .any(|segment| segment == "." || segment == "..");
+    if !dotted {
+        return Ok(NormalPath {
+            path: path_and_query.into(),
+            encoded_separators,
+        });
+    }
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    for (i, segment) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        match *segment {
+            "." => {
+                if last {
+                    out.push("");
+                }
+            }
+            ".." => {
+                if out.pop().is_none() {
+                    return Err(PathEscapes);
+                }
+                if last {
+                    out.push("");
+                }
+            }
+            s => out.push(s),
+        }
+    }
+    let mut normal = String::with_capacity(path_and_query.len());
+    for segment in &out {
+        normal.push('/');
+        normal.push_str(segment);
+    }
+    if normal.is_empty() {
+        normal.push('/');
+    }
+    if let Some(query) = query {
+        normal.push('?');
+        normal.push_str(query);
+    }
+    Ok(NormalPath {
+        path: normal.into(),
+        encoded_separators,
+    })
+}
+
 fn path_matches(prefix: &str, path: &str) -> bool {
     if prefix == "/" {
         return true;
@@ -160,6 +234,29 @@ fn path_matches(prefix: &str, path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dot_segments_are_removed_and_escapes_refused() {
+        let normal =
+            |p: &str| normalize_path(p).map(|n| (n.path.into_owned(), n.encoded_separators));
+        assert_eq!(normal("/a/b?x=../y"), Ok(("/a/b?x=../y".into(), false)));
+        assert_eq!(normal("/api/../admin"), Ok(("/admin".into(), false)));
+        assert_eq!(normal("/a/./b/."), Ok(("/a/b/".into(), false)));
+        assert_eq!(normal("/a/b/.."), Ok(("/a/".into(), false)));
+        assert_eq!(normal("/a/..?q"), Ok(("/?q".into(), false)));
+        assert_eq!(normal("/../etc/passwd"), Err(PathEscapes));
+        assert_eq!(normal("/a/../../b"), Err(PathEscapes));
+        assert_eq!(
+            normal("/api/%2e%2e/admin"),
+            Ok(("/api/%2e%2e/admin".into(), true))
+        );
+        assert_eq!(normal("/api/a%2Fb"), Ok(("/api/a%2Fb".into(), true)));
+        assert_eq!(normal("/a%20b"), Ok(("/a%20b".into(), false)));
+        assert!(matches!(
+            normalize_path("/plain/path").unwrap().path,
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 
     fn rule(host: &str, path: &str, service: &str) -> RouteRule {
         RouteRule {
