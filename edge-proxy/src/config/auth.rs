@@ -150,6 +150,21 @@ pub mod raw {
         pub organization: Option<String>,
     }
 
+    impl Claims {
+        /// The claim names, defaults filled in (issuers and sign-in alike).
+        pub fn email(&self) -> String {
+            self.email.clone().unwrap_or_else(|| "email".into())
+        }
+
+        pub fn groups(&self) -> String {
+            self.groups.clone().unwrap_or_else(|| "groups".into())
+        }
+
+        pub fn organization(&self) -> String {
+            self.organization.clone().unwrap_or_else(|| "org".into())
+        }
+    }
+
     #[derive(Debug, Default, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct AccessTable {
@@ -477,9 +492,9 @@ fn issuer(
         keys: ring,
         remote: remote.is_some(),
         validation: auth::validation(&raw.issuer, algorithms, &raw.audiences, leeway.as_secs()),
-        email_claim: raw.claims.email.clone().unwrap_or_else(|| "email".into()),
-        groups_claim: raw.claims.groups.clone().unwrap_or_else(|| "groups".into()),
-        organization_claim: (raw.claims.organization.clone()).unwrap_or_else(|| "org".into()),
+        email_claim: raw.claims.email(),
+        groups_claim: raw.claims.groups(),
+        organization_claim: raw.claims.organization(),
         required_claims: raw.required_claims.clone(),
     })
 }
@@ -568,9 +583,9 @@ fn login(
             std::slice::from_ref(&raw.client_id),
             leeway.as_secs().min(auth::MAX_LEEWAY_SECS),
         ),
-        email_claim: raw.claims.email.clone().unwrap_or_else(|| "email".into()),
-        groups_claim: raw.claims.groups.clone().unwrap_or_else(|| "groups".into()),
-        organization_claim: (raw.claims.organization.clone()).unwrap_or_else(|| "org".into()),
+        email_claim: raw.claims.email(),
+        groups_claim: raw.claims.groups(),
+        organization_claim: raw.claims.organization(),
         required_claims: Vec::new(),
     };
     let provider = Provider::new(

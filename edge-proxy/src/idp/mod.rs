@@ -104,6 +104,8 @@ pub struct RemoteKeys {
     fetched: Mutex<Fetched>,
     /// One fetch at a time.
     busy: tokio::sync::Mutex<()>,
+    /// A scheduled refetch is under way (requests meanwhile start none).
+    refreshing: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -126,6 +128,7 @@ impl RemoteKeys {
             min_interval,
             fetched: Mutex::new(Fetched::default()),
             busy: tokio::sync::Mutex::new(()),
+            refreshing: Default::default(),
         }
     }
 
@@ -133,11 +136,13 @@ impl RemoteKeys {
         *self.fetched.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether a scheduled refetch is due.
-    pub fn stale(&self) -> bool {
-        self.fetched()
-            .succeeded
-            .is_none_or(|t| t.elapsed() >= self.refresh)
+    /// Whether a scheduled refetch is due and none is under way (claims
+    /// it: the caller starts the one refetch).
+    fn claim_refresh(&self) -> bool {
+        let due = (self.fetched().succeeded).is_none_or(|t| t.elapsed() >= self.refresh);
+        due && !self
+            .refreshing
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
     }
 
     /// Fetches the set again unless the floor says not yet. Returns
@@ -215,9 +220,13 @@ pub async fn verify(
             }
         }
         result => {
-            for r in remote.iter().filter(|r| r.stale()) {
+            for r in remote.iter().filter(|r| r.claim_refresh()) {
                 let (r, http) = (r.clone(), http.clone());
-                tokio::spawn(async move { r.refetch(&http).await });
+                tokio::spawn(async move {
+                    r.refetch(&http).await;
+                    r.refreshing
+                        .store(false, std::sync::atomic::Ordering::Release);
+                });
             }
             result
         }
