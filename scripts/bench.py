@@ -72,7 +72,7 @@ RATHOLE = os.environ.get("RATHOLE") or os.path.expanduser("~/.cache/preview-edge
 COMPARATORS = ["direct", "nginx", "rathole", "nginx+rathole", "edge"]
 MIDDLE_HOPS = [c for c in COMPARATORS if c != "direct"]  # the rows about the hop in between
 ROW_KEYS = ["rps_c64", "rps_c1", "latency", "conn_rate", "bulk", "h2", "stalled", "bulk_rtt", "scale", "routes",
-            "policy", "wasm", "auth"]
+            "policy", "wasm", "auth", "limits"]
 # The policy and wasm rows: custom-domain routes to the same service, one
 # without a header policy, one with a typical policy (strip lists, a
 # templated request header, security headers) applied natively, one with
@@ -619,7 +619,11 @@ http {{
         self.hop["rathole"] = {"server": srv.pid, "client": cli.pid}
 
     # -- edge + sidecar
-    def edge_config(self, path, environments, https=True):
+    def edge_config(self, path, environments, https=True, limits="", probe=None):
+        """The edge's YAML. No limits unless `limits` (a `limits:` section's
+        entries) says: the per-cluster defaults would refuse a benchmark.
+        `probe` adds a route whose host answers once this config is in
+        force (see `Bench.reload_edge`)."""
         token_hash = subprocess.run([self.bin("edge-proxy"), "hash-token"], input=self.token + "\n",
                                     capture_output=True, text=True, timeout=10, check=True).stdout.strip()
         envs = ", ".join(environments)
@@ -639,9 +643,13 @@ clusters:
   - name: bench
     token_sha256: "{token_hash}"
     environments: [{envs}]
-""")
+limits:
+  cluster: {{}}
+{limits}""")
             if "bench" in environments:
                 f.write(policy_routes())
+                if probe:
+                    f.write(f"  - {{ name: probe, host: {probe}, target: bench/hello:8080 }}\n")
             if self.tunnel_tls:
                 # The tunnel over TLS (--tunnel-tls): the dev certificate covers localhost.
                 f.write(f"""tunnel:
@@ -658,6 +666,22 @@ clusters:
         line = re.search(r"edge-proxy listening .*", self.procs.log_text(name)).group(0)
         found = dict(re.findall(r"(\w+)=(\S+)", line))
         return proc, found
+
+    def reload_edge(self, limits):
+        """Rewrites the running edge's config with `limits` and waits until
+        it is in force: a new probe host, answered only by the new config."""
+        self.generation = getattr(self, "generation", 0) + 1
+        probe = f"probe{self.generation}.bench.test"
+        self.edge_config(os.path.join(self.work, "edge.yaml"), ["bench", "benchrtt"], limits=limits, probe=probe)
+        os.kill(self.proc_edge.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            out = run(["curl", "-s", "--noproxy", "*", "-o", "/dev/null", "-w", "%{http_code}", "-H",
+                       f"Host: {probe}", f"http://{self.addr['edge']}/"], timeout=10, check=False)
+            if out.strip() == "200":
+                return
+            time.sleep(0.1)
+        raise HarnessError(f"the edge did not take the new limits within 20 s: {limits!r}")
 
     def start_edge(self):
         log("edge-proxy")
@@ -1202,6 +1226,38 @@ def run_rows(b):
                 {**only_edge, "edge": cost}, {"edge": {"rps_public": rps["public"], "rps_with": rps[name]}},
                 must="≤ 5% rps", aim="≤ 1%", better="lower", expected=["edge"],
                 seconds=time.monotonic() - t0)
+    if b.want("limits"):
+        log("limits: none, a per-address rate and in-flight cap that never trigger, a per-identity rate "
+            "(the edge's config reloaded between loads; 64 connections)")
+        t0 = time.monotonic()
+        token = run([b.bin("bench-token"), "--alg", "ES256", "--key", os.path.join(JWT_KEYS, "ec.key"),
+                     "--issuer", JWT_ISSUER, "--audience", JWT_AUDIENCE], timeout=30).strip()
+        bearer = ("-H", f"Authorization: Bearer {token}")
+        never = "{ rate: 100000000, period: 1s, in_flight: 100000 }"
+        loads = {
+            # name: (limits, host, extra)
+            "none": ("", PLAIN_HOST, ()),
+            "ip": (f"  client_ip: {never}\n", PLAIN_HOST, ()),
+            "identity_none": ("", JWT_HOST, bearer),
+            "identity": (f"  identity: {never}\n", JWT_HOST, bearer),
+        }
+        rps = {name: [] for name in loads}
+        for _ in range(b.rounds):
+            for name, (limits, host, extra) in loads.items():
+                b.reload_edge(limits)
+                value, detail = b.wrk("edge", 64, 2, extra=extra, host=host)
+                if detail["non_2xx"]:
+                    raise HarnessError(f"limits row, {name}: {detail['non_2xx']} refused requests")
+                rps[name].append(value or 0.0)
+        b.reload_edge("")
+        median = {n: statistics.median(v) for n, v in rps.items()}
+        for name, base, what in (("ip", "none", "per client IP, rate + in-flight cap"),
+                                 ("identity", "identity_none", "per identity (bearer ES256), rate + in-flight cap")):
+            cost = round((1 - median[name] / median[base]) * 100, 1) if median[base] else None
+            note(f"without {median[base]:,.0f} req/s, limit {what} {median[name]:,.0f} req/s: {cost} %")
+            add(f"limits_{name}", f"limit {what}, never triggered: requests/s lost (%, 64 conns)", "%",
+                {**only_edge, "edge": cost}, {"edge": {"rps_without": rps[base], "rps_with": rps[name]}},
+                must="≤ 3% rps", aim="≤ 1%", better="lower", expected=["edge"], seconds=time.monotonic() - t0)
     return rows
 
 

@@ -95,6 +95,8 @@ clusters:
   - name: bench
     token_sha256: "{token_hash}"
     environments: [bench]
+limits:
+  cluster: {{}}
 {policy_routes()}""")
         out_file = os.path.join(work, "callgrind.out")
         edge, _ = start(work, "edge", ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}",

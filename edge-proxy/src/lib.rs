@@ -11,6 +11,7 @@
 //!
 //! | room          | role                                                      |
 //! |---------------|-----------------------------------------------------------|
+//! | [`limits`]    | rate limits (GCRA) and concurrency caps, kept in process: pure |
 //! | [`auth`]      | visitor identities (bearer JWTs) and access rules: pure   |
 //! | [`idp`]       | identity providers: JWK sets by URL, OIDC sign-in          |
 //! | [`routing`]   | host names, preview URLs, custom-domain rules, upstream protocols: pure |
@@ -27,6 +28,7 @@ pub mod auth;
 pub mod config;
 pub mod http;
 pub mod idp;
+pub mod limits;
 pub mod reload;
 pub mod routing;
 pub mod server;

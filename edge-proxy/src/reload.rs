@@ -88,8 +88,9 @@ impl Reloader {
     /// they started with. Listen addresses, the keep-alive pool size and
     /// HTTP/2's idle timeout only change on restart (a warning says so).
     /// Sessions whose token no longer grants their environment are closed.
-    pub fn apply(&self, new: EdgeConfig, trigger: &str) {
+    pub fn apply(&self, mut new: EdgeConfig, trigger: &str) {
         let old = self.config.load();
+        new.adopt_limits(&old);
         if old.http_addr != new.http_addr || old.tunnel_addr != new.tunnel_addr {
             warn!("listen addresses changed in the config; they take effect on restart");
         }

@@ -26,8 +26,9 @@ use tunnel_transport::coalesce::CoalescingIo;
 use arc_swap::ArcSwap;
 
 use crate::config::EdgeConfig;
-use crate::http::phases::EdgeProxy;
 use crate::http::visitor::{self, FirstBytes, HeadDeadline};
+use crate::http::{self, phases::EdgeProxy};
+use crate::limits::{self, Gauges, Use};
 use crate::reload::{self, Reloader};
 use crate::tls::{self, SniResolver, TunnelTlsState};
 use crate::tunnel::registry::{Authorizations, TunnelRegistry};
@@ -128,6 +129,7 @@ impl Edge {
             ..Default::default()
         });
         let in_flight = Arc::new(AtomicUsize::new(0));
+        let gauges = Arc::new(Gauges::default());
         let proxy = EdgeProxy {
             config: self.config.clone(),
             registry: self.registry.clone(),
@@ -137,6 +139,8 @@ impl Edge {
                 .and_then(|l| l.local_addr().ok())
                 .map(|a| a.port()),
             revocations: Default::default(),
+            gauges: gauges.clone(),
+            failures: Default::default(),
         };
         // Two apps: plain connections are sniffed here, and those that
         // start with the HTTP/2 preface go to the one that speaks h2c.
@@ -151,6 +155,14 @@ impl Edge {
             // traceparent, and Host for an HTTP/2 visitor.
             options.upstream_request_header_room = 8;
             app.server_options = Some(options);
+            // HTTP/2's share of the request limits: the header list as an
+            // HTTP/1.1 head (CONTINUATION floods end there), streams at
+            // once, and resets of streams not yet answered (rapid reset).
+            let mut h2 = pingora_core::protocols::http::v2::server::default_h2_options();
+            h2.max_header_list_size(visitors.max_head_size as u32)
+                .max_concurrent_streams(visitors.h2_max_concurrent_streams)
+                .max_pending_accept_reset_streams(visitors.h2_max_pending_resets);
+            app.h2_options = Some(h2);
             Arc::new(app)
         };
         let (stop_http_tx, stop_http_rx) = watch::channel(false);
@@ -174,6 +186,7 @@ impl Edge {
                 default_public_url,
             ),
             config: self.config.clone(),
+            gauges,
             shutdown: stop_http_rx,
             stop_accepting: CancellationToken::new(),
             stop_tunnel: CancellationToken::new(),
@@ -181,6 +194,7 @@ impl Edge {
         let workers = Workers::start(workers.max(1), &shared)?;
         let throttle = shared.tunnel_service.throttle().clone();
         let summaries = tokio::spawn(async move { throttle.summarize().await });
+        let housekeeping = tokio::spawn(forget_idle_limit_keys(self.config.clone()));
         let mut acceptors = vec![tokio::spawn(accept(
             http,
             Handoff::Visitor,
@@ -233,8 +247,27 @@ impl Edge {
         shared.stop_tunnel.cancel();
         let _ = tunnel_acceptor.await;
         summaries.abort();
+        housekeeping.abort();
         workers.stopped().await;
         Ok(())
+    }
+}
+
+/// How often rate limits forget the keys they no longer need: the state
+/// of a client that stayed within its limit for a while is that of a
+/// client never seen.
+const LIMIT_HOUSEKEEPING: Duration = Duration::from_secs(30);
+
+/// Keeps the rate limits' memory to the clients seen recently.
+async fn forget_idle_limit_keys(config: Arc<ArcSwap<EdgeConfig>>) {
+    let mut every = tokio::time::interval(LIMIT_HOUSEKEEPING);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let config = config.load();
+        for limit in http::limits::rates(&config) {
+            limit.forget_idle();
+        }
     }
 }
 
@@ -250,6 +283,8 @@ struct Shared {
     tunnel_tls: Option<tokio_rustls::TlsAcceptor>,
     tunnel_service: TunnelService,
     config: Arc<ArcSwap<EdgeConfig>>,
+    /// Open connections per client IP (and the requests' limits).
+    gauges: Arc<Gauges>,
     /// Tells Pingora that in-flight requests should wind down.
     shutdown: watch::Receiver<bool>,
     stop_accepting: CancellationToken,
@@ -457,7 +492,34 @@ async fn serve_visitor(
     tls: Option<Arc<Acceptor>>,
     shared: Shared,
 ) {
-    let visitors = shared.config.load().visitors.clone();
+    let config = shared.config.load();
+    let visitors = config.visitors.clone();
+    // Open connections per client IP: over the cap, closed unserved (a
+    // trusted proxy's connections carry many clients: not counted).
+    let trusted = config
+        .trusted_proxies
+        .iter()
+        .any(|n| n.contains(&peer.ip()));
+    let _connection = match (&config.limits.connections, trusted) {
+        (Some(cap), false) => {
+            match shared
+                .gauges
+                .acquire(cap, Use::Connections, limits::ip_key(peer.ip()))
+            {
+                Ok(permit) => Some(permit),
+                Err((refused, permit)) => {
+                    shared.gauges.count_refusal(&refused);
+                    if permit.is_none() {
+                        return debug!(%peer, max = cap.max, "connection refused: too many open from this address");
+                    }
+                    info!(%peer, "a dry-run limit would refuse this connection");
+                    permit
+                }
+            }
+        }
+        _ => None,
+    };
+    drop(config);
     let mut app = &shared.app;
     let mut first_bytes = Vec::new();
     if tls.is_none() && visitors.h2c {
@@ -515,7 +577,11 @@ async fn serve_visitor(
     } else if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
         Box::new(HeadDeadline::preface(stream, visitors.header_timeout))
     } else {
-        Box::new(HeadDeadline::new(stream, visitors.header_timeout))
+        Box::new(HeadDeadline::new(
+            stream,
+            visitors.header_timeout,
+            visitors.max_head_size,
+        ))
     };
     let mut next = app.process_new(stream, &shared.shutdown).await;
     while let Some(stream) = next {

@@ -6,21 +6,27 @@ use std::path::Path;
 
 /// Each room and the rooms it may use (see the table in `lib.rs`).
 const ROOMS: &[(&str, &[&str])] = &[
+    ("limits", &[]),
     ("auth", &[]),
     ("idp", &["auth"]),
-    ("routing", &["auth"]),
+    ("routing", &["auth", "limits"]),
     ("tls", &[]),
-    ("config", &["auth", "idp", "routing", "tls"]),
+    ("config", &["auth", "idp", "limits", "routing", "tls"]),
     ("tunnel", &["auth", "routing", "tls", "config"]),
     (
         "http",
-        &["auth", "idp", "routing", "tls", "config", "tunnel"],
+        &[
+            "auth", "idp", "limits", "routing", "tls", "config", "tunnel",
+        ],
     ),
-    ("reload", &["auth", "routing", "tls", "config", "tunnel"]),
+    (
+        "reload",
+        &["auth", "limits", "routing", "tls", "config", "tunnel"],
+    ),
     (
         "server",
         &[
-            "auth", "idp", "routing", "tls", "config", "tunnel", "http", "reload",
+            "auth", "idp", "limits", "routing", "tls", "config", "tunnel", "http", "reload",
         ],
     ),
 ];

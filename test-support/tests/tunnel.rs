@@ -234,7 +234,16 @@ async fn websocket_both_directions_and_close() {
 
 #[tokio::test]
 async fn many_concurrent_connections() {
-    let (edge, upstream, _sidecar) = stack().await;
+    // 200 at once: over the default cap of 100 per cluster.
+    let edge = TestEdge::builder()
+        .set("limits", "cluster: {}")
+        .start()
+        .await;
+    let upstream = TestUpstream::start().await;
+    let _sidecar = TestSidecar::builder(&edge)
+        .target("hello", 8080, upstream.addr)
+        .start()
+        .await;
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..200 {
         let url = edge.url(

@@ -127,8 +127,71 @@ pub fn duration(
     }
 }
 
+/// A size as written: a number of bytes, or text with a unit (`64KiB`,
+/// `10MiB`, `1GiB`, `500B`; `KB`, `MB` and `GB` are powers of ten).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+/// An optional size field: `default` when absent; a problem recorded
+/// against `path` (and `default` returned) when invalid.
+pub fn size(value: &Option<Size>, path: &str, default: u64, problems: &mut Vec<String>) -> u64 {
+    match value {
+        None => default,
+        Some(Size::Bytes(n)) => *n,
+        Some(Size::Text(text)) => parse_size(text).unwrap_or_else(|| {
+            problems.push(format!(
+                "{path}: {text:?} is not a size (expected e.g. 64KiB, 10MiB, 1GiB, or bytes)"
+            ));
+            default
+        }),
+    }
+}
+
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let unit = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    number.checked_mul(unit)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sizes() {
+        let mut problems = Vec::new();
+        let size = |v: Size, p: &mut Vec<String>| super::size(&Some(v), "x", 7, p);
+        use super::Size;
+        assert_eq!(size(Size::Bytes(10), &mut problems), 10);
+        assert_eq!(size(Size::Text("64KiB".into()), &mut problems), 65536);
+        assert_eq!(size(Size::Text("10 MiB".into()), &mut problems), 10 << 20);
+        assert_eq!(size(Size::Text("2GB".into()), &mut problems), 2_000_000_000);
+        assert!(problems.is_empty());
+        assert_eq!(size(Size::Text("ten".into()), &mut problems), 7);
+        assert_eq!(size(Size::Text("1PiB".into()), &mut problems), 7);
+        assert_eq!(problems.len(), 2);
+        assert!(
+            problems[0].starts_with("x: \"ten\" is not a size"),
+            "{problems:?}"
+        );
+    }
+
     use super::*;
 
     #[test]

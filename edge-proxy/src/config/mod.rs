@@ -20,6 +20,7 @@ use crate::routing::upstream::{Protocol, TlsUpstream};
 use token::TokenHash;
 
 pub mod auth;
+pub mod limits;
 pub mod token;
 mod wasm;
 
@@ -30,6 +31,17 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = tunnel_transport::settings::HEA
 /// How long a visitor may take to send a whole request head (and a new
 /// connection its first one).
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request head's size cap: as HTTP/2's default header list size.
+pub const DEFAULT_MAX_HEAD_SIZE: u64 = 64 * 1024;
+/// Header fields one request may carry.
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// A request target's length cap.
+pub const DEFAULT_MAX_URI_LENGTH: u64 = 8 * 1024;
+/// Streams one HTTP/2 connection may have open at once.
+pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// Streams an HTTP/2 client may reset before they were answered, per
+/// connection (h2's default is 20).
+pub const DEFAULT_H2_MAX_PENDING_RESETS: usize = 100;
 /// How long a visitor's idle keep-alive connection stays open.
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
 /// How long a visitor may take nothing of a response before it is closed.
@@ -71,6 +83,8 @@ pub mod raw {
         pub visitors: Visitors,
         pub header_policy: Option<header_policy::RawPolicy>,
         pub auth: Option<super::auth::raw::Auth>,
+        #[serde(default)]
+        pub limits: super::limits::raw::Limits,
     }
 
     #[derive(Debug, Deserialize)]
@@ -92,6 +106,21 @@ pub mod raw {
         pub header_timeout: Option<String>,
         pub keepalive_timeout: Option<String>,
         pub send_timeout: Option<String>,
+        pub max_head_size: Option<yaml_config::Size>,
+        pub max_headers: Option<usize>,
+        pub max_uri_length: Option<yaml_config::Size>,
+        pub max_body_size: Option<yaml_config::Size>,
+        pub http2: Option<Http2>,
+    }
+
+    /// `visitors.http2`: what one HTTP/2 connection may ask of the edge.
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Http2 {
+        pub max_concurrent_streams: Option<u32>,
+        /// Streams a client may reset before the edge has answered them
+        /// (rapid reset), per connection, before it is closed.
+        pub max_pending_resets: Option<usize>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -161,6 +190,8 @@ pub mod raw {
         /// PEM file of the CA that signs this cluster's sidecar client
         /// certificates (mutual TLS on the tunnel).
         pub client_ca: Option<String>,
+        /// This cluster's own limits, instead of `limits.cluster`.
+        pub limits: Option<super::limits::raw::Block>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -196,6 +227,11 @@ pub mod raw {
         pub wasm_filter: Option<RouteWasm>,
         /// Who may use the route (with `auth:`).
         pub access: Option<super::auth::raw::Access>,
+        /// This route's own limits, instead of `limits.route`.
+        pub limits: Option<super::limits::raw::Block>,
+        /// Request bodies through this route, instead of
+        /// `visitors.max_body_size`.
+        pub max_body_size: Option<yaml_config::Size>,
     }
 
     /// A proxy-wasm filter for a route's requests.
@@ -285,6 +321,8 @@ pub struct EdgeConfig {
     pub clusters: Vec<Cluster>,
     /// Custom-domain rules, tried before preview URLs.
     pub routes: RouteTable,
+    /// Rate limits and concurrency caps (routes carry their own).
+    pub limits: crate::limits::LimitSet,
     /// `header_policy:`, for requests no route names (`None`: nothing to
     /// do); routes carry it followed by their own.
     pub header_policy: Option<Arc<header_policy::Policy>>,
@@ -369,6 +407,14 @@ pub struct VisitorSettings {
     /// A visitor that takes nothing of a response for this long is closed
     /// (its tunnel stream reset, the service's connection closed).
     pub send_timeout: Duration,
+    /// A request head's bytes (HTTP/1.1) or header list (HTTP/2).
+    pub max_head_size: usize,
+    pub max_headers: usize,
+    pub max_uri_length: usize,
+    /// Request bodies, unless a route says otherwise (`None`: any size).
+    pub max_body_size: Option<u64>,
+    pub h2_max_concurrent_streams: u32,
+    pub h2_max_pending_resets: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -408,6 +454,16 @@ impl EdgeConfig {
             .collect()
     }
 
+    /// Takes over the counts of `old`'s rate limits that this config keeps
+    /// unchanged, before it replaces `old` (a reload does not hand every
+    /// client a fresh burst).
+    pub fn adopt_limits(&mut self, old: &EdgeConfig) {
+        crate::limits::adopt(
+            self.limits.rates_mut().chain(self.routes.rate_limits_mut()),
+            old.limits.rates().chain(old.routes.rate_limits()),
+        );
+    }
+
     /// Files whose change reloads the config: visitor and tunnel
     /// certificates and keys, clusters' client CAs.
     pub fn watched_files(&self) -> Vec<std::path::PathBuf> {
@@ -422,7 +478,7 @@ impl EdgeConfig {
     }
 }
 
-fn validate(raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<String>> {
+fn validate(mut raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<String>> {
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
     let http_addr = socket_addr(&raw.listen.http, "listen.http", &mut problems);
@@ -464,6 +520,12 @@ fn validate(raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<String>> 
         }
     }
 
+    let cluster_limits: Vec<_> = raw
+        .clusters
+        .iter_mut()
+        .map(|c| (c.name.clone(), c.limits.take()))
+        .collect();
+    let limits = limits::validate(&raw.limits, &cluster_limits, &mut problems);
     let mut clusters = Vec::new();
     let mut seen_tokens = HashSet::new();
     let mut owner_of_env: HashMap<String, String> = HashMap::new();
@@ -625,6 +687,7 @@ fn validate(raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<String>> 
     if tunnel.heartbeat_interval < Duration::from_millis(100) {
         problems.push("tunnel.heartbeat_interval: at least 100ms".into());
     }
+    let h2 = raw.visitors.http2.take().unwrap_or_default();
     let visitors = VisitorSettings {
         h2c: raw.visitors.h2c,
         header_timeout: duration(
@@ -645,7 +708,50 @@ fn validate(raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<String>> 
             DEFAULT_SEND_TIMEOUT,
             &mut problems,
         ),
+        max_head_size: yaml_config::size(
+            &raw.visitors.max_head_size,
+            "visitors.max_head_size",
+            DEFAULT_MAX_HEAD_SIZE,
+            &mut problems,
+        ) as usize,
+        max_headers: raw.visitors.max_headers.unwrap_or(DEFAULT_MAX_HEADERS),
+        max_uri_length: yaml_config::size(
+            &raw.visitors.max_uri_length,
+            "visitors.max_uri_length",
+            DEFAULT_MAX_URI_LENGTH,
+            &mut problems,
+        ) as usize,
+        max_body_size: raw.visitors.max_body_size.as_ref().map(|_| {
+            yaml_config::size(
+                &raw.visitors.max_body_size,
+                "visitors.max_body_size",
+                0,
+                &mut problems,
+            )
+        }),
+        h2_max_concurrent_streams: h2
+            .max_concurrent_streams
+            .unwrap_or(DEFAULT_H2_MAX_CONCURRENT_STREAMS),
+        h2_max_pending_resets: h2
+            .max_pending_resets
+            .unwrap_or(DEFAULT_H2_MAX_PENDING_RESETS),
     };
+    // Pingora parses at most 256 fields and 1 MiB of head.
+    if !(1..=256).contains(&visitors.max_headers) {
+        problems.push("visitors.max_headers: 1 to 256".into());
+    }
+    if !(1024..=1024 * 1024).contains(&visitors.max_head_size) {
+        problems.push("visitors.max_head_size: 1KiB to 1MiB".into());
+    }
+    if !(256..=visitors.max_head_size).contains(&visitors.max_uri_length) {
+        problems.push(
+            "visitors.max_uri_length: at least 256 bytes, and no more than visitors.max_head_size"
+                .into(),
+        );
+    }
+    if visitors.h2_max_concurrent_streams == 0 {
+        problems.push("visitors.http2.max_concurrent_streams: at least 1".into());
+    }
     for (key, value) in [
         ("visitors.header_timeout", visitors.header_timeout),
         ("visitors.keepalive_timeout", visitors.keepalive_timeout),
@@ -698,6 +804,7 @@ fn validate(raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<String>> 
         preview_domains,
         public_url: raw.preview.public_url,
         clusters,
+        limits,
         routes,
         header_policy: in_force(default_policy),
         auth,
@@ -927,6 +1034,19 @@ fn validate_routes(
             }
             Arc::new(auth::access(a, &path_of("access"), problems))
         });
+        let limits = r.limits.as_ref().map(|block| {
+            Arc::new(limits::route_limit(
+                block,
+                &path_of("limits"),
+                format!("{host_text}{path}"),
+                problems,
+            ))
+        });
+        let limit_key = crate::limits::key((&host_text, &path));
+        let max_body_size = r
+            .max_body_size
+            .as_ref()
+            .map(|_| yaml_config::size(&r.max_body_size, &path_of("max_body_size"), 0, problems));
         if let (Some(host), Some(target)) = (host, target) {
             rules.push(RouteRule {
                 host,
@@ -940,6 +1060,9 @@ fn validate_routes(
                 policy: in_force(policy).filter(|_| !replaces_policy),
                 wasm,
                 access,
+                limits,
+                max_body_size,
+                limit_key,
             });
         }
     }

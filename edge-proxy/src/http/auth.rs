@@ -45,12 +45,7 @@ pub async fn check(
             crate::idp::verify(&auth.verifier, &auth.remote_keys, &auth.http, token).await;
         match verified {
             Ok(identity) => ctx.identity = Some(identity),
-            Err(e) => {
-                return Err(Failure {
-                    kind: ErrorKind::InvalidToken,
-                    message: e.to_string(),
-                })
-            }
+            Err(e) => return Err(Failure::with(ErrorKind::InvalidToken, e.to_string())),
         }
     } else if auth.login.is_some() {
         ctx.identity = login::identity(req, ctx, &auth.session, revocations);
@@ -80,10 +75,7 @@ fn bearer(req: &RequestHeader) -> Result<Option<&str>, Failure> {
     let Some(value) = values.next() else {
         return Ok(None);
     };
-    let invalid = |message: &str| Failure {
-        kind: ErrorKind::InvalidToken,
-        message: message.into(),
-    };
+    let invalid = |message: &str| Failure::with(ErrorKind::InvalidToken, message);
     if values.next().is_some() {
         return Err(invalid("more than one Authorization header"));
     }

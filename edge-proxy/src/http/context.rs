@@ -50,6 +50,11 @@ pub struct RequestCtx {
     /// The route's wasm filter's stream, from the request side on (ended
     /// when the context is dropped).
     pub wasm: Option<wasm_host::PooledStream>,
+    /// What the request holds of the concurrency caps, while it lives.
+    pub permits: Vec<crate::limits::Permit>,
+    /// Request body bytes seen (counted against the route's
+    /// `max_body_size` when it has one).
+    pub body_bytes: u64,
     _in_flight: InFlight,
 }
 
@@ -82,6 +87,8 @@ impl RequestCtx {
             wasm: None,
             identity: None,
             set_cookie: None,
+            permits: Vec::new(),
+            body_bytes: 0,
             _in_flight: InFlight::new(in_flight),
         }
     }

@@ -5,13 +5,51 @@
 
 use pingora_error::{Error, ErrorSource, ErrorType};
 
+use crate::http::visitor::HeadError;
 use crate::routing::host::HostError;
 use crate::tunnel::connector::TunnelError;
-use crate::tunnel::registry::{RouteError, TakeError};
+use crate::tunnel::registry::RouteError;
 
-/// What went wrong, as a visitor sees it.
+/// Which hop of the way failed: the visitor's request itself, the edge,
+/// the tunnel between edge and sidecar, the sidecar, or the service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
+pub enum Hop {
+    Visitor,
+    Edge,
+    Tunnel,
+    Sidecar,
+    Service,
+}
+
+impl Hop {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Visitor => "visitor",
+            Self::Edge => "edge",
+            Self::Tunnel => "tunnel",
+            Self::Sidecar => "sidecar",
+            Self::Service => "service",
+        }
+    }
+}
+
+/// Declares [`ErrorKind`] and [`ALL_KINDS`] from one list, so no kind can
+/// be missing from the list the documented table is checked against.
+macro_rules! error_kinds {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// What went wrong, as a visitor sees it. The table in
+        /// `docs/errors.md` lists every kind; a test keeps the two the same.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum ErrorKind {
+            $($(#[$doc])* $name,)*
+        }
+
+        /// Every kind, in declaration order (the documented table's).
+        pub const ALL_KINDS: &[ErrorKind] = &[$(ErrorKind::$name,)*];
+    };
+}
+
+error_kinds! {
     BadRequest,
     /// No identity where the route needs one.
     Unauthenticated,
@@ -20,6 +58,19 @@ pub enum ErrorKind {
     /// An identity the route does not admit.
     Forbidden,
     RouteNotFound,
+    /// A method the edge does not proxy (`CONNECT`).
+    MethodNotAllowed,
+    /// The visitor took too long to send its request head.
+    RequestTimeout,
+    /// A body larger than the route allows.
+    BodyTooLarge,
+    UriTooLong,
+    /// Too many header fields, or too many bytes of them.
+    HeadersTooLarge,
+    /// Over a rate limit.
+    RateLimited,
+    /// Over a cap on requests in flight at once.
+    ConcurrencyLimited,
     TunnelUnavailable,
     UpstreamUnreachable,
     UpstreamTimeout,
@@ -38,6 +89,12 @@ impl ErrorKind {
             Self::Unauthenticated | Self::InvalidToken => 401,
             Self::Forbidden => 403,
             Self::RouteNotFound => 404,
+            Self::MethodNotAllowed => 405,
+            Self::RequestTimeout => 408,
+            Self::BodyTooLarge => 413,
+            Self::UriTooLong => 414,
+            Self::RateLimited | Self::ConcurrencyLimited => 429,
+            Self::HeadersTooLarge => 431,
             Self::TunnelUnavailable => 503,
             Self::UpstreamUnreachable | Self::UpstreamError | Self::IdentityProvider => 502,
             Self::UpstreamTimeout => 504,
@@ -52,6 +109,13 @@ impl ErrorKind {
             Self::InvalidToken => "INVALID_TOKEN",
             Self::Forbidden => "FORBIDDEN",
             Self::RouteNotFound => "ROUTE_NOT_FOUND",
+            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Self::RequestTimeout => "REQUEST_TIMEOUT",
+            Self::BodyTooLarge => "BODY_TOO_LARGE",
+            Self::UriTooLong => "URI_TOO_LONG",
+            Self::HeadersTooLarge => "HEADERS_TOO_LARGE",
+            Self::RateLimited => "RATE_LIMITED",
+            Self::ConcurrencyLimited => "CONCURRENCY_LIMITED",
             Self::TunnelUnavailable => "TUNNEL_UNAVAILABLE",
             Self::UpstreamUnreachable => "UPSTREAM_UNREACHABLE",
             Self::UpstreamTimeout => "UPSTREAM_TIMEOUT",
@@ -63,18 +127,45 @@ impl ErrorKind {
     }
 
     /// The gRPC status for the same situation, as gRPC's HTTP-to-gRPC
-    /// mapping would derive it from [`Self::status`].
+    /// mapping would derive it from [`Self::status`], except where gRPC
+    /// has a closer one (`RESOURCE_EXHAUSTED` for limits).
     pub fn grpc_status(self) -> u32 {
         match self {
-            Self::RouteNotFound => 12,                        // UNIMPLEMENTED
-            Self::Unauthenticated | Self::InvalidToken => 16, // UNAUTHENTICATED
-            Self::Forbidden => 7,                             // PERMISSION_DENIED
+            Self::RouteNotFound | Self::MethodNotAllowed => 12, // UNIMPLEMENTED
+            Self::Unauthenticated | Self::InvalidToken => 16,   // UNAUTHENTICATED
+            Self::Forbidden => 7,                               // PERMISSION_DENIED
+            Self::RateLimited | Self::ConcurrencyLimited => 8,  // RESOURCE_EXHAUSTED
+            Self::BodyTooLarge | Self::UriTooLong | Self::HeadersTooLarge => 8,
+            Self::RequestTimeout => 4, // DEADLINE_EXCEEDED
             Self::TunnelUnavailable
             | Self::UpstreamUnreachable
             | Self::UpstreamError
             | Self::UpstreamTimeout
             | Self::IdentityProvider => 14, // UNAVAILABLE
             Self::BadRequest | Self::FilterFailed | Self::Internal => 13, // INTERNAL
+        }
+    }
+
+    /// The hop that failed, unless the failure knows better (a sidecar
+    /// refusing a target it may not dial).
+    pub fn hop(self) -> Hop {
+        match self {
+            Self::BadRequest
+            | Self::Unauthenticated
+            | Self::InvalidToken
+            | Self::Forbidden
+            | Self::MethodNotAllowed
+            | Self::RequestTimeout
+            | Self::BodyTooLarge
+            | Self::UriTooLong
+            | Self::HeadersTooLarge
+            | Self::RateLimited
+            | Self::ConcurrencyLimited => Hop::Visitor,
+            Self::RouteNotFound | Self::FilterFailed | Self::IdentityProvider | Self::Internal => {
+                Hop::Edge
+            }
+            Self::TunnelUnavailable => Hop::Tunnel,
+            Self::UpstreamUnreachable | Self::UpstreamTimeout | Self::UpstreamError => Hop::Service,
         }
     }
 
@@ -85,6 +176,13 @@ impl ErrorKind {
             Self::InvalidToken => "the bearer token was refused",
             Self::Forbidden => "this identity may not use this preview",
             Self::RouteNotFound => "no route for this host",
+            Self::MethodNotAllowed => "the edge does not proxy this method",
+            Self::RequestTimeout => "the request head did not arrive in time",
+            Self::BodyTooLarge => "the request body is larger than this route allows",
+            Self::UriTooLong => "the request target is too long",
+            Self::HeadersTooLarge => "the request's header fields are too many or too large",
+            Self::RateLimited => "too many requests: slow down",
+            Self::ConcurrencyLimited => "too many requests in progress at once",
             Self::TunnelUnavailable => "the service's tunnel is not connected",
             Self::UpstreamUnreachable => "the service could not be reached",
             Self::UpstreamTimeout => "the service did not answer in time",
@@ -96,19 +194,59 @@ impl ErrorKind {
     }
 }
 
+/// Responses the edge wrote itself, per code (for the metrics endpoint).
+#[derive(Debug, Default)]
+pub struct FailureCounts([std::sync::atomic::AtomicU64; ALL_KINDS.len()]);
+
+impl FailureCounts {
+    pub fn count(&self, kind: ErrorKind) {
+        self.0[kind as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn get(&self, kind: ErrorKind) -> u64 {
+        self.0[kind as usize].load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A limit's refusal: what a 429 tells the client about when to retry
+/// (`Retry-After`) and which quota it hit (`RateLimit-Policy`, `RateLimit`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Whole seconds until a retry can succeed (at least 1).
+    pub retry_after: u64,
+    /// `RateLimit-Policy`'s value.
+    pub policy: String,
+    /// `RateLimit`'s value.
+    pub state: String,
+}
+
 /// An error kind with the message shown to the visitor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
     pub kind: ErrorKind,
     pub message: String,
+    pub hop: Hop,
+    /// Set on limit refusals.
+    pub refusal: Option<Box<Refusal>>,
 }
 
 impl Failure {
     pub fn new(kind: ErrorKind) -> Self {
+        Self::with(kind, kind.default_message())
+    }
+
+    pub fn with(kind: ErrorKind, message: impl Into<String>) -> Self {
         Self {
             kind,
-            message: kind.default_message().to_string(),
+            message: message.into(),
+            hop: kind.hop(),
+            refusal: None,
         }
+    }
+
+    pub fn at(mut self, hop: Hop) -> Self {
+        self.hop = hop;
+        self
     }
 }
 
@@ -116,10 +254,9 @@ impl From<HostError> for Failure {
     fn from(e: HostError) -> Self {
         match e {
             HostError::NotFound => Failure::new(ErrorKind::RouteNotFound),
-            HostError::Missing | HostError::Malformed => Failure {
-                kind: ErrorKind::BadRequest,
-                message: e.to_string(),
-            },
+            HostError::Missing | HostError::Malformed => {
+                Failure::with(ErrorKind::BadRequest, e.to_string())
+            }
         }
     }
 }
@@ -136,20 +273,61 @@ impl From<RouteError> for Failure {
 impl From<&TunnelError> for Failure {
     fn from(e: &TunnelError) -> Self {
         use tunnel_proto::ErrorCode;
-        let kind = match e {
-            TunnelError::NoStream(TakeError::Closed) | TunnelError::Broken => {
-                ErrorKind::TunnelUnavailable
+        match e {
+            TunnelError::NoStream(_) | TunnelError::Broken => {
+                Failure::new(ErrorKind::TunnelUnavailable)
             }
-            TunnelError::NoStream(TakeError::Timeout) => ErrorKind::TunnelUnavailable,
-            TunnelError::ConnectTimeout(_) => ErrorKind::UpstreamTimeout,
+            TunnelError::ConnectTimeout(_) => Failure::new(ErrorKind::UpstreamTimeout),
             TunnelError::Target {
                 code: ErrorCode::Timeout,
                 ..
-            } => ErrorKind::UpstreamTimeout,
-            TunnelError::Target { .. } => ErrorKind::UpstreamUnreachable,
-        };
-        Failure::new(kind)
+            } => Failure::new(ErrorKind::UpstreamTimeout),
+            // The sidecar would not dial it: its allowlist, not the service.
+            TunnelError::Target {
+                code: ErrorCode::Denied | ErrorCode::UnsupportedVersion | ErrorCode::Internal,
+                ..
+            } => Failure::with(
+                ErrorKind::UpstreamUnreachable,
+                "the sidecar refused to connect to this service",
+            )
+            .at(Hop::Sidecar),
+            TunnelError::Target { .. } => Failure::new(ErrorKind::UpstreamUnreachable),
+        }
     }
+}
+
+/// What a request head that could not be read is answered with: 408 for
+/// one too slow, 431 for one too large, 400 for one that does not parse;
+/// nothing for a connection that broke.
+pub fn unreadable(e: &Error) -> Option<Failure> {
+    let cause = e.root_cause();
+    if let Some(head) = cause
+        .downcast_ref::<std::io::Error>()
+        .and_then(crate::http::visitor::HeadError::of)
+    {
+        return Some(match head {
+            HeadError::Timeout => Failure::new(ErrorKind::RequestTimeout),
+            HeadError::TooLarge(_) => Failure::with(ErrorKind::HeadersTooLarge, head.to_string()),
+        });
+    }
+    if e.etype() != &ErrorType::InvalidHTTPHeader {
+        return None;
+    }
+    if let Some(httparse::Error::TooManyHeaders) = cause.downcast_ref::<httparse::Error>() {
+        return Some(Failure::with(
+            ErrorKind::HeadersTooLarge,
+            "more header fields than the edge parses",
+        ));
+    }
+    let detail = e
+        .context
+        .as_ref()
+        .map(|c| c.as_str())
+        .unwrap_or("malformed");
+    Some(Failure::with(
+        ErrorKind::BadRequest,
+        format!("the request head is malformed ({detail})"),
+    ))
 }
 
 /// Classifies an error pingora reports while proxying.
@@ -159,6 +337,7 @@ pub fn classify(e: &Error) -> Failure {
     }
     use ErrorType::*;
     let kind = match (e.etype(), e.esource()) {
+        (HTTPStatus(413), _) => ErrorKind::BodyTooLarge,
         (HTTPStatus(400..=499), _) => ErrorKind::BadRequest,
         (
             ConnectTimedout | ReadTimedout | WriteTimedout,
@@ -175,6 +354,41 @@ pub fn classify(e: &Error) -> Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tunnel::registry::TakeError;
+
+    /// `docs/errors.md` has one row per kind, in order, with the status,
+    /// gRPC status and hop the code gives it: the table operators read is
+    /// the code's.
+    #[test]
+    fn the_documented_table_is_the_code() {
+        let docs = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/errors.md"),
+        )
+        .unwrap();
+        let rows: Vec<Vec<String>> = docs
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .map(|l| l.split('|').map(|c| c.trim().to_string()).collect())
+            .collect();
+        assert_eq!(rows.len(), ALL_KINDS.len(), "one row per error kind");
+        for (kind, row) in ALL_KINDS.iter().zip(&rows) {
+            assert_eq!(row[1], format!("`{}`", kind.code()), "{kind:?}");
+            assert_eq!(row[2], kind.status().to_string(), "{kind:?}");
+            assert!(
+                row[3].starts_with(&format!("{} ", kind.grpc_status())),
+                "{kind:?}: gRPC {} in {:?}",
+                kind.grpc_status(),
+                row[3]
+            );
+            assert_eq!(row[4], kind.hop().as_str(), "{kind:?}");
+        }
+        let codes: std::collections::HashSet<_> = ALL_KINDS.iter().map(|k| k.code()).collect();
+        assert_eq!(codes.len(), ALL_KINDS.len(), "codes are unique");
+        for kind in ALL_KINDS {
+            let message = Failure::new(*kind).message;
+            assert!(message.len() > 10 && !message.ends_with('.'), "{kind:?}");
+        }
+    }
 
     #[test]
     fn tunnel_errors_map_to_honest_statuses() {

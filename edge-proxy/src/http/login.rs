@@ -132,10 +132,8 @@ pub fn sign_in_redirect(
     failure: &Failure,
 ) -> Option<String> {
     let login = config.auth.as_ref()?.login.as_ref()?;
-    let browser = matches!(req.method, http::Method::GET | http::Method::HEAD)
-        && (req.headers.get(http::header::ACCEPT))
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("text/html"));
+    let browser =
+        matches!(req.method, http::Method::GET | http::Method::HEAD) && errors::accepts_html(req);
     if failure.kind != ErrorKind::Unauthenticated || !browser || ctx.grpc {
         return None;
     }
@@ -228,10 +226,10 @@ pub async fn endpoint(
             &auth.session,
             revocations,
         )),
-        _ => Err(Failure {
-            kind: ErrorKind::RouteNotFound,
-            message: format!("{path} is not one of the edge's own paths"),
-        }),
+        _ => Err(Failure::with(
+            ErrorKind::RouteNotFound,
+            format!("{path} is not one of the edge's own paths"),
+        )),
     };
     match outcome {
         Ok(reply) => {
@@ -246,10 +244,7 @@ pub async fn endpoint(
 }
 
 fn bad(message: &str) -> Failure {
-    Failure {
-        kind: ErrorKind::BadRequest,
-        message: message.into(),
-    }
+    Failure::with(ErrorKind::BadRequest, message)
 }
 
 /// Whether this edge serves `host` (lowercase): a preview URL, a route's
@@ -357,10 +352,10 @@ async fn callback(
         return Err(bad("the sign-in's state does not match this browser's"));
     }
     if let Some(error) = param(req, "error") {
-        return Err(Failure {
-            kind: ErrorKind::Forbidden,
-            message: format!("the identity provider refused the sign-in: {error}"),
-        });
+        return Err(Failure::with(
+            ErrorKind::Forbidden,
+            format!("the identity provider refused the sign-in: {error}"),
+        ));
     }
     let code = param(req, "code").ok_or_else(|| bad("the provider sent no code"))?;
     let identity = login
@@ -369,10 +364,10 @@ async fn callback(
         .await
         .map_err(|e| {
             tracing::warn!(request_id = %ctx.id, error = %e, "sign-in failed");
-            Failure {
-                kind: ErrorKind::IdentityProvider,
-                message: "the sign-in could not be completed".into(),
-            }
+            Failure::with(
+                ErrorKind::IdentityProvider,
+                "the sign-in could not be completed",
+            )
         })?;
     let claims = (identity.claims.iter())
         .filter(|(k, _)| !TOKEN_CLAIMS.contains(&k.as_str()))
@@ -392,10 +387,10 @@ async fn callback(
     };
     let own = session_cookie(sessions, &signed_in, ctx.tls.is_some());
     if own.len() > MAX_COOKIE_VALUE {
-        return Err(Failure {
-            kind: ErrorKind::IdentityProvider,
-            message: "the identity is too large for a session cookie (too many groups?)".into(),
-        });
+        return Err(Failure::with(
+            ErrorKind::IdentityProvider,
+            "the identity is too large for a session cookie (too many groups?)",
+        ));
     }
     let done = cookie(&sessions.login_cookie, "", CALLBACK, 0, ctx.tls.is_some());
     let rd = return_address(&state.return_to, |h| serves(config, login, h))

@@ -4,7 +4,8 @@
 //! ([`forwarding`]), HTTPS redirects and HSTS ([`https`]), what went wrong
 //! ([`failure`]) and the one place it becomes a response ([`errors`]), the
 //! header policy on the way up and back ([`policy`]) and a route's
-//! proxy-wasm filter after it ([`wasm`]), and the visitor's
+//! proxy-wasm filter after it ([`wasm`]), rate limits and concurrency caps
+//! ([`limits`]), and the visitor's
 //! connection itself: protocol sniffing, request-head deadline ([`visitor`]).
 //!
 //! The top room: may use every other. Capabilities that act on requests
@@ -17,6 +18,7 @@ pub mod errors;
 pub mod failure;
 pub mod forwarding;
 pub mod https;
+pub mod limits;
 pub mod login;
 pub mod phases;
 pub mod policy;

@@ -12,7 +12,9 @@
 //!    routing);
 //!    on a route with a wasm filter, the policy's request edits and the
 //!    filter's request side ([`wasm::on_request`]), which may answer.
-//!    Limits join here, after learning and around routing.
+//!    Limits: the pre-auth guard right after learning, the route's,
+//!    environment's, cluster's, tunnel's, identity's and client IP's once
+//!    the visitor is known ([`limits`]).
 //! 3. `upstream_peer`: the target's tunnel stream as the upstream socket
 //!    ([`TunnelConnector`]), pooled per service and protocol.
 //! 4. `upstream_request_filter`: request id, rewritten path, forwarding
@@ -39,11 +41,12 @@ use tracing::info;
 
 use super::context::RequestCtx;
 use super::errors;
-use super::failure::{self, Failure};
+use super::failure::{self, ErrorKind, Failure, FailureCounts};
 use super::visitor::HeadDeadline;
-use super::{auth, forwarding, https, login, policy, route, wasm};
+use super::{auth, forwarding, https, limits, login, policy, route, wasm};
 use crate::auth::session::Revocations;
 use crate::config::{EdgeConfig, VisitorSettings};
+use crate::limits::Gauges;
 use crate::tunnel::connector::TunnelConnector;
 use crate::tunnel::registry::TunnelRegistry;
 
@@ -58,6 +61,11 @@ pub struct EdgeProxy {
     /// Sign-ins ended by logout and sign-in tickets used (kept across
     /// config reloads).
     pub revocations: Arc<Revocations>,
+    /// What is in flight per limit key, and refusals per scope (kept
+    /// across config reloads).
+    pub gauges: Arc<Gauges>,
+    /// Responses the edge wrote itself, per error code.
+    pub failures: Arc<FailureCounts>,
 }
 
 /// A header value HTTP/2 sends as a literal "never indexed": a value unique
@@ -88,6 +96,51 @@ fn visitor_connection(session: &mut Session, visitors: &VisitorSettings) {
     session.set_write_timeout(Some(visitors.send_timeout));
 }
 
+/// A request with more header fields or a longer target than the
+/// visitor settings allow (431, 414).
+fn request_size(req: &RequestHeader, visitors: &VisitorSettings) -> Result<(), Failure> {
+    if req.headers.len() > visitors.max_headers {
+        return Err(Failure::with(
+            ErrorKind::HeadersTooLarge,
+            format!("more than {} header fields", visitors.max_headers),
+        ));
+    }
+    let target = req.raw_path().len();
+    if target > visitors.max_uri_length {
+        return Err(Failure::with(
+            ErrorKind::UriTooLong,
+            format!(
+                "the request target is longer than {} bytes",
+                visitors.max_uri_length
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A body its `Content-Length` says is larger than the route allows: 413
+/// before a byte of it is read.
+fn announced_body(req: &RequestHeader, ctx: &RequestCtx) -> Result<(), Failure> {
+    let Some(max) = ctx.target.as_ref().and_then(|t| t.max_body_size) else {
+        return Ok(());
+    };
+    let length = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    match length {
+        Some(length) if length > max => Err(body_too_large(max)),
+        _ => Ok(()),
+    }
+}
+
+fn body_too_large(max: u64) -> Failure {
+    Failure::with(
+        ErrorKind::BodyTooLarge,
+        format!("the request body is larger than this route's {max} bytes"),
+    )
+}
+
 /// Answers the request with `failure` instead of proxying it.
 async fn answer(session: &mut Session, failure: Failure, ctx: &mut RequestCtx) -> Result<bool> {
     errors::respond(session, &failure, ctx).await;
@@ -107,6 +160,12 @@ impl ProxyHttp for EdgeProxy {
         let config = self.config.load();
         ctx.learn(session, &config);
         visitor_connection(session, &config.visitors);
+        if let Err(failure) = limits::guard(ctx, &config, &self.gauges) {
+            return answer(session, failure, ctx).await;
+        }
+        if let Err(failure) = request_size(session.req_header(), &config.visitors) {
+            return answer(session, failure, ctx).await;
+        }
         let host = match ctx.host.name() {
             Ok(host) => host,
             Err(e) => return answer(session, e.into(), ctx).await,
@@ -138,6 +197,12 @@ impl ProxyHttp for EdgeProxy {
                         ctx.failure = Some(failure);
                         return Ok(true);
                     }
+                    return answer(session, failure, ctx).await;
+                }
+                if let Err(failure) = limits::admit(ctx, &config, &self.gauges) {
+                    return answer(session, failure, ctx).await;
+                }
+                if let Err(failure) = announced_body(session.req_header(), ctx) {
                     return answer(session, failure, ctx).await;
                 }
                 if ctx.target.as_ref().is_some_and(|t| t.wasm.is_some()) {
@@ -244,6 +309,64 @@ impl ProxyHttp for EdgeProxy {
         result
     }
 
+    /// A body longer than the route allows, found while it streams (no
+    /// `Content-Length`, or one that lied): the request fails with 413 if
+    /// the service has not answered yet, else the connection is cut.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(max) = ctx.target.as_ref().and_then(|t| t.max_body_size) else {
+            return Ok(());
+        };
+        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+        if ctx.body_bytes > max {
+            ctx.failure = Some(body_too_large(max));
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(413),
+                "request body over the route's max_body_size",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Requests refused before a phase ran (a head too large, too slow or
+    /// malformed; `CONNECT`) get the one error shape too, with a request
+    /// id, and are counted and logged once.
+    fn early_refusal(
+        &self,
+        error: Option<&Error>,
+        req: Option<&RequestHeader>,
+    ) -> Option<(ResponseHeader, bytes::Bytes)> {
+        let failure = match error {
+            None => Failure::new(ErrorKind::MethodNotAllowed),
+            Some(e) => failure::unreadable(e)?,
+        };
+        let id = forwarding::new_request_id();
+        let format = match req {
+            Some(req) => errors::Format::of(req, super::context::is_grpc(req)),
+            None => errors::Format::Json,
+        };
+        self.failures.count(failure.kind);
+        info!(
+            request_id = %id,
+            method = req.map(|r| r.method.as_str()),
+            status = failure.kind.status(),
+            outcome = failure.kind.code(),
+            hop = failure.hop.as_str(),
+            error = error.map(|e| e.to_string()),
+            "request refused before it was read"
+        );
+        let (mut header, body) = errors::render(&failure, &id, format);
+        if failure.kind == ErrorKind::MethodNotAllowed {
+            let _ = header.insert_header("allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS");
+        }
+        Some((header, body))
+    }
+
     async fn response_filter(
         &self,
         session: &mut Session,
@@ -274,6 +397,18 @@ impl ProxyHttp for EdgeProxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        if let Some(failure) = ctx
+            .failure
+            .take()
+            .filter(|f| f.kind == ErrorKind::BodyTooLarge)
+        {
+            let error_code = errors::respond(session, &failure, ctx).await;
+            ctx.failure = Some(failure);
+            return FailToProxy {
+                error_code,
+                can_reuse_downstream: false,
+            };
+        }
         let failure = match wasm::replaced(e) {
             Some(wasm::Step::Reply(reply)) => {
                 return FailToProxy {
@@ -312,6 +447,9 @@ impl ProxyHttp for EdgeProxy {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
+        if let Some(failure) = &ctx.failure {
+            self.failures.count(failure.kind);
+        }
         let req = session.req_header();
         info!(
             request_id = %ctx.id,
@@ -323,6 +461,7 @@ impl ProxyHttp for EdgeProxy {
             path = req.uri.path(),
             status,
             outcome = ctx.failure.as_ref().map(|f| f.kind.code()).unwrap_or("OK"),
+            hop = ctx.failure.as_ref().map(|f| f.hop.as_str()),
             error = e.map(|e| e.to_string()),
             session = ctx.target.as_ref().map(|t| t.session.id.as_str()),
             duration_us = ctx.started.elapsed().as_micros() as u64,

@@ -10,6 +10,7 @@ use pingora_http::RequestHeader;
 use wasm_host::FilterPool;
 
 use crate::auth::Access;
+use crate::limits::Limit;
 
 use super::failure::{ErrorKind, Failure};
 use crate::config::EdgeConfig;
@@ -42,6 +43,13 @@ pub struct Target {
     pub wasm: Option<Arc<FilterPool>>,
     /// Who may use it (`None`: no `auth:`, everyone).
     pub access: Option<Arc<Access>>,
+    /// What per-route limits count it under: the rule's key, or for a
+    /// preview URL, its service's.
+    pub route_key: u64,
+    /// The rule's own limits (`None`: `limits.route`).
+    pub route_limits: Option<Arc<Limit>>,
+    /// Request bodies larger than this are refused (`None`: any size).
+    pub max_body_size: Option<u64>,
 }
 
 impl Target {
@@ -71,10 +79,7 @@ pub fn resolve(
     registry: &TunnelRegistry,
 ) -> Result<Target, Failure> {
     let sent = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let refused = |message: &str| Failure {
-        kind: ErrorKind::BadRequest,
-        message: message.into(),
-    };
+    let refused = |message: &str| Failure::with(ErrorKind::BadRequest, message);
     // Routed and forwarded without dot segments (the service sees the
     // path the rule matched, never `/api/../admin` as `/../admin`).
     let normal = normalize_path(sent).map_err(|_| refused("the path climbs above the root"))?;
@@ -110,9 +115,21 @@ pub fn resolve(
         .and_then(|r| r.protocol.clone())
         .or_else(|| session.protocol(&service.service, service.port).cloned())
         .unwrap_or_default();
-    let (route_name, policy, wasm) = match rule {
-        Some(rule) => (rule.name.clone(), rule.policy.clone(), rule.wasm.clone()),
-        None => (None, config.header_policy.clone(), None),
+    let (route_name, policy, wasm, route_key, route_limits) = match rule {
+        Some(rule) => (
+            rule.name.clone(),
+            rule.policy.clone(),
+            rule.wasm.clone(),
+            rule.limit_key,
+            rule.limits.clone(),
+        ),
+        None => (
+            None,
+            config.header_policy.clone(),
+            None,
+            crate::limits::key(&service),
+            None,
+        ),
     };
     // The most specific rule wins: the route's, the environment's, the
     // cluster's, the domain's, the default; made stricter if the sidecar
@@ -130,7 +147,12 @@ pub fn resolve(
         }
     });
     Ok(Target {
+        max_body_size: rule
+            .and_then(|r| r.max_body_size)
+            .or(config.visitors.max_body_size),
         access,
+        route_key,
+        route_limits,
         route_name,
         policy,
         wasm,

@@ -1,8 +1,9 @@
 //! A visitor's connection before and between requests: which protocol it
 //! speaks (HTTP/2 with prior knowledge is recognised from its first bytes,
-//! without waiting for all 24 of the preface), and a deadline for every
-//! HTTP/1 request head, so that a client sending a byte now and then
-//! cannot keep a connection (Pingora bounds each read, not the head).
+//! without waiting for all 24 of the preface), and for every HTTP/1 request
+//! head a deadline, so that a client sending a byte now and then cannot
+//! keep a connection (Pingora bounds each read, not the head), and a size
+//! cap (Pingora's is 1 MiB): a [`HeadError`] the refusal is made from.
 
 use std::future::Future;
 use std::io;
@@ -61,8 +62,24 @@ const WAITING: u8 = 0; // kept alive, waiting for a next request
 const HEAD: u8 = 1; // receiving a request head: the deadline runs
 const REQUEST: u8 = 2; // head received; body, response, upgrade
 
+/// Why a request head was not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    #[error("the request head did not arrive in time")]
+    Timeout,
+    #[error("the request head is larger than {0} bytes")]
+    TooLarge(usize),
+}
+
+impl HeadError {
+    /// The head error behind a read error, if one is.
+    pub fn of(e: &io::Error) -> Option<HeadError> {
+        e.get_ref()?.downcast_ref::<HeadError>().copied()
+    }
+}
+
 /// A visitor's HTTP/1 connection (plain or TLS) whose request heads must
-/// each arrive whole within `header_timeout`, counted from the head's first
+/// each arrive whole within `header_timeout` and `max_head` bytes, counted from the head's first
 /// byte (from the connection's start for its first request). The request
 /// phases say when a head is complete ([`HeadDeadline::head_received`])
 /// and when the request is over ([`HeadDeadline::request_done`]); they
@@ -71,6 +88,9 @@ const REQUEST: u8 = 2; // head received; body, response, upgrade
 pub struct HeadDeadline {
     inner: Stream,
     header_timeout: Duration,
+    max_head: usize,
+    /// Bytes read since the head being received began.
+    head_bytes: usize,
     phase: AtomicU8,
     deadline: Instant,
     /// Armed only when a read of a head has to wait.
@@ -81,11 +101,14 @@ pub struct HeadDeadline {
 }
 
 impl HeadDeadline {
-    /// An HTTP/1 connection: every request head has `header_timeout`.
-    pub fn new(inner: Stream, header_timeout: Duration) -> Self {
+    /// An HTTP/1 connection: every request head has `header_timeout` and
+    /// `max_head` bytes.
+    pub fn new(inner: Stream, header_timeout: Duration, max_head: usize) -> Self {
         Self {
             inner,
             header_timeout,
+            max_head,
+            head_bytes: 0,
             phase: AtomicU8::new(HEAD),
             deadline: Instant::now() + header_timeout,
             timer: None,
@@ -97,7 +120,7 @@ impl HeadDeadline {
     pub fn preface(inner: Stream, header_timeout: Duration) -> Self {
         Self {
             preface_left: H2_PREFACE.len(),
-            ..Self::new(inner, header_timeout)
+            ..Self::new(inner, header_timeout, usize::MAX)
         }
     }
 
@@ -119,10 +142,7 @@ impl HeadDeadline {
 }
 
 fn head_timed_out() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::TimedOut,
-        "the request head did not arrive in time",
-    )
+    io::Error::new(io::ErrorKind::TimedOut, HeadError::Timeout)
 }
 
 impl AsyncRead for HeadDeadline {
@@ -135,6 +155,12 @@ impl AsyncRead for HeadDeadline {
         if let Some(deadline) = this.head_deadline() {
             if Instant::now() >= deadline {
                 return Poll::Ready(Err(head_timed_out()));
+            }
+            // Pingora reads again only while the head is incomplete: this
+            // many bytes without a whole head is a head too large.
+            if this.head_bytes >= this.max_head {
+                let e = HeadError::TooLarge(this.max_head);
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
             }
         }
         let before = buf.filled().len();
@@ -150,6 +176,9 @@ impl AsyncRead for HeadDeadline {
                 } else if *phase == WAITING && read > 0 {
                     *phase = HEAD;
                     this.deadline = Instant::now() + this.header_timeout;
+                    this.head_bytes = read;
+                } else if *phase == HEAD {
+                    this.head_bytes += read;
                 }
                 Poll::Ready(Ok(()))
             }

@@ -3,7 +3,8 @@
 //! [`preview`]), custom-domain rules indexed by host and path ([`rules`]),
 //! and how the edge speaks to a service ([`upstream`]).
 //!
-//! Uses no other room: no I/O, no config loading, no sessions. The config
+//! Uses only the values of `auth` (access rules) and `limits` (a route's
+//! own limits): no I/O, no config loading, no sessions. The config
 //! builds these values; `http` applies them to requests.
 
 pub mod host;

@@ -12,6 +12,7 @@ use header_policy::Policy;
 use wasm_host::FilterPool;
 
 use crate::auth::Access;
+use crate::limits::{Limit, RateLimit};
 
 use crate::routing::preview::ServiceRef;
 use crate::routing::upstream::Protocol;
@@ -57,6 +58,13 @@ pub struct RouteRule {
     pub wasm: Option<Arc<FilterPool>>,
     /// `routes[].access:` (`None`: the environment's or the default).
     pub access: Option<Arc<Access>>,
+    /// `routes[].limits:` (`None`: `limits.route`).
+    pub limits: Option<Arc<Limit>>,
+    /// `routes[].max_body_size` (`None`: `visitors.max_body_size`).
+    pub max_body_size: Option<u64>,
+    /// What the rule's requests count under for per-route limits: its
+    /// host and path, so the count follows the rule across reloads.
+    pub limit_key: u64,
 }
 
 impl RouteRule {
@@ -96,6 +104,20 @@ impl RouteTable {
             index.or_default().push(i);
         }
         table
+    }
+
+    /// The rules' own rate limits, to take over a previous config's state
+    /// (only while this table is not shared yet: see `EdgeConfig::adopt`).
+    pub fn rate_limits_mut(&mut self) -> impl Iterator<Item = &mut RateLimit> {
+        self.rules
+            .iter_mut()
+            .filter_map(|r| Arc::get_mut(r.limits.as_mut()?)?.rate.as_mut())
+    }
+
+    pub fn rate_limits(&self) -> impl Iterator<Item = &RateLimit> {
+        self.rules
+            .iter()
+            .filter_map(|r| r.limits.as_ref()?.rate.as_ref())
     }
 
     pub fn len(&self) -> usize {
@@ -276,6 +298,9 @@ mod tests {
             policy: None,
             wasm: None,
             access: None,
+            limits: None,
+            max_body_size: None,
+            limit_key: 0,
             read_timeout: None,
             protocol: None,
         }

@@ -348,6 +348,19 @@ where
             }
             Err(mut e) => {
                 e.as_down();
+                // PATCH(edge-proxy): the application answers the requests
+                // refused before any phase runs, in its own error shape.
+                if let Some((header, body)) = self.inner.early_refusal(Some(&e), None) {
+                    debug!("Refused a request before reading it whole: {e}");
+                    downstream_session
+                        .write_error_response(header, body)
+                        .await
+                        .unwrap_or_else(|e| {
+                            debug!("failed to send error response to downstream: {e}");
+                        });
+                    downstream_session.shutdown().await;
+                    return None;
+                }
                 if matches!(e.etype, InvalidHTTPHeader) {
                     debug!(
                         "Fail to proxy: {e}, downstream session type: {}",
@@ -386,12 +399,17 @@ where
             .is_some_and(|opts| opts.allow_connect_method_proxying)
             && downstream_session.req_header().method == Method::CONNECT
         {
-            downstream_session
-                .respond_error(405)
-                .await
-                .unwrap_or_else(|e| {
-                    error!("failed to send error response to downstream: {e}");
-                });
+            // PATCH(edge-proxy): in the application's error shape, if it has one.
+            let refusal = self
+                .inner
+                .early_refusal(None, Some(downstream_session.req_header()));
+            let written = match refusal {
+                Some((header, body)) => downstream_session.write_error_response(header, body).await,
+                None => downstream_session.respond_error(405).await,
+            };
+            written.unwrap_or_else(|e| {
+                error!("failed to send error response to downstream: {e}");
+            });
             downstream_session.shutdown().await;
             return None;
         }

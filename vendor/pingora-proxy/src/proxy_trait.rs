@@ -543,6 +543,20 @@ pub trait ProxyHttp {
     ) {
     }
 
+    /// PATCH(edge-proxy): the response to a request refused before any
+    /// phase runs: a request head that could not be read or parsed
+    /// (`error`), or a `CONNECT` this proxy does not serve (`error` is
+    /// `None`, `req` its head). `None` keeps Pingora's own answer: an empty
+    /// 400 for an unparsable head, nothing for an unreadable one, an empty
+    /// 405 for `CONNECT`. The connection is closed after the response.
+    fn early_refusal(
+        &self,
+        _error: Option<&Error>,
+        _req: Option<&RequestHeader>,
+    ) -> Option<(ResponseHeader, Bytes)> {
+        None
+    }
+
     /// A value of true means that the log message will be suppressed. The default value is false.
     ///
     /// See also: [`Self::suppress_proxy_warn_log`].
