@@ -86,8 +86,12 @@ POLICY_HOST, PLAIN_HOST, WASM_HOST = "policy.bench.test", "plain.bench.test", "w
 JWT_HOST = "jwt.bench.test"
 JWT_ISSUER, JWT_AUDIENCE = "https://id.bench.test", "bench"
 JWT_KEYS = os.path.join(ROOT, "test-support", "jwt-keys")
+# A route with a rate limit and an in-flight cap of its own that never
+# trigger, for `scripts/callgrind --route limited` (the limits rows reload
+# the config instead, to measure per-address and per-identity limits).
+LIMITED_HOST = "limited.bench.test"
 ROUTE_HOSTS = {"plain": PLAIN_HOST, "policy": POLICY_HOST, "wasm": WASM_HOST, "jwt": JWT_HOST,
-               "cookie": JWT_HOST}
+               "cookie": JWT_HOST, "limited": LIMITED_HOST}
 
 
 def session_cookie(bench_token):
@@ -121,6 +125,8 @@ routes:
   - {{ name: plain, host: {PLAIN_HOST}, target: bench/hello:8080 }}
   - {{ name: jwt, host: {JWT_HOST}, target: bench/hello:8080, access: authenticated }}
   - {{ name: policy, host: {POLICY_HOST}, target: bench/hello:8080, header_policy: {BENCH_POLICY} }}
+  - {{ name: limited, host: {LIMITED_HOST}, target: bench/hello:8080,
+      limits: {{ rate: 100000000, period: 1s, in_flight: 100000 }} }}
 """
     module = os.environ.get("HEADER_POLICY_WASM")
     if module:
@@ -621,7 +627,8 @@ http {{
     # -- edge + sidecar
     def edge_config(self, path, environments, https=True, limits="", probe=None):
         """The edge's YAML. No limits unless `limits` (a `limits:` section's
-        entries) says: the per-cluster defaults would refuse a benchmark.
+        entries, then any top-level sections such as `redis:`) says: the
+        per-cluster defaults would refuse a benchmark.
         `probe` adds a route whose host answers once this config is in
         force (see `Bench.reload_edge`)."""
         token_hash = subprocess.run([self.bin("edge-proxy"), "hash-token"], input=self.token + "\n",
@@ -1227,7 +1234,7 @@ def run_rows(b):
                 must="≤ 5% rps", aim="≤ 1%", better="lower", expected=["edge"],
                 seconds=time.monotonic() - t0)
     if b.want("limits"):
-        log("limits: none, a per-address rate and in-flight cap that never trigger, a per-identity rate "
+        log("limits: none, a per-address rate and in-flight cap that never trigger (in memory, in Redis), a per-identity one "
             "(the edge's config reloaded between loads; 64 connections)")
         t0 = time.monotonic()
         token = run([b.bin("bench-token"), "--alg", "ES256", "--key", os.path.join(JWT_KEYS, "ec.key"),
@@ -1241,6 +1248,14 @@ def run_rows(b):
             "identity_none": ("", JWT_HOST, bearer),
             "identity": (f"  identity: {never}\n", JWT_HOST, bearer),
         }
+        if shutil.which("redis-server"):
+            # The same per-address limit, counted in a local Redis (one
+            # script call per request, on a Unix socket).
+            socket_path = os.path.join(b.work, "redis.sock")
+            b.procs.start("redis", ["redis-server", "--port", "0", "--unixsocket", socket_path, "--save", "",
+                                    "--appendonly", "no"], ready=r"ready to accept connections")
+            redis = f"redis: {{ url: 'unix://{socket_path}', budget: 50ms }}\n"
+            loads["redis"] = (f"  client_ip: {never}\n{redis}", PLAIN_HOST, ())
         rps = {name: [] for name in loads}
         for _ in range(b.rounds):
             for name, (limits, host, extra) in loads.items():
@@ -1251,6 +1266,19 @@ def run_rows(b):
                 rps[name].append(value or 0.0)
         b.reload_edge("")
         median = {n: statistics.median(v) for n, v in rps.items()}
+        if "redis" in median and median["redis"] and median["none"]:
+            # What a request pays for Redis: connection time per request
+            # (64 connections / requests/s), against the same limit kept in
+            # memory.
+            added_us = (64 / median["redis"] - 64 / median["ip"]) * 1e6
+            cost = round((1 - median["redis"] / median["none"]) * 100, 1)
+            note(f"without {median['none']:,.0f} req/s, per-address limit in redis {median['redis']:,.0f} req/s: "
+                 f"{cost} %, {added_us:,.0f} µs more per request than in memory")
+            add("limits_redis", "limit per client IP counted in Redis (Unix socket), never triggered: "
+                "requests/s lost (%, 64 conns)", "%", {**only_edge, "edge": cost},
+                {"edge": {"rps_without": rps["none"], "rps_with": rps["redis"],
+                          "added_us_per_request_vs_memory": round(added_us, 1)}},
+                must="its cost stated", better="lower", expected=["edge"], seconds=time.monotonic() - t0)
         for name, base, what in (("ip", "none", "per client IP, rate + in-flight cap"),
                                  ("identity", "identity_none", "per identity (bearer ES256), rate + in-flight cap")):
             cost = round((1 - median[name] / median[base]) * 100, 1) if median[base] else None
@@ -1305,6 +1333,8 @@ def judge(r, quick):
         return "yes" if e <= 10 else "no"
     if key.startswith("auth_"):
         return "yes" if e <= 5 else "no"
+    if key in ("limits_ip", "limits_identity"):
+        return "yes" if e <= 3 else "no"
     if key == "scale":
         d = r["details"]["scale"]
         if e > 0:

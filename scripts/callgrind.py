@@ -42,11 +42,12 @@ def start(work, name, argv, ready, timeout=120.0):
         sys.exit(f"{name} did not start:\n{f.read()[-3000:]}")
 
 
-# `--route plain|policy|wasm|jwt|cookie`: requests go through one of the
+# `--route plain|policy|wasm|jwt|cookie|limited`: requests go through one of the
 # bench's custom-domain routes: without a header policy, with the one its
 # `policy` row uses, with that policy in the wasm filter, or needing an
 # identity (an ES256 bearer JWT or a session cookie, sent with every
-# request; the differences are their costs).
+# request), or with a rate limit and in-flight cap of its own that never
+# trigger; the differences are their costs.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import JWT_AUDIENCE, JWT_ISSUER, JWT_KEYS, ROUTE_HOSTS, policy_routes, session_cookie  # noqa: E402
 

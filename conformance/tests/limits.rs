@@ -501,3 +501,203 @@ async fn websockets_per_tunnel_are_capped() {
         }
     }
 }
+
+#[test]
+fn behind_a_load_balancer_the_client_address_comes_from_the_proxy_protocol() {
+    let stack = Stack::start_with_edge_yaml(
+        "visitors:\n  proxy_protocol: true\nlimits:\n  client_ip: { rate: 1, period: 1h }\n",
+    );
+    let through_balancer = |header: &[u8]| {
+        let mut c = TcpStream::connect(("127.0.0.1", stack.http_port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        c.write_all(header).unwrap();
+        c.write_all(format!("GET /headers HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+            .unwrap();
+        read_response(&mut BufReader::new(c))
+    };
+    // v1: the service is told the client's address, and each client has
+    // its own count.
+    let (status, _, body) = through_balancer(b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 80\r\n");
+    assert_eq!(status, 200);
+    assert_eq!(json(&body)["x-forwarded-for"], "203.0.113.7");
+    let (status, _, _) = through_balancer(b"PROXY TCP4 203.0.113.7 127.0.0.1 40001 80\r\n");
+    assert_eq!(status, 429, "the same client, second request in the hour");
+    // v2, another client: admitted.
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    v2.extend_from_slice(&[198, 51, 100, 9, 127, 0, 0, 1, 0x9c, 0x40, 0x00, 0x50]);
+    let (status, _, body) = through_balancer(&v2);
+    assert_eq!(status, 200);
+    assert_eq!(json(&body)["x-forwarded-for"], "198.51.100.9");
+    // Straight to the edge, without the header: closed unserved.
+    let mut direct = TcpStream::connect(("127.0.0.1", stack.http_port)).unwrap();
+    direct
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let _ = write!(direct, "GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+    let mut got = Vec::new();
+    let _ = direct.read_to_end(&mut got);
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+}
+
+/// A `redis-server` of the test's own, on a Unix socket in `dir`.
+fn redis(dir: &std::path::Path) -> conformance::Proc {
+    let socket = dir.join("redis.sock");
+    let redis = conformance::Proc::spawn_program(
+        "redis-server",
+        &[
+            "--port",
+            "0",
+            "--unixsocket",
+            socket.to_str().unwrap(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        dir,
+    );
+    redis.wait_line("ready to accept connections", Duration::from_secs(20));
+    redis
+}
+
+fn redis_yaml(dir: &std::path::Path, more: &str) -> String {
+    format!(
+        "redis:\n  url: unix://{}\n{more}",
+        dir.join("redis.sock").display()
+    )
+}
+
+fn redis_keys(dir: &std::path::Path) -> String {
+    let socket = dir.join("redis.sock");
+    conformance::sh(&format!(
+        "redis-cli -s {} --scan --pattern 'preview-edge:rl:*'",
+        socket.display()
+    ))
+}
+
+#[test]
+fn two_edges_with_redis_share_one_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let _redis = redis(dir.path());
+    // A generous budget: on this busy machine a slow answer would be
+    // decided locally and the count would no longer be exact.
+    let yaml = redis_yaml(
+        dir.path(),
+        "  budget: 500ms\nlimits:\n  cluster: { rate: 20, period: 1h }\n",
+    );
+    let (a, b) = (
+        Stack::start_with_edge_yaml(&yaml),
+        Stack::start_with_edge_yaml(&yaml),
+    );
+    let mut admitted = [0, 0];
+    for i in 0..40 {
+        let stack = if i % 2 == 0 { &a } else { &b };
+        let (status, headers, _) = Conn::open(stack).get(HOST, "/", "");
+        match status {
+            200 => admitted[i % 2] += 1,
+            429 => assert_eq!(
+                header(&headers, "ratelimit-policy"),
+                Some("\"cluster\";q=20;w=3600")
+            ),
+            other => panic!("{other}"),
+        }
+    }
+    // Exactly the limit, from both together (each alone would admit 20).
+    assert_eq!(admitted[0] + admitted[1], 20, "{admitted:?}");
+    assert!(admitted[0] > 0 && admitted[1] > 0, "{admitted:?}");
+    assert!(redis_keys(dir.path()).contains("preview-edge:rl:cluster:20/3600/20:"));
+}
+
+#[test]
+fn without_redis_limits_fall_back_to_each_replica_and_recover_by_themselves() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis_proc = redis(dir.path());
+    let stack = Stack::start_with_edge_yaml(&redis_yaml(
+        dir.path(),
+        "  budget: 200ms\nlimits:\n  client_ip: { rate: 1000, period: 1h }\n",
+    ));
+    assert_eq!(Conn::open(&stack).get(HOST, "/", "").0, 200);
+    assert!(!redis_keys(dir.path()).is_empty());
+
+    // Killed: requests go on, decided in the edge's memory; said once.
+    redis_proc.kill();
+    for _ in 0..5 {
+        assert_eq!(Conn::open(&stack).get(HOST, "/", "").0, 200);
+    }
+    let line = stack
+        .edge
+        .wait_line("redis unavailable", Duration::from_secs(10));
+    assert!(line.contains("on_failure: open"), "{line}");
+
+    // Back (empty): the edge uses it again without being told.
+    let _redis = redis(dir.path());
+    test_support::wait::until_blocking("the edge to use redis again", || {
+        assert_eq!(Conn::open(&stack).get(HOST, "/", "").0, 200);
+        !redis_keys(dir.path()).is_empty()
+    });
+    stack
+        .edge
+        .wait_line("redis answers again", Duration::from_secs(10));
+}
+
+#[test]
+fn a_paused_redis_never_holds_a_request_past_its_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis_proc = redis(dir.path());
+    let stack = Stack::start_with_edge_yaml(&redis_yaml(
+        dir.path(),
+        "  budget: 20ms\nlimits:\n  client_ip: { rate: 1000, period: 1h }\n",
+    ));
+    assert_eq!(Conn::open(&stack).get(HOST, "/", "").0, 200);
+    conformance::signal(redis_proc.pid(), "STOP");
+    // Each request waits at most the budget, then is decided locally; the
+    // next ones skip Redis for a while. (The bound is loose: this is a
+    // hang check, not a timing one.)
+    let started = std::time::Instant::now();
+    for _ in 0..5 {
+        assert_eq!(Conn::open(&stack).get(HOST, "/", "").0, 200);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    stack
+        .edge
+        .wait_line("redis unavailable", Duration::from_secs(10));
+    conformance::signal(redis_proc.pid(), "CONT");
+}
+
+#[test]
+fn with_on_failure_closed_requests_are_refused_while_redis_is_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis_proc = redis(dir.path());
+    let stack = Stack::start_with_edge_yaml(&redis_yaml(
+        dir.path(),
+        "  on_failure: closed\nlimits:\n  client_ip: { rate: 1000, period: 1h }\n",
+    ));
+    assert_eq!(Conn::open(&stack).get(HOST, "/", "").0, 200);
+    redis_proc.kill();
+    let (status, headers, body) = Conn::open(&stack).get(HOST, "/", "");
+    assert_eq!(status, 503);
+    assert_eq!(json(&body)["error"]["code"], "LIMITS_UNAVAILABLE");
+    assert_eq!(header(&headers, "retry-after"), Some("1"));
+}
+
+#[test]
+fn bad_redis_settings_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, err) = check_config(
+        dir.path(),
+        "redis:\n  url: http://cache:6379\n  budget: 5s\n",
+    );
+    assert!(!ok);
+    assert!(err.contains("redis.url: not a Redis URL"), "{err}");
+    assert!(err.contains("redis.budget: between 1ms and 1s"), "{err}");
+    let (ok, err) = check_config(
+        dir.path(),
+        "redis:\n  url: redis://cache:6379\n  password_file: missing\n  on_failure: maybe\n",
+    );
+    assert!(!ok);
+    assert!(err.contains("on_failure"), "{err}");
+}

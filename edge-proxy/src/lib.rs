@@ -17,6 +17,7 @@
 //! | [`routing`]   | host names, preview URLs, custom-domain rules, upstream protocols: pure |
 //! | [`tls`]       | visitor certificates, chosen by SNI                       |
 //! | [`config`]    | YAML → validated config, sidecar token hashes             |
+//! | [`shared`]    | state shared by replicas through Redis: global rate limits |
 //! | [`tunnel`]    | the gRPC service sidecars dial, live sessions, streams as upstream sockets |
 //! | [`http`]      | a visitor's request: context, phases, forwarding, errors  |
 //! | [`reload`]    | applies a new config to the running edge                  |
@@ -32,6 +33,7 @@ pub mod limits;
 pub mod reload;
 pub mod routing;
 pub mod server;
+pub mod shared;
 pub mod tls;
 pub mod tunnel;
 

@@ -3,7 +3,8 @@
 //! which also sees Kubernetes ConfigMap symlink swaps) and on SIGHUP. A new
 //! config that does not validate is refused with every reason logged; the
 //! last good one keeps running. [`Reloader`] swaps it into the running
-//! edge: config, certificates, what each token grants.
+//! edge: config, certificates, what each token grants, the Redis
+//! connection of shared limits.
 //!
 //! Above `config`, `tls` and `tunnel`, which it updates; below `server`.
 
@@ -15,6 +16,7 @@ use tokio::signal::unix::Signal;
 use tracing::error;
 
 use crate::config::EdgeConfig;
+use crate::shared;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -67,6 +69,7 @@ pub struct Reloader {
     registry: Arc<TunnelRegistry>,
     certificates: Arc<SniResolver>,
     tunnel_tls: Arc<TunnelTlsState>,
+    shared: Arc<shared::InForce>,
 }
 
 impl Reloader {
@@ -75,12 +78,14 @@ impl Reloader {
         registry: Arc<TunnelRegistry>,
         certificates: Arc<SniResolver>,
         tunnel_tls: Arc<TunnelTlsState>,
+        shared: Arc<shared::InForce>,
     ) -> Self {
         Self {
             config,
             registry,
             certificates,
             tunnel_tls,
+            shared,
         }
     }
 
@@ -109,6 +114,10 @@ impl Reloader {
         }
         for warning in &new.warnings {
             warn!("{warning}");
+        }
+        if old.redis != new.redis {
+            // Counts start afresh in the new Redis (or in memory).
+            self.shared.store(shared::for_settings(new.redis.as_ref()));
         }
         let routes = new.routes.len();
         self.certificates.replace(cert_store(&new));

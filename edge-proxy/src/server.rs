@@ -30,6 +30,7 @@ use crate::http::visitor::{self, FirstBytes, HeadDeadline};
 use crate::http::{self, phases::EdgeProxy};
 use crate::limits::{self, Gauges, Use};
 use crate::reload::{self, Reloader};
+use crate::shared;
 use crate::tls::{self, SniResolver, TunnelTlsState};
 use crate::tunnel::registry::{Authorizations, TunnelRegistry};
 use crate::tunnel::service::{ClientChain, TunnelService};
@@ -42,6 +43,8 @@ pub struct Edge {
     registry: Arc<TunnelRegistry>,
     certificates: Arc<SniResolver>,
     tunnel_tls: Arc<TunnelTlsState>,
+    /// Limits shared through Redis, when `redis:` says so.
+    shared: Arc<shared::InForce>,
 }
 
 /// The edge's bound listeners.
@@ -84,6 +87,7 @@ impl Edge {
             registry,
             certificates,
             tunnel_tls,
+            shared: Default::default(),
         }
     }
 
@@ -94,6 +98,7 @@ impl Edge {
             self.registry.clone(),
             self.certificates.clone(),
             self.tunnel_tls.clone(),
+            self.shared.clone(),
         )
     }
 
@@ -130,6 +135,8 @@ impl Edge {
         });
         let in_flight = Arc::new(AtomicUsize::new(0));
         let gauges = Arc::new(Gauges::default());
+        self.shared
+            .store(shared::for_settings(self.config.load().redis.as_ref()));
         let proxy = EdgeProxy {
             config: self.config.clone(),
             registry: self.registry.clone(),
@@ -141,6 +148,7 @@ impl Edge {
             revocations: Default::default(),
             gauges: gauges.clone(),
             failures: Default::default(),
+            shared: self.shared.clone(),
         };
         // Two apps: plain connections are sniffed here, and those that
         // start with the HTTP/2 preface go to the one that speaks h2c.
@@ -494,6 +502,24 @@ async fn serve_visitor(
 ) {
     let config = shared.config.load();
     let visitors = config.visitors.clone();
+    // Behind a load balancer speaking the PROXY protocol, the client is
+    // the one its header names (the balancer's own checks keep the socket's).
+    let mut peer = peer;
+    let mut first_bytes = Vec::new();
+    if config.proxy_protocol {
+        match tokio::time::timeout(visitors.header_timeout, visitor::proxy_header(&mut tcp)).await {
+            Ok(Ok((client, rest))) => {
+                peer = client.unwrap_or(peer);
+                first_bytes = rest;
+            }
+            Ok(Err(e)) => {
+                return debug!(%peer, error = %e, "connection refused: listen.proxy_protocol expects a PROXY header")
+            }
+            Err(_) => {
+                return debug!(%peer, "no PROXY protocol header within visitors.header_timeout")
+            }
+        }
+    }
     // Open connections per client IP: over the cap, closed unserved (a
     // trusted proxy's connections carry many clients: not counted).
     let trusted = config
@@ -521,9 +547,9 @@ async fn serve_visitor(
     };
     drop(config);
     let mut app = &shared.app;
-    let mut first_bytes = Vec::new();
     if tls.is_none() && visitors.h2c {
-        match tokio::time::timeout(visitors.header_timeout, visitor::sniff(&mut tcp)).await {
+        let read = std::mem::take(&mut first_bytes);
+        match tokio::time::timeout(visitors.header_timeout, visitor::sniff(&mut tcp, read)).await {
             Ok(Ok((kind, read))) => {
                 if kind == FirstBytes::Http2 {
                     app = &shared.h2c_app;

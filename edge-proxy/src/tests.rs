@@ -12,21 +12,25 @@ const ROOMS: &[(&str, &[&str])] = &[
     ("routing", &["auth", "limits"]),
     ("tls", &[]),
     ("config", &["auth", "idp", "limits", "routing", "tls"]),
+    ("shared", &["limits", "config"]),
     ("tunnel", &["auth", "routing", "tls", "config"]),
     (
         "http",
         &[
-            "auth", "idp", "limits", "routing", "tls", "config", "tunnel",
+            "auth", "idp", "limits", "routing", "tls", "config", "shared", "tunnel",
         ],
     ),
     (
         "reload",
-        &["auth", "limits", "routing", "tls", "config", "tunnel"],
+        &[
+            "auth", "limits", "routing", "tls", "config", "shared", "tunnel",
+        ],
     ),
     (
         "server",
         &[
-            "auth", "idp", "limits", "routing", "tls", "config", "tunnel", "http", "reload",
+            "auth", "idp", "limits", "routing", "tls", "config", "shared", "tunnel", "http",
+            "reload",
         ],
     ),
 ];

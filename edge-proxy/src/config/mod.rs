@@ -85,6 +85,33 @@ pub mod raw {
         pub auth: Option<super::auth::raw::Auth>,
         #[serde(default)]
         pub limits: super::limits::raw::Limits,
+        pub redis: Option<Redis>,
+    }
+
+    /// `redis:`: state shared by several edge replicas.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Redis {
+        /// `redis://[user@]host:port/db`, `rediss://…` (TLS) or
+        /// `unix:///path/to/socket`.
+        pub url: String,
+        /// A file holding the password (a Kubernetes Secret), rather than
+        /// the URL.
+        pub password_file: Option<String>,
+        /// How long a request may wait for Redis.
+        pub budget: Option<String>,
+        pub on_failure: Option<OnFailure>,
+        pub key_prefix: Option<String>,
+    }
+
+    /// What limits do while Redis cannot be reached.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum OnFailure {
+        /// Decide in this replica's memory.
+        Open,
+        /// Refuse the requests limits apply to (503).
+        Closed,
     }
 
     #[derive(Debug, Deserialize)]
@@ -103,6 +130,10 @@ pub mod raw {
         /// Accept HTTP/2 with prior knowledge on `listen.http`.
         #[serde(default)]
         pub h2c: bool,
+        /// The visitor listeners sit behind a load balancer that sends
+        /// the PROXY protocol (v1 or v2).
+        #[serde(default)]
+        pub proxy_protocol: bool,
         pub header_timeout: Option<String>,
         pub keepalive_timeout: Option<String>,
         pub send_timeout: Option<String>,
@@ -307,6 +338,19 @@ pub mod raw {
     }
 }
 
+/// How long a request may wait for Redis by default.
+pub const DEFAULT_REDIS_BUDGET: Duration = Duration::from_millis(5);
+
+/// `redis:`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// With the password from `password_file`, if any (never logged).
+    pub url: String,
+    pub budget: Duration,
+    pub fail_closed: bool,
+    pub key_prefix: String,
+}
+
 /// The validated runtime configuration.
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
@@ -330,6 +374,10 @@ pub struct EdgeConfig {
     pub auth: Option<Arc<auth::AuthSettings>>,
     /// Clients whose forwarding headers and request ids are believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Visitor connections begin with a PROXY protocol header.
+    pub proxy_protocol: bool,
+    /// Limits shared with other replicas (read at start).
+    pub redis: Option<RedisSettings>,
     pub tunnel: TunnelSettings,
     pub upstream: UpstreamSettings,
     pub visitors: VisitorSettings,
@@ -792,6 +840,11 @@ fn validate(mut raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<Strin
             .unwrap_or(DEFAULT_KEEPALIVE_POOL_SIZE),
     };
 
+    let redis = raw
+        .redis
+        .as_ref()
+        .and_then(|r| validate_redis(r, base, &mut problems));
+
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -805,6 +858,8 @@ fn validate(mut raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<Strin
         public_url: raw.preview.public_url,
         clusters,
         limits,
+        proxy_protocol: raw.visitors.proxy_protocol,
+        redis,
         routes,
         header_policy: in_force(default_policy),
         auth,
@@ -919,6 +974,54 @@ fn parse_host_pattern(text: &str) -> Option<HostPattern> {
 /// A policy worth applying: `None` when it cannot change anything.
 fn in_force(policy: header_policy::Policy) -> Option<Arc<header_policy::Policy>> {
     (!policy.is_noop()).then(|| Arc::new(policy))
+}
+
+fn validate_redis(
+    raw: &raw::Redis,
+    base: &Path,
+    problems: &mut Vec<String>,
+) -> Option<RedisSettings> {
+    use redis::IntoConnectionInfo;
+    let before = problems.len();
+    let budget = duration(&raw.budget, "redis.budget", DEFAULT_REDIS_BUDGET, problems);
+    if !(Duration::from_millis(1)..=Duration::from_secs(1)).contains(&budget) {
+        problems.push("redis.budget: between 1ms and 1s".into());
+    }
+    let key_prefix = raw
+        .key_prefix
+        .clone()
+        .unwrap_or_else(|| "preview-edge".into());
+    if key_prefix.is_empty() || key_prefix.contains(char::is_whitespace) {
+        problems.push("redis.key_prefix: a non-empty word".into());
+    }
+    let mut url = raw.url.clone();
+    if let Some(file) = &raw.password_file {
+        match std::fs::read_to_string(base.join(file)) {
+            Ok(password) => match url::Url::parse(&url) {
+                Ok(mut parsed) if parsed.scheme().starts_with("redis") => {
+                    let _ = parsed.set_password(Some(password.trim()));
+                    url = parsed.to_string();
+                }
+                _ => problems
+                    .push("redis.password_file: only with a redis:// or rediss:// url".into()),
+            },
+            Err(e) => problems.push(format!("redis.password_file: {file}: {e}")),
+        }
+    }
+    // Checked as the client will read it; the URL is not repeated (it may
+    // hold a password).
+    if let Err(e) = url.as_str().into_connection_info() {
+        problems.push(format!(
+            "redis.url: not a Redis URL ({:?}): expected redis://host:6379, rediss://host:6380 or unix:///path",
+            e.kind()
+        ));
+    }
+    (problems.len() == before).then(|| RedisSettings {
+        url,
+        budget,
+        fail_closed: raw.on_failure == Some(raw::OnFailure::Closed),
+        key_prefix,
+    })
 }
 
 fn validate_routes(
@@ -1042,7 +1145,8 @@ fn validate_routes(
                 problems,
             ))
         });
-        let limit_key = crate::limits::key((&host_text, &path));
+        let limit_id: Arc<str> = format!("{host_text}{path}").into();
+        let limit_key = crate::limits::key(&limit_id);
         let max_body_size = r
             .max_body_size
             .as_ref()
@@ -1062,6 +1166,7 @@ fn validate_routes(
                 access,
                 limits,
                 max_body_size,
+                limit_id,
                 limit_key,
             });
         }

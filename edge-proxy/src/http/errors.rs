@@ -145,8 +145,14 @@ pub fn render(failure: &Failure, request_id: &str, format: Format) -> (ResponseH
         let _ = header.insert_header("cache-control", "no-store");
     }
     let _ = header.insert_header("x-request-id", request_id);
-    if failure.kind == ErrorKind::TunnelUnavailable {
-        let _ = header.insert_header("retry-after", "5");
+    match failure.kind {
+        ErrorKind::TunnelUnavailable => {
+            let _ = header.insert_header("retry-after", "5");
+        }
+        ErrorKind::LimitsUnavailable => {
+            let _ = header.insert_header("retry-after", "1");
+        }
+        _ => {}
     }
     if let Some(refusal) = &failure.refusal {
         let _ = header.insert_header("retry-after", refusal.retry_after.to_string());

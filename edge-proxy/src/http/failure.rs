@@ -71,6 +71,9 @@ error_kinds! {
     RateLimited,
     /// Over a cap on requests in flight at once.
     ConcurrencyLimited,
+    /// Shared limits cannot be checked (Redis unreachable, `on_failure:
+    /// closed`).
+    LimitsUnavailable,
     TunnelUnavailable,
     UpstreamUnreachable,
     UpstreamTimeout,
@@ -95,7 +98,7 @@ impl ErrorKind {
             Self::UriTooLong => 414,
             Self::RateLimited | Self::ConcurrencyLimited => 429,
             Self::HeadersTooLarge => 431,
-            Self::TunnelUnavailable => 503,
+            Self::TunnelUnavailable | Self::LimitsUnavailable => 503,
             Self::UpstreamUnreachable | Self::UpstreamError | Self::IdentityProvider => 502,
             Self::UpstreamTimeout => 504,
             Self::FilterFailed | Self::Internal => 500,
@@ -116,6 +119,7 @@ impl ErrorKind {
             Self::HeadersTooLarge => "HEADERS_TOO_LARGE",
             Self::RateLimited => "RATE_LIMITED",
             Self::ConcurrencyLimited => "CONCURRENCY_LIMITED",
+            Self::LimitsUnavailable => "LIMITS_UNAVAILABLE",
             Self::TunnelUnavailable => "TUNNEL_UNAVAILABLE",
             Self::UpstreamUnreachable => "UPSTREAM_UNREACHABLE",
             Self::UpstreamTimeout => "UPSTREAM_TIMEOUT",
@@ -138,6 +142,7 @@ impl ErrorKind {
             Self::BodyTooLarge | Self::UriTooLong | Self::HeadersTooLarge => 8,
             Self::RequestTimeout => 4, // DEADLINE_EXCEEDED
             Self::TunnelUnavailable
+            | Self::LimitsUnavailable
             | Self::UpstreamUnreachable
             | Self::UpstreamError
             | Self::UpstreamTimeout
@@ -161,9 +166,11 @@ impl ErrorKind {
             | Self::HeadersTooLarge
             | Self::RateLimited
             | Self::ConcurrencyLimited => Hop::Visitor,
-            Self::RouteNotFound | Self::FilterFailed | Self::IdentityProvider | Self::Internal => {
-                Hop::Edge
-            }
+            Self::RouteNotFound
+            | Self::LimitsUnavailable
+            | Self::FilterFailed
+            | Self::IdentityProvider
+            | Self::Internal => Hop::Edge,
             Self::TunnelUnavailable => Hop::Tunnel,
             Self::UpstreamUnreachable | Self::UpstreamTimeout | Self::UpstreamError => Hop::Service,
         }
@@ -183,6 +190,7 @@ impl ErrorKind {
             Self::HeadersTooLarge => "the request's header fields are too many or too large",
             Self::RateLimited => "too many requests: slow down",
             Self::ConcurrencyLimited => "too many requests in progress at once",
+            Self::LimitsUnavailable => "the shared limits cannot be checked now: retry shortly",
             Self::TunnelUnavailable => "the service's tunnel is not connected",
             Self::UpstreamUnreachable => "the service could not be reached",
             Self::UpstreamTimeout => "the service did not answer in time",

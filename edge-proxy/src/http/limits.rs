@@ -8,15 +8,20 @@
 //! A refusal is a 429 naming its scope, with `Retry-After`,
 //! `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers-10).
 //! A dry-run limit's refusal is logged and counted, and the request goes on.
+//! With `redis:`, rates are decided by Redis for all replicas (`shared`),
+//! by this replica when Redis is away (`on_failure: open`).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use tracing::info;
 
 use super::context::RequestCtx;
 use super::failure::{ErrorKind, Failure, Refusal};
+use super::route::Target;
 use crate::config::EdgeConfig;
 use crate::limits::{ip_key, key, Cap, Gauges, Limit, Permit, RateLimit, Refused, Scope, Use};
+use crate::shared::{Decision, SharedLimits};
 
 /// The pre-auth guard: one rate per client IP.
 pub fn guard(ctx: &RequestCtx, config: &EdgeConfig, gauges: &Gauges) -> Result<(), Failure> {
@@ -27,11 +32,13 @@ pub fn guard(ctx: &RequestCtx, config: &EdgeConfig, gauges: &Gauges) -> Result<(
 }
 
 /// The limits of a routed request whose visitor is known (or known to be
-/// anonymous).
-pub fn admit(
+/// anonymous). With `shared` (Redis), rates are counted across replicas;
+/// caps stay per replica.
+pub async fn admit(
     ctx: &mut RequestCtx,
     config: &EdgeConfig,
     gauges: &Arc<Gauges>,
+    shared: Option<&SharedLimits>,
 ) -> Result<(), Failure> {
     let Some(target) = &ctx.target else {
         return Ok(());
@@ -49,32 +56,42 @@ pub fn admit(
             .get(cluster)
             .unwrap_or(limits.default_for(Scope::Cluster)),
     };
-    let keyed: [(&Limit, Option<u64>); 6] = [
-        (route, Some(target.route_key)),
-        (
-            limits.default_for(Scope::Environment),
-            Some(key(("environment", &target.service.environment))),
-        ),
-        (cluster_limit, Some(key(("cluster", cluster)))),
-        (limits.default_for(Scope::Tunnel), Some(tunnel_key(target))),
-        (
-            limits.default_for(Scope::Identity),
-            ctx.identity
-                .as_ref()
-                .map(|i| key(("identity", &i.issuer, &i.subject))),
-        ),
-        (
-            limits.default_for(Scope::ClientIp),
-            ctx.client.ip.map(ip_key),
-        ),
+    let scopes: [(Scope, &Limit); 6] = [
+        (Scope::Route, route),
+        (Scope::Environment, limits.default_for(Scope::Environment)),
+        (Scope::Cluster, cluster_limit),
+        (Scope::Tunnel, limits.default_for(Scope::Tunnel)),
+        (Scope::Identity, limits.default_for(Scope::Identity)),
+        (Scope::ClientIp, limits.default_for(Scope::ClientIp)),
     ];
-    for (limit, key) in keyed {
-        if let (Some(rate), Some(key)) = (&limit.rate, key) {
+    // Keys only for the scopes with a limit: most have none.
+    let keyed = scopes.map(|(scope, limit)| {
+        let limited = limit.rate.is_some() || limit.cap.is_some();
+        (
+            scope,
+            limit,
+            limited.then(|| scope_key(scope, ctx, target)).flatten(),
+        )
+    });
+    for (scope, limit, key) in keyed {
+        let (Some(rate), Some(key)) = (&limit.rate, key) else {
+            continue;
+        };
+        let Some(shared) = shared else {
             verdict(rate.check(key), gauges, ctx)?;
+            continue;
+        };
+        match shared.check(rate, &shared_value(scope, ctx, target)).await {
+            Decision::Admitted => {}
+            Decision::Refused(refused) => verdict(Err(refused), gauges, ctx)?,
+            Decision::Unavailable if shared.fail_closed => {
+                return Err(Failure::new(ErrorKind::LimitsUnavailable));
+            }
+            Decision::Unavailable => verdict(rate.check(key), gauges, ctx)?,
         }
     }
     let mut permits = Vec::new();
-    for (limit, key) in keyed {
+    for (_, limit, key) in keyed {
         if let (Some(cap), Some(key)) = (&limit.cap, key) {
             permits.extend(hold(gauges, cap, Use::Requests, key, ctx)?);
         }
@@ -86,8 +103,58 @@ pub fn admit(
     Ok(())
 }
 
+/// What a request counts under in this replica, for a scope (`None`: the
+/// scope does not apply, an anonymous visitor's identity say).
+fn scope_key(scope: Scope, ctx: &RequestCtx, target: &Target) -> Option<u64> {
+    Some(match scope {
+        Scope::Route => target.route_key,
+        Scope::Environment => key(("environment", &target.service.environment)),
+        Scope::Cluster => key(("cluster", &target.session.cluster)),
+        Scope::Tunnel => tunnel_key(target),
+        Scope::Identity => {
+            let identity = ctx.identity.as_ref()?;
+            key(("identity", &identity.issuer, &identity.subject))
+        }
+        Scope::ClientIp | Scope::Guard => ip_key(ctx.client.ip?),
+    })
+}
+
+/// What a request counts under in Redis, for a scope: the thing itself
+/// (every replica must name it alike), not this process's hash of it.
+fn shared_value(scope: Scope, ctx: &RequestCtx, target: &Target) -> String {
+    let session = &target.session;
+    match scope {
+        Scope::Route => match &target.route_id {
+            Some(id) => id.to_string(),
+            None => {
+                let service = &target.service;
+                format!(
+                    "{}/{}:{}",
+                    service.environment, service.service, service.port
+                )
+            }
+        },
+        Scope::Environment => session.environment.clone(),
+        Scope::Cluster => session.cluster.clone(),
+        Scope::Tunnel => format!("{}/{}", session.environment, session.sidecar_name),
+        Scope::Identity => ctx
+            .identity
+            .as_ref()
+            .map(|i| format!("{}\0{}", i.issuer, i.subject))
+            .unwrap_or_default(),
+        Scope::ClientIp | Scope::Guard => match ctx.client.ip {
+            Some(IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+            Some(ip) => ip.to_canonical().to_string(),
+            None => String::new(),
+        },
+    }
+}
+
 /// A tunnel is one sidecar: all its connections (sessions) to this edge.
-fn tunnel_key(target: &super::route::Target) -> u64 {
+fn tunnel_key(target: &Target) -> u64 {
     let session = &target.session;
     key(("tunnel", &session.environment, &session.sidecar_name))
 }

@@ -66,6 +66,8 @@ pub struct EdgeProxy {
     pub gauges: Arc<Gauges>,
     /// Responses the edge wrote itself, per error code.
     pub failures: Arc<FailureCounts>,
+    /// Rate limits shared with the other replicas (`redis:`).
+    pub shared: Arc<crate::shared::InForce>,
 }
 
 /// A header value HTTP/2 sends as a literal "never indexed": a value unique
@@ -199,7 +201,10 @@ impl ProxyHttp for EdgeProxy {
                     }
                     return answer(session, failure, ctx).await;
                 }
-                if let Err(failure) = limits::admit(ctx, &config, &self.gauges) {
+                let shared = self.shared.load_full();
+                if let Err(failure) =
+                    limits::admit(ctx, &config, &self.gauges, shared.as_deref()).await
+                {
                     return answer(session, failure, ctx).await;
                 }
                 if let Err(failure) = announced_body(session.req_header(), ctx) {

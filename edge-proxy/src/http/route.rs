@@ -48,6 +48,9 @@ pub struct Target {
     pub route_key: u64,
     /// The rule's own limits (`None`: `limits.route`).
     pub route_limits: Option<Arc<Limit>>,
+    /// The rule's host and path, naming it in shared limits (`None`: a
+    /// preview URL, named by its service).
+    pub route_id: Option<Arc<str>>,
     /// Request bodies larger than this are refused (`None`: any size).
     pub max_body_size: Option<u64>,
 }
@@ -115,19 +118,21 @@ pub fn resolve(
         .and_then(|r| r.protocol.clone())
         .or_else(|| session.protocol(&service.service, service.port).cloned())
         .unwrap_or_default();
-    let (route_name, policy, wasm, route_key, route_limits) = match rule {
+    let (route_name, policy, wasm, route_key, route_limits, route_id) = match rule {
         Some(rule) => (
             rule.name.clone(),
             rule.policy.clone(),
             rule.wasm.clone(),
             rule.limit_key,
             rule.limits.clone(),
+            Some(rule.limit_id.clone()),
         ),
         None => (
             None,
             config.header_policy.clone(),
             None,
             crate::limits::key(&service),
+            None,
             None,
         ),
     };
@@ -153,6 +158,7 @@ pub fn resolve(
         access,
         route_key,
         route_limits,
+        route_id,
         route_name,
         policy,
         wasm,

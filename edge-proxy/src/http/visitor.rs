@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -36,24 +37,91 @@ pub enum FirstBytes {
 }
 
 /// Reads a new plain connection's first bytes, up to the point where they
-/// differ from the HTTP/2 preface or complete it; returns the protocol and
-/// the bytes read (to be handed back to the HTTP parser). An HTTP/1
-/// request shorter than the preface is recognised at its first byte.
-pub async fn sniff(tcp: &mut TcpStream) -> io::Result<(FirstBytes, Vec<u8>)> {
-    let mut read = Vec::with_capacity(H2_PREFACE.len());
+/// differ from the HTTP/2 preface or complete it, starting with those
+/// already read (`read`: what followed a PROXY protocol header); returns
+/// the protocol and the bytes read (to be handed back to the HTTP parser).
+/// An HTTP/1 request shorter than the preface is recognised at its first
+/// byte.
+pub async fn sniff(tcp: &mut TcpStream, mut read: Vec<u8>) -> io::Result<(FirstBytes, Vec<u8>)> {
     let mut buf = [0u8; 24];
     loop {
+        if !read.is_empty() && !H2_PREFACE.starts_with(&read[..read.len().min(24)]) {
+            return Ok((FirstBytes::Http1, read));
+        }
+        if read.len() >= H2_PREFACE.len() {
+            return Ok((FirstBytes::Http2, read));
+        }
         let n = tcp.read(&mut buf[..H2_PREFACE.len() - read.len()]).await?;
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
         read.extend_from_slice(&buf[..n]);
-        if !H2_PREFACE.starts_with(&read) {
-            return Ok((FirstBytes::Http1, read));
+    }
+}
+
+/// The longest PROXY protocol header read: v1's is at most 107 bytes, v2's
+/// address block plus the TLVs load balancers add (AWS, GCP, Azure send a
+/// few hundred bytes at most).
+const MAX_PROXY_HEADER: usize = 4096;
+
+/// Reads the PROXY protocol header (v1 or v2) a load balancer sends before
+/// a client's bytes. Returns the client's address it names (`None` for the
+/// balancer's own connections: v2 `LOCAL`, v1 `UNKNOWN`) and the bytes read
+/// past the header. Anything else is an error: on a listener configured
+/// for it, every connection must come through the balancer.
+pub async fn proxy_header(tcp: &mut TcpStream) -> io::Result<(Option<SocketAddr>, Vec<u8>)> {
+    use ppp::{v1, v2, HeaderResult, PartialResult};
+    let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
+    let mut read = Vec::with_capacity(256);
+    let mut buf = [0u8; 512];
+    loop {
+        let n = tcp.read(&mut buf).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        if read.len() == H2_PREFACE.len() {
-            return Ok((FirstBytes::Http2, read));
+        read.extend_from_slice(&buf[..n]);
+        let header = HeaderResult::parse(&read);
+        if header.is_incomplete() {
+            if read.len() > MAX_PROXY_HEADER {
+                return Err(invalid(format!(
+                    "no PROXY protocol header in the first {MAX_PROXY_HEADER} bytes"
+                )));
+            }
+            continue;
         }
+        let (length, client) = match header {
+            HeaderResult::V1(Ok(h)) => (
+                h.header.len(),
+                match h.addresses {
+                    v1::Addresses::Tcp4(a) => {
+                        Some(SocketAddr::from((a.source_address, a.source_port)))
+                    }
+                    v1::Addresses::Tcp6(a) => {
+                        Some(SocketAddr::from((a.source_address, a.source_port)))
+                    }
+                    v1::Addresses::Unknown => None,
+                },
+            ),
+            HeaderResult::V2(Ok(h)) => (
+                h.len(),
+                match (h.command, h.addresses) {
+                    (v2::Command::Proxy, v2::Addresses::IPv4(a)) => {
+                        Some(SocketAddr::from((a.source_address, a.source_port)))
+                    }
+                    (v2::Command::Proxy, v2::Addresses::IPv6(a)) => {
+                        Some(SocketAddr::from((a.source_address, a.source_port)))
+                    }
+                    _ => None,
+                },
+            ),
+            HeaderResult::V1(Err(e)) => {
+                return Err(invalid(format!("not a PROXY protocol header: {e}")))
+            }
+            HeaderResult::V2(Err(e)) => {
+                return Err(invalid(format!("not a PROXY protocol header: {e}")))
+            }
+        };
+        return Ok((client, read.split_off(length)));
     }
 }
 
@@ -306,7 +374,7 @@ mod tests {
         tokio::io::AsyncWriteExt::shutdown(&mut client)
             .await
             .unwrap();
-        sniff(&mut server).await
+        sniff(&mut server, Vec::new()).await
     }
 
     #[tokio::test]
@@ -323,6 +391,66 @@ mod tests {
         let (kind, read) = sniffed(&bytes).await.unwrap();
         assert_eq!(kind, FirstBytes::Http2);
         assert_eq!(read, H2_PREFACE);
+    }
+
+    /// `bytes` sent on a new connection, read by [`proxy_header`].
+    async fn proxied(bytes: &[u8]) -> io::Result<(Option<SocketAddr>, Vec<u8>)> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut client, bytes)
+            .await
+            .unwrap();
+        tokio::io::AsyncWriteExt::shutdown(&mut client)
+            .await
+            .unwrap();
+        proxy_header(&mut server).await
+    }
+
+    #[tokio::test]
+    async fn proxy_protocol_headers_name_the_client_and_hand_back_what_follows() {
+        let (client, rest) =
+            proxied(b"PROXY TCP4 203.0.113.7 10.0.0.1 5555 80\r\nGET / HTTP/1.1\r\n")
+                .await
+                .unwrap();
+        assert_eq!(client, Some("203.0.113.7:5555".parse().unwrap()));
+        assert_eq!(rest, b"GET / HTTP/1.1\r\n");
+
+        let (client, rest) = proxied(b"PROXY TCP6 2001:db8::7 2001:db8::1 5555 443\r\n")
+            .await
+            .unwrap();
+        assert_eq!(client, Some("[2001:db8::7]:5555".parse().unwrap()));
+        assert!(rest.is_empty());
+
+        // v2, PROXY over TCP/IPv4, then a TLS ClientHello's first byte.
+        let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+        v2.extend_from_slice(&[198, 51, 100, 9, 10, 0, 0, 1, 0x1f, 0x90, 0x01, 0xbb, 0x16]);
+        let (client, rest) = proxied(&v2).await.unwrap();
+        assert_eq!(client, Some("198.51.100.9:8080".parse().unwrap()));
+        assert_eq!(rest, [0x16]);
+
+        // v2 LOCAL (the balancer's own health check): no client address.
+        let local = b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00";
+        assert_eq!(proxied(local).await.unwrap(), (None, Vec::new()));
+        let (client, _) = proxied(b"PROXY UNKNOWN\r\n").await.unwrap();
+        assert_eq!(client, None);
+    }
+
+    #[tokio::test]
+    async fn a_connection_without_a_proxy_header_is_refused() {
+        for bytes in [
+            &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            b"PROXY TCP4 nonsense\r\n",
+            b"PROX",
+        ] {
+            assert!(
+                proxied(bytes).await.is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
     }
 
     #[tokio::test]

@@ -189,13 +189,21 @@ impl RateLimit {
     pub fn check(&self, key: u64) -> Result<(), Refused> {
         match self.state.check_key(&key) {
             Ok(()) => Ok(()),
-            Err(not_until) => Err(Refused {
-                scope: self.scope,
-                concurrency: false,
-                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
-                policy: self.policy(),
-                dry_run: self.dry_run,
-            }),
+            Err(not_until) => {
+                Err(self.refusal(not_until.wait_time_from(DefaultClock::default().now())))
+            }
+        }
+    }
+
+    /// This limit's refusal, when a retry can succeed after `retry_after`
+    /// (decided here or, for shared limits, by Redis).
+    pub fn refusal(&self, retry_after: Duration) -> Refused {
+        Refused {
+            scope: self.scope,
+            concurrency: false,
+            retry_after,
+            policy: self.policy(),
+            dry_run: self.dry_run,
         }
     }
 

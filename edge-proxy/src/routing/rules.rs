@@ -62,6 +62,8 @@ pub struct RouteRule {
     pub limits: Option<Arc<Limit>>,
     /// `routes[].max_body_size` (`None`: `visitors.max_body_size`).
     pub max_body_size: Option<u64>,
+    /// The rule's host and path: what names it in shared limits.
+    pub limit_id: Arc<str>,
     /// What the rule's requests count under for per-route limits: its
     /// host and path, so the count follows the rule across reloads.
     pub limit_key: u64,
@@ -300,6 +302,7 @@ mod tests {
             access: None,
             limits: None,
             max_body_size: None,
+            limit_id: "".into(),
             limit_key: 0,
             read_timeout: None,
             protocol: None,
