@@ -438,7 +438,12 @@ pub fn token_hash(token: &str) -> String {
 /// An edge, a sample upstream, and a connected sidecar exposing it as
 /// `hello:8080` in the default environment.
 pub async fn stack() -> (TestEdge, crate::TestUpstream, TestSidecar) {
-    let edge = TestEdge::builder().start().await;
+    stack_with(TestEdge::builder()).await
+}
+
+/// [`stack`] with an edge built by `edge` (more settings).
+pub async fn stack_with(edge: TestEdgeBuilder) -> (TestEdge, crate::TestUpstream, TestSidecar) {
+    let edge = edge.start().await;
     let upstream = crate::TestUpstream::start().await;
     let sidecar = TestSidecar::builder(&edge)
         .target("hello", 8080, upstream.addr)

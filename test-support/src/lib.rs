@@ -24,6 +24,6 @@ pub mod wait;
 pub mod wasm;
 
 pub use fault::FaultProxy;
-pub use harness::{client, stack, TestEdge, TestSidecar, DEFAULT_ENV, DEFAULT_TOKEN};
+pub use harness::{client, stack, stack_with, TestEdge, TestSidecar, DEFAULT_ENV, DEFAULT_TOKEN};
 pub use port::ClosedPort;
 pub use upstream::TestUpstream;

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use test_support::{
-    client, pattern, stack, ClosedPort, FaultProxy, TestEdge, TestSidecar, TestUpstream,
-    DEFAULT_ENV,
+    client, pattern, stack, stack_with, ClosedPort, FaultProxy, TestEdge, TestSidecar,
+    TestUpstream, DEFAULT_ENV,
 };
 use tokio_tungstenite::tungstenite::Message;
 
@@ -235,15 +235,8 @@ async fn websocket_both_directions_and_close() {
 #[tokio::test]
 async fn many_concurrent_connections() {
     // 200 at once: over the default cap of 100 per cluster.
-    let edge = TestEdge::builder()
-        .set("limits", "cluster: {}")
-        .start()
-        .await;
-    let upstream = TestUpstream::start().await;
-    let _sidecar = TestSidecar::builder(&edge)
-        .target("hello", 8080, upstream.addr)
-        .start()
-        .await;
+    let (edge, upstream, _sidecar) =
+        stack_with(TestEdge::builder().set("limits", "cluster: {}")).await;
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..200 {
         let url = edge.url(
@@ -416,15 +409,8 @@ async fn unreachable_target_is_502() {
 
 #[tokio::test]
 async fn slow_target_is_504() {
-    let edge = TestEdge::builder()
-        .set("upstream", "read_timeout: 300ms")
-        .start()
-        .await;
-    let upstream = TestUpstream::start().await;
-    let _sidecar = TestSidecar::builder(&edge)
-        .target("hello", 8080, upstream.addr)
-        .start()
-        .await;
+    let (edge, _upstream, _sidecar) =
+        stack_with(TestEdge::builder().set("upstream", "read_timeout: 300ms")).await;
     let (status, code, _) = error_code(
         client()
             .get(edge.url("hello", 8080, DEFAULT_ENV, "/slow?ms=2000"))

@@ -362,19 +362,25 @@ impl Peek for HeadDeadline {
 mod tests {
     use super::*;
 
-    async fn sniffed(bytes: &[u8]) -> io::Result<(FirstBytes, Vec<u8>)> {
+    /// The server side of a new connection whose client sent `bytes` and
+    /// closed its side.
+    async fn received(bytes: &[u8]) -> TcpStream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut client = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
-        let (mut server, _) = listener.accept().await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
         tokio::io::AsyncWriteExt::write_all(&mut client, bytes)
             .await
             .unwrap();
         tokio::io::AsyncWriteExt::shutdown(&mut client)
             .await
             .unwrap();
-        sniff(&mut server, Vec::new()).await
+        server
+    }
+
+    async fn sniffed(bytes: &[u8]) -> io::Result<(FirstBytes, Vec<u8>)> {
+        sniff(&mut received(bytes).await, Vec::new()).await
     }
 
     #[tokio::test]
@@ -395,18 +401,7 @@ mod tests {
 
     /// `bytes` sent on a new connection, read by [`proxy_header`].
     async fn proxied(bytes: &[u8]) -> io::Result<(Option<SocketAddr>, Vec<u8>)> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (mut server, _) = listener.accept().await.unwrap();
-        tokio::io::AsyncWriteExt::write_all(&mut client, bytes)
-            .await
-            .unwrap();
-        tokio::io::AsyncWriteExt::shutdown(&mut client)
-            .await
-            .unwrap();
-        proxy_header(&mut server).await
+        proxy_header(&mut received(bytes).await).await
     }
 
     #[tokio::test]
