@@ -149,12 +149,47 @@ fn malformed_heads_get_the_error_shape_with_a_request_id() {
             format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nX-A: a\u{1}b\r\n\r\n"),
         ),
         ("not HTTP", "HELLO\r\n\r\n".to_string()),
+        (
+            "a target whose host is not Host's",
+            format!("GET http://other.example.test/ HTTP/1.1\r\nHost: {HOST}\r\n\r\n"),
+        ),
     ] {
         let answer = send(&stack, request.as_bytes());
         let (status, _, error) = refusal(&answer);
         assert_eq!(status, 400, "{what}: {answer}");
         assert_eq!(error["code"], "BAD_REQUEST", "{what}");
         assert!(!answer.contains("Server: Pingora"), "{what}: {answer}");
+    }
+}
+
+#[test]
+fn a_target_that_agrees_with_host_is_served() {
+    let stack = Stack::start_with_edge_yaml("visitors:\n  h2c: true\n");
+    let url = format!("http://{HOST}:{}/", stack.http_port);
+    let request = format!(
+        "GET {url} HTTP/1.1\r\nHost: {HOST}:{}\r\nConnection: close\r\n\r\n",
+        stack.http_port
+    );
+    let answer = send(&stack, request.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn http2_authority_and_host_must_agree() {
+    let stack = Stack::start_with_edge_yaml("visitors:\n  h2c: true\n");
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", stack.http_port))
+        .await
+        .unwrap();
+    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    for (host, status) in [(HOST, 200), ("other.example.test", 400)] {
+        let request = http::Request::get(format!("http://{HOST}/"))
+            .header("host", host)
+            .body(())
+            .unwrap();
+        let (response, _) = client.send_request(request, true).unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), status, "host: {host}");
     }
 }
 

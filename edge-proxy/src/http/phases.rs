@@ -99,13 +99,30 @@ fn visitor_connection(session: &mut Session, visitors: &VisitorSettings) {
 }
 
 /// A request with more header fields or a longer target than the
-/// visitor settings allow (431, 414).
+/// visitor settings allow (431, 414), or whose target names another host
+/// than its `Host` header (400: which one is meant is anyone's guess).
 fn request_size(req: &RequestHeader, visitors: &VisitorSettings) -> Result<(), Failure> {
     if req.headers.len() > visitors.max_headers {
         return Err(Failure::with(
             ErrorKind::HeadersTooLarge,
             format!("more than {} header fields", visitors.max_headers),
         ));
+    }
+    if let (Some(authority), Some(host)) =
+        (req.uri.authority(), req.headers.get(http::header::HOST))
+    {
+        // As Pingora already checks HTTP/1.1 requests: HTTP/2's
+        // `:authority` and a `host` field must agree too (RFC 9113 §8.3.1).
+        if !authority
+            .as_str()
+            .as_bytes()
+            .eq_ignore_ascii_case(host.as_bytes())
+        {
+            return Err(Failure::with(
+                ErrorKind::BadRequest,
+                "the request target names another host than the Host header",
+            ));
+        }
     }
     let target = req.raw_path().len();
     if target > visitors.max_uri_length {
