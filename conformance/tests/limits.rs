@@ -486,20 +486,15 @@ async fn websockets_per_tunnel_are_capped() {
     }
     // Plain requests are not upgrades.
     assert_eq!(Conn::open(&stack).get(HOST, "/", "").0, 200);
-    // Once the first closes, there is room again (as soon as the edge has
-    // seen it end: asked until then).
+    // Once the edge has logged the first one's end, its permit is gone.
     first.close(None).await.unwrap();
     while first.next().await.is_some() {}
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match connect().await {
-            Ok(_) => break,
-            Err(_) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await
-            }
-            Err(e) => panic!("no room after the first WebSocket closed: {e}"),
-        }
-    }
+    stack
+        .edge
+        .wait_line("path=\"/ws\" status=101", Duration::from_secs(10));
+    connect()
+        .await
+        .expect("room after the first WebSocket closed");
 }
 
 #[test]

@@ -513,7 +513,7 @@ async fn serve_visitor(
                 first_bytes = rest;
             }
             Ok(Err(e)) => {
-                return debug!(%peer, error = %e, "connection refused: listen.proxy_protocol expects a PROXY header")
+                return debug!(%peer, error = %e, "connection refused: visitors.proxy_protocol expects a PROXY header")
             }
             Err(_) => {
                 return debug!(%peer, "no PROXY protocol header within visitors.header_timeout")

@@ -419,18 +419,6 @@ impl ProxyHttp for EdgeProxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        if let Some(failure) = ctx
-            .failure
-            .take()
-            .filter(|f| f.kind == ErrorKind::BodyTooLarge)
-        {
-            let error_code = errors::respond(session, &failure, ctx).await;
-            ctx.failure = Some(failure);
-            return FailToProxy {
-                error_code,
-                can_reuse_downstream: false,
-            };
-        }
         let failure = match wasm::replaced(e) {
             Some(wasm::Step::Reply(reply)) => {
                 return FailToProxy {
@@ -445,7 +433,11 @@ impl ProxyHttp for EdgeProxy {
                 }
             }
             Some(wasm::Step::Failed(failure)) => failure.clone(),
-            Some(wasm::Step::Continue) | None => failure::classify(e),
+            // A phase that failed for a reason of its own said which
+            // (a body over the route's limit); else, what Pingora reports.
+            Some(wasm::Step::Continue) | None => {
+                ctx.failure.take().unwrap_or_else(|| failure::classify(e))
+            }
         };
         let error_code = errors::respond(session, &failure, ctx).await;
         ctx.failure = Some(failure);
