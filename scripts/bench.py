@@ -782,6 +782,31 @@ targets:
             raise HarnessError(f"bench-latency said: {out[-1000:]}")
         return res
 
+    def latency_beside(self, comp, flood_headers):
+        """A steady client's latency (bench-latency, one connection, no
+        forwarding headers) while wrk (64 connections) loads the same host
+        with `flood_headers`; wrk's totals too."""
+        seconds = self.round_seconds + 2
+        argv = ["wrk", "-t2", "-c64", f"-d{seconds}s", "-H", f"Host: {HOST}", *flood_headers,
+                f"http://{self.addr[comp]}/"]
+        flood = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            time.sleep(1)  # wrk under way before the steady client measures
+            steady = self.latency(comp)
+            out, _ = flood.communicate(timeout=seconds + 60)
+        finally:
+            if flood.poll() is None:
+                flood.kill()
+                flood.wait()
+        n = re.search(r"^\s+(\d+) requests in ([\d.]+)(\w+)", out, re.M)
+        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        if not n:
+            raise HarnessError(f"wrk said: {out[-1000:]}")
+        elapsed = float(n.group(2)) * {"s": 1, "ms": 1e-3, "m": 60}.get(n.group(3), 1)
+        requests, refused = int(n.group(1)), int(non2xx.group(1)) if non2xx else 0
+        return steady, {"flood_rps": round(requests / elapsed), "refused_per_s": round(refused / elapsed),
+                        "admitted_per_s": round((requests - refused) / elapsed)}
+
     def curl_bulk(self, addr, host, max_time):
         out = run(["curl", "-sS", "--noproxy", "*", "-o", "/dev/null", "-H", f"Host: {host}", "--max-time",
                    str(max_time), "-w", "%{http_code} %{size_download} %{speed_download} %{time_total}",
@@ -1279,6 +1304,33 @@ def run_rows(b):
                 {"edge": {"rps_without": rps["none"], "rps_with": rps["redis"],
                           "added_us_per_request_vs_memory": round(added_us, 1)}},
                 must="its cost stated", better="lower", expected=["edge"], seconds=time.monotonic() - t0)
+        # One client over its limit beside one within it: what the refused
+        # flood costs the other client, against the same flood served.
+        log("limits: a client flooding past its per-address limit beside a steady client")
+        trusted = "forwarding: { trusted_proxies: [127.0.0.1] }\n"
+        flood = ("-H", "X-Forwarded-For: 203.0.113.9")
+        b.reload_edge("")
+        alone = b.latency("edge")
+        b.reload_edge(f"  client_ip: {{ rate: 1000, period: 1s }}\n{trusted}")
+        refused, refused_flood = b.latency_beside("edge", flood)
+        b.reload_edge(trusted)
+        served, served_flood = b.latency_beside("edge", flood)
+        b.reload_edge("")
+        p99 = {"alone": alone.get("p99_us"), "beside_refused": refused.get("p99_us"),
+               "beside_served": served.get("p99_us")}
+        note(f"steady client p99 alone {p99['alone']} µs, beside a flood refused at "
+             f"{refused_flood['refused_per_s']:,}/s (admitted {refused_flood['admitted_per_s']:,}/s of a 1,000/s "
+             f"limit) {p99['beside_refused']} µs, beside the same flood served "
+             f"({served_flood['admitted_per_s']:,}/s) {p99['beside_served']} µs")
+        add("limits_flood", "a steady client's p99 beside another client refused past its limit (µs)", "µs",
+            {**only_edge, "edge": p99["beside_refused"]},
+            {"edge": {"p99_us": p99, "p50_us": {"alone": alone.get("p50_us"),
+                                                "beside_refused": refused.get("p50_us"),
+                                                "beside_served": served.get("p50_us")},
+                      "refused_flood": refused_flood, "served_flood": served_flood,
+                      "steady_errors": refused.get("errors", 0)}},
+            must="≤ 1.1 × its p99 beside the flood served, none refused", better="lower", expected=["edge"],
+            seconds=time.monotonic() - t0)
         for name, base, what in (("ip", "none", "per client IP, rate + in-flight cap"),
                                  ("identity", "identity_none", "per identity (bearer ES256), rate + in-flight cap")):
             cost = round((1 - median[name] / median[base]) * 100, 1) if median[base] else None
@@ -1335,6 +1387,12 @@ def judge(r, quick):
         return "yes" if e <= 5 else "no"
     if key in ("limits_ip", "limits_identity"):
         return "yes" if e <= 3 else "no"
+    if key == "limits_flood":
+        d = r["details"]["edge"]
+        served = d["p99_us"].get("beside_served")
+        if not served or not d["refused_flood"]["refused_per_s"]:
+            return "n/a"
+        return "yes" if d["steady_errors"] == 0 and e <= 1.1 * served else "no"
     if key == "scale":
         d = r["details"]["scale"]
         if e > 0:

@@ -305,6 +305,43 @@ pub fn signal(pid: u32, sig: &str) {
     assert!(status.success(), "kill -{sig} {pid}");
 }
 
+/// A `redis-server` of the test's own, on a Unix socket in `dir`.
+pub fn redis_server(dir: &Path) -> Proc {
+    let socket = dir.join("redis.sock");
+    let redis = Proc::spawn_program(
+        "redis-server",
+        &[
+            "--port",
+            "0",
+            "--unixsocket",
+            socket.to_str().unwrap(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        dir,
+    );
+    redis.wait_line("ready to accept connections", Duration::from_secs(20));
+    redis
+}
+
+/// The edge's `redis:` section for [`redis_server`] in `dir`, then `more`.
+pub fn redis_yaml(dir: &Path, more: &str) -> String {
+    format!(
+        "redis:\n  url: unix://{}\n{more}",
+        dir.join("redis.sock").display()
+    )
+}
+
+/// `redis-cli` against [`redis_server`] in `dir`: its output.
+pub fn redis_cli(dir: &Path, command: &str) -> String {
+    sh(&format!(
+        "redis-cli -s {} {command}",
+        dir.join("redis.sock").display()
+    ))
+}
+
 /// Edge + sample upstream + sidecar, from YAML files in a temp directory.
 pub struct Stack {
     pub dir: tempfile::TempDir,

@@ -534,49 +534,17 @@ fn behind_a_load_balancer_the_client_address_comes_from_the_proxy_protocol() {
     assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
 }
 
-/// A `redis-server` of the test's own, on a Unix socket in `dir`.
-fn redis(dir: &std::path::Path) -> conformance::Proc {
-    let socket = dir.join("redis.sock");
-    let redis = conformance::Proc::spawn_program(
-        "redis-server",
-        &[
-            "--port",
-            "0",
-            "--unixsocket",
-            socket.to_str().unwrap(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        dir,
-    );
-    redis.wait_line("ready to accept connections", Duration::from_secs(20));
-    redis
-}
-
-fn redis_yaml(dir: &std::path::Path, more: &str) -> String {
-    format!(
-        "redis:\n  url: unix://{}\n{more}",
-        dir.join("redis.sock").display()
-    )
-}
-
 fn redis_keys(dir: &std::path::Path) -> String {
-    let socket = dir.join("redis.sock");
-    conformance::sh(&format!(
-        "redis-cli -s {} --scan --pattern 'preview-edge:rl:*'",
-        socket.display()
-    ))
+    conformance::redis_cli(dir, "--scan --pattern 'preview-edge:rl:*'")
 }
 
 #[test]
 fn two_edges_with_redis_share_one_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let _redis = redis(dir.path());
+    let _redis = conformance::redis_server(dir.path());
     // A generous budget: on this busy machine a slow answer would be
     // decided locally and the count would no longer be exact.
-    let yaml = redis_yaml(
+    let yaml = conformance::redis_yaml(
         dir.path(),
         "  budget: 500ms\nlimits:\n  cluster: { rate: 20, period: 1h }\n",
     );
@@ -606,8 +574,8 @@ fn two_edges_with_redis_share_one_limit() {
 #[test]
 fn without_redis_limits_fall_back_to_each_replica_and_recover_by_themselves() {
     let dir = tempfile::tempdir().unwrap();
-    let mut redis_proc = redis(dir.path());
-    let stack = Stack::start_with_edge_yaml(&redis_yaml(
+    let mut redis_proc = conformance::redis_server(dir.path());
+    let stack = Stack::start_with_edge_yaml(&conformance::redis_yaml(
         dir.path(),
         "  budget: 200ms\nlimits:\n  client_ip: { rate: 1000, period: 1h }\n",
     ));
@@ -625,7 +593,7 @@ fn without_redis_limits_fall_back_to_each_replica_and_recover_by_themselves() {
     assert!(line.contains("on_failure: open"), "{line}");
 
     // Back (empty): the edge uses it again without being told.
-    let _redis = redis(dir.path());
+    let _redis = conformance::redis_server(dir.path());
     test_support::wait::until_blocking("the edge to use redis again", || {
         assert_eq!(Conn::open(&stack).get(HOST, "/", "").0, 200);
         !redis_keys(dir.path()).is_empty()
@@ -638,8 +606,8 @@ fn without_redis_limits_fall_back_to_each_replica_and_recover_by_themselves() {
 #[test]
 fn a_paused_redis_never_holds_a_request_past_its_budget() {
     let dir = tempfile::tempdir().unwrap();
-    let redis_proc = redis(dir.path());
-    let stack = Stack::start_with_edge_yaml(&redis_yaml(
+    let redis_proc = conformance::redis_server(dir.path());
+    let stack = Stack::start_with_edge_yaml(&conformance::redis_yaml(
         dir.path(),
         "  budget: 20ms\nlimits:\n  client_ip: { rate: 1000, period: 1h }\n",
     ));
@@ -666,8 +634,8 @@ fn a_paused_redis_never_holds_a_request_past_its_budget() {
 #[test]
 fn with_on_failure_closed_requests_are_refused_while_redis_is_away() {
     let dir = tempfile::tempdir().unwrap();
-    let mut redis_proc = redis(dir.path());
-    let stack = Stack::start_with_edge_yaml(&redis_yaml(
+    let mut redis_proc = conformance::redis_server(dir.path());
+    let stack = Stack::start_with_edge_yaml(&conformance::redis_yaml(
         dir.path(),
         "  on_failure: closed\nlimits:\n  client_ip: { rate: 1000, period: 1h }\n",
     ));

@@ -23,10 +23,27 @@ struct Login {
     _provider: Proc,
     issuer: String,
     port: u16,
+    /// The edge's YAML (another replica runs the same).
+    yaml: String,
+}
+
+/// The secrets the edge's YAML names, written to `dir`.
+fn write_secrets(dir: &Path) {
+    std::fs::write(dir.join("client-secret"), "conformance-client-secret\n").unwrap();
+    std::fs::write(
+        dir.join("session.key"),
+        "0123456789abcdef0123456789abcdef\n",
+    )
+    .unwrap();
 }
 
 impl Login {
     fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// With `extra` appended to the edge's YAML.
+    fn start_with(extra: &str) -> Self {
         let stack = Stack::start();
         let port = stack.http_port;
         let callback = format!("http://auth.preview.localhost:{port}/.edge/callback");
@@ -41,14 +58,8 @@ impl Login {
             &browser_dir(),
         );
         let issuer = provider.wait_line("listening ", WAIT)["listening ".len()..].to_owned();
-        let dir = stack.dir.path();
-        std::fs::write(dir.join("client-secret"), "conformance-client-secret\n").unwrap();
-        std::fs::write(
-            dir.join("session.key"),
-            "0123456789abcdef0123456789abcdef\n",
-        )
-        .unwrap();
-        stack.write_edge_yaml(&conformance::edge_yaml(&format!(
+        write_secrets(stack.dir.path());
+        let yaml = conformance::edge_yaml(&format!(
             r#"auth:
   login:
     issuer: {issuer}
@@ -63,15 +74,27 @@ impl Login {
 routes:
   - {{ name: docs, host: docs.preview.localhost, target: demo/hello:8080 }}
   - {{ name: open, host: open.preview.localhost, target: demo/hello:8080, access: public }}
-"#
-        )));
+{extra}"#
+        ));
+        stack.write_edge_yaml(&yaml);
         stack.edge.wait_line("config reloaded", WAIT);
         Login {
             stack,
             _provider: provider,
             issuer,
             port,
+            yaml,
         }
+    }
+
+    /// Another replica of the edge: the same YAML and secrets (its own
+    /// sidecar and service).
+    fn replica(&self) -> Stack {
+        let stack = Stack::start();
+        write_secrets(stack.dir.path());
+        stack.write_edge_yaml(&self.yaml);
+        stack.edge.wait_line("config reloaded", WAIT);
+        stack
     }
 
     fn url(&self, host: &str, path: &str) -> String {
@@ -118,9 +141,13 @@ fn cookie_for<'a>(seen: &'a Value, host: &str) -> &'a Value {
 
 /// A JSON API call with `cookie`: the status and body.
 fn with_cookie(login: &Login, host: &str, path: &str, cookie: &str) -> (u16, String) {
+    with_cookie_on(&login.stack, host, path, cookie)
+}
+
+fn with_cookie_on(stack: &Stack, host: &str, path: &str, cookie: &str) -> (u16, String) {
     let cookie = format!("Cookie: {cookie}");
     let (status, _, body) = exchange(
-        &login.stack,
+        stack,
         host,
         path,
         &["-H", &cookie, "-H", "Accept: application/json"],
@@ -198,6 +225,93 @@ fn a_browser_signs_in_once_for_every_preview_and_signs_out_everywhere() {
         );
         assert_eq!(status, 401, "replayed after logout on {host}: {body}");
     }
+}
+
+/// Replicas behind one name share sign-ins (one session key) and, with
+/// Redis, sign-outs: signed out on one, the cookie is refused on another
+/// at once, and on a replica that starts afterwards.
+#[test]
+fn with_redis_a_sign_out_on_one_replica_holds_on_every_replica() {
+    let redis_dir = tempfile::tempdir().unwrap();
+    let _redis = conformance::redis_server(redis_dir.path());
+    let login = Login::start_with(&conformance::redis_yaml(redis_dir.path(), ""));
+    let (first, second) = (
+        login.url("hello-8080-demo.preview.localhost", "/headers"),
+        login.url("docs.preview.localhost", "/headers"),
+    );
+    let seen = login.journey("alice", &first, &second, None);
+    let value = cookie_for(&seen, "docs.preview.localhost")["value"]
+        .as_str()
+        .unwrap();
+    let cookie = format!("_preview_session={value}");
+    let other = login.replica();
+    let on_other = || with_cookie_on(&other, "docs.preview.localhost", "/headers", &cookie);
+    let (status, body) = on_other();
+    assert_eq!(status, 200, "the other replica takes the cookie: {body}");
+    // The sign-in ticket that made the cookie was used once, anywhere.
+    let handover = seen["second"]["visited"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u.as_str())
+        .find(|u| u.contains("docs.preview.localhost") && u.contains("/.edge/session?ticket="))
+        .unwrap_or_else(|| panic!("no ticket handover: {seen}"));
+    let path = &handover[handover.find("/.edge/").unwrap()..];
+    let (status, _, body) = exchange(&other, "docs.preview.localhost", path, &[]);
+    assert_eq!(status, 400, "a ticket replayed on another replica: {body}");
+
+    let (status, body) = with_cookie(&login, "docs.preview.localhost", "/.edge/logout", &cookie);
+    assert_eq!(status, 200, "{body}");
+    test_support::wait::until_blocking("the other replica to learn the sign-out", || {
+        on_other().0 == 401
+    });
+
+    let late = login.replica();
+    late.edge
+        .wait_line("following sign-outs of the other replicas", WAIT);
+    let (status, body) = with_cookie_on(&late, "docs.preview.localhost", "/headers", &cookie);
+    assert_eq!(status, 401, "a replica started after the sign-out: {body}");
+}
+
+/// Redis away at the sign-out: the replica signed out on refuses the
+/// cookie at once; the others learn it once Redis is back (an empty one,
+/// restarted: the sign-out waited for it), with no operator.
+#[test]
+fn a_sign_out_while_redis_is_away_reaches_the_other_replicas_when_it_returns() {
+    let redis_dir = tempfile::tempdir().unwrap();
+    let mut redis = conformance::redis_server(redis_dir.path());
+    let login = Login::start_with(&conformance::redis_yaml(redis_dir.path(), ""));
+    let (first, second) = (
+        login.url("hello-8080-demo.preview.localhost", "/headers"),
+        login.url("docs.preview.localhost", "/headers"),
+    );
+    let seen = login.journey("alice", &first, &second, None);
+    let value = cookie_for(&seen, "docs.preview.localhost")["value"]
+        .as_str()
+        .unwrap();
+    let cookie = format!("_preview_session={value}");
+    let other = login.replica();
+    let on = |stack: &Stack| with_cookie_on(stack, "docs.preview.localhost", "/headers", &cookie).0;
+    assert_eq!(on(&other), 200);
+
+    redis.kill();
+    let (status, body) = with_cookie(&login, "docs.preview.localhost", "/.edge/logout", &cookie);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(on(&login.stack), 401, "signed out here at once");
+
+    let _redis = conformance::redis_server(redis_dir.path());
+    test_support::wait::until_ok_blocking_within(
+        Duration::from_secs(30),
+        "the other replica to learn the sign-out",
+        || match on(&other) {
+            401 => Ok(()),
+            status => Err(status),
+        },
+    );
+    login
+        .stack
+        .edge
+        .wait_line("a sign-out made while redis was away has reached it", WAIT);
 }
 
 #[test]

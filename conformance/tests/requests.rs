@@ -162,6 +162,53 @@ fn malformed_heads_get_the_error_shape_with_a_request_id() {
     }
 }
 
+/// `Transfer-Encoding` and `Content-Length` together: the two readings of
+/// the body's length that request smuggling plays against each other.
+/// Refused (Pingora alone would read it as chunked and forward it), and
+/// the connection closed; either header alone is served.
+#[test]
+fn conflicting_framing_is_refused() {
+    let stack = Stack::start();
+    let post = |framing: &str, body: &str| {
+        format!(
+            "POST /echo HTTP/1.1\r\nHost: {HOST}\r\nConnection: keep-alive\r\n{framing}\r\n{body}"
+        )
+    };
+    let chunked = "5\r\nhello\r\n0\r\n\r\n";
+    for both in [
+        "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+        "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+        "content-length: 32\r\ntransfer-encoding: chunked\r\n",
+    ] {
+        // The edge closes the connection after its answer: `send` reads
+        // to the end, so a kept-alive connection would hang it.
+        let answer = send(&stack, post(both, chunked).as_bytes());
+        let (status, _, error) = refusal(&answer);
+        assert_eq!(status, 400, "{both:?}: {answer}");
+        assert_eq!(error["code"], "BAD_REQUEST");
+        assert_eq!(error["hop"], "visitor");
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .contains("Transfer-Encoding and Content-Length"),
+            "{error}"
+        );
+    }
+    for one in [
+        ("Transfer-Encoding: chunked\r\n", chunked),
+        ("Content-Length: 5\r\n", "hello"),
+    ] {
+        let request = post(one.0, one.1).replace("keep-alive", "close");
+        let answer = send(&stack, request.as_bytes());
+        assert!(answer.starts_with("HTTP/1.1 200"), "{one:?}: {answer}");
+        assert!(
+            answer.split_once("\r\n\r\n").unwrap().1.contains("hello"),
+            "{one:?}: {answer}"
+        );
+    }
+}
+
 #[test]
 fn a_target_that_agrees_with_host_is_served() {
     let stack = Stack::start_with_edge_yaml("visitors:\n  h2c: true\n");

@@ -4,7 +4,7 @@
 //! config that does not validate is refused with every reason logged; the
 //! last good one keeps running. [`Reloader`] swaps it into the running
 //! edge: config, certificates, what each token grants, the Redis
-//! connection of shared limits.
+//! connection of shared state.
 //!
 //! Above `config`, `tls` and `tunnel`, which it updates; below `server`.
 
@@ -70,6 +70,7 @@ pub struct Reloader {
     certificates: Arc<SniResolver>,
     tunnel_tls: Arc<TunnelTlsState>,
     shared: Arc<shared::InForce>,
+    local: shared::Local,
 }
 
 impl Reloader {
@@ -79,6 +80,7 @@ impl Reloader {
         certificates: Arc<SniResolver>,
         tunnel_tls: Arc<TunnelTlsState>,
         shared: Arc<shared::InForce>,
+        local: shared::Local,
     ) -> Self {
         Self {
             config,
@@ -86,6 +88,7 @@ impl Reloader {
             certificates,
             tunnel_tls,
             shared,
+            local,
         }
     }
 
@@ -117,7 +120,8 @@ impl Reloader {
         }
         if old.redis != new.redis {
             // Counts start afresh in the new Redis (or in memory).
-            self.shared.store(shared::for_settings(new.redis.as_ref()));
+            self.shared
+                .store(shared::for_settings(new.redis.as_ref(), &self.local));
         }
         let routes = new.routes.len();
         self.certificates.replace(cert_store(&new));

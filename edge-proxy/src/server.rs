@@ -43,8 +43,10 @@ pub struct Edge {
     registry: Arc<TunnelRegistry>,
     certificates: Arc<SniResolver>,
     tunnel_tls: Arc<TunnelTlsState>,
-    /// Limits shared through Redis, when `redis:` says so.
+    /// State shared through Redis, when `redis:` says so.
     shared: Arc<shared::InForce>,
+    /// What this replica shares and learns through it.
+    local: shared::Local,
 }
 
 /// The edge's bound listeners.
@@ -82,12 +84,22 @@ impl Edge {
                 warn!(tunnel = %config.tunnel_addr, "{message}");
             }
         }
+        let local = shared::Local {
+            replica: replica_name(),
+            revocations: Default::default(),
+            environments: {
+                let registry = registry.clone();
+                Arc::new(move || registry.environments())
+            },
+            environments_changed: registry.environments_changed(),
+        };
         Self {
             config: Arc::new(ArcSwap::from_pointee(config)),
             registry,
             certificates,
             tunnel_tls,
             shared: Default::default(),
+            local,
         }
     }
 
@@ -99,6 +111,7 @@ impl Edge {
             self.certificates.clone(),
             self.tunnel_tls.clone(),
             self.shared.clone(),
+            self.local.clone(),
         )
     }
 
@@ -135,8 +148,10 @@ impl Edge {
         });
         let in_flight = Arc::new(AtomicUsize::new(0));
         let gauges = Arc::new(Gauges::default());
-        self.shared
-            .store(shared::for_settings(self.config.load().redis.as_ref()));
+        self.shared.store(shared::for_settings(
+            self.config.load().redis.as_ref(),
+            &self.local,
+        ));
         let proxy = EdgeProxy {
             config: self.config.clone(),
             registry: self.registry.clone(),
@@ -145,7 +160,7 @@ impl Edge {
                 .as_ref()
                 .and_then(|l| l.local_addr().ok())
                 .map(|a| a.port()),
-            revocations: Default::default(),
+            revocations: self.local.revocations.clone(),
             gauges: gauges.clone(),
             failures: Default::default(),
             shared: self.shared.clone(),
@@ -254,11 +269,23 @@ impl Edge {
         }
         shared.stop_tunnel.cancel();
         let _ = tunnel_acceptor.await;
+        if let Some(shared) = self.shared.swap(None) {
+            shared.withdraw().await;
+        }
         summaries.abort();
         housekeeping.abort();
         workers.stopped().await;
         Ok(())
     }
+}
+
+/// This process's name among the edge's replicas: the host name (a pod's
+/// name in Kubernetes) and the process id.
+fn replica_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "edge".into());
+    format!("{host}/{}", std::process::id())
 }
 
 /// How often rate limits forget the keys they no longer need: the state

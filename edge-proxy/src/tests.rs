@@ -12,7 +12,7 @@ const ROOMS: &[(&str, &[&str])] = &[
     ("routing", &["auth", "limits"]),
     ("tls", &[]),
     ("config", &["auth", "idp", "limits", "routing", "tls"]),
-    ("shared", &["limits", "config"]),
+    ("shared", &["limits", "auth", "config"]),
     ("tunnel", &["auth", "routing", "tls", "config"]),
     (
         "http",

@@ -102,6 +102,9 @@ pub mod raw {
         pub budget: Option<String>,
         pub on_failure: Option<OnFailure>,
         pub key_prefix: Option<String>,
+        /// This replica's name in Redis (default: the host name and the
+        /// tunnel port).
+        pub replica: Option<String>,
     }
 
     /// What limits do while Redis cannot be reached.
@@ -349,6 +352,8 @@ pub struct RedisSettings {
     pub budget: Duration,
     pub fail_closed: bool,
     pub key_prefix: String,
+    /// This replica's name, when the config gives one.
+    pub replica: Option<String>,
 }
 
 /// The validated runtime configuration.
@@ -994,6 +999,13 @@ fn validate_redis(
     if key_prefix.is_empty() || key_prefix.contains(char::is_whitespace) {
         problems.push("redis.key_prefix: a non-empty word".into());
     }
+    let replica = raw.replica.as_ref().map(|r| r.trim().to_owned());
+    if replica
+        .as_ref()
+        .is_some_and(|r| r.is_empty() || r.contains(char::is_whitespace))
+    {
+        problems.push("redis.replica: a non-empty word".into());
+    }
     let mut url = raw.url.clone();
     if let Some(file) = &raw.password_file {
         match std::fs::read_to_string(base.join(file)) {
@@ -1021,6 +1033,7 @@ fn validate_redis(
         budget,
         fail_closed: raw.on_failure == Some(raw::OnFailure::Closed),
         key_prefix,
+        replica,
     })
 }
 

@@ -21,7 +21,7 @@ use super::failure::{ErrorKind, Failure, Refusal};
 use super::route::Target;
 use crate::config::EdgeConfig;
 use crate::limits::{ip_key, key, Cap, Gauges, Limit, Permit, RateLimit, Refused, Scope, Use};
-use crate::shared::{Decision, SharedLimits};
+use crate::shared::{Decision, SharedState};
 
 /// The pre-auth guard: one rate per client IP.
 pub fn guard(ctx: &RequestCtx, config: &EdgeConfig, gauges: &Gauges) -> Result<(), Failure> {
@@ -38,7 +38,7 @@ pub async fn admit(
     ctx: &mut RequestCtx,
     config: &EdgeConfig,
     gauges: &Arc<Gauges>,
-    shared: Option<&SharedLimits>,
+    shared: Option<&SharedState>,
 ) -> Result<(), Failure> {
     let Some(target) = &ctx.target else {
         return Ok(());

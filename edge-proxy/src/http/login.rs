@@ -33,6 +33,7 @@ use crate::auth::session::{
 use crate::auth::{self, Identity};
 use crate::config::auth::{AuthSettings, Login, SessionSettings};
 use crate::config::EdgeConfig;
+use crate::shared::{self, Ended};
 
 /// The paths the edge answers itself on every host, with `auth.login`.
 pub const PREFIX: &str = "/.edge/";
@@ -189,6 +190,7 @@ pub async fn endpoint(
     ctx: &mut RequestCtx,
     config: &EdgeConfig,
     revocations: &Revocations,
+    shared: &shared::InForce,
 ) -> bool {
     let Some(auth) = config.auth.as_deref() else {
         return false;
@@ -219,13 +221,14 @@ pub async fn endpoint(
             start(session.req_header(), ctx, config, auth, login, revocations).await
         }
         CALLBACK if on_login_host => callback(session.req_header(), ctx, config, auth, login).await,
-        SESSION => handover(session.req_header(), ctx, &auth.session, revocations),
-        LOGOUT => Ok(logout(
-            session.req_header(),
-            ctx,
-            &auth.session,
-            revocations,
-        )),
+        SESSION => {
+            let ends = Ends::new(revocations, shared);
+            handover(session.req_header(), ctx, &auth.session, &ends).await
+        }
+        LOGOUT => {
+            let ends = Ends::new(revocations, shared);
+            Ok(logout(session.req_header(), ctx, &auth.session, &ends).await)
+        }
         _ => Err(Failure::with(
             ErrorKind::RouteNotFound,
             format!("{path} is not one of the edge's own paths"),
@@ -435,11 +438,11 @@ fn handover_redirect(
 
 /// `/.edge/session?ticket=…` on a preview host: the ticket becomes this
 /// host's cookie, once.
-fn handover(
+async fn handover(
     req: &RequestHeader,
     ctx: &RequestCtx,
     sessions: &SessionSettings,
-    revocations: &Revocations,
+    ends: &Ends<'_>,
 ) -> Result<Reply, Failure> {
     let refused = || bad("the sign-in ticket is not valid here: open the page again");
     let sealed = param(req, "ticket").ok_or_else(refused)?;
@@ -451,8 +454,8 @@ fn handover(
     let host = ctx.host.name().map_err(|_| refused())?;
     if ticket.session.host != host
         || ticket.expires < now
-        || revocations.is_ended(&ticket.session.sid, now)
-        || !revocations.end(&ticket.id, ticket.expires + 1, now)
+        || ends.here.is_ended(&ticket.session.sid, now)
+        || !ends.end(&ticket.id, ticket.expires + 1).await
     {
         return Err(refused());
     }
@@ -467,16 +470,16 @@ fn handover(
     Ok(redirect(location, vec![own]))
 }
 
-/// `/.edge/logout`: ends the sign-in (every host's cookie of it) and
-/// clears this host's cookie.
-fn logout(
+/// `/.edge/logout`: ends the sign-in (every host's cookie of it, on
+/// every replica) and clears this host's cookie.
+async fn logout(
     req: &RequestHeader,
     ctx: &RequestCtx,
     sessions: &SessionSettings,
-    revocations: &Revocations,
+    ends: &Ends<'_>,
 ) -> Reply {
-    if let Some(opened) = opened(req, ctx, sessions, revocations) {
-        revocations.end(&opened.session.sid, opened.session.expires, auth::now());
+    if let Some(opened) = opened(req, ctx, sessions, ends.here) {
+        ends.end(&opened.session.sid, opened.session.expires).await;
     }
     Reply {
         status: 200,
@@ -489,6 +492,37 @@ fn logout(
             ),
         )),
         cache_control: "no-store",
+    }
+}
+
+/// Where sign-outs and used tickets are remembered: this replica, and
+/// every replica when Redis is configured.
+struct Ends<'a> {
+    here: &'a Revocations,
+    shared: Option<Arc<shared::SharedState>>,
+}
+
+impl<'a> Ends<'a> {
+    fn new(here: &'a Revocations, shared: &shared::InForce) -> Self {
+        Self {
+            here,
+            shared: shared.load_full(),
+        }
+    }
+
+    /// Ends `id` until `until`. False if it had ended already, here or,
+    /// as Redis knows, anywhere; with Redis away, this replica's answer
+    /// counts (`on_failure: open`) or the answer is no (`closed`).
+    async fn end(&self, id: &str, until: u64) -> bool {
+        let first_here = self.here.end(id, until, auth::now());
+        let Some(shared) = &self.shared else {
+            return first_here;
+        };
+        match shared.end(id, until).await {
+            Ended::First => first_here,
+            Ended::Already => false,
+            Ended::Unavailable => first_here && !shared.fail_closed,
+        }
     }
 }
 

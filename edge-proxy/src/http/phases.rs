@@ -137,6 +137,21 @@ fn request_size(req: &RequestHeader, visitors: &VisitorSettings) -> Result<(), F
     Ok(())
 }
 
+/// A request with both `Transfer-Encoding` and `Content-Length`: which
+/// one frames the body is what request smuggling lives on, and RFC 9112
+/// §6.3 says such a message "ought to be handled as an error" (Pingora
+/// would read it as chunked; vendored patch 014 tells the edge).
+fn conflicting_framing(session: &Session) -> Result<(), Failure> {
+    let both = (session.as_downstream().as_http1()).is_some_and(|h1| h1.sent_both_framings());
+    if both {
+        return Err(Failure::with(
+            ErrorKind::BadRequest,
+            "both Transfer-Encoding and Content-Length: the body's length is ambiguous",
+        ));
+    }
+    Ok(())
+}
+
 /// A body its `Content-Length` says is larger than the route allows: 413
 /// before a byte of it is read.
 fn announced_body(req: &RequestHeader, ctx: &RequestCtx) -> Result<(), Failure> {
@@ -182,7 +197,9 @@ impl ProxyHttp for EdgeProxy {
         if let Err(failure) = limits::guard(ctx, &config, &self.gauges) {
             return answer(session, failure, ctx).await;
         }
-        if let Err(failure) = request_size(session.req_header(), &config.visitors) {
+        if let Err(failure) = request_size(session.req_header(), &config.visitors)
+            .and_then(|()| conflicting_framing(session))
+        {
             return answer(session, failure, ctx).await;
         }
         let host = match ctx.host.name() {
@@ -197,7 +214,7 @@ impl ProxyHttp for EdgeProxy {
                 return Ok(true);
             }
         }
-        if login::endpoint(session, ctx, &config, &self.revocations).await {
+        if login::endpoint(session, ctx, &config, &self.revocations, &self.shared).await {
             return Ok(true);
         }
         let host = ctx.host.name().unwrap_or_default(); // an error was answered above
@@ -241,7 +258,12 @@ impl ProxyHttp for EdgeProxy {
                 }
                 Ok(false)
             }
-            Err(failure) => answer(session, failure, ctx).await,
+            Err(failure) => {
+                let req = session.req_header();
+                let failure =
+                    route::tunnel_elsewhere(failure, host, req, &config, &self.shared).await;
+                answer(session, failure, ctx).await
+            }
         }
     }
 

@@ -344,6 +344,8 @@ pub struct TunnelRegistry {
     sessions: RwLock<Sessions>,
     auth: RwLock<Arc<Authorizations>>,
     next: AtomicUsize,
+    /// Poked when an environment gains its first session or loses its last.
+    held_changed: Arc<Notify>,
 }
 
 impl TunnelRegistry {
@@ -386,10 +388,14 @@ impl TunnelRegistry {
 
     pub fn insert(&self, session: Arc<Session>) {
         let mut s = self.sessions.write().unwrap();
-        s.by_environment
+        let list = s
+            .by_environment
             .entry(session.environment.clone())
-            .or_default()
-            .push(session.clone());
+            .or_default();
+        list.push(session.clone());
+        if list.len() == 1 {
+            self.held_changed.notify_one();
+        }
         s.by_id.insert(session.id.clone(), session);
     }
 
@@ -401,8 +407,21 @@ impl TunnelRegistry {
             list.retain(|other| !Arc::ptr_eq(other, session));
             if list.is_empty() {
                 s.by_environment.remove(&session.environment);
+                self.held_changed.notify_one();
             }
         }
+    }
+
+    /// The environments this edge holds a tunnel of.
+    pub fn environments(&self) -> Vec<String> {
+        let sessions = self.sessions.read().unwrap();
+        sessions.by_environment.keys().cloned().collect()
+    }
+
+    /// Notified (one waiter, permit kept) when [`Self::environments`]
+    /// changes.
+    pub fn environments_changed(&self) -> Arc<Notify> {
+        self.held_changed.clone()
     }
 
     /// Round robin over `count` sessions. A session may have started

@@ -158,6 +158,9 @@ pub struct HttpSession {
     /// [`super::super::HttpPersistentSettings`] into the next session.
     /// Scoped narrowly so it cannot affect FIN / `abort_on_close` semantics.
     pipelined_idle_bytes_stashed: bool,
+    /// The request came with both `Transfer-Encoding` and `Content-Length`
+    /// (the latter is removed, as RFC 9112 §6.3 says).
+    sent_both_framings: bool,
 }
 
 impl HttpSession {
@@ -206,6 +209,7 @@ impl HttpSession {
             pipelining_enabled: false,
             pipelined_prefix: None,
             pipelined_idle_bytes_stashed: false,
+            sent_both_framings: false,
         }
     }
 
@@ -419,6 +423,7 @@ impl HttpSession {
 
                         self.body_reader.reinit();
                         self.pipelined_idle_bytes_stashed = false;
+                        self.sent_both_framings = has_both_te_and_cl;
                         self.response_written = None;
                         self.respect_keepalive();
 
@@ -516,6 +521,15 @@ impl HttpSession {
     /// Return a reference of the `RequestHeader` this session read
     /// # Panics
     /// this function and most other functions will panic if called before [`Self::read_request()`]
+    /// Whether the request came with both `Transfer-Encoding` and
+    /// `Content-Length`. The request is read as chunked and keep-alive is
+    /// off, as RFC 9112 §6.3 says; a proxy that would rather refuse such a
+    /// request (it "ought to be handled as an error") learns it here, the
+    /// `Content-Length` being gone from the header by then.
+    pub fn sent_both_framings(&self) -> bool {
+        self.sent_both_framings
+    }
+
     pub fn req_header(&self) -> &RequestHeader {
         self.request_header
             .as_ref()
@@ -2185,6 +2199,10 @@ mod tests_stream {
             .build();
         let mut http_stream = HttpSession::new(Box::new(mock_io));
         let _ = http_stream.read_request().await.unwrap();
+        assert_eq!(
+            http_stream.sent_both_framings(),
+            content_length_header.is_some() && transfer_encoding_header.is_some()
+        );
 
         match (content_length_header, transfer_encoding_header) {
             (Some(_) | None, Some(_)) => {
