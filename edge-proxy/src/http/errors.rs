@@ -168,7 +168,9 @@ pub fn render(failure: &Failure, request_id: &str, format: Format) -> (ResponseH
 /// Writes the error response in the format its client reads. Returns the
 /// status written. A response already under way is not touched: the
 /// connection closes (no keep-alive), so the visitor sees it cut short
-/// rather than an error spliced into it.
+/// rather than an error spliced into it. Otherwise the connection is kept
+/// for the next request when the refusal allows it
+/// ([`ErrorKind::ends_connection`]) and the request was read whole.
 pub async fn respond(session: &mut Session, failure: &Failure, ctx: &RequestCtx) -> u16 {
     if let Some(status) = session.response_written().map(|r| r.status.as_u16()) {
         session.set_keepalive(None);
@@ -177,7 +179,11 @@ pub async fn respond(session: &mut Session, failure: &Failure, ctx: &RequestCtx)
     let format = Format::of(session.req_header(), ctx.grpc);
     let (header, body) = render(failure, &ctx.id, format);
     let status = header.status.as_u16();
-    session.set_keepalive(None);
+    // Kept alive only with nothing of the request left unread: draining a
+    // body the edge refused would be work for the refused.
+    if failure.kind.ends_connection() || !(session.is_body_done() || session.is_body_empty()) {
+        session.set_keepalive(None);
+    }
     let end = body.is_empty();
     if session
         .write_response_header(Box::new(header), end)

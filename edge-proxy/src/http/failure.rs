@@ -176,6 +176,26 @@ impl ErrorKind {
         }
     }
 
+    /// Whether the connection closes after this refusal. A request the
+    /// edge could not read or will not read the rest of (its head, its
+    /// body, its method) leaves the connection in doubt; one refused for
+    /// who sent it or what it asked for does not, and a client held back
+    /// by a limit should not pay for a new connection on top (the answer
+    /// would come sooner than the next try).
+    pub fn ends_connection(self) -> bool {
+        matches!(
+            self,
+            Self::BadRequest
+                | Self::MethodNotAllowed
+                | Self::RequestTimeout
+                | Self::BodyTooLarge
+                | Self::UriTooLong
+                | Self::HeadersTooLarge
+                | Self::FilterFailed
+                | Self::Internal
+        )
+    }
+
     fn default_message(self) -> &'static str {
         match self {
             Self::BadRequest => "the request is malformed",

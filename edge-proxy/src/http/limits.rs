@@ -21,7 +21,7 @@ use super::failure::{ErrorKind, Failure, Refusal};
 use super::route::Target;
 use crate::config::EdgeConfig;
 use crate::limits::{ip_key, key, Cap, Gauges, Limit, Permit, RateLimit, Refused, Scope, Use};
-use crate::shared::{Decision, SharedState};
+use crate::shared::{Decision, InForce};
 
 /// The pre-auth guard: one rate per client IP.
 pub fn guard(ctx: &RequestCtx, config: &EdgeConfig, gauges: &Gauges) -> Result<(), Failure> {
@@ -38,12 +38,18 @@ pub async fn admit(
     ctx: &mut RequestCtx,
     config: &EdgeConfig,
     gauges: &Arc<Gauges>,
-    shared: Option<&SharedState>,
+    shared: &InForce,
 ) -> Result<(), Failure> {
     let Some(target) = &ctx.target else {
         return Ok(());
     };
     let limits = &config.limits;
+    if target.route_limits.is_none() && !limits.any_after_guard() {
+        return Ok(());
+    }
+    // Only a config with `redis:` has shared state in force.
+    let shared = config.redis.as_ref().and_then(|_| shared.load_full());
+    let shared = shared.as_deref();
     let cluster = &target.session.cluster;
     let route = target
         .route_limits

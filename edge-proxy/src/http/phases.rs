@@ -66,7 +66,7 @@ pub struct EdgeProxy {
     pub gauges: Arc<Gauges>,
     /// Responses the edge wrote itself, per error code.
     pub failures: Arc<FailureCounts>,
-    /// Rate limits shared with the other replicas (`redis:`).
+    /// State shared with the other replicas (`redis:`).
     pub shared: Arc<crate::shared::InForce>,
 }
 
@@ -235,9 +235,7 @@ impl ProxyHttp for EdgeProxy {
                     }
                     return answer(session, failure, ctx).await;
                 }
-                let shared = self.shared.load_full();
-                if let Err(failure) =
-                    limits::admit(ctx, &config, &self.gauges, shared.as_deref()).await
+                if let Err(failure) = limits::admit(ctx, &config, &self.gauges, &self.shared).await
                 {
                     return answer(session, failure, ctx).await;
                 }

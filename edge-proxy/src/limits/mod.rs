@@ -431,6 +431,15 @@ impl LimitSet {
             .chain(self.clusters.values().filter_map(|l| l.rate.as_ref()))
     }
 
+    /// Whether anything beyond the guard applies to a request: a scope's
+    /// default, a cluster's own limits, a cap on upgrades (a route's own
+    /// limits are the route's to say).
+    pub fn any_after_guard(&self) -> bool {
+        self.upgrades.is_some()
+            || !self.clusters.is_empty()
+            || (self.defaults.iter()).any(|l| l.rate.is_some() || l.cap.is_some())
+    }
+
     /// Forgets idle keys of every rate limit (run now and then).
     pub fn forget_idle(&self) {
         for rate in self.rates() {
