@@ -281,6 +281,13 @@ async fn deadlines_reach_the_service_and_cancel_the_call() {
     assert!(started.elapsed() < Duration::from_secs(3));
     // The client's reset travelled through edge, tunnel and sidecar.
     stack.grpc.wait_line("cancelled 1", WAIT);
+    // A cancelled call is ordinary: one request line, no error or
+    // warning, and no colour codes in a log that is not a terminal.
+    let lines = stack.edge.wait_lines("/Unary", 2, WAIT);
+    assert!(lines[1].contains(" INFO "), "{lines:?}");
+    let log = stack.edge.output();
+    assert!(!log.contains(" ERROR ") && !log.contains(" WARN "), "{log}");
+    assert!(!log.contains('\u{1b}'), "escape codes in the log: {log:?}");
 }
 
 #[tokio::test]

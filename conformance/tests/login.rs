@@ -87,6 +87,21 @@ routes:
         }
     }
 
+    /// Alice signed in through the browser on two previews: what the
+    /// browser saw, and its `Cookie` for `docs.preview.localhost`.
+    fn signed_in(&self) -> (Value, String) {
+        let (first, second) = (
+            self.url("hello-8080-demo.preview.localhost", "/headers"),
+            self.url("docs.preview.localhost", "/headers"),
+        );
+        let seen = self.journey("alice", &first, &second, None);
+        let value = cookie_for(&seen, "docs.preview.localhost")["value"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        (seen, format!("_preview_session={value}"))
+    }
+
     /// Another replica of the edge: the same YAML and secrets (its own
     /// sidecar and service).
     fn replica(&self) -> Stack {
@@ -235,15 +250,7 @@ fn with_redis_a_sign_out_on_one_replica_holds_on_every_replica() {
     let redis_dir = tempfile::tempdir().unwrap();
     let _redis = conformance::redis_server(redis_dir.path());
     let login = Login::start_with(&conformance::redis_yaml(redis_dir.path(), ""));
-    let (first, second) = (
-        login.url("hello-8080-demo.preview.localhost", "/headers"),
-        login.url("docs.preview.localhost", "/headers"),
-    );
-    let seen = login.journey("alice", &first, &second, None);
-    let value = cookie_for(&seen, "docs.preview.localhost")["value"]
-        .as_str()
-        .unwrap();
-    let cookie = format!("_preview_session={value}");
+    let (seen, cookie) = login.signed_in();
     let other = login.replica();
     let on_other = || with_cookie_on(&other, "docs.preview.localhost", "/headers", &cookie);
     let (status, body) = on_other();
@@ -281,15 +288,7 @@ fn a_sign_out_while_redis_is_away_reaches_the_other_replicas_when_it_returns() {
     let redis_dir = tempfile::tempdir().unwrap();
     let mut redis = conformance::redis_server(redis_dir.path());
     let login = Login::start_with(&conformance::redis_yaml(redis_dir.path(), ""));
-    let (first, second) = (
-        login.url("hello-8080-demo.preview.localhost", "/headers"),
-        login.url("docs.preview.localhost", "/headers"),
-    );
-    let seen = login.journey("alice", &first, &second, None);
-    let value = cookie_for(&seen, "docs.preview.localhost")["value"]
-        .as_str()
-        .unwrap();
-    let cookie = format!("_preview_session={value}");
+    let (_, cookie) = login.signed_in();
     let other = login.replica();
     let on = |stack: &Stack| with_cookie_on(stack, "docs.preview.localhost", "/headers", &cookie).0;
     assert_eq!(on(&other), 200);

@@ -679,3 +679,28 @@ fn relative_paths_start_at_the_config_file_for_both_binaries() {
         "{err}"
     );
 }
+
+/// `--log-format json`: a collector reads every log line as one JSON
+/// object, the request line's facts as fields (the start-up line that
+/// names the listeners is the one line for scripts, not a log event).
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let stack = Stack::start_full("", &["--log-format", "json"], &[]);
+    let (status, headers, _) = conformance::exchange(&stack, &stack.preview_host(), "/", &[]);
+    assert_eq!(status, 200);
+    let id = conformance::header(&headers, "x-request-id").unwrap();
+    let line = stack.edge.wait_line(id, Duration::from_secs(10));
+    let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(event["level"], "INFO", "{event}");
+    assert_eq!(event["fields"]["request_id"], id, "{event}");
+    assert_eq!(event["fields"]["status"], 200, "{event}");
+    assert_eq!(event["fields"]["outcome"], "OK", "{event}");
+    let log = stack.edge.output();
+    for line in log
+        .lines()
+        .filter(|l| !l.starts_with("edge-proxy listening"))
+    {
+        let parsed = serde_json::from_str::<serde_json::Value>(line);
+        assert!(parsed.is_ok(), "not JSON: {line:?}");
+    }
+}

@@ -39,6 +39,10 @@ struct Cli {
     /// worker serves a tunnel connection of the sidecar it goes to.
     #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..=1024))]
     threads: Option<u16>,
+    /// Log lines as `text` (key=value; colour on a terminal) or `json`
+    /// (one object per line, for log collectors).
+    #[arg(long, global = true, default_value = "text")]
+    log_format: telemetry::LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -116,6 +120,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::Run => {
+            telemetry::init(cli.log_format);
             run(&cli.config, cli.threads.map_or_else(cores, usize::from)).map_err(|e| {
                 eprintln!("edge-proxy: {e:#}");
                 std::process::exit(1)
@@ -130,11 +135,6 @@ fn cores() -> usize {
 }
 
 fn run(path: &std::path::Path, threads: usize) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let config = match EdgeConfig::load(path) {
         Ok(c) => c,
         Err(e) => {

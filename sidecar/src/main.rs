@@ -19,6 +19,10 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
+    /// Log lines as `text` (key=value; colour on a terminal) or `json`
+    /// (one object per line, for log collectors).
+    #[arg(long, global = true, default_value = "text")]
+    log_format: telemetry::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -119,11 +123,7 @@ fn main() -> anyhow::Result<()> {
             expose_config(address, edge, transport, token, name, env, port, protocol)?
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    telemetry::init(cli.log_format);
     // One thread: a stream's bytes go from socket to tunnel without
     // hand-offs between threads (measured faster than a thread pool).
     tokio::runtime::Builder::new_current_thread()

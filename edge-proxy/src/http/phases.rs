@@ -467,10 +467,14 @@ impl ProxyHttp for EdgeProxy {
         }
     }
 
-    /// A wasm filter's own answer is no error, and its failures were
-    /// logged by the host with their cause.
-    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
-        wasm::replaced(e).is_some()
+    /// Every request, failed or not, has its one line from [`Self::logging`]
+    /// with the error, the code and the hop that failed. Pingora's own
+    /// line would say it again, at error level, for what is mostly
+    /// ordinary: a visitor who cancels a call or closes a tab, a service
+    /// that is down (a wasm filter's failures are logged by the host with
+    /// their cause).
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _e: &Error) -> bool {
+        true
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
