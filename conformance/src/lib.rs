@@ -342,6 +342,27 @@ pub fn redis_cli(dir: &Path, command: &str) -> String {
     ))
 }
 
+/// Starts a `/hold` request on `host` that stays in flight until released
+/// on the service itself ([`release`]); returns its connection once the
+/// response has begun.
+pub fn hold(stack: &Stack, host: &str, id: &str) -> BufReader<std::net::TcpStream> {
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", stack.http_port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let request = format!("GET /hold?id={id} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    tcp.write_all(request.as_bytes()).unwrap();
+    let mut reader = BufReader::new(tcp);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    reader
+}
+
+/// Ends the `/hold` request `id` ([`hold`]).
+pub fn release(stack: &Stack, id: &str) {
+    let url = format!("http://{}/release?id={id}", stack.upstream_addr);
+    assert!(curl(&[&url]).status.success());
+}
+
 /// Edge + sample upstream + sidecar, from YAML files in a temp directory.
 pub struct Stack {
     pub dir: tempfile::TempDir,
@@ -353,6 +374,8 @@ pub struct Stack {
     pub tunnel_addr: String,
     pub upstream_addr: String,
     pub tunnel: Tunnel,
+    /// The admin listener (`listen.admin`), if the YAML has one.
+    pub admin_addr: Option<String>,
 }
 
 impl Stack {
@@ -391,6 +414,24 @@ impl Stack {
         }
         std::fs::write(dir.path().join("edge.yaml"), yaml).unwrap();
         Self::start_in(dir, tunnel, edge_args, upstream_args)
+    }
+
+    /// [`Stack::start_with_edge_yaml`] with the admin listener on too
+    /// ([`Stack::admin_addr`]).
+    pub fn start_with_admin(extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let tunnel = Tunnel::from_env();
+        let mut yaml = edge_yaml(extra).replacen(
+            "  tunnel: 127.0.0.1:0\n",
+            "  tunnel: 127.0.0.1:0\n  admin: 127.0.0.1:0\n",
+            1,
+        );
+        if tunnel == Tunnel::Tls {
+            write_tunnel_certs(dir.path());
+            yaml = with_tunnel_tls(&yaml);
+        }
+        std::fs::write(dir.path().join("edge.yaml"), yaml).unwrap();
+        Self::start_in(dir, tunnel, &[], &[])
     }
 
     /// [`Stack::start_with_edge_yaml`] with an HTTPS listener too, serving
@@ -434,6 +475,7 @@ impl Stack {
             tunnel_addr,
             upstream_addr,
             tunnel,
+            admin_addr: listening.admin,
         };
         stack.start_sidecar();
         stack
@@ -519,6 +561,8 @@ pub struct Listening {
     pub http_port: u16,
     pub https_port: Option<u16>,
     pub tunnel: String,
+    /// `listen.admin`, when the YAML has one.
+    pub admin: Option<String>,
 }
 
 /// Starts the edge on an existing `dir/edge.yaml`; returns it and where it listens.
@@ -543,6 +587,7 @@ pub fn start_edge_with_args(dir: &Path, args: &[&str]) -> (Proc, Listening) {
         http_port: port(field("http=").unwrap()),
         https_port: field("https=").map(port),
         tunnel: field("tunnel=").unwrap(),
+        admin: field("admin="),
     };
     (edge, listening)
 }

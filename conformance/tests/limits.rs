@@ -338,29 +338,12 @@ fn a_dry_run_limit_only_logs_and_counts() {
     assert!(lines[0].contains("limit=\"client_ip\""), "{}", lines[0]);
 }
 
-/// Starts a `/hold` request that stays in flight until released on the
-/// service itself; returns its connection once the response has begun.
-fn hold(stack: &Stack, host: &str, id: &str) -> BufReader<TcpStream> {
-    let mut conn = Conn::open(stack);
-    let request = format!("GET /hold?id={id} HTTP/1.1\r\nHost: {host}\r\n\r\n");
-    conn.reader.get_mut().write_all(request.as_bytes()).unwrap();
-    let mut line = String::new();
-    conn.reader.read_line(&mut line).unwrap();
-    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
-    conn.reader
-}
-
-fn release(stack: &Stack, id: &str) {
-    let url = format!("http://{}/release?id={id}", stack.upstream_addr);
-    assert!(conformance::curl(&[&url]).status.success());
-}
-
 #[test]
 fn a_cap_on_requests_in_flight_refuses_the_one_too_many_until_one_ends() {
     let stack = Stack::start_with_edge_yaml(
         "routes:\n  - { host: one.example.test, target: demo/hello:8080, limits: { in_flight: 1 } }\n",
     );
-    let mut held = hold(&stack, "one.example.test", "x");
+    let mut held = conformance::hold(&stack, "one.example.test", "x");
     let (status, headers, body) = Conn::open(&stack).get("one.example.test", "/", "");
     assert_eq!(status, 429);
     let error = &json(&body)["error"];
@@ -372,7 +355,7 @@ fn a_cap_on_requests_in_flight_refuses_the_one_too_many_until_one_ends() {
     // Other routes are not affected.
     assert_eq!(Conn::open(&stack).get(HOST, "/", "").0, 200);
     // Once the held response ends, there is room again.
-    release(&stack, "x");
+    conformance::release(&stack, "x");
     let mut line = String::new();
     while line != "second\n" {
         line.clear();

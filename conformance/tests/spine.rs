@@ -704,3 +704,27 @@ fn json_logs_are_one_object_per_line() {
         assert!(parsed.is_ok(), "not JSON: {line:?}");
     }
 }
+
+/// `listen.admin`: `/healthz` while the process serves, `/readyz` until
+/// it starts draining, then 503 while the requests in flight finish.
+#[test]
+fn readiness_turns_false_as_soon_as_the_edge_drains() {
+    let mut stack = Stack::start_with_admin("");
+    let admin = stack.admin_addr.clone().expect("an admin listener");
+    let get = |path: &str| http_status(&[&format!("http://{admin}{path}")]);
+    assert_eq!(get("/healthz"), "200");
+    assert_eq!(get("/readyz"), "200");
+    assert_eq!(get("/metrics-or-anything"), "404");
+
+    // A request in flight keeps the edge draining after SIGTERM.
+    let host = stack.preview_host();
+    let _held = conformance::hold(&stack, &host, "drain");
+    stack.edge.interrupt();
+    stack
+        .edge
+        .wait_line("shutting down", Duration::from_secs(10));
+    assert_eq!(get("/readyz"), "503");
+    assert_eq!(get("/healthz"), "200");
+    conformance::release(&stack, "drain");
+    stack.edge.assert_exits_cleanly();
+}

@@ -17,7 +17,8 @@
 //! | [`routing`]   | host names, preview URLs, custom-domain rules, upstream protocols: pure |
 //! | [`tls`]       | visitor certificates, chosen by SNI                       |
 //! | [`config`]    | YAML → validated config, sidecar token hashes             |
-//! | [`shared`]    | state shared by replicas through Redis: global rate limits |
+//! | [`shared`]    | state shared by replicas through Redis: rate limits, sign-outs, who holds which tunnel |
+//! | [`admin`]     | the admin listener: health for probes                      |
 //! | [`tunnel`]    | the gRPC service sidecars dial, live sessions, streams as upstream sockets |
 //! | [`http`]      | a visitor's request: context, phases, forwarding, errors  |
 //! | [`reload`]    | applies a new config to the running edge                  |
@@ -25,6 +26,7 @@
 //!
 //! A request's way through them is walked file by file in `docs/design.md`.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod http;

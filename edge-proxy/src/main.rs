@@ -164,13 +164,25 @@ fn run(path: &std::path::Path, threads: usize) -> anyhow::Result<()> {
                 ),
                 None => None,
             };
+            let admin = match config.admin_addr {
+                Some(addr) => Some(
+                    tokio::net::TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("listen.admin: cannot bind {addr}"))?,
+                ),
+                None => None,
+            };
             // One machine-readable line, for scripts and the conformance suite.
             let https_text = match &https {
                 Some(l) => format!(" https={}", l.local_addr()?),
                 None => String::new(),
             };
+            let admin_text = match &admin {
+                Some(l) => format!(" admin={}", l.local_addr()?),
+                None => String::new(),
+            };
             println!(
-                "edge-proxy listening http={}{https_text} tunnel={}",
+                "edge-proxy listening http={}{https_text} tunnel={}{admin_text}",
                 http.local_addr()?,
                 tunnel.local_addr()?
             );
@@ -185,6 +197,7 @@ fn run(path: &std::path::Path, threads: usize) -> anyhow::Result<()> {
                     http,
                     https,
                     tunnel,
+                    admin,
                     workers: threads,
                 },
                 shutdown,

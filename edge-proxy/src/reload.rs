@@ -99,7 +99,10 @@ impl Reloader {
     pub fn apply(&self, mut new: EdgeConfig, trigger: &str) {
         let old = self.config.load();
         new.adopt_limits(&old);
-        if old.http_addr != new.http_addr || old.tunnel_addr != new.tunnel_addr {
+        if old.http_addr != new.http_addr
+            || old.tunnel_addr != new.tunnel_addr
+            || old.admin_addr != new.admin_addr
+        {
             warn!("listen addresses changed in the config; they take effect on restart");
         }
         if old.upstream.keepalive_pool_size != new.upstream.keepalive_pool_size {

@@ -25,6 +25,7 @@ use tunnel_transport::coalesce::CoalescingIo;
 
 use arc_swap::ArcSwap;
 
+use crate::admin;
 use crate::config::EdgeConfig;
 use crate::http::visitor::{self, FirstBytes, HeadDeadline};
 use crate::http::{self, phases::EdgeProxy};
@@ -55,6 +56,8 @@ pub struct Listeners {
     /// TLS for visitors, if configured.
     pub https: Option<TcpListener>,
     pub tunnel: TcpListener,
+    /// Health for probes (`listen.admin`), if configured.
+    pub admin: Option<TcpListener>,
     /// Worker threads (at least 1), each with its own single-threaded
     /// runtime: the caller's runtime is the first. See [`Workers`].
     pub workers: usize,
@@ -130,8 +133,11 @@ impl Edge {
             http,
             https,
             tunnel,
+            admin,
             workers,
         } = listeners;
+        let health = Arc::new(admin::Health::default());
+        let admin = admin.map(|l| tokio::spawn(admin::serve(l, health.clone())));
         let default_public_url = match &https {
             Some(l) => format!(
                 "https://{{host}}:{}",
@@ -240,6 +246,8 @@ impl Edge {
         ));
 
         shutdown.await;
+        // Not ready from now on: load balancers stop sending first.
+        health.drain();
         shared.stop_accepting.cancel();
         for a in acceptors {
             let _ = a.await;
@@ -274,6 +282,9 @@ impl Edge {
         }
         summaries.abort();
         housekeeping.abort();
+        if let Some(admin) = admin {
+            admin.abort();
+        }
         workers.stopped().await;
         Ok(())
     }

@@ -7,6 +7,7 @@ use std::path::Path;
 /// Each room and the rooms it may use (see the table in `lib.rs`).
 const ROOMS: &[(&str, &[&str])] = &[
     ("limits", &[]),
+    ("admin", &[]),
     ("auth", &[]),
     ("idp", &["auth"]),
     ("routing", &["auth", "limits"]),
@@ -30,7 +31,7 @@ const ROOMS: &[(&str, &[&str])] = &[
         "server",
         &[
             "auth", "idp", "limits", "routing", "tls", "config", "shared", "tunnel", "http",
-            "reload",
+            "reload", "admin",
         ],
     ),
 ];

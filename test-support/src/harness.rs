@@ -149,6 +149,7 @@ impl TestEdge {
                 http,
                 https: None,
                 tunnel,
+                admin: None,
                 workers: 1,
             };
             let _ = edge

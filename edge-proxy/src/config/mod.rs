@@ -123,6 +123,9 @@ pub mod raw {
         pub http: String,
         pub https: Option<String>,
         pub tunnel: String,
+        /// Health for probes (`/healthz`, `/readyz`): keep it off the
+        /// internet.
+        pub admin: Option<String>,
         /// The old place of `visitors.h2c`, kept to say where it went.
         pub h2c: Option<serde::de::IgnoredAny>,
     }
@@ -361,6 +364,8 @@ pub struct RedisSettings {
 pub struct EdgeConfig {
     pub http_addr: SocketAddr,
     pub https_addr: Option<SocketAddr>,
+    /// `listen.admin`: health for probes.
+    pub admin_addr: Option<SocketAddr>,
     pub tls: Option<TlsSettings>,
     /// Things worth a warning that do not stop the config (expired certificates).
     pub warnings: Vec<String>,
@@ -547,6 +552,11 @@ fn validate(mut raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<Strin
         problems.push("listen.https: needs at least one entry in tls.certificates".into());
     }
     let tunnel_addr = socket_addr(&raw.listen.tunnel, "listen.tunnel", &mut problems);
+    let admin_addr = raw
+        .listen
+        .admin
+        .as_ref()
+        .and_then(|a| socket_addr(a, "listen.admin", &mut problems));
     if raw.listen.h2c.is_some() {
         problems
             .push("listen.h2c: moved to visitors.h2c (every listen.* key is an address)".into());
@@ -856,6 +866,7 @@ fn validate(mut raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<Strin
     Ok(EdgeConfig {
         http_addr: http_addr.expect("checked"),
         https_addr,
+        admin_addr,
         tls,
         warnings,
         tunnel_addr: tunnel_addr.expect("checked"),
