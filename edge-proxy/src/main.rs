@@ -129,6 +129,12 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{what}: cannot bind {addr}"))
+}
+
 /// Cores this process may run on.
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -150,26 +156,14 @@ fn run(path: &std::path::Path, threads: usize) -> anyhow::Result<()> {
             // must shut down cleanly, not kill the process.
             let shutdown = shutdown_signal()?;
             let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-            let http = tokio::net::TcpListener::bind(config.http_addr)
-                .await
-                .with_context(|| format!("listen.http: cannot bind {}", config.http_addr))?;
-            let tunnel = tokio::net::TcpListener::bind(config.tunnel_addr)
-                .await
-                .with_context(|| format!("listen.tunnel: cannot bind {}", config.tunnel_addr))?;
+            let http = bind(config.http_addr, "listen.http").await?;
+            let tunnel = bind(config.tunnel_addr, "listen.tunnel").await?;
             let https = match config.https_addr {
-                Some(addr) => Some(
-                    tokio::net::TcpListener::bind(addr)
-                        .await
-                        .with_context(|| format!("listen.https: cannot bind {addr}"))?,
-                ),
+                Some(addr) => Some(bind(addr, "listen.https").await?),
                 None => None,
             };
             let admin = match config.admin_addr {
-                Some(addr) => Some(
-                    tokio::net::TcpListener::bind(addr)
-                        .await
-                        .with_context(|| format!("listen.admin: cannot bind {addr}"))?,
-                ),
+                Some(addr) => Some(bind(addr, "listen.admin").await?),
                 None => None,
             };
             // One machine-readable line, for scripts and the conformance suite.
