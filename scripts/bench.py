@@ -139,6 +139,8 @@ routes:
 
 
 HOST = "hello-8080-bench.preview.localhost"
+# The flood row's steady client: requests/s, within the row's 1,000/s limit.
+STEADY_RATE = 500
 HOST_RTT = "hello-8080-benchrtt.preview.localhost"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIB = 1 << 20
@@ -772,9 +774,10 @@ targets:
             value = None  # nothing but errors is no number
         return value, detail
 
-    def latency(self, comp):
+    def latency(self, comp, rate=None):
+        paced = ["--rate", str(rate)] if rate else []
         out = run([self.bin("bench-latency"), "--addr", self.addr[comp], "--host", HOST,
-                   "--duration", str(self.round_seconds), "--warmup", "0.5" if self.quick else "1"],
+                   "--duration", str(self.round_seconds), "--warmup", "0.5" if self.quick else "1", *paced],
                   timeout=self.duration + 60, check=False)
         try:
             res = json.loads(out.strip().splitlines()[-1])
@@ -782,30 +785,33 @@ targets:
             raise HarnessError(f"bench-latency said: {out[-1000:]}")
         return res
 
-    def latency_beside(self, comp, flood_headers):
+    def latency_beside(self, comp, flood_headers, rate):
         """A steady client's latency (bench-latency, one connection, no
-        forwarding headers) while wrk (64 connections) loads the same host
-        with `flood_headers`; wrk's totals too."""
+        forwarding headers, STEADY_RATE requests/s: within the limit) while a flood of `rate` requests/s (h2load,
+        HTTP/1.1, 16 connections at a fixed rate each: the same load
+        offered whether it is refused or served, below what saturates the
+        machine) goes to the same host with `flood_headers`."""
         seconds = self.round_seconds + 2
-        argv = ["wrk", "-t2", "-c64", f"-d{seconds}s", "-H", f"Host: {HOST}", *flood_headers,
-                f"http://{self.addr[comp]}/"]
+        conns = 16
+        argv = ["h2load", "--h1", f"-c{conns}", "-t1", f"--rps={rate // conns}", "-D", str(seconds),
+                "-H", f":authority: {HOST}", *flood_headers, f"http://{self.addr[comp]}/"]
         flood = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
-            time.sleep(1)  # wrk under way before the steady client measures
-            steady = self.latency(comp)
+            time.sleep(1)  # the flood under way before the steady client measures
+            steady = self.latency(comp, rate=STEADY_RATE)
             out, _ = flood.communicate(timeout=seconds + 60)
         finally:
             if flood.poll() is None:
                 flood.kill()
                 flood.wait()
-        n = re.search(r"^\s+(\d+) requests in ([\d.]+)(\w+)", out, re.M)
-        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-        if not n:
-            raise HarnessError(f"wrk said: {out[-1000:]}")
-        elapsed = float(n.group(2)) * {"s": 1, "ms": 1e-3, "m": 60}.get(n.group(3), 1)
-        requests, refused = int(n.group(1)), int(non2xx.group(1)) if non2xx else 0
-        return steady, {"flood_rps": round(requests / elapsed), "refused_per_s": round(refused / elapsed),
-                        "admitted_per_s": round((requests - refused) / elapsed)}
+        fin = re.search(r"finished in ([\d.]+)(m?s)", out)
+        codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+        if not fin or not codes:
+            raise HarnessError(f"h2load said: {out[-1000:]}")
+        elapsed = float(fin.group(1)) / (1000 if fin.group(2) == "ms" else 1)
+        ok, refused = int(codes.group(1)), int(codes.group(3))
+        return steady, {"offered_per_s": rate, "refused_per_s": round(refused / elapsed),
+                        "admitted_per_s": round(ok / elapsed)}
 
     def curl_bulk(self, addr, host, max_time):
         out = run(["curl", "-sS", "--noproxy", "*", "-o", "/dev/null", "-H", f"Host: {host}", "--max-time",
@@ -1309,18 +1315,22 @@ def run_rows(b):
         log("limits: a client flooding past its per-address limit beside a steady client")
         trusted = "forwarding: { trusted_proxies: [127.0.0.1] }\n"
         flood = ("-H", "X-Forwarded-For: 203.0.113.9")
+        # Offered at a fixed rate, the same refused or served: what the
+        # refusals cost the other client, not how much more a cheaper
+        # answer lets a client send.
+        rate = 4000 if b.quick else 16000
         b.reload_edge("")
-        alone = b.latency("edge")
+        alone = b.latency("edge", rate=STEADY_RATE)
         b.reload_edge(f"  client_ip: {{ rate: 1000, period: 1s }}\n{trusted}")
-        refused, refused_flood = b.latency_beside("edge", flood)
+        refused, refused_flood = b.latency_beside("edge", flood, rate)
         b.reload_edge(trusted)
-        served, served_flood = b.latency_beside("edge", flood)
+        served, served_flood = b.latency_beside("edge", flood, rate)
         b.reload_edge("")
         p99 = {"alone": alone.get("p99_us"), "beside_refused": refused.get("p99_us"),
                "beside_served": served.get("p99_us")}
-        note(f"steady client p99 alone {p99['alone']} µs, beside a flood refused at "
+        note(f"steady client p99 alone {p99['alone']} µs; beside a flood of {rate:,} requests/s refused at "
              f"{refused_flood['refused_per_s']:,}/s (admitted {refused_flood['admitted_per_s']:,}/s of a 1,000/s "
-             f"limit) {p99['beside_refused']} µs, beside the same flood served "
+             f"limit) {p99['beside_refused']} µs; beside the same flood served "
              f"({served_flood['admitted_per_s']:,}/s) {p99['beside_served']} µs")
         add("limits_flood", "a steady client's p99 beside another client refused past its limit (µs)", "µs",
             {**only_edge, "edge": p99["beside_refused"]},

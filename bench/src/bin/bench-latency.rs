@@ -32,6 +32,10 @@ struct Cli {
     /// Stop after this many measured requests even if time is left.
     #[arg(long, default_value_t = 5_000_000)]
     max_requests: usize,
+    /// Requests per second at most (one every 1/rate s, as an ordinary
+    /// client would send them); default: back to back.
+    #[arg(long)]
+    rate: Option<f64>,
 }
 
 struct Conn {
@@ -119,7 +123,13 @@ fn main() -> anyhow::Result<()> {
     let (mut errors, mut reconnects) = (0u64, 0u64);
     let mut first_error = None;
     let mut measured_from = None;
+    let pace = cli.rate.map(|r| Duration::from_secs_f64(1.0 / r));
+    let mut next = Instant::now();
     loop {
+        if let Some(pace) = pace {
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            next += pace;
+        }
         let t0 = Instant::now();
         if t0 >= end || samples.len() >= cli.max_requests {
             break;
