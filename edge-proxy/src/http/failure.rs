@@ -256,6 +256,8 @@ pub struct Failure {
     pub hop: Hop,
     /// Set on limit refusals.
     pub refusal: Option<Box<Refusal>>,
+    /// Set when no tunnel of this environment is connected here.
+    pub environment: Option<Box<str>>,
 }
 
 impl Failure {
@@ -269,6 +271,7 @@ impl Failure {
             message: message.into(),
             hop: kind.hop(),
             refusal: None,
+            environment: None,
         }
     }
 
@@ -293,7 +296,10 @@ impl From<RouteError> for Failure {
     fn from(e: RouteError) -> Self {
         match e {
             RouteError::NotFound => Failure::new(ErrorKind::RouteNotFound),
-            RouteError::Unavailable(_) => Failure::new(ErrorKind::TunnelUnavailable),
+            RouteError::Unavailable(environment) => Failure {
+                environment: Some(environment.into()),
+                ..Failure::new(ErrorKind::TunnelUnavailable)
+            },
         }
     }
 }

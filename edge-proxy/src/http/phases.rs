@@ -257,9 +257,7 @@ impl ProxyHttp for EdgeProxy {
                 Ok(false)
             }
             Err(failure) => {
-                let req = session.req_header();
-                let failure =
-                    route::tunnel_elsewhere(failure, host, req, &config, &self.shared).await;
+                let failure = route::tunnel_elsewhere(failure, &self.shared).await;
                 answer(session, failure, ctx).await
             }
         }

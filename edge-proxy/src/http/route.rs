@@ -75,28 +75,12 @@ impl Target {
 /// A refusal for want of a tunnel, told apart when, as Redis knows,
 /// another replica of the edge holds one (the sidecar reaches only some
 /// replicas: the operator's problem to see, not the visitor's to guess).
-pub async fn tunnel_elsewhere(
-    failure: Failure,
-    host: &str,
-    req: &RequestHeader,
-    config: &EdgeConfig,
-    shared: &crate::shared::InForce,
-) -> Failure {
-    if failure.kind != ErrorKind::TunnelUnavailable {
-        return failure;
-    }
-    let Some(shared) = shared.load_full() else {
+pub async fn tunnel_elsewhere(failure: Failure, shared: &crate::shared::InForce) -> Failure {
+    let (Some(environment), Some(shared)) = (failure.environment.as_deref(), shared.load_full())
+    else {
         return failure;
     };
-    let path = req.uri.path();
-    let environment = match config.routes.resolve(host, path) {
-        Some(rule) => rule.target.environment.clone(),
-        None => match ServiceRef::from_normalized_host(host, &config.preview_domains) {
-            Ok(service) => service.environment,
-            Err(_) => return failure,
-        },
-    };
-    match shared.holders(&environment).await {
+    match shared.holders(environment).await {
         Some(holders) if !holders.is_empty() => {
             tracing::debug!(%environment, ?holders, "tunnel held by other replicas");
             Failure::with(

@@ -95,8 +95,6 @@ pub fn for_settings(settings: Option<&RedisSettings>, local: &Local) -> Option<A
 
 /// The replicas' shared state.
 pub struct SharedState {
-    /// What it was made from (a reload with other settings replaces it).
-    pub settings: RedisSettings,
     connection: ConnectionManager,
     gcra: Script,
     end: Script,
@@ -151,7 +149,6 @@ impl SharedState {
         let connection = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
         let stop = CancellationToken::new();
         let state = Self {
-            settings: settings.clone(),
             connection,
             gcra: Script::new(limits::GCRA),
             end: Script::new(revocations::END),
@@ -173,7 +170,11 @@ impl SharedState {
             local.revocations.clone(),
             stop.clone(),
         ));
-        tokio::spawn(tunnels::publish(state.publisher(local), stop));
+        let publisher = state.publisher(
+            local.environments.clone(),
+            local.environments_changed.clone(),
+        );
+        tokio::spawn(tunnels::publish(publisher, stop));
         Ok(state)
     }
 

@@ -13,7 +13,7 @@ use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{Local, SharedState};
+use super::SharedState;
 
 /// How often a replica refreshes its claims.
 const REFRESH: Duration = Duration::from_secs(10);
@@ -60,13 +60,19 @@ impl SharedState {
         Some(holders)
     }
 
-    pub(super) fn publisher(&self, local: &Local) -> Publisher {
+    /// Publishes what `environments` says this replica holds.
+    pub(super) fn publisher(
+        &self,
+        environments: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
+        changed: Arc<Notify>,
+    ) -> Publisher {
         Publisher {
             connection: self.connection.clone(),
+            hold: Script::new(HOLD),
             prefix: self.prefix.clone(),
             replica: self.replica.clone(),
-            environments: local.environments.clone(),
-            changed: local.environments_changed.clone(),
+            environments,
+            changed,
             published: self.published.clone(),
         }
     }
@@ -75,15 +81,8 @@ impl SharedState {
     /// publication in flight, if any, and with none after it.
     pub async fn withdraw(&self) {
         self.stop.cancel();
-        let publisher = Publisher {
-            connection: self.connection.clone(),
-            prefix: self.prefix.clone(),
-            replica: self.replica.clone(),
-            environments: Arc::new(Vec::new),
-            changed: Default::default(),
-            published: self.published.clone(),
-        };
-        if let Err(e) = publisher.once().await {
+        let nothing = self.publisher(Arc::new(Vec::new), Default::default());
+        if let Err(e) = nothing.once().await {
             debug!(error = %e, "could not withdraw this replica's tunnels from redis");
         }
     }
@@ -91,6 +90,7 @@ impl SharedState {
 
 pub(super) struct Publisher {
     connection: ConnectionManager,
+    hold: Script,
     prefix: String,
     replica: String,
     environments: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
@@ -113,8 +113,7 @@ impl Publisher {
         let mut connection = self.connection.clone();
         let publish = async {
             if !held.is_empty() {
-                let script = Script::new(HOLD);
-                let mut invocation = script.prepare_invoke();
+                let mut invocation = self.hold.prepare_invoke();
                 for environment in &held {
                     invocation.key(key(&self.prefix, environment));
                 }
