@@ -103,7 +103,7 @@ pub mod raw {
         pub on_failure: Option<OnFailure>,
         pub key_prefix: Option<String>,
         /// This replica's name in Redis (default: the host name and the
-        /// tunnel port).
+        /// process id).
         pub replica: Option<String>,
     }
 
@@ -386,7 +386,8 @@ pub struct EdgeConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Visitor connections begin with a PROXY protocol header.
     pub proxy_protocol: bool,
-    /// Limits shared with other replicas (read at start).
+    /// State shared with the other replicas (a change is applied on
+    /// reload).
     pub redis: Option<RedisSettings>,
     pub tunnel: TunnelSettings,
     pub upstream: UpstreamSettings,
