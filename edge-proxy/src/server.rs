@@ -20,7 +20,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
-use tunnel_proto::{edge_message, Drain};
 use tunnel_transport::coalesce::CoalescingIo;
 
 use arc_swap::ArcSwap;
@@ -255,13 +254,7 @@ impl Edge {
 
         info!("shutting down: draining tunnels and in-flight requests");
         let _ = stop_http_tx.send(true);
-        for session in self.registry.all() {
-            session
-                .send(edge_message::Kind::Drain(Drain {
-                    reason: "edge shutting down".into(),
-                }))
-                .await;
-        }
+        self.registry.leave().await;
         // Wait for requests in progress (upgraded connections included), not
         // for idle keep-alive connections: Pingora does not watch for
         // shutdown while one waits for its next request. Those close when we

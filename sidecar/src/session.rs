@@ -377,7 +377,7 @@ pub async fn run(
                         info!(reason = %d.reason, "edge asked us to drain; reconnecting");
                         break Ok(SessionEnd::Drained);
                     }
-                    edge_message::Kind::Welcome(_) => {}
+                    edge_message::Kind::Welcome(_) | edge_message::Kind::Drained(_) => {}
                 },
                 Ok(Some(_)) => {} // a kind from a newer edge
                 Ok(None) => break Err(SessionError::Lost("the edge closed the session".into())),
@@ -396,28 +396,52 @@ pub async fn run(
             _ = shutdown.cancelled() => {
                 let drain = Drain { reason: "sidecar shutting down".into() };
                 let _ = control.send(message(sidecar_message::Kind::Drain(drain))).await;
+                wait_drained(&mut inbound, &stats).await;
                 break Ok(SessionEnd::Shutdown);
             }
         }
     };
-    // Let connections in flight finish; idle streams end with the session.
+    // Streams in flight go on in their own tasks: after the edge's Drain
+    // they finish while the next session is already up; after ours the
+    // wait above let them.
     pool.tasks.close();
-    if end.is_ok() {
-        let active = stats.active.load(std::sync::atomic::Ordering::Relaxed);
-        if active > 0 {
-            info!(active, "waiting for in-flight connections");
-            wait_idle(&stats, DRAIN_GRACE).await;
-        }
-    } else if let Err(e) = &end {
+    if let Err(e) = &end {
         warn!(error = %e, "session ended");
     }
     end
 }
 
-async fn wait_idle(stats: &Stats, grace: Duration) {
-    let deadline = Instant::now() + grace;
-    while stats.active.load(std::sync::atomic::Ordering::Relaxed) > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+/// After telling the edge this sidecar leaves: waits until nothing is in
+/// flight, or [`DRAIN_GRACE`]. The edge says when (`Drained`): once the
+/// requests it routed here have finished, the streams left open are idle
+/// ones (pooled keep-alive connections) it will never use again. Without
+/// the edge, nothing active is the sign.
+async fn wait_drained(inbound: &mut tonic::Streaming<EdgeMessage>, stats: &Stats) {
+    let deadline = Instant::now() + DRAIN_GRACE;
+    let mut edge_open = true;
+    let mut check = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            received = inbound.message(), if edge_open => match received {
+                Ok(Some(EdgeMessage { kind: Some(edge_message::Kind::Drained(_)) })) => {
+                    info!("drained: the edge has nothing in flight here");
+                    return;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => edge_open = false,
+            },
+            _ = check.tick() => {
+                let active = stats.active.load(std::sync::atomic::Ordering::Relaxed);
+                if active == 0 {
+                    return;
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                let active = stats.active.load(std::sync::atomic::Ordering::Relaxed);
+                warn!(active, "grace period over; closing the connections still open");
+                return;
+            }
+        }
     }
 }
 

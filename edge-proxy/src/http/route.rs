@@ -17,14 +17,15 @@ use crate::config::EdgeConfig;
 use crate::routing::preview::ServiceRef;
 use crate::routing::rules::normalize_path;
 use crate::routing::upstream::Protocol;
-use crate::tunnel::registry::{Session, TunnelRegistry};
+use crate::tunnel::registry::{Lease, TunnelRegistry};
 
 /// Where a request goes, with the settings in force when it arrived (a
 /// config reload never changes a request mid-flight).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Target {
     pub service: ServiceRef,
-    pub session: Arc<Session>,
+    /// The session, with this request counted on it while the target lives.
+    pub session: Lease,
     /// Path the service sees, when a rule rewrites it.
     pub upstream_path: Option<String>,
     pub open_stream_timeout: Duration,
@@ -58,16 +59,17 @@ pub struct Target {
 impl Target {
     /// Key of the upstream connection pool: connections are shared by
     /// requests to the same service spoken to the same way, never across
-    /// services or protocol settings (a rule may override a registration).
-    /// Nor across edge workers: a reused stream stays on the thread that
-    /// serves its tunnel connection.
+    /// services or protocol settings (a rule may override a registration),
+    /// nor across tunnel sessions: a stream belongs to one, so a draining
+    /// session's pooled streams are never picked again, and a reused stream
+    /// stays on the worker thread that serves its session.
     pub fn pool_key(&self) -> u64 {
         // foldhash: a fast hash is enough for a key local to this process
         // (SipHash cost about 1% of the edge's instructions per request).
         let mut h = foldhash::fast::FixedState::default().build_hasher();
         self.service.hash(&mut h);
         self.protocol.hash(&mut h);
-        self.session.worker.hash(&mut h);
+        self.session.id.hash(&mut h);
         h.finish()
     }
 }

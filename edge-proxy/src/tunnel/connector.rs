@@ -101,7 +101,10 @@ impl L4Connect for TunnelConnector {
     async fn connect(&self, _addr: &SocketAddr) -> pingora_error::Result<Stream> {
         match self.open().await {
             Ok(stream) => {
-                let socket = TunnelSocket(StreamIo::new(stream));
+                let socket = TunnelSocket {
+                    io: StreamIo::new(stream),
+                    session: self.session.clone(),
+                };
                 Ok(Stream::from(VirtualSocketStream::new(Box::new(socket))))
             }
             Err(e) => {
@@ -119,9 +122,14 @@ impl L4Connect for TunnelConnector {
     }
 }
 
-/// A tunnel data stream as Pingora's upstream socket.
+/// A tunnel data stream as Pingora's upstream socket. Once its session
+/// retires it reads as ended: it can only be idle in Pingora's pool then,
+/// and Pingora closes it there.
 #[derive(Debug)]
-pub struct TunnelSocket(StreamIo);
+pub struct TunnelSocket {
+    io: StreamIo,
+    session: Arc<Session>,
+}
 
 impl AsyncRead for TunnelSocket {
     fn poll_read(
@@ -129,7 +137,11 @@ impl AsyncRead for TunnelSocket {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+        let this = self.get_mut();
+        if this.session.is_retired() {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
     }
 }
 
@@ -139,15 +151,15 @@ impl AsyncWrite for TunnelSocket {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 

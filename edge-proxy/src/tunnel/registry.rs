@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify};
 use tonic::Status;
-use tunnel_proto::{edge_message, EdgeMessage, TunnelStats, WantStreams};
+use tunnel_proto::{edge_message, Drain, Drained, EdgeMessage, TunnelStats, WantStreams};
 use tunnel_transport::DataStream;
 
 use crate::config::token::TokenHash;
@@ -64,6 +64,11 @@ pub struct Session {
     starved: AtomicBool,
     want_pending: AtomicBool,
     draining: AtomicBool,
+    /// Requests routed to this session and not yet finished.
+    requests: AtomicU64,
+    /// Draining or closed with nothing in flight: every stream left is idle
+    /// and reads as ended ([`Session::is_retired`]).
+    retired: AtomicBool,
     closed: AtomicBool,
     control: mpsc::Sender<Result<EdgeMessage, Status>>,
     /// Streams handed to visitors' connections over the session's life.
@@ -133,6 +138,8 @@ impl Session {
             starved: AtomicBool::new(false),
             want_pending: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            requests: AtomicU64::new(0),
+            retired: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             control,
             streams_taken: AtomicU64::new(0),
@@ -277,8 +284,54 @@ impl Session {
             .is_ok()
     }
 
+    /// The sidecar is leaving: no new request is routed here, and once
+    /// the requests in flight have finished the session retires.
     pub fn set_draining(&self) {
-        self.draining.store(true, Ordering::Relaxed);
+        // SeqCst with `lease`: either a new lease sees the flag, or this
+        // sees its request counted.
+        self.draining.store(true, Ordering::SeqCst);
+        if self.requests.load(Ordering::SeqCst) == 0 {
+            self.retire();
+        }
+    }
+
+    /// Counts a request routed here until the lease drops; `None` if the
+    /// session started draining meanwhile.
+    fn lease(self: &Arc<Self>) -> Option<Lease> {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        let lease = Lease(self.clone());
+        (!self.is_leaving()).then_some(lease)
+    }
+
+    /// Requests routed here and not yet finished.
+    pub fn requests_in_flight(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Nothing will use this session's streams again: the ones pooled at
+    /// the edge read as ended (Pingora's pool closes them within its sweep
+    /// interval) and the sidecar is told ([`edge_message::Kind::Drained`]),
+    /// so neither side waits for them to time out.
+    fn retire(&self) {
+        if self.retired.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.idle.lock().unwrap().clear();
+        let drained = EdgeMessage {
+            kind: Some(edge_message::Kind::Drained(Drained {})),
+        };
+        // The control channel is rarely full; if it is, the sidecar's own
+        // grace period ends its wait instead.
+        let _ = self.control.try_send(Ok(drained));
+    }
+
+    /// Draining or closed, with no request in flight.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+
+    fn is_leaving(&self) -> bool {
+        self.draining.load(Ordering::SeqCst) || self.closed.load(Ordering::SeqCst)
     }
 
     /// Ends the session from the edge's side: the control stream fails with
@@ -290,9 +343,39 @@ impl Session {
     }
 
     fn close(&self) {
-        self.closed.store(true, Ordering::Relaxed);
+        self.closed.store(true, Ordering::SeqCst);
         self.idle.lock().unwrap().clear();
         self.idle_ready.notify_waiters();
+        if self.requests.load(Ordering::SeqCst) == 0 {
+            self.retire();
+        }
+    }
+}
+
+/// A request routed to a session, counted until it finishes (dropped with
+/// the request's context): a draining session's sidecar learns from the
+/// count when nothing is left in flight.
+pub struct Lease(Arc<Session>);
+
+impl std::ops::Deref for Lease {
+    type Target = Arc<Session>;
+
+    fn deref(&self) -> &Arc<Session> {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.0.requests.fetch_sub(1, Ordering::SeqCst) == 1 && self.0.is_leaving() {
+            self.0.retire();
+        }
     }
 }
 
@@ -346,6 +429,8 @@ pub struct TunnelRegistry {
     next: AtomicUsize,
     /// Poked when an environment gains its first session or loses its last.
     held_changed: Arc<Notify>,
+    /// This edge is shutting down: no new sessions.
+    leaving: AtomicBool,
 }
 
 impl TunnelRegistry {
@@ -354,6 +439,24 @@ impl TunnelRegistry {
             auth: RwLock::new(Arc::new(auth)),
             ..Default::default()
         }
+    }
+
+    /// From now on sidecars are turned away (they reconnect to another
+    /// replica) and every session is asked to drain: its sidecar opens a
+    /// new session elsewhere while this one's requests finish.
+    pub async fn leave(&self) {
+        self.leaving.store(true, Ordering::SeqCst);
+        for session in self.all() {
+            session
+                .send(edge_message::Kind::Drain(Drain {
+                    reason: "edge shutting down".into(),
+                }))
+                .await;
+        }
+    }
+
+    pub fn is_leaving(&self) -> bool {
+        self.leaving.load(Ordering::Relaxed)
     }
 
     pub fn authorizations(&self) -> Arc<Authorizations> {
@@ -455,7 +558,7 @@ impl TunnelRegistry {
     /// Picks a session for a preview URL: round robin over the usable
     /// sessions of its environment that registered the service and port,
     /// those served by the calling worker thread first.
-    pub fn route(&self, url: &ServiceRef) -> Result<Arc<Session>, RouteError> {
+    pub fn route(&self, url: &ServiceRef) -> Result<Lease, RouteError> {
         let sessions = self.sessions.read().unwrap();
         let in_environment = sessions.by_environment.get(&url.environment);
         let candidates = || {
@@ -477,8 +580,12 @@ impl TunnelRegistry {
         } else {
             self.pick(n_usable, usable)
         };
-        if let Some(s) = picked {
-            return Ok(s.clone());
+        // Started draining since it was picked (rare): the next usable one.
+        if let Some(lease) = picked
+            .and_then(|s| s.lease())
+            .or_else(|| usable().find_map(|s| s.lease()))
+        {
+            return Ok(lease);
         }
         let environment_known = in_environment.is_some()
             || self
@@ -581,6 +688,56 @@ mod tests {
             r.route(&url("web", 80, "nope")).err(),
             Some(RouteError::NotFound)
         );
+    }
+
+    /// A draining session retires once its last request ends: its streams
+    /// read as ended from then on, and the sidecar hears `Drained` once.
+    #[test]
+    fn a_draining_session_retires_when_its_last_request_ends() {
+        let (tx, mut control) = mpsc::channel(4);
+        let r = registry();
+        let s = Arc::new(Session::new(
+            "c".into(),
+            "demo".into(),
+            "s".into(),
+            TokenHash::of("t"),
+            [(("web".to_string(), 80), Protocol::Http1)].into(),
+            4,
+            tx,
+        ));
+        r.insert(s.clone());
+        let (first, second) = (
+            r.route(&url("web", 80, "demo")).unwrap(),
+            r.route(&url("web", 80, "demo")).unwrap(),
+        );
+        assert_eq!(s.requests_in_flight(), 2);
+        s.set_draining();
+        assert!(r.route(&url("web", 80, "demo")).is_err());
+        drop(first);
+        assert!(!s.is_retired() && control.try_recv().is_err());
+        drop(second);
+        assert!(s.is_retired());
+        let told = control.try_recv().unwrap().unwrap();
+        assert!(matches!(told.kind, Some(edge_message::Kind::Drained(_))));
+        // Closing later says nothing more.
+        r.remove(&s);
+        assert!(control.try_recv().is_err());
+
+        // A session closed with nothing in flight retires at once.
+        let (tx, mut control) = mpsc::channel(4);
+        let quiet = Arc::new(Session::new(
+            "c".into(),
+            "demo".into(),
+            "s".into(),
+            TokenHash::of("t"),
+            Default::default(),
+            4,
+            tx,
+        ));
+        r.insert(quiet.clone());
+        r.remove(&quiet);
+        assert!(quiet.is_retired());
+        assert!(control.try_recv().is_ok());
     }
 
     #[test]

@@ -261,6 +261,11 @@ impl Tunnel for TunnelService {
                 return Err(status);
             }
         };
+        if self.registry.is_leaving() {
+            return Err(Status::unavailable(
+                "this edge is shutting down; connect to another replica",
+            ));
+        }
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(SidecarMessage {
