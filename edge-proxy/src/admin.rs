@@ -33,13 +33,16 @@ impl Health {
         self.draining.store(true, Ordering::Relaxed);
     }
 
-    fn ready(&self) -> bool {
+    pub fn ready(&self) -> bool {
         !self.draining.load(Ordering::Relaxed)
     }
 }
 
+/// The Prometheus text exposition, made at each scrape.
+pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// Serves `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, health: Arc<Health>) {
+pub async fn serve(listener: TcpListener, health: Arc<Health>, metrics: Render) {
     loop {
         let tcp = match listener.accept().await {
             Ok((tcp, _)) => tcp,
@@ -48,10 +51,10 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>) {
                 continue;
             }
         };
-        let health = health.clone();
+        let (health, metrics) = (health.clone(), metrics.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
-                let answer = answer(req.method(), req.uri().path(), &health);
+                let answer = answer(req.method(), req.uri().path(), &health, &metrics);
                 async move { Ok::<_, Infallible>(answer) }
             });
             let served = hyper::server::conn::http1::Builder::new()
@@ -64,15 +67,27 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>) {
     }
 }
 
-fn answer(method: &Method, path: &str, health: &Health) -> Response<Full<Bytes>> {
+fn answer(method: &Method, path: &str, health: &Health, metrics: &Render) -> Response<Full<Bytes>> {
+    if matches!(*method, Method::GET | Method::HEAD) && path == "/metrics" {
+        let mut response = Response::new(Full::new(Bytes::from(metrics())));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ),
+        );
+        return response;
+    }
     let (status, body) = match (method, path) {
         (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, "ok\n"),
         (&Method::GET | &Method::HEAD, "/readyz") if health.ready() => (StatusCode::OK, "ready\n"),
         (&Method::GET | &Method::HEAD, "/readyz") => {
             (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
         }
-        (_, "/healthz" | "/readyz") => (StatusCode::METHOD_NOT_ALLOWED, "GET or HEAD\n"),
-        _ => (StatusCode::NOT_FOUND, "/healthz or /readyz\n"),
+        (_, "/healthz" | "/readyz" | "/metrics") => {
+            (StatusCode::METHOD_NOT_ALLOWED, "GET or HEAD\n")
+        }
+        _ => (StatusCode::NOT_FOUND, "/healthz, /readyz or /metrics\n"),
     };
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;
@@ -94,7 +109,8 @@ mod tests {
     #[test]
     fn ready_until_draining_alive_throughout() {
         let health = Health::default();
-        let status = |m: &Method, p: &str| answer(m, p, &health).status();
+        let metrics: Render = Arc::new(|| "edge_draining 0\n# EOF\n".into());
+        let status = |m: &Method, p: &str| answer(m, p, &health, &metrics).status();
         assert_eq!(status(&Method::GET, "/healthz"), StatusCode::OK);
         assert_eq!(status(&Method::GET, "/readyz"), StatusCode::OK);
         assert_eq!(

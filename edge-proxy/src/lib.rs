@@ -32,6 +32,7 @@ pub mod config;
 pub mod http;
 pub mod idp;
 pub mod limits;
+pub mod metrics;
 pub mod reload;
 pub mod routing;
 pub mod server;

@@ -10,6 +10,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::signal::unix::Signal;
@@ -46,6 +47,7 @@ pub async fn watch(path: PathBuf, reloader: Reloader, mut hangup: Signal) {
         match EdgeConfig::load(&path) {
             Ok(config) => reloader.apply(config, trigger),
             Err(e) => {
+                reloader.refused();
                 error!(trigger, error = %e, "config reload refused; keeping the last good config")
             }
         }
@@ -71,6 +73,7 @@ pub struct Reloader {
     tunnel_tls: Arc<TunnelTlsState>,
     shared: Arc<shared::InForce>,
     local: shared::Local,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Reloader {
@@ -81,6 +84,7 @@ impl Reloader {
         tunnel_tls: Arc<TunnelTlsState>,
         shared: Arc<shared::InForce>,
         local: shared::Local,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         Self {
             config,
@@ -89,6 +93,7 @@ impl Reloader {
             tunnel_tls,
             shared,
             local,
+            metrics,
         }
     }
 
@@ -133,7 +138,13 @@ impl Reloader {
             .set_authorizations(Authorizations::from_config(&new));
         self.config.store(Arc::new(new));
         let revoked = self.registry.revoke_unauthorized();
+        self.metrics.reloads_applied.fetch_add(1, Ordering::Relaxed);
         info!(trigger, routes, revoked, "config reloaded");
+    }
+
+    /// Counts a new config that failed to load (the last good one stays).
+    pub fn refused(&self) {
+        self.metrics.reloads_refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The files whose changes trigger a reload besides the config itself.

@@ -26,9 +26,11 @@ use arc_swap::ArcSwap;
 
 use crate::admin;
 use crate::config::EdgeConfig;
+use crate::http::failure::FailureCounts;
 use crate::http::visitor::{self, FirstBytes, HeadDeadline};
 use crate::http::{self, phases::EdgeProxy};
 use crate::limits::{self, Gauges, Use};
+use crate::metrics::{self, Metrics};
 use crate::reload::{self, Reloader};
 use crate::shared;
 use crate::tls::{self, SniResolver, TunnelTlsState};
@@ -47,6 +49,7 @@ pub struct Edge {
     shared: Arc<shared::InForce>,
     /// What this replica shares and learns through it.
     local: shared::Local,
+    metrics: Arc<Metrics>,
 }
 
 /// The edge's bound listeners.
@@ -102,6 +105,7 @@ impl Edge {
             tunnel_tls,
             shared: Default::default(),
             local,
+            metrics: Default::default(),
         }
     }
 
@@ -114,6 +118,7 @@ impl Edge {
             self.tunnel_tls.clone(),
             self.shared.clone(),
             self.local.clone(),
+            self.metrics.clone(),
         )
     }
 
@@ -136,7 +141,25 @@ impl Edge {
             workers,
         } = listeners;
         let health = Arc::new(admin::Health::default());
-        let admin = admin.map(|l| tokio::spawn(admin::serve(l, health.clone())));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let gauges = Arc::new(Gauges::default());
+        let failures = Arc::new(FailureCounts::default());
+        let sources = metrics::Sources {
+            metrics: self.metrics.clone(),
+            registry: self.registry.clone(),
+            failures: failures.clone(),
+            gauges: gauges.clone(),
+            shared: self.shared.clone(),
+            in_flight: in_flight.clone(),
+            draining: {
+                let health = health.clone();
+                Arc::new(move || !health.ready())
+            },
+        };
+        let admin = admin.map(|l| {
+            let metrics = Arc::new(move || sources.render());
+            tokio::spawn(admin::serve(l, health.clone(), metrics))
+        });
         let default_public_url = match &https {
             Some(l) => format!(
                 "https://{{host}}:{}",
@@ -151,8 +174,6 @@ impl Edge {
             upstream_keepalive_pool_size: self.config.load().upstream.keepalive_pool_size,
             ..Default::default()
         });
-        let in_flight = Arc::new(AtomicUsize::new(0));
-        let gauges = Arc::new(Gauges::default());
         self.shared.store(shared::for_settings(
             self.config.load().redis.as_ref(),
             &self.local,
@@ -167,8 +188,9 @@ impl Edge {
                 .map(|a| a.port()),
             revocations: self.local.revocations.clone(),
             gauges: gauges.clone(),
-            failures: Default::default(),
+            failures,
             shared: self.shared.clone(),
+            metrics: self.metrics.clone(),
         };
         // Two apps: plain connections are sniffed here, and those that
         // start with the HTTP/2 preface go to the one that speaks h2c.

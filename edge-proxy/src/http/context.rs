@@ -55,6 +55,10 @@ pub struct RequestCtx {
     /// Request body bytes seen (counted against the route's
     /// `max_body_size` when it has one).
     pub body_bytes: u64,
+    /// When the tunnel was asked for a connection to the service.
+    pub upstream_started: Option<Instant>,
+    /// From then to the service's response head.
+    pub upstream_answered: Option<std::time::Duration>,
     _in_flight: InFlight,
 }
 
@@ -89,6 +93,8 @@ impl RequestCtx {
             set_cookie: None,
             permits: Vec::new(),
             body_bytes: 0,
+            upstream_started: None,
+            upstream_answered: None,
             _in_flight: InFlight::new(in_flight),
         }
     }

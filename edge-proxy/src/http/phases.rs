@@ -68,6 +68,8 @@ pub struct EdgeProxy {
     pub failures: Arc<FailureCounts>,
     /// State shared with the other replicas (`redis:`).
     pub shared: Arc<crate::shared::InForce>,
+    /// Per-route counts for `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A header value HTTP/2 sends as a literal "never indexed": a value unique
@@ -289,6 +291,7 @@ impl ProxyHttp for EdgeProxy {
             target.read_timeout
         });
         peer.options.idle_timeout = Some(target.idle_timeout);
+        ctx.upstream_started = Some(std::time::Instant::now());
         peer.options.custom_l4 = Some(Arc::new(TunnelConnector {
             session: target.session.clone(),
             service: target.service.service.clone(),
@@ -413,6 +416,7 @@ impl ProxyHttp for EdgeProxy {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        ctx.upstream_answered = ctx.upstream_started.map(|t| t.elapsed());
         response.insert_header(&forwarding::X_REQUEST_ID, unindexed(&ctx.id)?)?;
         if let (Some(_), Ok(host)) = (&ctx.tls, ctx.host.name()) {
             if let Some(value) = https::hsts(&self.config.load(), host) {
@@ -486,6 +490,29 @@ impl ProxyHttp for EdgeProxy {
         if let Some(failure) = &ctx.failure {
             self.failures.count(failure.kind);
         }
+        let duration = ctx.started.elapsed();
+        let route_key = ctx.target.as_ref().map_or(0, |t| t.route_key);
+        self.metrics.finished(
+            route_key,
+            || match &ctx.target {
+                Some(t) => crate::metrics::RouteName {
+                    environment: &t.service.environment,
+                    route: t.route_label(),
+                },
+                None => crate::metrics::RouteName {
+                    environment: "",
+                    route: "".into(),
+                },
+            },
+            crate::metrics::Finished {
+                status,
+                hop: ctx.failure.as_ref().map(|f| f.hop),
+                duration,
+                upstream: ctx.upstream_answered,
+                bytes_in: session.body_bytes_read() as u64,
+                bytes_out: session.body_bytes_sent() as u64,
+            },
+        );
         let req = session.req_header();
         info!(
             request_id = %ctx.id,
@@ -500,7 +527,7 @@ impl ProxyHttp for EdgeProxy {
             hop = ctx.failure.as_ref().map(|f| f.hop.as_str()),
             error = e.map(|e| e.to_string()),
             session = ctx.target.as_ref().map(|t| t.session.id.as_str()),
-            duration_us = ctx.started.elapsed().as_micros() as u64,
+            duration_us = duration.as_micros() as u64,
             "request"
         );
     }

@@ -57,6 +57,16 @@ pub struct Target {
 }
 
 impl Target {
+    /// The route as metrics name it: its rule's name, else its host and
+    /// path; a preview URL's `service-port`.
+    pub fn route_label(&self) -> std::borrow::Cow<'_, str> {
+        match (&self.route_name, &self.route_id) {
+            (Some(name), _) => name.as_ref().into(),
+            (None, Some(id)) => id.as_ref().into(),
+            (None, None) => format!("{}-{}", self.service.service, self.service.port).into(),
+        }
+    }
+
     /// Key of the upstream connection pool: connections are shared by
     /// requests to the same service spoken to the same way, never across
     /// services or protocol settings (a rule may override a registration),

@@ -1,0 +1,147 @@
+//! `GET /metrics` on the admin listener, read as Prometheus reads it: the
+//! exposition is parsed by the Prometheus client library's strict
+//! OpenMetrics parser (`TEST_PYTHON`, set up by `scripts/test`).
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use conformance::{curl, http_status, Stack};
+use serde_json::Value;
+
+/// One sample: name, labels, value.
+type Sample = (String, serde_json::Map<String, Value>, f64);
+
+/// `(name, labels, value)` of every sample in `text`, as the OpenMetrics
+/// parser reads them (it refuses anything malformed).
+fn parse(text: &str) -> Vec<Sample> {
+    let python = std::env::var("TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = "import sys, json\n\
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
+        print(json.dumps([[s.name, s.labels, s.value] for f in text_string_to_metric_families(sys.stdin.read()) for s in f.samples]))\n";
+    let mut child = Command::new(&python)
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{python}: {e} (scripts/test sets TEST_PYTHON)"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the OpenMetrics parser refused the exposition: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let samples: Vec<Sample> = serde_json::from_slice(&out.stdout).unwrap();
+    samples
+}
+
+fn scrape(stack: &Stack) -> (String, Vec<Sample>) {
+    let admin = stack.admin_addr.clone().expect("an admin listener");
+    let out = curl(&["-s", "-f", &format!("http://{admin}/metrics")]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let samples = parse(&text);
+    (text, samples)
+}
+
+/// The value of the sample `name` whose labels include `labels` (0 when
+/// there is none).
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).and_then(Value::as_str) == Some(*v))
+        })
+        .map(|(_, _, v)| v)
+        .sum()
+}
+
+/// Requests by route, status class and failing hop; latency histograms;
+/// tunnels per environment; refusals by code; reloads by outcome. The
+/// exposition passes the strict OpenMetrics parser.
+#[test]
+fn metrics_count_what_the_edge_did() {
+    let stack = Stack::start_with_admin("");
+    let url = stack.url("hello-8080", "/");
+    for _ in 0..3 {
+        assert_eq!(http_status(&[&url]), "200");
+    }
+    // Not registered by the sidecar: the edge answers ROUTE_NOT_FOUND itself.
+    assert_eq!(http_status(&[&stack.url("nothing-1", "/")]), "404");
+
+    let (text, samples) = scrape(&stack);
+    let route = [("environment", "demo"), ("route", "hello-8080")];
+    let ok = [route[0], route[1], ("status", "2xx"), ("hop", "")];
+    assert_eq!(value(&samples, "edge_requests_total", &ok), 3.0, "{text}");
+    assert_eq!(
+        value(&samples, "edge_request_duration_seconds_count", &route),
+        3.0
+    );
+    assert_eq!(
+        value(&samples, "edge_upstream_duration_seconds_count", &route),
+        3.0
+    );
+    assert!(value(&samples, "edge_response_body_bytes_total", &route) > 0.0);
+    assert_eq!(
+        value(
+            &samples,
+            "edge_requests_total",
+            &[("status", "4xx"), ("hop", "edge"), ("route", "")]
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "edge_refusals_total",
+            &[("code", "ROUTE_NOT_FOUND")]
+        ),
+        1.0
+    );
+    // The sidecar's two sessions.
+    assert_eq!(
+        value(
+            &samples,
+            "edge_tunnel_sessions",
+            &[("environment", "demo"), ("cluster", "conformance")]
+        ),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(value(&samples, "edge_draining", &[]), 0.0);
+
+    // A config that does not load is counted as refused, then a good one
+    // as applied.
+    let good = std::fs::read_to_string(stack.dir.path().join("edge.yaml")).unwrap();
+    stack.write_edge_yaml("listen: [\n");
+    stack
+        .edge
+        .wait_line("config reload refused", Duration::from_secs(10));
+    stack.write_edge_yaml(&format!("{good}\n# touched\n"));
+    stack
+        .edge
+        .wait_line("config reloaded", Duration::from_secs(10));
+    let (_, samples) = scrape(&stack);
+    for outcome in ["refused", "applied"] {
+        assert_eq!(
+            value(
+                &samples,
+                "edge_config_reloads_total",
+                &[("outcome", outcome)]
+            ),
+            1.0,
+            "{outcome}"
+        );
+    }
+}

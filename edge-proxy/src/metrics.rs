@@ -1,0 +1,446 @@
+//! Prometheus metrics, served as text at `GET /metrics` on the admin
+//! listener (`listen.admin`).
+//!
+//! A request adds to its route's [`RouteStats`], found by the route's key
+//! (a `u64` the request already has for its limits): no label strings are
+//! built or hashed per request. Everything else (tunnels, limits, refusals,
+//! Redis) is read from where it already lives when Prometheus scrapes.
+//! Names follow Prometheus's conventions: an `edge_` prefix, base units
+//! (seconds, bytes), `_total` on counters.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::http::failure::{FailureCounts, Hop, ALL_KINDS};
+use crate::limits::{Gauges, Scope};
+use crate::tunnel::registry::TunnelRegistry;
+
+/// Upper bounds of the latency buckets, in seconds: 0.5 ms to 30 s.
+const LATENCY_BUCKETS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The `status` label: the class of the status sent, or `none` when the
+/// visitor left before one was.
+const CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The `hop` label: the hop that failed, empty when none did.
+const HOPS: [&str; 6] = ["", "visitor", "edge", "tunnel", "sidecar", "service"];
+
+fn hop_index(hop: Option<Hop>) -> usize {
+    match hop {
+        None => 0,
+        Some(Hop::Visitor) => 1,
+        Some(Hop::Edge) => 2,
+        Some(Hop::Tunnel) => 3,
+        Some(Hop::Sidecar) => 4,
+        Some(Hop::Service) => 5,
+    }
+}
+
+fn class_index(status: u16) -> usize {
+    match status {
+        100..=599 => usize::from(status / 100),
+        _ => 0,
+    }
+}
+
+/// What one route has served.
+#[derive(Debug)]
+pub struct RouteStats {
+    environment: Box<str>,
+    route: Box<str>,
+    responses: [AtomicU64; CLASSES.len() * HOPS.len()],
+    duration: Histogram,
+    upstream: Histogram,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+impl RouteStats {
+    fn new(environment: &str, route: &str) -> Self {
+        Self {
+            environment: environment.into(),
+            route: route.into(),
+            responses: std::array::from_fn(|_| AtomicU64::new(0)),
+            duration: Histogram::new(LATENCY_BUCKETS),
+            upstream: Histogram::new(LATENCY_BUCKETS),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+        }
+    }
+}
+
+/// One finished request, as the metrics see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Finished {
+    /// The status sent (0: none).
+    pub status: u16,
+    pub hop: Option<Hop>,
+    pub duration: Duration,
+    /// From asking the tunnel for a connection to the service's response
+    /// head (`None`: the request never reached the service).
+    pub upstream: Option<Duration>,
+    /// Body bytes from the visitor, and to it.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// The counters the request path adds to; the rest is read at scrape time.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    routes: DashMap<u64, Arc<RouteStats>, foldhash::fast::RandomState>,
+    pub reloads_applied: AtomicU64,
+    pub reloads_refused: AtomicU64,
+}
+
+/// A route's labels, made only the first time the route is seen.
+pub struct RouteName<'a> {
+    pub environment: &'a str,
+    pub route: std::borrow::Cow<'a, str>,
+}
+
+impl Metrics {
+    /// Counts a finished request on the route with key `key` (0: a request
+    /// refused before it was routed). `name` gives the labels of a route
+    /// not seen before.
+    pub fn finished<'a>(&self, key: u64, name: impl FnOnce() -> RouteName<'a>, f: Finished) {
+        let stats = match self.routes.get(&key) {
+            Some(stats) => stats.clone(),
+            None => {
+                let name = name();
+                self.routes
+                    .entry(key)
+                    .or_insert_with(|| Arc::new(RouteStats::new(name.environment, &name.route)))
+                    .clone()
+            }
+        };
+        stats.responses[class_index(f.status) * HOPS.len() + hop_index(f.hop)]
+            .fetch_add(1, Ordering::Relaxed);
+        stats.duration.observe(f.duration.as_secs_f64());
+        if let Some(upstream) = f.upstream {
+            stats.upstream.observe(upstream.as_secs_f64());
+        }
+        stats.bytes_in.fetch_add(f.bytes_in, Ordering::Relaxed);
+        stats.bytes_out.fetch_add(f.bytes_out, Ordering::Relaxed);
+    }
+}
+
+/// Everything `/metrics` shows, gathered at scrape time.
+#[derive(Clone)]
+pub struct Sources {
+    pub metrics: Arc<Metrics>,
+    pub registry: Arc<TunnelRegistry>,
+    pub failures: Arc<FailureCounts>,
+    pub gauges: Arc<Gauges>,
+    pub shared: Arc<crate::shared::InForce>,
+    pub in_flight: Arc<AtomicUsize>,
+    /// The edge is draining (`/readyz` says 503).
+    pub draining: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl fmt::Debug for Sources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Sources")
+    }
+}
+
+impl Sources {
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self.clone()));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (Vec<(&'static str, String)>, u64)>,
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in series {
+        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (Vec<(&'static str, String)>, i64)>,
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in series {
+        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for Sources {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let routes: Vec<Arc<RouteStats>> = self
+            .metrics
+            .routes
+            .iter()
+            .map(|r| r.value().clone())
+            .collect();
+        let route_labels = |r: &RouteStats| {
+            vec![
+                ("environment", r.environment.to_string()),
+                ("route", r.route.to_string()),
+            ]
+        };
+
+        counter(
+            &mut encoder,
+            "edge_requests",
+            "Requests answered, by route, status class (none: the visitor left first) and the hop that failed (empty: none)",
+            routes.iter().flat_map(|r| {
+                r.responses.iter().enumerate().filter_map(move |(i, n)| {
+                    let n = n.load(Ordering::Relaxed);
+                    (n > 0).then(|| {
+                        let mut labels = route_labels(r);
+                        labels.push(("status", CLASSES[i / HOPS.len()].into()));
+                        labels.push(("hop", HOPS[i % HOPS.len()].into()));
+                        (labels, n)
+                    })
+                })
+            }),
+        )?;
+        for (name, help, pick) in [
+            (
+                "edge_request_duration_seconds",
+                "Time from the request's arrival to its end",
+                (|r: &RouteStats| &r.duration) as fn(&RouteStats) -> &Histogram,
+            ),
+            (
+                "edge_upstream_duration_seconds",
+                "Time from asking the tunnel for a connection to the service's response head",
+                |r: &RouteStats| &r.upstream,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+            for r in &routes {
+                pick(r).encode(family.encode_family(&route_labels(r))?)?;
+            }
+        }
+        counter(
+            &mut encoder,
+            "edge_request_body_bytes",
+            "Body bytes received from visitors",
+            routes
+                .iter()
+                .map(|r| (route_labels(r), r.bytes_in.load(Ordering::Relaxed))),
+        )?;
+        counter(
+            &mut encoder,
+            "edge_response_body_bytes",
+            "Body bytes sent to visitors",
+            routes
+                .iter()
+                .map(|r| (route_labels(r), r.bytes_out.load(Ordering::Relaxed))),
+        )?;
+        gauge(
+            &mut encoder,
+            "edge_requests_in_flight",
+            "Requests (and upgraded connections) in progress",
+            [(vec![], self.in_flight.load(Ordering::Relaxed) as i64)],
+        )?;
+        counter(
+            &mut encoder,
+            "edge_refusals",
+            "Responses the edge wrote itself, by error code (docs/errors.md)",
+            ALL_KINDS
+                .iter()
+                .map(|k| (vec![("code", k.code().to_owned())], self.failures.get(*k))),
+        )?;
+        counter(
+            &mut encoder,
+            "edge_limit_refusals",
+            "Requests refused by a rate limit or cap, by scope",
+            Scope::ALL.iter().map(|s| {
+                let n = self.gauges.refused[*s as usize].load(Ordering::Relaxed);
+                (vec![("scope", s.as_str().to_owned())], n)
+            }),
+        )?;
+        counter(
+            &mut encoder,
+            "edge_limit_dry_run_refusals",
+            "Requests a dry-run limit would have refused, by scope",
+            Scope::ALL.iter().map(|s| {
+                let n = self.gauges.would_refuse[*s as usize].load(Ordering::Relaxed);
+                (vec![("scope", s.as_str().to_owned())], n)
+            }),
+        )?;
+
+        // Tunnels, per environment.
+        let mut by_environment: std::collections::BTreeMap<(String, String), [i64; 4]> =
+            Default::default();
+        for s in self.registry.all() {
+            let row = by_environment
+                .entry((s.environment.clone(), s.cluster.clone()))
+                .or_default();
+            row[0] += 1;
+            row[1] += i64::from(!s.is_usable());
+            row[2] += s.requests_in_flight() as i64;
+            row[3] += s.idle_count() as i64;
+        }
+        let tunnel_labels = |(environment, cluster): &(String, String)| {
+            vec![
+                ("environment", environment.clone()),
+                ("cluster", cluster.clone()),
+            ]
+        };
+        for (i, name, help) in [
+            (0, "edge_tunnel_sessions", "Tunnel sessions connected"),
+            (
+                1,
+                "edge_tunnel_sessions_draining",
+                "Tunnel sessions whose sidecar is leaving",
+            ),
+            (
+                2,
+                "edge_tunnel_requests_in_flight",
+                "Requests in progress through the tunnels",
+            ),
+            (
+                3,
+                "edge_tunnel_idle_streams",
+                "Data streams opened ahead by the sidecars, waiting for a request",
+            ),
+        ] {
+            gauge(
+                &mut encoder,
+                name,
+                help,
+                by_environment
+                    .iter()
+                    .map(|(k, row)| (tunnel_labels(k), row[i])),
+            )?;
+        }
+
+        counter(
+            &mut encoder,
+            "edge_config_reloads",
+            "Config reloads, applied or refused (the last good config kept)",
+            [
+                (
+                    vec![("outcome", "applied".to_owned())],
+                    self.metrics.reloads_applied.load(Ordering::Relaxed),
+                ),
+                (
+                    vec![("outcome", "refused".to_owned())],
+                    self.metrics.reloads_refused.load(Ordering::Relaxed),
+                ),
+            ],
+        )?;
+        if let Some(shared) = self.shared.load_full() {
+            gauge(
+                &mut encoder,
+                "edge_redis_up",
+                "Redis answered the last call (1) or not (0)",
+                [(vec![], i64::from(shared.healthy()))],
+            )?;
+            counter(
+                &mut encoder,
+                "edge_redis_failures",
+                "Redis calls that failed or ran over their budget",
+                [(vec![], shared.failures.load(Ordering::Relaxed))],
+            )?;
+        }
+        gauge(
+            &mut encoder,
+            "edge_draining",
+            "The edge is shutting down (1) or serving (0)",
+            [(vec![], i64::from((self.draining)()))],
+        )?;
+        gauge(
+            &mut encoder,
+            "edge_build_info",
+            "The edge's version",
+            [(vec![("version", env!("CARGO_PKG_VERSION").to_owned())], 1)],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_hops_fall_into_their_labels() {
+        assert_eq!(CLASSES[class_index(204)], "2xx");
+        assert_eq!(CLASSES[class_index(503)], "5xx");
+        assert_eq!(CLASSES[class_index(0)], "none");
+        assert_eq!(HOPS[hop_index(Some(Hop::Sidecar))], "sidecar");
+        assert_eq!(HOPS[hop_index(None)], "");
+    }
+
+    #[test]
+    fn a_route_is_named_once_and_counted_each_time() {
+        let metrics = Metrics::default();
+        let mut named = 0;
+        for status in [200, 200, 502] {
+            metrics.finished(
+                7,
+                || {
+                    named += 1;
+                    RouteName {
+                        environment: "demo",
+                        route: "web-80".into(),
+                    }
+                },
+                Finished {
+                    status,
+                    hop: (status == 502).then_some(Hop::Service),
+                    duration: Duration::from_millis(3),
+                    upstream: Some(Duration::from_millis(2)),
+                    bytes_in: 10,
+                    bytes_out: 100,
+                },
+            );
+        }
+        assert_eq!(named, 1);
+        let sources = Sources {
+            metrics: Arc::new(metrics),
+            registry: Default::default(),
+            failures: Default::default(),
+            gauges: Default::default(),
+            shared: Default::default(),
+            in_flight: Default::default(),
+            draining: Arc::new(|| false),
+        };
+        let text = sources.render();
+        for line in [
+            r#"edge_requests_total{environment="demo",route="web-80",status="2xx",hop=""} 2"#,
+            r#"edge_requests_total{environment="demo",route="web-80",status="5xx",hop="service"} 1"#,
+            r#"edge_request_duration_seconds_bucket{le="0.005",environment="demo",route="web-80"} 3"#,
+            r#"edge_upstream_duration_seconds_count{environment="demo",route="web-80"} 3"#,
+            r#"edge_response_body_bytes_total{environment="demo",route="web-80"} 300"#,
+            r#"edge_refusals_total{code="RATE_LIMITED"} 0"#,
+            "edge_draining 0",
+        ] {
+            assert!(text.contains(line), "{line} not in:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
