@@ -519,6 +519,51 @@ async fn sidecar_reconnects_after_the_tunnel_is_cut() {
     assert_eq!(resp.status(), 200);
 }
 
+/// A silent black hole between edge and sidecar (the TCP connection stays
+/// up, no byte passes: a NAT or firewall that forgot the flow): both sides
+/// notice within three heartbeats, the edge stops routing to the session,
+/// and the sidecar is back once the path works again.
+#[tokio::test]
+async fn a_black_hole_between_edge_and_sidecar_is_noticed_by_both_sides_heartbeats() {
+    let edge = TestEdge::builder()
+        .set("tunnel", "heartbeat_interval: 300ms")
+        .start()
+        .await;
+    let upstream = TestUpstream::start().await;
+    let proxy = FaultProxy::start(edge.tunnel_addr).await;
+    let sidecar = TestSidecar::builder(&edge)
+        .via(proxy.addr)
+        .target("hello", 8080, upstream.addr)
+        .reconnect(Duration::from_millis(100), Duration::from_millis(500))
+        .start()
+        .await;
+    let first = edge.registry.all()[0].id.clone();
+    proxy.stall();
+    let stalled = Instant::now();
+    // Within PATIENCE (10 s): HTTP/2 keep-alive pings alone would take 25 s.
+    edge.wait_usable_sessions(DEFAULT_ENV, "dropped the session", |live| {
+        live.is_empty()
+    })
+    .await;
+    let edge_noticed = stalled.elapsed();
+    let error = sidecar.wait_error().await;
+    let sidecar_noticed = stalled.elapsed();
+    assert!(error.contains("stopped answering heartbeats"), "{error}");
+    println!("a black hole noticed by the edge in {edge_noticed:?}, by the sidecar in {sidecar_noticed:?} (heartbeat 300ms)");
+
+    proxy.resume();
+    edge.wait_usable_sessions(DEFAULT_ENV, "a new session", |live| {
+        !live.is_empty() && live.iter().all(|s| s.id != first)
+    })
+    .await;
+    let resp = client()
+        .get(edge.url("hello", 8080, DEFAULT_ENV, "/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
 type Body = std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
 
 /// Starts a [`BIG`] download and reads its first megabyte.

@@ -38,8 +38,10 @@ pub const CHUNK_SIZE: usize = 64 * 1024;
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 /// How long a PING may go unanswered.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Control-channel heartbeat interval the edge asks for by default.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+/// Control-channel heartbeat interval the edge asks for by default: three
+/// missed (either way) end the session, so a dead peer that TCP does not
+/// notice (a black hole) is found within 15 s.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// Idle data streams a sidecar keeps open per session by default: few, so
 /// idle tunnels are cheap; the edge asks for more when requests wait.
 pub const DEFAULT_IDLE_STREAMS: u32 = 4;
