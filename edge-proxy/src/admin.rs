@@ -1,25 +1,28 @@
-//! The admin listener (`listen.admin`): health for Kubernetes probes and
-//! load balancers, on an address kept off the internet.
+//! The admin listener (`listen.admin`), kept off the internet.
 //!
 //! - `GET /healthz`: 200 while the process serves (liveness).
 //! - `GET /readyz`: 200 while it takes new visitors; 503 from the moment
 //!   it starts draining (readiness), so a load balancer stops sending
 //!   before connections are refused.
+//! - `GET /metrics`: Prometheus metrics.
+//! - `/api/…`: the admin API ([`Api`]), with `Authorization: Bearer` and
+//!   a token whose SHA-256 is in `admin.token_sha256`; off (404) without.
 //!
-//! A room of its own, used by `server`; uses nothing of the crate.
+//! HTTP only: what the edge exposes comes through [`Api`].
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tracing::debug;
+use tracing::{debug, info};
 
 /// What the probes report.
 #[derive(Debug, Default)]
@@ -38,11 +41,33 @@ impl Health {
     }
 }
 
-/// The Prometheus text exposition, made at each scrape.
-pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
+/// Whether a request may use the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No `admin.token_sha256` in the config: the API is off.
+    Off,
+    Denied,
+    Granted,
+}
+
+/// What the admin listener shows and does.
+pub trait Api: Send + Sync + 'static {
+    /// Checks the `Authorization` header's value (`None`: none sent).
+    fn access(&self, authorization: Option<&str>) -> Access;
+    /// The Prometheus text exposition.
+    fn metrics(&self) -> String;
+    /// `GET /api/tunnels`.
+    fn tunnels(&self) -> Value;
+    /// `GET /api/routes`.
+    fn routes(&self) -> Value;
+    /// `GET /api/config`.
+    fn config(&self) -> Value;
+    /// `POST /api/tunnels/{id}/drain`: `false` if there is no such tunnel.
+    fn drain(&self, id: &str) -> bool;
+}
 
 /// Serves `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, health: Arc<Health>, metrics: Render) {
+pub async fn serve(listener: TcpListener, health: Arc<Health>, api: Arc<dyn Api>) {
     loop {
         let tcp = match listener.accept().await {
             Ok((tcp, _)) => tcp,
@@ -51,10 +76,16 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>, metrics: Render) 
                 continue;
             }
         };
-        let (health, metrics) = (health.clone(), metrics.clone());
+        let (health, api) = (health.clone(), api.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
-                let answer = answer(req.method(), req.uri().path(), &health, &metrics);
+                let answer = answer(
+                    req.method(),
+                    req.uri().path(),
+                    req.headers(),
+                    &health,
+                    &*api,
+                );
                 async move { Ok::<_, Infallible>(answer) }
             });
             let served = hyper::server::conn::http1::Builder::new()
@@ -67,62 +98,205 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>, metrics: Render) 
     }
 }
 
-fn answer(method: &Method, path: &str, health: &Health, metrics: &Render) -> Response<Full<Bytes>> {
-    if matches!(*method, Method::GET | Method::HEAD) && path == "/metrics" {
-        let mut response = Response::new(Full::new(Bytes::from(metrics())));
-        response.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static(
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            ),
-        );
-        return response;
-    }
-    let (status, body) = match (method, path) {
-        (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, "ok\n"),
-        (&Method::GET | &Method::HEAD, "/readyz") if health.ready() => (StatusCode::OK, "ready\n"),
-        (&Method::GET | &Method::HEAD, "/readyz") => {
-            (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-        }
-        (_, "/healthz" | "/readyz" | "/metrics") => {
-            (StatusCode::METHOD_NOT_ALLOWED, "GET or HEAD\n")
-        }
-        _ => (StatusCode::NOT_FOUND, "/healthz, /readyz or /metrics\n"),
-    };
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
-    response.headers_mut().insert(
+    let headers = response.headers_mut();
+    headers.insert(
         http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        http::HeaderValue::from_static(content_type),
     );
-    response.headers_mut().insert(
+    headers.insert(
         http::header::CACHE_CONTROL,
         http::HeaderValue::from_static("no-store"),
     );
     response
 }
 
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    respond(
+        status,
+        "text/plain; charset=utf-8",
+        Bytes::from_static(body.as_bytes()),
+    )
+}
+
+fn json_response(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
+    let mut body = serde_json::to_vec_pretty(&body).expect("JSON values serialize");
+    body.push(b'\n');
+    respond(status, "application/json", Bytes::from(body))
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    json_response(status, json!({ "error": message }))
+}
+
+fn answer(
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    health: &Health,
+    api: &dyn Api,
+) -> Response<Full<Bytes>> {
+    let read = matches!(*method, Method::GET | Method::HEAD);
+    match path {
+        "/healthz" if read => text(StatusCode::OK, "ok\n"),
+        "/readyz" if read && health.ready() => text(StatusCode::OK, "ready\n"),
+        "/readyz" if read => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+        "/metrics" if read => respond(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Bytes::from(api.metrics()),
+        ),
+        "/healthz" | "/readyz" | "/metrics" => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "GET or HEAD\n")
+        }
+        _ if path.starts_with("/api/") => {
+            let authorization = headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            match api.access(authorization) {
+                Access::Off => error(
+                    StatusCode::NOT_FOUND,
+                    "the admin API is off: set admin.token_sha256 in the edge's config",
+                ),
+                Access::Denied => {
+                    let mut refused = error(
+                        StatusCode::UNAUTHORIZED,
+                        "an admin token is needed: Authorization: Bearer <token>",
+                    );
+                    refused.headers_mut().insert(
+                        http::header::WWW_AUTHENTICATE,
+                        http::HeaderValue::from_static("Bearer realm=\"edge admin\""),
+                    );
+                    refused
+                }
+                Access::Granted => api_call(method, &path["/api".len()..], api),
+            }
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "/healthz, /readyz, /metrics or /api/{tunnels,routes,config}\n",
+        ),
+    }
+}
+
+fn api_call(method: &Method, path: &str, api: &dyn Api) -> Response<Full<Bytes>> {
+    let read = matches!(*method, Method::GET | Method::HEAD);
+    let drain_id = path
+        .strip_prefix("/tunnels/")
+        .and_then(|rest| rest.strip_suffix("/drain"));
+    match (path, drain_id) {
+        ("/tunnels", _) if read => json_response(StatusCode::OK, api.tunnels()),
+        ("/routes", _) if read => json_response(StatusCode::OK, api.routes()),
+        ("/config", _) if read => json_response(StatusCode::OK, api.config()),
+        (_, Some(id)) if *method == Method::POST => {
+            if api.drain(id) {
+                info!(session = id, "tunnel drained by the admin API");
+                json_response(StatusCode::ACCEPTED, json!({ "draining": id }))
+            } else {
+                error(StatusCode::NOT_FOUND, "no tunnel session with this id")
+            }
+        }
+        ("/tunnels" | "/routes" | "/config", _) | (_, Some(_)) => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "wrong method for this path")
+        }
+        _ => error(StatusCode::NOT_FOUND, "no such admin API path"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    struct Fake;
+
+    impl Api for Fake {
+        fn access(&self, authorization: Option<&str>) -> Access {
+            match authorization {
+                Some("Bearer right") => Access::Granted,
+                _ => Access::Denied,
+            }
+        }
+        fn metrics(&self) -> String {
+            "edge_draining 0\n# EOF\n".into()
+        }
+        fn tunnels(&self) -> Value {
+            json!([])
+        }
+        fn routes(&self) -> Value {
+            json!([])
+        }
+        fn config(&self) -> Value {
+            json!({})
+        }
+        fn drain(&self, id: &str) -> bool {
+            id == "s1"
+        }
+    }
+
+    fn status(health: &Health, m: Method, p: &str, token: Option<&str>) -> StatusCode {
+        let mut headers = HeaderMap::new();
+        if let Some(t) = token {
+            headers.insert(
+                http::header::AUTHORIZATION,
+                format!("Bearer {t}").parse().unwrap(),
+            );
+        }
+        answer(&m, p, &headers, health, &Fake).status()
+    }
+
     #[test]
     fn ready_until_draining_alive_throughout() {
         let health = Health::default();
-        let metrics: Render = Arc::new(|| "edge_draining 0\n# EOF\n".into());
-        let status = |m: &Method, p: &str| answer(m, p, &health, &metrics).status();
-        assert_eq!(status(&Method::GET, "/healthz"), StatusCode::OK);
-        assert_eq!(status(&Method::GET, "/readyz"), StatusCode::OK);
+        let s = |m: Method, p: &str| status(&health, m, p, None);
+        assert_eq!(s(Method::GET, "/healthz"), StatusCode::OK);
+        assert_eq!(s(Method::GET, "/readyz"), StatusCode::OK);
+        assert_eq!(s(Method::GET, "/metrics"), StatusCode::OK);
+        assert_eq!(s(Method::POST, "/readyz"), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(s(Method::GET, "/"), StatusCode::NOT_FOUND);
+        health.drain();
+        assert_eq!(s(Method::HEAD, "/readyz"), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(s(Method::GET, "/healthz"), StatusCode::OK);
+    }
+
+    #[test]
+    fn the_api_wants_its_token_and_the_right_method() {
+        let health = Health::default();
+        let s = |m: Method, p: &str, t: Option<&str>| status(&health, m, p, t);
         assert_eq!(
-            status(&Method::POST, "/readyz"),
+            s(Method::GET, "/api/tunnels", None),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            s(Method::GET, "/api/tunnels", Some("wrong")),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            s(Method::GET, "/api/tunnels", Some("right")),
+            StatusCode::OK
+        );
+        assert_eq!(s(Method::GET, "/api/routes", Some("right")), StatusCode::OK);
+        assert_eq!(s(Method::GET, "/api/config", Some("right")), StatusCode::OK);
+        assert_eq!(
+            s(Method::POST, "/api/tunnels/s1/drain", Some("right")),
+            StatusCode::ACCEPTED
+        );
+        assert_eq!(
+            s(Method::POST, "/api/tunnels/nope/drain", Some("right")),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            s(Method::GET, "/api/tunnels/s1/drain", Some("right")),
             StatusCode::METHOD_NOT_ALLOWED
         );
-        assert_eq!(status(&Method::GET, "/"), StatusCode::NOT_FOUND);
-        health.drain();
         assert_eq!(
-            status(&Method::HEAD, "/readyz"),
-            StatusCode::SERVICE_UNAVAILABLE
+            s(Method::DELETE, "/api/tunnels", Some("right")),
+            StatusCode::METHOD_NOT_ALLOWED
         );
-        assert_eq!(status(&Method::GET, "/healthz"), StatusCode::OK);
+        assert_eq!(
+            s(Method::GET, "/api/nothing", Some("right")),
+            StatusCode::NOT_FOUND
+        );
     }
 }

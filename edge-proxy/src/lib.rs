@@ -31,6 +31,7 @@ pub mod auth;
 pub mod config;
 pub mod http;
 pub mod idp;
+pub mod inspect;
 pub mod limits;
 pub mod metrics;
 pub mod reload;

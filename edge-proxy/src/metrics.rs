@@ -9,22 +9,16 @@
 //! (seconds, bytes), `_total` on counters.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
-use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
-use prometheus_client::registry::Registry;
-
-use crate::http::failure::{FailureCounts, Hop, ALL_KINDS};
-use crate::limits::{Gauges, Scope};
-use crate::tunnel::registry::TunnelRegistry;
 
 /// Upper bounds of the latency buckets, in seconds: 0.5 ms to 30 s.
 const LATENCY_BUCKETS: [f64; 15] = [
@@ -38,15 +32,8 @@ const CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
 /// The `hop` label: the hop that failed, empty when none did.
 const HOPS: [&str; 6] = ["", "visitor", "edge", "tunnel", "sidecar", "service"];
 
-fn hop_index(hop: Option<Hop>) -> usize {
-    match hop {
-        None => 0,
-        Some(Hop::Visitor) => 1,
-        Some(Hop::Edge) => 2,
-        Some(Hop::Tunnel) => 3,
-        Some(Hop::Sidecar) => 4,
-        Some(Hop::Service) => 5,
-    }
+fn hop_index(hop: &str) -> usize {
+    HOPS.iter().position(|h| *h == hop).unwrap_or(0)
 }
 
 fn class_index(status: u16) -> usize {
@@ -87,7 +74,8 @@ impl RouteStats {
 pub struct Finished {
     /// The status sent (0: none).
     pub status: u16,
-    pub hop: Option<Hop>,
+    /// The hop that failed, as errors name it (`""`: none did).
+    pub hop: &'static str,
     pub duration: Duration,
     /// From asking the tunnel for a connection to the service's response
     /// head (`None`: the request never reached the service).
@@ -135,73 +123,10 @@ impl Metrics {
         stats.bytes_in.fetch_add(f.bytes_in, Ordering::Relaxed);
         stats.bytes_out.fetch_add(f.bytes_out, Ordering::Relaxed);
     }
-}
 
-/// Everything `/metrics` shows, gathered at scrape time.
-#[derive(Clone)]
-pub struct Sources {
-    pub metrics: Arc<Metrics>,
-    pub registry: Arc<TunnelRegistry>,
-    pub failures: Arc<FailureCounts>,
-    pub gauges: Arc<Gauges>,
-    pub shared: Arc<crate::shared::InForce>,
-    pub in_flight: Arc<AtomicUsize>,
-    /// The edge is draining (`/readyz` says 503).
-    pub draining: Arc<dyn Fn() -> bool + Send + Sync>,
-}
-
-impl fmt::Debug for Sources {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Sources")
-    }
-}
-
-impl Sources {
-    /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
-        let mut registry = Registry::default();
-        registry.register_collector(Box::new(self.clone()));
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry)
-            .expect("writing to a String cannot fail");
-        text
-    }
-}
-
-fn counter(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    series: impl IntoIterator<Item = (Vec<(&'static str, String)>, u64)>,
-) -> fmt::Result {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (labels, value) in series {
-        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
-    }
-    Ok(())
-}
-
-fn gauge(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    series: impl IntoIterator<Item = (Vec<(&'static str, String)>, i64)>,
-) -> fmt::Result {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (labels, value) in series {
-        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
-    }
-    Ok(())
-}
-
-impl Collector for Sources {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
-        let routes: Vec<Arc<RouteStats>> = self
-            .metrics
-            .routes
-            .iter()
-            .map(|r| r.value().clone())
-            .collect();
+    /// Writes the per-route families: requests, latency histograms, bytes.
+    pub fn encode_routes(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
+        let routes: Vec<Arc<RouteStats>> = self.routes.iter().map(|r| r.value().clone()).collect();
         let route_labels = |r: &RouteStats| {
             vec![
                 ("environment", r.environment.to_string()),
@@ -210,7 +135,7 @@ impl Collector for Sources {
         };
 
         counter(
-            &mut encoder,
+            encoder,
             "edge_requests",
             "Requests answered, by route, status class (none: the visitor left first) and the hop that failed (empty: none)",
             routes.iter().flat_map(|r| {
@@ -243,7 +168,7 @@ impl Collector for Sources {
             }
         }
         counter(
-            &mut encoder,
+            encoder,
             "edge_request_body_bytes",
             "Body bytes received from visitors",
             routes
@@ -251,135 +176,43 @@ impl Collector for Sources {
                 .map(|r| (route_labels(r), r.bytes_in.load(Ordering::Relaxed))),
         )?;
         counter(
-            &mut encoder,
+            encoder,
             "edge_response_body_bytes",
             "Body bytes sent to visitors",
             routes
                 .iter()
                 .map(|r| (route_labels(r), r.bytes_out.load(Ordering::Relaxed))),
         )?;
-        gauge(
-            &mut encoder,
-            "edge_requests_in_flight",
-            "Requests (and upgraded connections) in progress",
-            [(vec![], self.in_flight.load(Ordering::Relaxed) as i64)],
-        )?;
-        counter(
-            &mut encoder,
-            "edge_refusals",
-            "Responses the edge wrote itself, by error code (docs/errors.md)",
-            ALL_KINDS
-                .iter()
-                .map(|k| (vec![("code", k.code().to_owned())], self.failures.get(*k))),
-        )?;
-        counter(
-            &mut encoder,
-            "edge_limit_refusals",
-            "Requests refused by a rate limit or cap, by scope",
-            Scope::ALL.iter().map(|s| {
-                let n = self.gauges.refused[*s as usize].load(Ordering::Relaxed);
-                (vec![("scope", s.as_str().to_owned())], n)
-            }),
-        )?;
-        counter(
-            &mut encoder,
-            "edge_limit_dry_run_refusals",
-            "Requests a dry-run limit would have refused, by scope",
-            Scope::ALL.iter().map(|s| {
-                let n = self.gauges.would_refuse[*s as usize].load(Ordering::Relaxed);
-                (vec![("scope", s.as_str().to_owned())], n)
-            }),
-        )?;
-
-        // Tunnels, per environment.
-        let mut by_environment: std::collections::BTreeMap<(String, String), [i64; 4]> =
-            Default::default();
-        for s in self.registry.all() {
-            let row = by_environment
-                .entry((s.environment.clone(), s.cluster.clone()))
-                .or_default();
-            row[0] += 1;
-            row[1] += i64::from(!s.is_usable());
-            row[2] += s.requests_in_flight() as i64;
-            row[3] += s.idle_count() as i64;
-        }
-        let tunnel_labels = |(environment, cluster): &(String, String)| {
-            vec![
-                ("environment", environment.clone()),
-                ("cluster", cluster.clone()),
-            ]
-        };
-        for (i, name, help) in [
-            (0, "edge_tunnel_sessions", "Tunnel sessions connected"),
-            (
-                1,
-                "edge_tunnel_sessions_draining",
-                "Tunnel sessions whose sidecar is leaving",
-            ),
-            (
-                2,
-                "edge_tunnel_requests_in_flight",
-                "Requests in progress through the tunnels",
-            ),
-            (
-                3,
-                "edge_tunnel_idle_streams",
-                "Data streams opened ahead by the sidecars, waiting for a request",
-            ),
-        ] {
-            gauge(
-                &mut encoder,
-                name,
-                help,
-                by_environment
-                    .iter()
-                    .map(|(k, row)| (tunnel_labels(k), row[i])),
-            )?;
-        }
-
-        counter(
-            &mut encoder,
-            "edge_config_reloads",
-            "Config reloads, applied or refused (the last good config kept)",
-            [
-                (
-                    vec![("outcome", "applied".to_owned())],
-                    self.metrics.reloads_applied.load(Ordering::Relaxed),
-                ),
-                (
-                    vec![("outcome", "refused".to_owned())],
-                    self.metrics.reloads_refused.load(Ordering::Relaxed),
-                ),
-            ],
-        )?;
-        if let Some(shared) = self.shared.load_full() {
-            gauge(
-                &mut encoder,
-                "edge_redis_up",
-                "Redis answered the last call (1) or not (0)",
-                [(vec![], i64::from(shared.healthy()))],
-            )?;
-            counter(
-                &mut encoder,
-                "edge_redis_failures",
-                "Redis calls that failed or ran over their budget",
-                [(vec![], shared.failures.load(Ordering::Relaxed))],
-            )?;
-        }
-        gauge(
-            &mut encoder,
-            "edge_draining",
-            "The edge is shutting down (1) or serving (0)",
-            [(vec![], i64::from((self.draining)()))],
-        )?;
-        gauge(
-            &mut encoder,
-            "edge_build_info",
-            "The edge's version",
-            [(vec![("version", env!("CARGO_PKG_VERSION").to_owned())], 1)],
-        )?;
         Ok(())
     }
+}
+
+/// A counter family from `(labels, value)` pairs.
+pub fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (Vec<(&'static str, String)>, u64)>,
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in series {
+        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// A gauge family from `(labels, value)` pairs.
+pub fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (Vec<(&'static str, String)>, i64)>,
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in series {
+        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -391,8 +224,8 @@ mod tests {
         assert_eq!(CLASSES[class_index(204)], "2xx");
         assert_eq!(CLASSES[class_index(503)], "5xx");
         assert_eq!(CLASSES[class_index(0)], "none");
-        assert_eq!(HOPS[hop_index(Some(Hop::Sidecar))], "sidecar");
-        assert_eq!(HOPS[hop_index(None)], "");
+        assert_eq!(HOPS[hop_index("sidecar")], "sidecar");
+        assert_eq!(HOPS[hop_index("")], "");
     }
 
     #[test]
@@ -411,7 +244,7 @@ mod tests {
                 },
                 Finished {
                     status,
-                    hop: (status == 502).then_some(Hop::Service),
+                    hop: if status == 502 { "service" } else { "" },
                     duration: Duration::from_millis(3),
                     upstream: Some(Duration::from_millis(2)),
                     bytes_in: 10,
@@ -420,7 +253,7 @@ mod tests {
             );
         }
         assert_eq!(named, 1);
-        let sources = Sources {
+        let sources = crate::inspect::Sources {
             metrics: Arc::new(metrics),
             registry: Default::default(),
             failures: Default::default(),

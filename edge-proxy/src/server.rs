@@ -29,8 +29,9 @@ use crate::config::EdgeConfig;
 use crate::http::failure::FailureCounts;
 use crate::http::visitor::{self, FirstBytes, HeadDeadline};
 use crate::http::{self, phases::EdgeProxy};
+use crate::inspect::{self, Inspector};
 use crate::limits::{self, Gauges, Use};
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 use crate::reload::{self, Reloader};
 use crate::shared;
 use crate::tls::{self, SniResolver, TunnelTlsState};
@@ -144,7 +145,7 @@ impl Edge {
         let in_flight = Arc::new(AtomicUsize::new(0));
         let gauges = Arc::new(Gauges::default());
         let failures = Arc::new(FailureCounts::default());
-        let sources = metrics::Sources {
+        let sources = inspect::Sources {
             metrics: self.metrics.clone(),
             registry: self.registry.clone(),
             failures: failures.clone(),
@@ -157,8 +158,11 @@ impl Edge {
             },
         };
         let admin = admin.map(|l| {
-            let metrics = Arc::new(move || sources.render());
-            tokio::spawn(admin::serve(l, health.clone(), metrics))
+            let api = Arc::new(Inspector {
+                config: self.config.clone(),
+                sources,
+            });
+            tokio::spawn(admin::serve(l, health.clone(), api))
         });
         let default_public_url = match &https {
             Some(l) => format!(

@@ -8,6 +8,7 @@ use std::path::Path;
 const ROOMS: &[(&str, &[&str])] = &[
     ("limits", &[]),
     ("admin", &[]),
+    ("metrics", &[]),
     ("auth", &[]),
     ("idp", &["auth"]),
     ("routing", &["auth", "limits"]),
@@ -18,20 +19,27 @@ const ROOMS: &[(&str, &[&str])] = &[
     (
         "http",
         &[
-            "auth", "idp", "limits", "routing", "tls", "config", "shared", "tunnel",
+            "auth", "idp", "limits", "routing", "tls", "config", "shared", "tunnel", "metrics",
         ],
     ),
     (
         "reload",
         &[
-            "auth", "limits", "routing", "tls", "config", "shared", "tunnel",
+            "auth", "limits", "routing", "tls", "config", "shared", "tunnel", "metrics",
+        ],
+    ),
+    (
+        "inspect",
+        &[
+            "admin", "auth", "limits", "routing", "tls", "config", "shared", "tunnel", "http",
+            "metrics",
         ],
     ),
     (
         "server",
         &[
             "auth", "idp", "limits", "routing", "tls", "config", "shared", "tunnel", "http",
-            "reload", "admin",
+            "reload", "admin", "metrics", "inspect",
         ],
     ),
 ];

@@ -304,6 +304,7 @@ pub async fn run(
         sidecar_name: config.name.clone(),
         access_level: config.access.clone(),
         owner: config.owner.clone(),
+        sidecar_version: env!("CARGO_PKG_VERSION").into(),
     };
     let _ = control
         .send(message(sidecar_message::Kind::Hello(hello)))

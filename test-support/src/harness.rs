@@ -119,6 +119,13 @@ pub struct TestEdge {
 }
 
 impl TestEdge {
+    /// Tasks alive on the edge's runtime.
+    pub fn alive_tasks(&self) -> usize {
+        self.runtime
+            .as_ref()
+            .map_or(0, |rt| rt.metrics().num_alive_tasks())
+    }
+
     pub fn builder() -> TestEdgeBuilder {
         TestEdgeBuilder {
             clusters: Vec::new(),
@@ -345,6 +352,13 @@ impl TestSidecar {
 
     pub fn status(&self) -> Status {
         self.status.borrow().clone()
+    }
+
+    /// Tasks alive on the sidecar's runtime.
+    pub fn alive_tasks(&self) -> usize {
+        self.runtime
+            .as_ref()
+            .map_or(0, |rt| rt.metrics().num_alive_tasks())
     }
 
     pub async fn wait_connected(&self, n: usize) {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use serde::Deserialize;
+use sha2::Digest;
 
 use crate::routing::preview::ServiceRef;
 use crate::routing::rules::{HostPattern, RouteRule, RouteTable};
@@ -86,6 +87,15 @@ pub mod raw {
         #[serde(default)]
         pub limits: super::limits::raw::Limits,
         pub redis: Option<Redis>,
+        pub admin: Option<Admin>,
+    }
+
+    /// `admin:`: the admin API on `listen.admin`.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Admin {
+        /// SHA-256 of the bearer token(s) the API accepts.
+        pub token_sha256: OneOrMany,
     }
 
     /// `redis:`: state shared by several edge replicas.
@@ -392,6 +402,10 @@ pub struct EdgeConfig {
     pub tunnel: TunnelSettings,
     pub upstream: UpstreamSettings,
     pub visitors: VisitorSettings,
+    /// `admin.token_sha256`: who may use the admin API (empty: nobody).
+    pub admin_tokens: Vec<TokenHash>,
+    /// The first 16 hex digits of the SHA-256 of the YAML text.
+    pub version: String,
 }
 
 /// Visitor TLS: loaded certificates and what to do for unknown names.
@@ -494,15 +508,21 @@ impl EdgeConfig {
     /// Loads and validates a file; relative paths in it (certificates,
     /// keys, `routes[].upstream.tls.ca`) are relative to its folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let base = yaml_config::config_dir(path);
-        yaml_config::load(path, |raw| validate(raw, &base))
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Self::parse(&text, &file)
     }
 
     /// Parses and validates YAML text; `file` names it in errors (and its
     /// folder anchors relative paths).
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
         let base = yaml_config::config_dir(Path::new(file));
-        yaml_config::parse(text, file, |raw| validate(raw, &base))
+        let mut config = yaml_config::parse(text, file, |raw| validate(raw, &base))?;
+        config.version = hex::encode(&sha2::Sha256::digest(text.as_bytes())[..8]);
+        Ok(config)
     }
 
     /// The environments each token may serve, keyed by token hash.
@@ -535,6 +555,26 @@ impl EdgeConfig {
         );
         files
     }
+}
+
+/// `admin.token_sha256`, checked as the clusters' token hashes are.
+fn admin_tokens(hashes: Vec<String>, problems: &mut Vec<String>) -> Vec<TokenHash> {
+    if hashes.is_empty() {
+        problems.push(
+            "admin.token_sha256: list at least one token hash (hint: `edge-proxy hash-token`)"
+                .into(),
+        );
+    }
+    let mut tokens = Vec::new();
+    for (i, hash) in hashes.iter().enumerate() {
+        match TokenHash::from_hex(hash) {
+            Some(t) => tokens.push(t),
+            None => problems.push(format!(
+                "admin.token_sha256[{i}]: expected 64 hex characters (hint: `edge-proxy hash-token` reads the token on stdin)"
+            )),
+        }
+    }
+    tokens
 }
 
 fn validate(mut raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<String>> {
@@ -861,10 +901,22 @@ fn validate(mut raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<Strin
         .as_ref()
         .and_then(|r| validate_redis(r, base, &mut problems));
 
+    let admin_tokens = match raw.admin {
+        Some(admin) => {
+            if admin_addr.is_none() {
+                problems.push("admin: needs listen.admin, where the admin API is served".into());
+            }
+            admin_tokens(admin.token_sha256.into_vec(), &mut problems)
+        }
+        None => Vec::new(),
+    };
+
     if !problems.is_empty() {
         return Err(problems);
     }
     Ok(EdgeConfig {
+        admin_tokens,
+        version: String::new(),
         http_addr: http_addr.expect("checked"),
         https_addr,
         admin_addr,

@@ -506,7 +506,7 @@ impl ProxyHttp for EdgeProxy {
             },
             crate::metrics::Finished {
                 status,
-                hop: ctx.failure.as_ref().map(|f| f.hop),
+                hop: ctx.failure.as_ref().map_or("", |f| f.hop.as_str()),
                 duration,
                 upstream: ctx.upstream_answered,
                 bytes_in: session.body_bytes_read() as u64,

@@ -122,6 +122,11 @@ impl RouteTable {
             .filter_map(|r| r.limits.as_ref()?.rate.as_ref())
     }
 
+    /// The rules, in file order.
+    pub fn rules(&self) -> &[RouteRule] {
+        &self.rules
+    }
+
     pub fn len(&self) -> usize {
         self.rules.len()
     }

@@ -76,6 +76,10 @@ pub struct Session {
     pub last_stats: Mutex<TunnelStats>,
     /// What the sidecar asked of visitors' access to its environment.
     pub requested: Requested,
+    /// The sidecar's release, as it said in Hello.
+    pub sidecar_version: String,
+    /// When the session came up.
+    pub since: std::time::SystemTime,
 }
 
 /// A stricter access level a sidecar asked for its environment, and the
@@ -145,6 +149,8 @@ impl Session {
             streams_taken: AtomicU64::new(0),
             last_stats: Mutex::new(TunnelStats::default()),
             requested: Requested::default(),
+            sidecar_version: String::new(),
+            since: std::time::SystemTime::now(),
         }
     }
 
@@ -159,6 +165,32 @@ impl Session {
             .iter()
             .find(|(p, _)| *p == port)
             .map(|(_, protocol)| protocol)
+    }
+
+    /// The services and ports the sidecar registered, sorted.
+    pub fn registered(&self) -> Vec<(&str, u16)> {
+        let mut all: Vec<_> = self
+            .routes
+            .iter()
+            .flat_map(|(service, ports)| {
+                ports.iter().map(move |(port, _)| (service.as_str(), *port))
+            })
+            .collect();
+        all.sort_unstable();
+        all
+    }
+
+    /// Asks the sidecar to move this session's work to a new one (an
+    /// operator's drain): nothing new is routed here, and the sidecar
+    /// reconnects at once while the requests in flight finish.
+    pub fn drain(&self, reason: &str) {
+        self.set_draining();
+        let drain = EdgeMessage {
+            kind: Some(edge_message::Kind::Drain(Drain {
+                reason: reason.into(),
+            })),
+        };
+        let _ = self.control.try_send(Ok(drain));
     }
 
     pub fn is_usable(&self) -> bool {

@@ -296,6 +296,7 @@ impl Tunnel for TunnelService {
             tx,
         );
         session.requested = requested;
+        session.sidecar_version = hello.sidecar_version.clone();
         let session = Arc::new(session);
         let urls = hello
             .routes

@@ -1,6 +1,7 @@
-//! `GET /metrics` on the admin listener, read as Prometheus reads it: the
+//! The admin listener: `GET /metrics`, read as Prometheus reads it (the
 //! exposition is parsed by the Prometheus client library's strict
-//! OpenMetrics parser (`TEST_PYTHON`, set up by `scripts/test`).
+//! OpenMetrics parser, `TEST_PYTHON`, set up by `scripts/test`), and the
+//! admin API with its token.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -120,6 +121,19 @@ fn metrics_count_what_the_edge_did() {
         "{text}"
     );
     assert_eq!(value(&samples, "edge_draining", &[]), 0.0);
+    // No `admin:` section: the API is off, and says how to turn it on.
+    let admin = stack.admin_addr.clone().unwrap();
+    let off = curl(&[
+        "-s",
+        "-w",
+        "%{http_code}",
+        &format!("http://{admin}/api/tunnels"),
+    ]);
+    let off = String::from_utf8_lossy(&off.stdout).into_owned();
+    assert!(
+        off.ends_with("404") && off.contains("admin.token_sha256"),
+        "{off}"
+    );
 
     // A config that does not load is counted as refused, then a good one
     // as applied.
@@ -144,4 +158,102 @@ fn metrics_count_what_the_edge_did() {
             "{outcome}"
         );
     }
+}
+
+const ADMIN_TOKEN: &str = "an-admin-token-for-the-tests";
+
+/// `curl` against the admin API, with `token`; returns (status, JSON body).
+fn api(stack: &Stack, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
+    let admin = stack.admin_addr.clone().unwrap();
+    let url = format!("http://{admin}{path}");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}"));
+    let mut args = vec!["-s", "-X", method, "-w", "\n%{http_code}", &url];
+    if let Some(auth) = &auth {
+        args.extend(["-H", auth.as_str()]);
+    }
+    let out = String::from_utf8(curl(&args).stdout).unwrap();
+    let (body, status) = out.rsplit_once('\n').unwrap();
+    (
+        status.parse().unwrap(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+/// The admin API, with a token from `admin.token_sha256`: the tunnels
+/// (with the sidecar's version), the routes and where they came from, the
+/// config version in force, and an operator's drain of one tunnel (its
+/// sidecar moves the work to a new session at once).
+#[test]
+fn the_admin_api_lists_tunnels_and_routes_and_drains_a_tunnel() {
+    let hash = test_support::harness::token_hash(ADMIN_TOKEN);
+    let stack = Stack::start_with_admin(&format!("admin:\n  token_sha256: \"{hash}\"\n"));
+    let (status, _) = api(&stack, "GET", "/api/tunnels", None);
+    assert_eq!(status, 401);
+    let (status, _) = api(&stack, "GET", "/api/tunnels", Some("not-the-token"));
+    assert_eq!(status, 401);
+
+    let (status, body) = api(&stack, "GET", "/api/tunnels", Some(ADMIN_TOKEN));
+    assert_eq!(status, 200, "{body}");
+    let tunnels = body["tunnels"].as_array().unwrap().clone();
+    assert_eq!(tunnels.len(), 2, "{body}");
+    for t in &tunnels {
+        assert_eq!(t["environment"], "demo");
+        assert_eq!(t["cluster"], "conformance");
+        assert_eq!(t["sidecar_version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(t["services"], serde_json::json!(["hello:8080"]));
+        assert_eq!(t["draining"], false);
+    }
+
+    let (_, body) = api(&stack, "GET", "/api/routes", Some(ADMIN_TOKEN));
+    let routes = body["routes"].as_array().unwrap();
+    assert!(
+        routes.iter().any(|r| r["source"] == "sidecar"
+            && r["host"] == "hello-8080-demo.preview.localhost"
+            && r["port"] == 8080),
+        "{body}"
+    );
+
+    let yaml = std::fs::read(stack.dir.path().join("edge.yaml")).unwrap();
+    let digest = sha2_hex(&yaml);
+    let (_, body) = api(&stack, "GET", "/api/config", Some(ADMIN_TOKEN));
+    assert_eq!(body["version"].as_str(), Some(&digest[..16]), "{body}");
+
+    let drained = tunnels[0]["id"].as_str().unwrap().to_owned();
+    let (status, body) = api(
+        &stack,
+        "POST",
+        &format!("/api/tunnels/{drained}/drain"),
+        Some(ADMIN_TOKEN),
+    );
+    assert_eq!(status, 202, "{body}");
+    let sidecar = stack.sidecar.as_ref().unwrap();
+    sidecar.wait_line("drained by an operator", Duration::from_secs(10));
+    // Two sessions again, the drained one gone.
+    sidecar.wait_lines("tunnel up", 3, Duration::from_secs(10));
+    test_support::wait::until_blocking("the drained session to go", || {
+        let (_, body) = api(&stack, "GET", "/api/tunnels", Some(ADMIN_TOKEN));
+        let ids: Vec<&str> = body["tunnels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap())
+            .collect();
+        ids.len() == 2 && !ids.contains(&drained.as_str())
+    });
+    assert_eq!(http_status(&[&stack.url("hello-8080", "/")]), "200");
+    let (status, _) = api(&stack, "POST", "/api/tunnels/nope/drain", Some(ADMIN_TOKEN));
+    assert_eq!(status, 404);
+}
+
+fn sha2_hex(bytes: &[u8]) -> String {
+    let out = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(bytes)?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_owned()
 }
