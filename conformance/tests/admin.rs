@@ -257,3 +257,46 @@ fn sha2_hex(bytes: &[u8]) -> String {
         .unwrap();
     String::from_utf8(out.stdout).unwrap()[..64].to_owned()
 }
+
+/// The sidecar's own admin listener (`admin:` in its YAML): ready while a
+/// session is up, and its stream counters as Prometheus reads them.
+#[test]
+fn the_sidecar_serves_probes_and_metrics() {
+    let mut stack = Stack::start();
+    stack.sidecar.take().unwrap().kill();
+    stack
+        .edge
+        .wait_lines("tunnel down", 2, Duration::from_secs(15));
+    let yaml = std::fs::read_to_string(stack.sidecar_yaml()).unwrap();
+    let path = stack.dir.path().join("sidecar-admin.yaml");
+    std::fs::write(&path, format!("{yaml}admin: 127.0.0.1:0\n")).unwrap();
+    let sidecar = conformance::Proc::spawn("sidecar", &["run", "--config", path.to_str().unwrap()]);
+    let line = sidecar.wait_line("admin listener up", Duration::from_secs(10));
+    let admin = line
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("address="))
+        .expect("the admin address in the line")
+        .to_owned();
+    sidecar.wait_lines("tunnel up", 2, Duration::from_secs(10));
+    assert_eq!(http_status(&[&format!("http://{admin}/healthz")]), "200");
+    assert_eq!(http_status(&[&format!("http://{admin}/readyz")]), "200");
+    for _ in 0..3 {
+        assert_eq!(http_status(&[&stack.url("hello-8080", "/")]), "200");
+    }
+
+    let out = curl(&["-s", "-f", &format!("http://{admin}/metrics")]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let samples = parse(&text);
+    assert_eq!(
+        value(&samples, "sidecar_sessions_connected", &[]),
+        2.0,
+        "{text}"
+    );
+    assert!(
+        value(&samples, "sidecar_streams_opened_total", &[]) >= 1.0,
+        "{text}"
+    );
+    assert!(value(&samples, "sidecar_service_received_bytes_total", &[]) > 0.0);
+    assert_eq!(value(&samples, "sidecar_streams_failed_total", &[]), 0.0);
+    assert_eq!(value(&samples, "sidecar_draining", &[]), 0.0);
+}

@@ -368,7 +368,10 @@ async fn edge_errors_are_grpc_statuses() {
         .await;
     let status = client.unary(echo("x")).await.unwrap_err();
     assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
-    assert!(stack.edge.output().contains("ROUTE_NOT_FOUND"));
+    // Logged once the response is out: waited for, not raced.
+    stack
+        .edge
+        .wait_line("ROUTE_NOT_FOUND", std::time::Duration::from_secs(10));
 }
 
 #[test]

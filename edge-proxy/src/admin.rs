@@ -10,19 +10,16 @@
 //!
 //! HTTP only: what the edge exposes comes through [`Api`].
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http::{HeaderMap, Method, Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
+use telemetry::admin::{probes, respond, text};
 use tokio::net::TcpListener;
-use tracing::{debug, info};
+use tracing::info;
 
 /// What the probes report.
 #[derive(Debug, Default)]
@@ -68,57 +65,10 @@ pub trait Api: Send + Sync + 'static {
 
 /// Serves `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, health: Arc<Health>, api: Arc<dyn Api>) {
-    loop {
-        let tcp = match listener.accept().await {
-            Ok((tcp, _)) => tcp,
-            Err(e) => {
-                debug!(error = %e, "admin listener: accept failed");
-                continue;
-            }
-        };
-        let (health, api) = (health.clone(), api.clone());
-        tokio::spawn(async move {
-            let service = service_fn(move |req: Request<Incoming>| {
-                let answer = answer(
-                    req.method(),
-                    req.uri().path(),
-                    req.headers(),
-                    &health,
-                    &*api,
-                );
-                async move { Ok::<_, Infallible>(answer) }
-            });
-            let served = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
-            if let Err(e) = served {
-                debug!(error = %e, "admin connection ended");
-            }
-        });
-    }
-}
-
-fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(body));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static(content_type),
-    );
-    headers.insert(
-        http::header::CACHE_CONTROL,
-        http::HeaderValue::from_static("no-store"),
-    );
-    response
-}
-
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    respond(
-        status,
-        "text/plain; charset=utf-8",
-        Bytes::from_static(body.as_bytes()),
-    )
+    let handler = Arc::new(move |method: &Method, path: &str, headers: &HeaderMap| {
+        answer(method, path, headers, &health, &*api)
+    });
+    telemetry::admin::serve(listener, handler).await
 }
 
 fn json_response(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
@@ -138,19 +88,10 @@ fn answer(
     health: &Health,
     api: &dyn Api,
 ) -> Response<Full<Bytes>> {
-    let read = matches!(*method, Method::GET | Method::HEAD);
+    if let Some(answer) = probes(method, path, || health.ready(), || api.metrics()) {
+        return answer;
+    }
     match path {
-        "/healthz" if read => text(StatusCode::OK, "ok\n"),
-        "/readyz" if read && health.ready() => text(StatusCode::OK, "ready\n"),
-        "/readyz" if read => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
-        "/metrics" if read => respond(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            Bytes::from(api.metrics()),
-        ),
-        "/healthz" | "/readyz" | "/metrics" => {
-            text(StatusCode::METHOD_NOT_ALLOWED, "GET or HEAD\n")
-        }
         _ if path.starts_with("/api/") => {
             let authorization = headers
                 .get(http::header::AUTHORIZATION)

@@ -66,6 +66,8 @@ mod raw {
         pub reconnect: Reconnect,
         #[serde(default)]
         pub targets: Vec<Target>,
+        /// `IP:port` of the admin listener (probes, metrics).
+        pub admin: Option<String>,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -118,6 +120,8 @@ pub struct SidecarConfig {
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
     pub targets: Allowlist,
+    /// `admin`: where `/healthz`, `/readyz` and `/metrics` are served.
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 /// A service this sidecar may reach, as visitors name it, and how.
@@ -333,6 +337,13 @@ fn validate(raw: raw::SidecarFile, base: &Path) -> Result<SidecarConfig, Vec<Str
     if raw.owner.is_some() && raw.access.as_deref() != Some("personal") {
         problems.push("owner: only with access: personal".into());
     }
+    let admin = raw.admin.as_deref().and_then(|a| match a.parse() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            problems.push(format!("admin: {a:?} is not an IP:port address"));
+            None
+        }
+    });
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -348,6 +359,7 @@ fn validate(raw: raw::SidecarFile, base: &Path) -> Result<SidecarConfig, Vec<Str
         connect_timeout,
         reconnect_min,
         reconnect_max,
+        admin,
         targets: Allowlist::new(targets),
     })
 }

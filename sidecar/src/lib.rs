@@ -11,6 +11,7 @@
 //! [`Sidecar::run`] keeps `connections` sessions up, each reconnecting on its
 //! own, until shutdown.
 
+pub mod admin;
 pub mod backoff;
 pub mod config;
 pub mod session;
@@ -25,6 +26,7 @@ use tracing::{info, warn};
 
 pub use config::SidecarConfig;
 use session::SessionEnd;
+use stream::Stats;
 
 /// What the sidecar looks like from outside: for printing and for tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -36,11 +38,15 @@ pub struct Status {
     pub environment: String,
     /// The last failure, as the user should read it.
     pub last_error: Option<String>,
+    /// Sessions that ended in a failure (the edge lost, refused, …).
+    pub failures: u64,
 }
 
 pub struct Sidecar {
     config: Arc<SidecarConfig>,
     status: watch::Sender<Status>,
+    /// Every session's stream counters added up, for metrics.
+    totals: Arc<Stats>,
 }
 
 impl Sidecar {
@@ -48,11 +54,17 @@ impl Sidecar {
         Self {
             config: Arc::new(config),
             status: watch::Sender::new(Status::default()),
+            totals: Arc::default(),
         }
     }
 
     pub fn status(&self) -> watch::Receiver<Status> {
         self.status.subscribe()
+    }
+
+    /// Every session's stream counters added up.
+    pub fn totals(&self) -> Arc<Stats> {
+        self.totals.clone()
     }
 
     /// Runs until `shutdown` is cancelled, then drains.
@@ -62,7 +74,10 @@ impl Sidecar {
             let config = self.config.clone();
             let status = self.status.clone();
             let shutdown = shutdown.clone();
-            sessions.spawn(async move { keep_session(index, &config, &status, &shutdown).await });
+            let totals = self.totals.clone();
+            sessions.spawn(async move {
+                keep_session(index, &config, &status, &totals, &shutdown).await
+            });
         }
         while sessions.join_next().await.is_some() {}
     }
@@ -72,13 +87,14 @@ async fn keep_session(
     index: u32,
     config: &SidecarConfig,
     status: &watch::Sender<Status>,
+    totals: &Arc<Stats>,
     shutdown: &CancellationToken,
 ) {
     let mut backoff = backoff::Backoff::new(config.reconnect_min, config.reconnect_max);
     while !shutdown.is_cancelled() {
         let started = tokio::time::Instant::now();
         let mut welcomed = false;
-        let result = session::run(config, shutdown, |welcome| {
+        let result = session::run(config, totals, shutdown, |welcome| {
             welcomed = true;
             info!(session = index, id = %welcome.session_id, environment = %welcome.environment, "tunnel up");
             status.send_modify(|s| {
@@ -110,7 +126,10 @@ async fn keep_session(
                 } else {
                     warn!(session = index, error = %e, retry_in = ?delay, "tunnel down; reconnecting");
                 }
-                status.send_modify(|s| s.last_error = Some(e.to_string()));
+                status.send_modify(|s| {
+                    s.last_error = Some(e.to_string());
+                    s.failures += 1;
+                });
                 delay
             }
         };
@@ -149,6 +168,7 @@ mod tests {
             connect_timeout: Duration::from_secs(2),
             reconnect_min: min,
             reconnect_max: max,
+            admin: None,
             targets: Allowlist::default(),
         });
         let mut status = sidecar.status();

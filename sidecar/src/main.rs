@@ -129,8 +129,7 @@ fn main() -> anyhow::Result<()> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(run(config));
-    Ok(())
+        .block_on(run(config))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -174,13 +173,31 @@ fn expose_config(
         connect_timeout: sidecar::config::DEFAULT_CONNECT_TIMEOUT,
         reconnect_min: sidecar::config::DEFAULT_RECONNECT_MIN,
         reconnect_max: sidecar::config::DEFAULT_RECONNECT_MAX,
+        admin: None,
         targets: Allowlist::new([target]),
     })
 }
 
-async fn run(config: SidecarConfig) {
+async fn run(config: SidecarConfig) -> anyhow::Result<()> {
+    let admin = match config.admin {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("admin: cannot listen on {addr}: {e}"))?,
+        ),
+        None => None,
+    };
     let sidecar = Sidecar::new(config);
     let shutdown = CancellationToken::new();
+    if let Some(listener) = admin {
+        tracing::info!(address = %listener.local_addr()?, "admin listener up: /healthz /readyz /metrics");
+        tokio::spawn(sidecar::admin::serve(
+            listener,
+            sidecar.status(),
+            sidecar.totals(),
+            shutdown.clone(),
+        ));
+    }
     let mut status = sidecar.status();
     // Handlers are installed before anything is printed: Ctrl-C as soon as
     // the URL shows must drain, not kill.
@@ -208,6 +225,7 @@ async fn run(config: SidecarConfig) {
         }
     });
     sidecar.run(shutdown).await;
+    Ok(())
 }
 
 #[cfg(test)]

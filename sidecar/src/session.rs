@@ -251,6 +251,7 @@ impl tokio::io::AsyncWrite for Sniffed {
 /// accepted us.
 pub async fn run(
     config: &SidecarConfig,
+    totals: &Arc<Stats>,
     shutdown: &CancellationToken,
     on_welcome: impl FnOnce(&Welcome),
 ) -> Result<SessionEnd, SessionError> {
@@ -341,7 +342,7 @@ pub async fn run(
     };
     on_welcome(&welcome);
 
-    let stats = Arc::new(Stats::default());
+    let stats = Arc::new(Stats::under(totals.clone()));
     let pool = Arc::new(StreamPool {
         connection,
         flow: Arc::new(ConnectionFlow::default()),

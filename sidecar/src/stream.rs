@@ -22,7 +22,8 @@ use tunnel_transport::{ConnectionFlow, DataStream, Role};
 
 use crate::config::Allowlist;
 
-/// Counters reported to the edge in heartbeats.
+/// Counters of one session (reported to the edge in heartbeats), each
+/// also added to the process's (`parent`: the sidecar's metrics).
 #[derive(Debug, Default)]
 pub struct Stats {
     pub opened: AtomicU64,
@@ -30,9 +31,34 @@ pub struct Stats {
     pub active: AtomicU64,
     pub bytes_to_targets: AtomicU64,
     pub bytes_from_targets: AtomicU64,
+    parent: Option<Arc<Stats>>,
 }
 
 impl Stats {
+    /// A session's counters, added to `parent`'s too.
+    pub fn under(parent: Arc<Stats>) -> Self {
+        Self {
+            parent: Some(parent),
+            ..Default::default()
+        }
+    }
+
+    /// Adds `n` to the counter `which` picks, here and in the parent.
+    pub fn add(&self, which: fn(&Stats) -> &AtomicU64, n: u64) {
+        which(self).fetch_add(n, Ordering::Relaxed);
+        if let Some(parent) = &self.parent {
+            which(parent).fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// One stream fewer piping, here and in the parent.
+    fn left(&self) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+        if let Some(parent) = &self.parent {
+            parent.active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     pub fn snapshot(&self) -> TunnelStats {
         TunnelStats {
             streams_opened: self.opened.load(Ordering::Relaxed),
@@ -117,11 +143,11 @@ impl StreamPool {
         };
         self.spawn_idle(); // keep the pool full
 
-        self.stats.opened.fetch_add(1, Ordering::Relaxed);
+        self.stats.add(|s| &s.opened, 1);
         let tcp = match self.dial(&open).await {
             Ok(tcp) => tcp,
             Err((code, message)) => {
-                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                self.stats.add(|s| &s.failed, 1);
                 warn!(
                     request_id = %open.request_id, service = %open.service, port = open.port,
                     code = ?code, %message, "stream refused"
@@ -134,12 +160,12 @@ impl StreamPool {
         if stream.send_frame(&StreamFrame::opened()).await.is_err() {
             return;
         }
-        self.stats.active.fetch_add(1, Ordering::Relaxed);
+        self.stats.add(|s| &s.active, 1);
         match pipe(tcp, &mut stream, &self.stats).await {
             Ok(()) => close_gracefully(stream).await,
             Err(e) => debug!(request_id = %open.request_id, error = %e, "stream ended abnormally"),
         }
-        self.stats.active.fetch_sub(1, Ordering::Relaxed);
+        self.stats.left();
     }
 
     async fn dial(&self, open: &Open) -> Result<TcpStream, (ErrorCode, String)> {
@@ -221,9 +247,7 @@ pub async fn pipe(mut tcp: TcpStream, stream: &mut DataStream, stats: &Stats) ->
                         if n == room {
                             size = (size * 2).min(CHUNK_SIZE);
                         }
-                        stats
-                            .bytes_from_targets
-                            .fetch_add(n as u64, Ordering::Relaxed);
+                        stats.add(|s| &s.bytes_from_targets, n as u64);
                         let frame = grpc::frame_in_place(buf.split());
                         stream.send_data(frame, n).map_err(|_| edge_closed())?;
                         progress = true;
@@ -236,9 +260,7 @@ pub async fn pipe(mut tcp: TcpStream, stream: &mut DataStream, stats: &Stats) ->
                 match stream.poll_read(cx) {
                     Poll::Pending => {}
                     Poll::Ready(Ok(Some(chunk))) => {
-                        stats
-                            .bytes_to_targets
-                            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        stats.add(|s| &s.bytes_to_targets, chunk.len() as u64);
                         pending = chunk;
                         progress = true;
                     }

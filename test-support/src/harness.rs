@@ -344,6 +344,7 @@ impl TestSidecar {
                 connect_timeout: Duration::from_secs(2),
                 reconnect_min: Duration::from_millis(100),
                 reconnect_max: Duration::from_secs(1),
+                admin: None,
                 targets: Allowlist::default(),
             },
             targets: Vec::new(),

@@ -507,8 +507,14 @@ async fn sidecar_reconnects_after_the_tunnel_is_cut() {
     // Down, then back within the backoff: a second connection, and the edge
     // serves the environment with a new session only.
     proxy.wait_accepted(2).await;
+    served_again_without(&edge, &first).await;
+}
+
+/// Waits until the edge serves [`DEFAULT_ENV`] from sessions other than
+/// `gone` only, and a request through them is answered.
+async fn served_again_without(edge: &TestEdge, gone: &str) {
     edge.wait_usable_sessions(DEFAULT_ENV, "a new session only", |live| {
-        !live.is_empty() && live.iter().all(|s| s.id != first)
+        !live.is_empty() && live.iter().all(|s| s.id != gone)
     })
     .await;
     let resp = client()
@@ -550,16 +556,7 @@ async fn a_black_hole_between_edge_and_sidecar_is_noticed_by_both_sides_heartbea
     println!("a black hole noticed by the edge in {edge_noticed:?}, by the sidecar in {sidecar_noticed:?} (heartbeat 300ms)");
 
     proxy.resume();
-    edge.wait_usable_sessions(DEFAULT_ENV, "a new session", |live| {
-        !live.is_empty() && live.iter().all(|s| s.id != first)
-    })
-    .await;
-    let resp = client()
-        .get(edge.url("hello", 8080, DEFAULT_ENV, "/"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    served_again_without(&edge, &first).await;
 }
 
 /// File descriptors, resident memory (KiB) and tasks of edge and

@@ -274,6 +274,7 @@ async fn sidecars(args: SidecarArgs) -> anyhow::Result<()> {
             connect_timeout: Duration::from_secs(5),
             reconnect_min: Duration::from_millis(500),
             reconnect_max: Duration::from_secs(5),
+            admin: None,
             targets: Allowlist::new([(SERVICE.to_string(), PORT, args.target.clone())]),
         };
         let sidecar = sidecar::Sidecar::new(config);

@@ -4,6 +4,8 @@
 //! when standard output is a terminal: log files and collectors get no
 //! escape codes.
 
+pub mod admin;
+
 use std::io::IsTerminal;
 use std::str::FromStr;
 

@@ -639,8 +639,16 @@ mod tests {
     use super::*;
 
     fn session(env: &str, routes: &[(&str, u16)]) -> Arc<Session> {
-        let (tx, _rx) = mpsc::channel(4);
-        Arc::new(Session::new(
+        session_and_control(env, routes).0
+    }
+
+    /// A session, and what the edge sends its sidecar.
+    fn session_and_control(
+        env: &str,
+        routes: &[(&str, u16)],
+    ) -> (Arc<Session>, mpsc::Receiver<Result<EdgeMessage, Status>>) {
+        let (tx, rx) = mpsc::channel(4);
+        let session = Session::new(
             "c".into(),
             env.into(),
             "s".into(),
@@ -651,7 +659,8 @@ mod tests {
                 .collect(),
             4,
             tx,
-        ))
+        );
+        (Arc::new(session), rx)
     }
 
     fn url(service: &str, port: u16, env: &str) -> ServiceRef {
@@ -671,16 +680,7 @@ mod tests {
 
     #[tokio::test]
     async fn busy_sessions_keep_more_streams_ahead_and_quiet_ones_fewer() {
-        let (tx, mut control) = mpsc::channel(4);
-        let s = Session::new(
-            "c".into(),
-            "demo".into(),
-            "s".into(),
-            TokenHash::of("t"),
-            Default::default(),
-            4,
-            tx,
-        );
+        let (s, mut control) = session_and_control("demo", &[]);
         // A request finds the pool empty: the target doubles and the
         // sidecar is asked for the missing streams.
         let taken = s.take_stream(Duration::from_millis(10)).await;
@@ -726,17 +726,8 @@ mod tests {
     /// read as ended from then on, and the sidecar hears `Drained` once.
     #[test]
     fn a_draining_session_retires_when_its_last_request_ends() {
-        let (tx, mut control) = mpsc::channel(4);
         let r = registry();
-        let s = Arc::new(Session::new(
-            "c".into(),
-            "demo".into(),
-            "s".into(),
-            TokenHash::of("t"),
-            [(("web".to_string(), 80), Protocol::Http1)].into(),
-            4,
-            tx,
-        ));
+        let (s, mut control) = session_and_control("demo", &[("web", 80)]);
         r.insert(s.clone());
         let (first, second) = (
             r.route(&url("web", 80, "demo")).unwrap(),
@@ -756,16 +747,7 @@ mod tests {
         assert!(control.try_recv().is_err());
 
         // A session closed with nothing in flight retires at once.
-        let (tx, mut control) = mpsc::channel(4);
-        let quiet = Arc::new(Session::new(
-            "c".into(),
-            "demo".into(),
-            "s".into(),
-            TokenHash::of("t"),
-            Default::default(),
-            4,
-            tx,
-        ));
+        let (quiet, mut control) = session_and_control("demo", &[]);
         r.insert(quiet.clone());
         r.remove(&quiet);
         assert!(quiet.is_retired());
