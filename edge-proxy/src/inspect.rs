@@ -11,7 +11,6 @@ use std::time::UNIX_EPOCH;
 use arc_swap::ArcSwap;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
-use prometheus_client::registry::Registry;
 use serde_json::{json, Value};
 
 use crate::admin::{Access, Api};
@@ -173,12 +172,7 @@ impl fmt::Debug for Sources {
 impl Sources {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut registry = Registry::default();
-        registry.register_collector(Box::new(self.clone()));
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry)
-            .expect("writing to a String cannot fail");
-        text
+        telemetry::admin::exposition(self.clone())
     }
 }
 

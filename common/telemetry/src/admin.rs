@@ -22,6 +22,17 @@ pub type Handler =
 /// The OpenMetrics text format's content type.
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// The Prometheus text exposition of what `collector` reports (read at
+/// each scrape).
+pub fn exposition(collector: impl prometheus_client::collector::Collector) -> String {
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(collector));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)
+        .expect("writing to a String cannot fail");
+    text
+}
+
 /// Serves `listener` with `handler` until the task is dropped.
 pub async fn serve(listener: TcpListener, handler: Handler) {
     loop {
