@@ -617,8 +617,12 @@ async fn a_thousand_reconnects_leave_descriptors_tasks_and_memory_flat() {
         "edge tasks grew: {edge_tasks} -> {}",
         after.2
     );
+    // Each idle stream the sidecar keeps ahead is a task, and how many the
+    // last session keeps depends on whether its first request waited for
+    // one (the pool then doubles): a few dozen either way, where a leak of
+    // one task per session would be a thousand.
     assert!(
-        after.3 <= sidecar_tasks + 4,
+        after.3 <= sidecar_tasks + 32,
         "sidecar tasks grew: {sidecar_tasks} -> {}",
         after.3
     );
