@@ -13,14 +13,15 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use serde_json::{json, Value};
 
-use crate::admin::{Access, Api};
+use crate::admin::{Access, Api, Health};
 use crate::config::token::{bearer, TokenHash};
 use crate::config::EdgeConfig;
 use crate::http::failure::{FailureCounts, ALL_KINDS};
 use crate::limits::{Gauges, Scope};
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 use crate::routing::rules::HostPattern;
 use crate::tunnel::registry::TunnelRegistry;
+use telemetry::admin::{counter, gauge};
 
 pub struct Inspector {
     pub config: Arc<ArcSwap<EdgeConfig>>,
@@ -159,8 +160,8 @@ pub struct Sources {
     pub gauges: Arc<Gauges>,
     pub shared: Arc<crate::shared::InForce>,
     pub in_flight: Arc<AtomicUsize>,
-    /// The edge is draining (`/readyz` says 503).
-    pub draining: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// What `/readyz` says: not ready once the edge drains.
+    pub health: Arc<Health>,
 }
 
 impl fmt::Debug for Sources {
@@ -179,13 +180,13 @@ impl Sources {
 impl Collector for Sources {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         self.metrics.encode_routes(&mut encoder)?;
-        metrics::gauge(
+        gauge(
             &mut encoder,
             "edge_requests_in_flight",
             "Requests (and upgraded connections) in progress",
             [(vec![], self.in_flight.load(Ordering::Relaxed) as i64)],
         )?;
-        metrics::counter(
+        counter(
             &mut encoder,
             "edge_refusals",
             "Responses the edge wrote itself, by error code (docs/errors.md)",
@@ -193,7 +194,7 @@ impl Collector for Sources {
                 .iter()
                 .map(|k| (vec![("code", k.code().to_owned())], self.failures.get(*k))),
         )?;
-        metrics::counter(
+        counter(
             &mut encoder,
             "edge_limit_refusals",
             "Requests refused by a rate limit or cap, by scope",
@@ -202,7 +203,7 @@ impl Collector for Sources {
                 (vec![("scope", s.as_str().to_owned())], n)
             }),
         )?;
-        metrics::counter(
+        counter(
             &mut encoder,
             "edge_limit_dry_run_refusals",
             "Requests a dry-run limit would have refused, by scope",
@@ -248,7 +249,7 @@ impl Collector for Sources {
                 "Data streams opened ahead by the sidecars, waiting for a request",
             ),
         ] {
-            metrics::gauge(
+            gauge(
                 &mut encoder,
                 name,
                 help,
@@ -258,7 +259,7 @@ impl Collector for Sources {
             )?;
         }
 
-        metrics::counter(
+        counter(
             &mut encoder,
             "edge_config_reloads",
             "Config reloads, applied or refused (the last good config kept)",
@@ -274,26 +275,26 @@ impl Collector for Sources {
             ],
         )?;
         if let Some(shared) = self.shared.load_full() {
-            metrics::gauge(
+            gauge(
                 &mut encoder,
                 "edge_redis_up",
                 "Redis answered the last call (1) or not (0)",
                 [(vec![], i64::from(shared.healthy()))],
             )?;
-            metrics::counter(
+            counter(
                 &mut encoder,
                 "edge_redis_failures",
                 "Redis calls that failed or ran over their budget",
                 [(vec![], shared.failures.load(Ordering::Relaxed))],
             )?;
         }
-        metrics::gauge(
+        gauge(
             &mut encoder,
             "edge_draining",
             "The edge is shutting down (1) or serving (0)",
-            [(vec![], i64::from((self.draining)()))],
+            [(vec![], i64::from(!self.health.ready()))],
         )?;
-        metrics::gauge(
+        gauge(
             &mut encoder,
             "edge_build_info",
             "The edge's version",

@@ -15,10 +15,9 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
+use telemetry::admin::counter;
 
 /// Upper bounds of the latency buckets, in seconds: 0.5 ms to 30 s.
 const LATENCY_BUCKETS: [f64; 15] = [
@@ -187,34 +186,6 @@ impl Metrics {
     }
 }
 
-/// A counter family from `(labels, value)` pairs.
-pub fn counter(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    series: impl IntoIterator<Item = (Vec<(&'static str, String)>, u64)>,
-) -> fmt::Result {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (labels, value) in series {
-        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
-    }
-    Ok(())
-}
-
-/// A gauge family from `(labels, value)` pairs.
-pub fn gauge(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    series: impl IntoIterator<Item = (Vec<(&'static str, String)>, i64)>,
-) -> fmt::Result {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (labels, value) in series {
-        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,7 +231,7 @@ mod tests {
             gauges: Default::default(),
             shared: Default::default(),
             in_flight: Default::default(),
-            draining: Arc::new(|| false),
+            health: Default::default(),
         };
         let text = sources.render();
         for line in [

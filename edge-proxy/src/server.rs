@@ -152,10 +152,7 @@ impl Edge {
             gauges: gauges.clone(),
             shared: self.shared.clone(),
             in_flight: in_flight.clone(),
-            draining: {
-                let health = health.clone();
-                Arc::new(move || !health.ready())
-            },
+            health: health.clone(),
         };
         let admin = admin.map(|l| {
             let api = Arc::new(Inspector {

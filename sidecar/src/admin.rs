@@ -9,10 +9,8 @@ use std::sync::Arc;
 
 use http::{HeaderMap, Method, StatusCode};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::MetricType;
+use prometheus_client::encoding::DescriptorEncoder;
+use telemetry::admin::{counter, gauge};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -48,7 +46,7 @@ impl Collector for Gauges {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let status = self.status.borrow().clone();
         let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-        let gauges: [(&str, &str, i64); 3] = [
+        let gauges = [
             (
                 "sidecar_sessions_connected",
                 "Tunnel sessions the edge accepts now",
@@ -66,10 +64,9 @@ impl Collector for Gauges {
             ),
         ];
         for (name, help, value) in gauges {
-            let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            ConstGauge::new(value).encode(metric)?;
+            gauge(&mut encoder, name, help, [(vec![], value)])?;
         }
-        let counters: [(&str, &str, u64); 5] = [
+        let counters = [
             (
                 "sidecar_session_failures",
                 "Tunnel sessions that ended in a failure (lost, refused)",
@@ -97,18 +94,14 @@ impl Collector for Gauges {
             ),
         ];
         for (name, help, value) in counters {
-            let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            ConstCounter::new(value).encode(metric)?;
+            counter(&mut encoder, name, help, [(vec![], value)])?;
         }
-        let mut metric = encoder.encode_descriptor(
+        gauge(
+            &mut encoder,
             "sidecar_build_info",
             "The sidecar's version",
-            None,
-            MetricType::Gauge,
-        )?;
-        ConstGauge::new(1)
-            .encode(metric.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)?;
-        Ok(())
+            [(vec![("version", env!("CARGO_PKG_VERSION").to_owned())], 1)],
+        )
     }
 }
 
