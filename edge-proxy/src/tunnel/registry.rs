@@ -185,12 +185,9 @@ impl Session {
     /// reconnects at once while the requests in flight finish.
     pub fn drain(&self, reason: &str) {
         self.set_draining();
-        let drain = EdgeMessage {
-            kind: Some(edge_message::Kind::Drain(Drain {
-                reason: reason.into(),
-            })),
-        };
-        let _ = self.control.try_send(Ok(drain));
+        self.try_send(edge_message::Kind::Drain(Drain {
+            reason: reason.into(),
+        }));
     }
 
     pub fn is_usable(&self) -> bool {
@@ -296,14 +293,22 @@ impl Session {
             return;
         }
         let missing = (self.idle_target() as usize).saturating_sub(self.idle_count());
-        let want = EdgeMessage {
-            kind: Some(edge_message::Kind::WantStreams(WantStreams {
-                count: missing.max(1) as u32,
-            })),
-        };
-        if self.control.try_send(Ok(want)).is_err() {
+        let want = edge_message::Kind::WantStreams(WantStreams {
+            count: missing.max(1) as u32,
+        });
+        if !self.try_send(want) {
             self.want_pending.store(false, Ordering::Relaxed);
         }
+    }
+
+    /// Sends a control message to the sidecar now, unless its channel is
+    /// full or closed (`false`).
+    fn try_send(&self, message: edge_message::Kind) -> bool {
+        self.control
+            .try_send(Ok(EdgeMessage {
+                kind: Some(message),
+            }))
+            .is_ok()
     }
 
     /// Sends a control message to the sidecar.
@@ -349,12 +354,9 @@ impl Session {
             return;
         }
         self.idle.lock().unwrap().clear();
-        let drained = EdgeMessage {
-            kind: Some(edge_message::Kind::Drained(Drained {})),
-        };
         // The control channel is rarely full; if it is, the sidecar's own
         // grace period ends its wait instead.
-        let _ = self.control.try_send(Ok(drained));
+        self.try_send(edge_message::Kind::Drained(Drained {}));
     }
 
     /// Draining or closed, with no request in flight.
