@@ -557,24 +557,41 @@ impl EdgeConfig {
     }
 }
 
-/// `admin.token_sha256`, checked as the clusters' token hashes are.
-fn admin_tokens(hashes: Vec<String>, problems: &mut Vec<String>) -> Vec<TokenHash> {
+/// The token hashes listed under `field` (`clusters[i].token_sha256`,
+/// `admin.token_sha256`), each with where it stands (`field[j]` when
+/// there are several). At least one, each 64 hex digits; the value itself
+/// is never repeated in a problem (a hash does not belong in logs).
+fn token_hashes(
+    hashes: Vec<String>,
+    field: &str,
+    problems: &mut Vec<String>,
+) -> Vec<(String, TokenHash)> {
     if hashes.is_empty() {
-        problems.push(
-            "admin.token_sha256: list at least one token hash (hint: `edge-proxy hash-token`)"
-                .into(),
-        );
+        problems.push(format!(
+            "{field}: list at least one token hash (hint: `edge-proxy hash-token`)"
+        ));
     }
-    let mut tokens = Vec::new();
-    for (i, hash) in hashes.iter().enumerate() {
-        match TokenHash::from_hex(hash) {
-            Some(t) => tokens.push(t),
-            None => problems.push(format!(
-                "admin.token_sha256[{i}]: expected 64 hex characters (hint: `edge-proxy hash-token` reads the token on stdin)"
-            )),
-        }
-    }
-    tokens
+    let several = hashes.len() > 1;
+    hashes
+        .iter()
+        .enumerate()
+        .filter_map(|(j, hash)| {
+            let at = if several {
+                format!("{field}[{j}]")
+            } else {
+                field.to_owned()
+            };
+            match TokenHash::from_hex(hash) {
+                Some(t) => Some((at, t)),
+                None => {
+                    problems.push(format!(
+                        "{at}: expected 64 hex characters (hint: `edge-proxy hash-token` reads the token on stdin)"
+                    ));
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
 fn validate(mut raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<String>> {
@@ -644,33 +661,15 @@ fn validate(mut raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<Strin
         if c.name.trim().is_empty() {
             problems.push(format!("{path}.name: must not be empty"));
         }
-        let hashes = c.token_sha256.into_vec();
-        if hashes.is_empty() {
-            problems.push(format!(
-                "{path}.token_sha256: list at least one token hash (hint: `edge-proxy hash-token`)"
-            ));
-        }
         let mut tokens = Vec::new();
-        for (j, hash) in hashes.iter().enumerate() {
-            let at = if hashes.len() > 1 {
-                format!("{path}.token_sha256[{j}]")
-            } else {
-                format!("{path}.token_sha256")
-            };
-            // The value itself is not repeated: a hash does not belong in logs.
-            match TokenHash::from_hex(hash) {
-                Some(t) => {
-                    if !seen_tokens.insert(t.clone()) {
-                        problems.push(format!(
-                            "{at}: the same token is listed twice (here and in this or another cluster)"
-                        ));
-                    }
-                    tokens.push(t);
-                }
-                None => problems.push(format!(
-                    "{at}: expected 64 hex characters (hint: `edge-proxy hash-token` reads the token on stdin)"
-                )),
+        let field = format!("{path}.token_sha256");
+        for (at, t) in token_hashes(c.token_sha256.into_vec(), &field, &mut problems) {
+            if !seen_tokens.insert(t.clone()) {
+                problems.push(format!(
+                    "{at}: the same token is listed twice (here and in this or another cluster)"
+                ));
             }
+            tokens.push(t);
         }
         let client_ca = c.client_ca.as_ref().and_then(|file| {
             let file = base.join(file);
@@ -906,7 +905,14 @@ fn validate(mut raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<Strin
             if admin_addr.is_none() {
                 problems.push("admin: needs listen.admin, where the admin API is served".into());
             }
-            admin_tokens(admin.token_sha256.into_vec(), &mut problems)
+            token_hashes(
+                admin.token_sha256.into_vec(),
+                "admin.token_sha256",
+                &mut problems,
+            )
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect()
         }
         None => Vec::new(),
     };
@@ -1384,6 +1390,36 @@ tunnel:
         ] {
             assert!(err.contains(needle), "missing {needle} in {err}");
         }
+    }
+
+    /// `admin:` takes token hashes checked as the clusters' are, and needs
+    /// the listener it is served on; the version is the text's digest.
+    #[test]
+    fn admin_tokens_are_checked_and_need_the_admin_listener() {
+        let hash = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b";
+        let with_listener = GOOD.replace(
+            "  tunnel: 127.0.0.1:7000\n",
+            "  tunnel: 127.0.0.1:7000\n  admin: 127.0.0.1:9901\n",
+        );
+        let good = format!("{with_listener}admin:\n  token_sha256: \"{hash}\"\n");
+        let c = EdgeConfig::parse(&good, "edge.yaml").unwrap();
+        assert_eq!(c.admin_tokens, vec![TokenHash::from_hex(hash).unwrap()]);
+        assert_eq!(c.version.len(), 16);
+        assert_ne!(
+            c.version,
+            EdgeConfig::parse(GOOD, "edge.yaml").unwrap().version
+        );
+
+        let bad = format!("{GOOD}admin:\n  token_sha256: [\"{hash}\", \"abc\"]\n");
+        let err = EdgeConfig::parse(&bad, "edge.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("admin: needs listen.admin"), "{err}");
+        assert!(
+            err.contains("admin.token_sha256[1]: expected 64 hex") && err.contains("hash-token"),
+            "{err}"
+        );
+        assert!(!err.contains("abc"), "the value is not repeated: {err}");
     }
 
     #[test]
