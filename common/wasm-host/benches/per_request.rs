@@ -5,7 +5,7 @@
 //! several rounds), which other load on a shared machine moves less than
 //! wall time.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/host/common/mod.rs"]
 mod common;
 
 use std::hint::black_box;

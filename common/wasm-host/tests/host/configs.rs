@@ -4,7 +4,7 @@
 //! the Istio WasmPlugin's `pluginConfig`, delivered as JSON as Istio does,
 //! is a valid policy.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! give the same headers to the upstream and the visitor, with nothing
 //! normalized (the third way, Envoy, is `envoy.rs`).
 
-mod common;
+use crate::common;
 
 use common::corpus::{self, POLICIES};
 use common::{load_policy, semantic, through_filter, Exchange};

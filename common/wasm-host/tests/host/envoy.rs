@@ -21,7 +21,7 @@
 //! has no `identity.claims.*` property, so `{claim.*}` values are absent
 //! there and the native run has no identity either.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

@@ -150,7 +150,7 @@ fn misbehaving_filters_fail_only_their_own_requests() {
     let switched = write_wat(
         dir.path(),
         "switched.wasm",
-        include_str!("../../common/wasm-host/tests/modules/switched.wat"),
+        include_str!("../../../common/wasm-host/tests/host/modules/switched.wat"),
     );
     let yaml = format!(
         r#"routes:

@@ -1,6 +1,6 @@
 //! Shared by the host's integration tests: the built filter module and
 //! helpers to run it.
-#![allow(dead_code)] // each test binary uses a different part
+#![allow(dead_code)] // not every helper is used by the tests here
 
 pub mod corpus;
 pub mod envoy;
@@ -14,7 +14,7 @@ use wasm_host::{
 };
 
 /// The built filter module (shared with the conformance suite).
-#[path = "../../../../test-support/src/wasm.rs"]
+#[path = "../../../../../test-support/src/wasm.rs"]
 mod wasm;
 
 pub fn filter_wasm_path() -> &'static Path {

@@ -3,7 +3,7 @@
 //! request, and the next request gets a fresh instance; modules that
 //! cannot work are refused at load with a reason.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

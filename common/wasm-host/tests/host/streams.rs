@@ -2,7 +2,7 @@
 //! pseudo-headers are there to read but not to write, trailers go through
 //! the same edit path as headers, and a local reply skips the response.
 
-mod common;
+use crate::common;
 
 use header_policy::{HeaderList, Headers};
 use wasm_host::{LocalReply, Outcome, PluginSpec, StreamInfo, WasmFilter};

@@ -1,0 +1,21 @@
+//! The conformance suite: the real binaries, real YAML and real clients,
+//! one module per capability. One test executable for all of them: each
+//! links the edge, the sidecar and their clients, and sixteen copies cost
+//! minutes of linking and gigabytes of disk for nothing.
+
+mod admin;
+mod auth;
+mod drain;
+mod grpc;
+mod header_policy;
+mod isolation;
+mod limits;
+mod login;
+mod replicas;
+mod requests;
+mod routing;
+mod spine;
+mod tls;
+mod tunnel_tls;
+mod visitors;
+mod wasm_filter;
