@@ -346,7 +346,12 @@ pub fn redis_cli(dir: &Path, command: &str) -> String {
 /// on the service itself ([`release`]); returns its connection once the
 /// response has begun.
 pub fn hold(stack: &Stack, host: &str, id: &str) -> BufReader<std::net::TcpStream> {
-    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", stack.http_port)).unwrap();
+    hold_on(stack.http_port, host, id)
+}
+
+/// [`hold`] through the edge listening on `port`.
+pub fn hold_on(port: u16, host: &str, id: &str) -> BufReader<std::net::TcpStream> {
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let request = format!("GET /hold?id={id} HTTP/1.1\r\nHost: {host}\r\n\r\n");
     tcp.write_all(request.as_bytes()).unwrap();
@@ -359,7 +364,12 @@ pub fn hold(stack: &Stack, host: &str, id: &str) -> BufReader<std::net::TcpStrea
 
 /// Ends the `/hold` request `id` ([`hold`]).
 pub fn release(stack: &Stack, id: &str) {
-    let url = format!("http://{}/release?id={id}", stack.upstream_addr);
+    release_on(&stack.upstream_addr, id)
+}
+
+/// [`release`] on the sample upstream at `upstream`.
+pub fn release_on(upstream: &str, id: &str) {
+    let url = format!("http://{upstream}/release?id={id}");
     assert!(curl(&[&url]).status.success());
 }
 
@@ -703,4 +713,50 @@ where
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap();
     out
+}
+
+/// nginx (Debian's package) in front of the edge, as a load balancer:
+/// runs from `dir` with `http` inside its `http` block, on the port it
+/// returns (`{port}` in `http` is replaced by it).
+pub fn nginx(dir: &Path, http: &str) -> (Proc, u16) {
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let d = dir.display();
+    std::fs::create_dir_all(dir.join("tmp")).unwrap();
+    // nginx's workers run as `nobody` unless told, and could not write
+    // their temporary files in a root-owned test directory.
+    let user = if sh("id -u").trim() == "0" {
+        "user root;"
+    } else {
+        ""
+    };
+    let temp: String = ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
+        .iter()
+        .map(|k| format!("  {k}_temp_path {d}/tmp/{k};\n"))
+        .collect();
+    let conf = format!(
+        "daemon off;\nmaster_process on;\nworker_processes 1;\n{user}\npid {d}/nginx.pid;\nevents {{ worker_connections 1024; }}\nhttp {{\n  access_log off;\n{temp}{}\n}}\n",
+        http.replace("{port}", &port.to_string())
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    let error_log = dir.join("nginx-error.log");
+    let nginx = Proc::spawn_program(
+        "nginx",
+        &[
+            "-p",
+            dir.to_str().unwrap(),
+            "-c",
+            path.to_str().unwrap(),
+            "-e",
+            error_log.to_str().unwrap(),
+        ],
+        dir,
+    );
+    test_support::wait::until_blocking("nginx to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    (nginx, port)
 }

@@ -186,6 +186,12 @@ impl Collector for Sources {
             "Requests (and upgraded connections) in progress",
             [(vec![], self.in_flight.load(Ordering::Relaxed) as i64)],
         )?;
+        gauge(
+            &mut encoder,
+            "edge_requests_waiting_for_tunnel",
+            "Requests waiting for their environment's sidecar to connect (tunnel.session_wait)",
+            [(vec![], self.registry.waiting() as i64)],
+        )?;
         counter(
             &mut encoder,
             "edge_refusals",

@@ -53,6 +53,11 @@ impl Collector for Gauges {
                 status.connected as i64,
             ),
             (
+                "sidecar_edge_replicas",
+                "Edge replicas (addresses) this sidecar keeps sessions with",
+                status.replicas as i64,
+            ),
+            (
                 "sidecar_streams_active",
                 "Connections to services being piped now",
                 load(&self.totals.active) as i64,
@@ -143,11 +148,15 @@ mod tests {
             shutdown: CancellationToken::new(),
         };
         assert!(!gauges.ready());
-        tx.send_modify(|s| s.connected = 1);
+        tx.send_modify(|s| {
+            s.connected = 1;
+            s.replicas = 2;
+        });
         assert!(gauges.ready());
         let text = gauges.render();
         for line in [
             "sidecar_sessions_connected 1",
+            "sidecar_edge_replicas 2",
             "sidecar_streams_opened_total 2",
             "sidecar_service_sent_bytes_total 100",
             "sidecar_draining 0",

@@ -18,6 +18,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_RECONNECT_MIN: Duration = Duration::from_secs(1);
 /// Longest reconnect delay.
 pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(60);
+/// How often the edge's host names are looked up again for replicas.
+pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(15);
 
 /// A secret whose `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
@@ -44,7 +46,9 @@ mod raw {
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct SidecarFile {
-        pub edge: String,
+        pub edge: Edges,
+        /// How often the edge's host names are looked up again.
+        pub resolve_interval: Option<String>,
         pub token: Option<String>,
         pub token_file: Option<String>,
         /// Name of an environment variable holding the token.
@@ -68,6 +72,14 @@ mod raw {
         pub targets: Vec<Target>,
         /// `IP:port` of the admin listener (probes, metrics).
         pub admin: Option<String>,
+    }
+
+    /// One URL, or the replicas' URLs.
+    #[derive(Debug, Deserialize)]
+    #[serde(untagged)]
+    pub enum Edges {
+        One(String),
+        Many(Vec<String>),
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -103,10 +115,11 @@ mod raw {
 
 #[derive(Debug, Clone)]
 pub struct SidecarConfig {
-    /// `https://host:port` (or `http://`) of the edge's tunnel listener.
-    pub edge: String,
-    /// TLS to the edge, or plaintext.
-    pub transport: EdgeTransport,
+    /// The edge's tunnel listener: one URL, or one per replica. Every
+    /// address a URL's host name resolves to is a replica of its own.
+    pub edges: Vec<Edge>,
+    /// How often host names in `edges` are looked up again.
+    pub resolve_interval: Duration,
     pub token: Secret,
     /// Empty: the environment the token allows.
     pub environment: String,
@@ -122,6 +135,25 @@ pub struct SidecarConfig {
     pub targets: Allowlist,
     /// `admin`: where `/healthz`, `/readyz` and `/metrics` are served.
     pub admin: Option<std::net::SocketAddr>,
+}
+
+/// An edge URL and how to speak to it.
+#[derive(Debug, Clone)]
+pub struct Edge {
+    /// `https://host:port` (or `http://`) of the edge's tunnel listener.
+    pub url: String,
+    /// TLS to the edge (the URL's host is the name checked), or plaintext.
+    pub transport: EdgeTransport,
+}
+
+impl Edge {
+    /// A plaintext edge (loopback, tests).
+    pub fn plaintext(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            transport: EdgeTransport::Plaintext { warn: false },
+        }
+    }
 }
 
 /// A service this sidecar may reach, as visitors name it, and how.
@@ -225,13 +257,7 @@ fn validate(raw: raw::SidecarFile, base: &Path) -> Result<SidecarConfig, Vec<Str
     {
         *file = base.join(&*file).to_string_lossy().into_owned();
     }
-    let transport = match edge_transport(&raw.edge, tls, raw.insecure_plaintext) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            problems.extend(e);
-            None
-        }
-    };
+    let edges = validate_edges(raw.edge, &tls, raw.insecure_plaintext, &mut problems);
     let token = match (raw.token, raw.token_file, raw.token_env) {
         (Some(t), None, None) => Some(t),
         (None, Some(f), None) => match std::fs::read_to_string(base.join(&f)) {
@@ -303,6 +329,15 @@ fn validate(raw: raw::SidecarFile, base: &Path) -> Result<SidecarConfig, Vec<Str
         .enumerate()
         .map(|(i, t)| validate_target(i, t, base, &mut problems))
         .collect();
+    let resolve_interval = duration(
+        &raw.resolve_interval,
+        "resolve_interval",
+        DEFAULT_RESOLVE_INTERVAL,
+        &mut problems,
+    );
+    if resolve_interval < Duration::from_secs(1) {
+        problems.push("resolve_interval: at least 1s".into());
+    }
     let connect_timeout = duration(
         &raw.connect_timeout,
         "connect_timeout",
@@ -348,8 +383,8 @@ fn validate(raw: raw::SidecarFile, base: &Path) -> Result<SidecarConfig, Vec<Str
         return Err(problems);
     }
     Ok(SidecarConfig {
-        edge: raw.edge,
-        transport: transport.expect("checked"),
+        edges,
+        resolve_interval,
         token: Secret::new(token.expect("checked")),
         environment: raw.environment.unwrap_or_default(),
         access: raw.access.unwrap_or_default(),
@@ -362,6 +397,40 @@ fn validate(raw: raw::SidecarFile, base: &Path) -> Result<SidecarConfig, Vec<Str
         admin,
         targets: Allowlist::new(targets),
     })
+}
+
+/// `edge`: one URL or a list of them, each checked with the `tls` section
+/// (the name in each URL's certificate is its own host).
+fn validate_edges(
+    edge: raw::Edges,
+    tls: &EdgeTlsOptions,
+    insecure_plaintext: bool,
+    problems: &mut Vec<String>,
+) -> Vec<Edge> {
+    let (urls, listed) = match edge {
+        raw::Edges::One(url) => (vec![url], false),
+        raw::Edges::Many(urls) => (urls, true),
+    };
+    if urls.is_empty() {
+        problems.push("edge: list at least one URL".into());
+    }
+    let mut edges = Vec::new();
+    for (i, url) in urls.into_iter().enumerate() {
+        if edges.iter().any(|e: &Edge| e.url == url) {
+            problems.push(format!("edge[{i}]: {url:?} is listed twice"));
+            continue;
+        }
+        match edge_transport(&url, tls.clone(), insecure_plaintext) {
+            Ok(transport) => edges.push(Edge { url, transport }),
+            // Each message names `edge:`; in a list, say which one.
+            Err(e) if listed => problems.extend(
+                e.into_iter()
+                    .map(|m| m.replacen("edge: ", &format!("edge[{i}]: "), 1)),
+            ),
+            Err(e) => problems.extend(e),
+        }
+    }
+    edges
 }
 
 /// The protocol and TLS settings of `targets[i]` (its name and address are
@@ -561,7 +630,7 @@ mod tests {
     #[test]
     fn plaintext_only_to_loopback_unless_insecure() {
         assert!(matches!(
-            SidecarConfig::parse(GOOD, "s.yaml").unwrap().transport,
+            SidecarConfig::parse(GOOD, "s.yaml").unwrap().edges[0].transport,
             EdgeTransport::Plaintext { warn: false }
         ));
         let remote = GOOD.replace("http://127.0.0.1:7000", "http://edge.example.com:7000");
@@ -574,7 +643,7 @@ mod tests {
         );
         let insecure = format!("{remote}insecure_plaintext: true\n");
         assert!(matches!(
-            SidecarConfig::parse(&insecure, "s.yaml").unwrap().transport,
+            SidecarConfig::parse(&insecure, "s.yaml").unwrap().edges[0].transport,
             EdgeTransport::Plaintext { warn: true }
         ));
         let tls_on_http = format!("{GOOD}tls: {{ ca: ca.pem }}\n");
@@ -608,7 +677,7 @@ mod tests {
         let pinned = GOOD.replace("http://127.0.0.1:7000", "https://10.0.0.1:7000")
             + &format!("tls:\n  pin_sha256: [\"{}\"]\n", "ab".repeat(32));
         let c = SidecarConfig::parse(&pinned, "s.yaml").unwrap();
-        assert!(matches!(c.transport, EdgeTransport::Tls(_)));
+        assert!(matches!(c.edges[0].transport, EdgeTransport::Tls(_)));
         assert!(!format!("{c:?}").contains("t0k3n"));
     }
 
@@ -628,5 +697,42 @@ mod tests {
         assert_eq!(c.token.expose(), "from-env");
         let both = format!("{text}token: x\n");
         assert!(SidecarConfig::parse(&both, "s.yaml").is_err());
+    }
+
+    #[test]
+    fn edge_replicas_as_a_list_each_checked_with_its_index() {
+        let list = GOOD.replace(
+            "edge: http://127.0.0.1:7000",
+            "edge:\n  - http://127.0.0.1:7000\n  - http://127.0.0.1:7001",
+        );
+        let c = SidecarConfig::parse(&list, "s.yaml").unwrap();
+        let urls: Vec<_> = c.edges.iter().map(|e| e.url.as_str()).collect();
+        assert_eq!(urls, ["http://127.0.0.1:7000", "http://127.0.0.1:7001"]);
+        assert_eq!(c.resolve_interval, DEFAULT_RESOLVE_INTERVAL);
+
+        let bad = GOOD.replace(
+            "edge: http://127.0.0.1:7000",
+            "edge: [http://127.0.0.1:7000, http://edge.example.com:7000, http://127.0.0.1:7000, ftp://x]",
+        );
+        let err = SidecarConfig::parse(&bad, "s.yaml")
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "edge[1]: \"http://edge.example.com:7000\" is plaintext",
+            "edge[2]: \"http://127.0.0.1:7000\" is listed twice",
+            "edge[3]: \"ftp://x\" must be a URL",
+        ] {
+            assert!(err.contains(needle), "missing {needle} in {err}");
+        }
+        let empty = GOOD.replace("edge: http://127.0.0.1:7000", "edge: []");
+        let err = SidecarConfig::parse(&empty, "s.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("edge: list at least one URL"), "{err}");
+        let quick = format!("{GOOD}resolve_interval: 10ms\n");
+        let err = SidecarConfig::parse(&quick, "s.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("resolve_interval: at least 1s"), "{err}");
     }
 }

@@ -6,25 +6,30 @@
 //! - [`session`]: one tunnel session (control stream, heartbeats, drain).
 //! - [`tls`]: TLS to the edge: verification, pinning, client certificates, errors.
 //! - [`stream`]: one proxied connection (dial target, pipe bytes).
+//! - [`replicas`]: the edge's addresses, from its URLs and their names.
 //! - [`backoff`]: reconnect delays.
 //!
-//! [`Sidecar::run`] keeps `connections` sessions up, each reconnecting on its
-//! own, until shutdown.
+//! [`Sidecar::run`] keeps `connections` sessions up with every replica of
+//! the edge ([`replicas`]), each reconnecting on its own, until shutdown.
 
 pub mod admin;
 pub mod backoff;
 pub mod config;
+pub mod replicas;
 pub mod session;
 pub mod stream;
 pub mod tls;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use config::SidecarConfig;
+use replicas::Replica;
 use session::SessionEnd;
 use stream::Stats;
 
@@ -40,6 +45,8 @@ pub struct Status {
     pub last_error: Option<String>,
     /// Sessions that ended in a failure (the edge lost, refused, …).
     pub failures: u64,
+    /// Replicas of the edge this sidecar keeps sessions with.
+    pub replicas: usize,
 }
 
 pub struct Sidecar {
@@ -67,76 +74,169 @@ impl Sidecar {
         self.totals.clone()
     }
 
-    /// Runs until `shutdown` is cancelled, then drains.
+    /// Runs until `shutdown` is cancelled, then drains: `connections`
+    /// sessions with every replica of the edge, the replicas looked up
+    /// again every `resolve_interval`. A replica that is no longer found
+    /// has its sessions drained, as on shutdown.
     pub async fn run(&self, shutdown: CancellationToken) {
-        let mut sessions = tokio::task::JoinSet::new();
-        for index in 0..self.config.connections {
-            let config = self.config.clone();
-            let status = self.status.clone();
-            let shutdown = shutdown.clone();
-            let totals = self.totals.clone();
-            sessions.spawn(async move {
-                keep_session(index, &config, &status, &totals, &shutdown).await
+        let mut sessions = JoinSet::new();
+        let mut kept: HashMap<Replica, CancellationToken> = HashMap::new();
+        loop {
+            let previous = kept.keys().copied().collect();
+            let now = replicas::resolve(&self.config.edges, &previous).await;
+            kept.retain(|replica, stop| {
+                let stays = now.contains(replica);
+                if !stays {
+                    info!(edge = %self.config.edges[replica.edge].url, address = ?replica.addr, "edge replica no longer resolves; draining its sessions");
+                    stop.cancel();
+                }
+                stays
             });
+            for replica in now {
+                if kept.contains_key(&replica) {
+                    continue;
+                }
+                let stop = shutdown.child_token();
+                for index in 0..self.config.connections {
+                    let keeper = Keeper {
+                        index,
+                        replica,
+                        config: self.config.clone(),
+                        status: self.status.clone(),
+                        totals: self.totals.clone(),
+                        stop: stop.clone(),
+                    };
+                    sessions.spawn(keeper.run());
+                }
+                kept.insert(replica, stop);
+            }
+            self.status.send_if_modified(|s| {
+                let changed = s.replicas != kept.len();
+                s.replicas = kept.len();
+                changed
+            });
+            while sessions.try_join_next().is_some() {}
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.resolve_interval) => {}
+                _ = shutdown.cancelled() => break,
+            }
         }
         while sessions.join_next().await.is_some() {}
     }
 }
 
-async fn keep_session(
+/// Keeps one session up with one replica, reconnecting with backoff.
+struct Keeper {
     index: u32,
-    config: &SidecarConfig,
-    status: &watch::Sender<Status>,
-    totals: &Arc<Stats>,
-    shutdown: &CancellationToken,
-) {
-    let mut backoff = backoff::Backoff::new(config.reconnect_min, config.reconnect_max);
-    while !shutdown.is_cancelled() {
-        let started = tokio::time::Instant::now();
-        let mut welcomed = false;
-        let result = session::run(config, totals, shutdown, |welcome| {
-            welcomed = true;
-            info!(session = index, id = %welcome.session_id, environment = %welcome.environment, "tunnel up");
+    replica: Replica,
+    config: Arc<SidecarConfig>,
+    status: watch::Sender<Status>,
+    totals: Arc<Stats>,
+    stop: CancellationToken,
+}
+
+impl Keeper {
+    async fn run(self) {
+        let edge = &self.config.edges[self.replica.edge];
+        let mut backoff =
+            backoff::Backoff::new(self.config.reconnect_min, self.config.reconnect_max);
+        // Sessions the edge asked to drain: they serve what is in flight
+        // (and whatever the leaving replica still routes to them) while
+        // their successor is already up.
+        let mut draining = JoinSet::new();
+        while !self.stop.is_cancelled() {
+            let started = tokio::time::Instant::now();
+            let (session, drain_asked) = self.session();
+            let mut session = Box::pin(session);
+            let result = tokio::select! {
+                result = &mut session => result,
+                Ok(()) = drain_asked => {
+                    draining.spawn(session);
+                    Ok(SessionEnd::Drained)
+                }
+            };
+            while draining.try_join_next().is_some() {}
+            if started.elapsed() >= backoff::HEALTHY_PERIOD {
+                backoff.reset();
+            }
+            let delay = match result {
+                Ok(SessionEnd::Shutdown) => break,
+                Ok(SessionEnd::Drained) => {
+                    backoff.reset();
+                    backoff.next_delay() / 4
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    let (index, edge) = (self.index, &edge.url);
+                    if matches!(e, session::SessionError::Tls(_)) {
+                        warn!(session = index, %edge, error = %e, retry_in = ?delay, "cannot reach the edge securely; check the edge URL and tls settings");
+                    } else if e.is_rejection() {
+                        warn!(session = index, %edge, error = %e, retry_in = ?delay, "edge rejected this sidecar; check token and environment");
+                    } else {
+                        warn!(session = index, %edge, error = %e, retry_in = ?delay, "tunnel down; reconnecting");
+                    }
+                    self.status.send_modify(|s| {
+                        s.last_error = Some(e.to_string());
+                        s.failures += 1;
+                    });
+                    delay
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.stop.cancelled() => break,
+            }
+        }
+        while draining.join_next().await.is_some() {}
+    }
+
+    /// One session's future (counted in `connected` from its welcome to
+    /// its end), and the edge's request that it drain.
+    fn session(
+        &self,
+    ) -> (
+        impl std::future::Future<Output = Result<SessionEnd, session::SessionError>> + Send + 'static,
+        oneshot::Receiver<()>,
+    ) {
+        let (drain_tx, drain_rx) = oneshot::channel();
+        let (index, status) = (self.index, self.status.clone());
+        let address = self.replica.addr;
+        let on_welcome = move |welcome: &tunnel_proto::Welcome| {
+            info!(session = index, id = %welcome.session_id, environment = %welcome.environment, edge = ?address, "tunnel up");
             status.send_modify(|s| {
                 s.connected += 1;
                 s.urls = welcome.urls.clone();
                 s.environment = welcome.environment.clone();
                 s.last_error = None;
             });
-        })
-        .await;
-        if welcomed {
-            status.send_modify(|s| s.connected -= 1);
-        }
-        if started.elapsed() >= backoff::HEALTHY_PERIOD {
-            backoff.reset();
-        }
-        let delay = match result {
-            Ok(SessionEnd::Shutdown) => return,
-            Ok(SessionEnd::Drained) => {
-                backoff.reset();
-                backoff.next_delay() / 4
-            }
-            Err(e) => {
-                let delay = backoff.next_delay();
-                if matches!(e, session::SessionError::Tls(_)) {
-                    warn!(session = index, error = %e, retry_in = ?delay, "cannot reach the edge securely; check the edge URL and tls settings");
-                } else if e.is_rejection() {
-                    warn!(session = index, error = %e, retry_in = ?delay, "edge rejected this sidecar; check token and environment");
-                } else {
-                    warn!(session = index, error = %e, retry_in = ?delay, "tunnel down; reconnecting");
-                }
-                status.send_modify(|s| {
-                    s.last_error = Some(e.to_string());
-                    s.failures += 1;
-                });
-                delay
-            }
         };
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.cancelled() => return,
-        }
+        let (config, totals, stop, status) = (
+            self.config.clone(),
+            self.totals.clone(),
+            self.stop.clone(),
+            self.status.clone(),
+        );
+        let replica = self.replica;
+        let session = async move {
+            let welcomed = std::sync::atomic::AtomicBool::new(false);
+            let result = session::run(
+                &config,
+                replica,
+                &totals,
+                &stop,
+                |welcome| {
+                    welcomed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    on_welcome(welcome)
+                },
+                drain_tx,
+            )
+            .await;
+            if welcomed.into_inner() {
+                status.send_modify(|s| s.connected -= 1);
+            }
+            result
+        };
+        (session, drain_rx)
     }
 }
 
@@ -157,8 +257,8 @@ mod tests {
         let sidecar = Sidecar::new(SidecarConfig {
             // A failure that needs no I/O, so the paused clock moves only
             // by the delays the sidecar sleeps.
-            edge: "not a URL".into(),
-            transport: crate::config::EdgeTransport::Plaintext { warn: false },
+            edges: vec![crate::config::Edge::plaintext("not a URL")],
+            resolve_interval: crate::config::DEFAULT_RESOLVE_INTERVAL,
             token: Secret::new("token"),
             environment: "demo".into(),
             access: String::new(),
@@ -180,8 +280,11 @@ mod tests {
         let mut failures = Vec::new();
         while failures.len() < 7 {
             status.changed().await.expect("the sidecar runs");
-            assert!(status.borrow().last_error.is_some());
-            failures.push(Instant::now());
+            let status = status.borrow();
+            if status.failures > failures.len() as u64 {
+                assert!(status.last_error.is_some());
+                failures.push(Instant::now());
+            }
         }
         for (n, pair) in failures.windows(2).enumerate() {
             let full = (min * 2u32.pow(n as u32)).min(max);

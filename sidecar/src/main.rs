@@ -2,8 +2,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use sidecar::config::{
-    edge_transport, wire_protocol, Allowlist, EdgeTlsOptions, EdgeTransport, Secret, SidecarConfig,
-    Target,
+    edge_transport, wire_protocol, Allowlist, Edge, EdgeTlsOptions, EdgeTransport, Secret,
+    SidecarConfig, Target,
 };
 use sidecar::Sidecar;
 use tokio_util::sync::CancellationToken;
@@ -162,8 +162,11 @@ fn expose_config(
         });
     }
     Ok(SidecarConfig {
-        edge,
-        transport,
+        edges: vec![Edge {
+            url: edge,
+            transport,
+        }],
+        resolve_interval: sidecar::config::DEFAULT_RESOLVE_INTERVAL,
         token: Secret::new(token),
         environment: env.unwrap_or_default(),
         access: String::new(),

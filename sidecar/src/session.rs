@@ -1,13 +1,14 @@
 //! One tunnel session: dial the edge, say Hello, keep data streams open
 //! ahead of time, heartbeat, and end on drain, failure or shutdown.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::Uri;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +25,8 @@ use tunnel_transport::rpc::H2Channel;
 use tunnel_transport::settings::*;
 use tunnel_transport::{keepalive, ConnectionFlow};
 
-use crate::config::{EdgeTransport, SidecarConfig};
+use crate::config::{Edge, EdgeTransport, SidecarConfig};
+use crate::replicas::Replica;
 use crate::stream::{Stats, StreamPool};
 
 /// In-flight streams get this long to finish when the sidecar stops.
@@ -66,14 +68,14 @@ impl SessionError {
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The edge's tunnel URL as a URI.
-pub fn edge_uri(config: &SidecarConfig) -> Result<Uri, SessionError> {
-    config
-        .edge
+pub fn edge_uri(edge: &Edge) -> Result<Uri, SessionError> {
+    edge.url
         .parse()
-        .map_err(|e| SessionError::Rejected(format!("edge URL {:?}: {e}", config.edge)))
+        .map_err(|e| SessionError::Rejected(format!("edge URL {:?}: {e}", edge.url)))
 }
 
-/// Opens the TCP connection to the edge (no Nagle delay: small frames of
+/// Opens the TCP connection to the edge, at `address` (a replica's) or
+/// by its name (no Nagle delay: small frames of
 /// many streams share it; frames batched into few writes by
 /// [`CoalescingIo`]), with TLS unless the edge URL is `http://`, and
 /// speaks HTTP/2 on it with the tunnel's settings. The connection is
@@ -81,6 +83,7 @@ pub fn edge_uri(config: &SidecarConfig) -> Result<Uri, SessionError> {
 /// closes it or every handle to it is gone.
 async fn connect(
     uri: &Uri,
+    address: Option<SocketAddr>,
     transport: &EdgeTransport,
     first_bytes: &Arc<FirstBytes>,
 ) -> Result<h2::client::SendRequest<Bytes>, SessionError> {
@@ -93,12 +96,17 @@ async fn connect(
             80
         });
     let failed = |reason: String| SessionError::Connect {
-        edge: uri.to_string(),
+        edge: match address {
+            Some(address) => format!("{uri} ({address})"),
+            None => uri.to_string(),
+        },
         reason,
     };
-    let stream = TcpStream::connect((host, port))
-        .await
-        .map_err(|e| failed(e.to_string()))?;
+    let stream = match address {
+        Some(address) => TcpStream::connect(address).await,
+        None => TcpStream::connect((host, port)).await,
+    }
+    .map_err(|e| failed(e.to_string()))?;
     stream
         .set_nodelay(true)
         .map_err(|e| failed(e.to_string()))?;
@@ -247,24 +255,29 @@ impl tokio::io::AsyncWrite for Sniffed {
     }
 }
 
-/// Runs one session to its end. `on_welcome` is called once the edge has
-/// accepted us.
+/// Runs one session with `replica` to its end. `on_welcome` is called
+/// once the edge has accepted us, `drain_asked` when the edge asks us to
+/// go: the session goes on serving (the leaving replica's requests in
+/// flight, or routed to it meanwhile) until the edge retires it or closes.
 pub async fn run(
     config: &SidecarConfig,
+    replica: Replica,
     totals: &Arc<Stats>,
     shutdown: &CancellationToken,
     on_welcome: impl FnOnce(&Welcome),
+    drain_asked: oneshot::Sender<()>,
 ) -> Result<SessionEnd, SessionError> {
-    let uri = edge_uri(config)?;
+    let edge = &config.edges[replica.edge];
+    let uri = edge_uri(edge)?;
     let first_bytes = Arc::new(FirstBytes::default());
     let connection = tokio::time::timeout(
         CONNECT_TIMEOUT,
-        connect(&uri, &config.transport, &first_bytes),
+        connect(&uri, replica.addr, &edge.transport, &first_bytes),
     )
     .await
     .unwrap_or_else(|_| {
         Err(SessionError::Connect {
-            edge: config.edge.clone(),
+            edge: edge.url.clone(),
             reason: format!("no answer within {CONNECT_TIMEOUT:?}"),
         })
     })?;
@@ -365,6 +378,7 @@ pub async fn run(
     let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
     let mut last_ack = Instant::now();
     let mut sequence = 0u64;
+    let mut drain_asked = Some(drain_asked);
     let end = loop {
         tokio::select! {
             received = inbound.message() => match received {
@@ -376,12 +390,21 @@ pub async fn run(
                         }
                     }
                     edge_message::Kind::Drain(d) => {
-                        info!(reason = %d.reason, "edge asked us to drain; reconnecting");
+                        if let Some(asked) = drain_asked.take() {
+                            info!(reason = %d.reason, "edge asked us to drain; opening a new session, this one serves what is in flight");
+                            let _ = asked.send(());
+                        }
+                    }
+                    // Retired: the edge will route nothing here again.
+                    edge_message::Kind::Drained(_) => {
+                        info!("drained: the edge has nothing in flight here");
                         break Ok(SessionEnd::Drained);
                     }
-                    edge_message::Kind::Welcome(_) | edge_message::Kind::Drained(_) => {}
+                    edge_message::Kind::Welcome(_) => {}
                 },
                 Ok(Some(_)) => {} // a kind from a newer edge
+                // A leaving edge ends its drained sessions as it exits.
+                Ok(None) | Err(_) if drain_asked.is_none() => break Ok(SessionEnd::Drained),
                 Ok(None) => break Err(SessionError::Lost("the edge closed the session".into())),
                 Err(status) => break Err(SessionError::Lost(status.message().to_string())),
             },

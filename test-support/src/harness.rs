@@ -287,7 +287,7 @@ impl TestSidecarBuilder {
     }
     /// Dial the edge at this address instead (e.g. a [`crate::FaultProxy`]).
     pub fn via(mut self, addr: SocketAddr) -> Self {
-        self.config.edge = format!("http://{addr}");
+        self.config.edges = vec![sidecar::config::Edge::plaintext(format!("http://{addr}"))];
         self
     }
 
@@ -333,8 +333,8 @@ impl TestSidecar {
     pub fn builder(edge: &TestEdge) -> TestSidecarBuilder {
         TestSidecarBuilder {
             config: SidecarConfig {
-                edge: edge.tunnel_url(),
-                transport: sidecar::config::EdgeTransport::Plaintext { warn: false },
+                edges: vec![sidecar::config::Edge::plaintext(edge.tunnel_url())],
+                resolve_interval: sidecar::config::DEFAULT_RESOLVE_INTERVAL,
                 token: Secret::new(DEFAULT_TOKEN),
                 environment: DEFAULT_ENV.into(),
                 access: String::new(),

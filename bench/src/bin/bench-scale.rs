@@ -263,8 +263,11 @@ async fn sidecars(args: SidecarArgs) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let config = SidecarConfig {
-            edge: edge.clone(),
-            transport: transport.clone(),
+            edges: vec![sidecar::config::Edge {
+                url: edge.clone(),
+                transport: transport.clone(),
+            }],
+            resolve_interval: sidecar::config::DEFAULT_RESOLVE_INTERVAL,
             token: Secret::new(&common.token),
             environment: format!("{}{i}", common.env_prefix),
             access: String::new(),

@@ -127,6 +127,19 @@ pub fn duration(
     }
 }
 
+/// [`duration`], where `0s` is allowed and means "not at all".
+pub fn duration_or_zero(
+    value: &Option<String>,
+    path: &str,
+    default: Duration,
+    problems: &mut Vec<String>,
+) -> Duration {
+    match value.as_deref().map(humantime::parse_duration) {
+        Some(Ok(d)) if d.is_zero() => d,
+        _ => duration(value, path, default, problems),
+    }
+}
+
 /// A size as written: a number of bytes, or text with a unit (`64KiB`,
 /// `10MiB`, `1GiB`, `500B`; `KB`, `MB` and `GB` are powers of ten).
 #[derive(Debug, Clone, Deserialize)]
@@ -214,6 +227,11 @@ mod tests {
         duration(&Some("0s".into()), "a.b", Duration::ZERO, &mut problems);
         duration(&Some("soon".into()), "c", Duration::ZERO, &mut problems);
         assert_eq!(problems.len(), 2);
+        let zero = Some("0s".into());
+        let d = duration_or_zero(&zero, "d", Duration::from_secs(5), &mut problems);
+        assert_eq!((d, problems.len()), (Duration::ZERO, 2));
+        duration_or_zero(&Some("-1s".into()), "e", Duration::ZERO, &mut problems);
+        assert_eq!(problems.len(), 3);
         assert!(problems[0].starts_with("a.b: "));
     }
 

@@ -299,4 +299,5 @@ fn the_sidecar_serves_probes_and_metrics() {
     assert!(value(&samples, "sidecar_service_received_bytes_total", &[]) > 0.0);
     assert_eq!(value(&samples, "sidecar_streams_failed_total", &[]), 0.0);
     assert_eq!(value(&samples, "sidecar_draining", &[]), 0.0);
+    assert_eq!(value(&samples, "sidecar_edge_replicas", &[]), 1.0);
 }

@@ -13,6 +13,7 @@ mod limits;
 mod login;
 mod replicas;
 mod requests;
+mod rolling;
 mod routing;
 mod spine;
 mod tls;

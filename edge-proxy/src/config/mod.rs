@@ -49,6 +49,8 @@ pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a request waits for a data stream when a session's pool is empty.
 pub const DEFAULT_OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request waits for its environment's sidecar to reconnect.
+pub const DEFAULT_SESSION_WAIT: Duration = Duration::from_secs(5);
 /// How long the sidecar may take to connect to the target.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the edge waits for the upstream to send (part of) a response.
@@ -335,6 +337,7 @@ pub mod raw {
         pub idle_streams: Option<u32>,
         pub open_stream_timeout: Option<String>,
         pub heartbeat_interval: Option<String>,
+        pub session_wait: Option<String>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -457,6 +460,9 @@ pub struct TunnelSettings {
     pub idle_streams: u32,
     pub open_stream_timeout: Duration,
     pub heartbeat_interval: Duration,
+    /// How long a request whose environment has no tunnel here waits for
+    /// one (a sidecar reconnecting) before it is refused.
+    pub session_wait: Duration,
 }
 
 /// The tunnel listener's certificates (SNI, reloaded like the visitors').
@@ -784,6 +790,12 @@ fn validate(mut raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<Strin
             &raw.tunnel.heartbeat_interval,
             "tunnel.heartbeat_interval",
             DEFAULT_HEARTBEAT_INTERVAL,
+            &mut problems,
+        ),
+        session_wait: yaml_config::duration_or_zero(
+            &raw.tunnel.session_wait,
+            "tunnel.session_wait",
+            DEFAULT_SESSION_WAIT,
             &mut problems,
         ),
     };

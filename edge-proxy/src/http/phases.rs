@@ -220,7 +220,7 @@ impl ProxyHttp for EdgeProxy {
             return Ok(true);
         }
         let host = ctx.host.name().unwrap_or_default(); // an error was answered above
-        match route::resolve(host, session.req_header(), &config, &self.registry) {
+        match route::resolve_waiting(host, session.req_header(), &config, &self.registry).await {
             Ok(target) => {
                 ctx.target = Some(target);
                 if let Some(answer) = policy::preflight(session, ctx) {

@@ -104,6 +104,38 @@ pub async fn tunnel_elsewhere(failure: Failure, shared: &crate::shared::InForce)
     }
 }
 
+/// [`resolve`], waiting up to `tunnel.session_wait` for a tunnel when the
+/// request's environment has none here: its sidecar restarting, or this
+/// replica just started and its sidecars on their way (a rolling restart).
+pub async fn resolve_waiting(
+    host: &str,
+    req: &RequestHeader,
+    config: &EdgeConfig,
+    registry: &TunnelRegistry,
+) -> Result<Target, Failure> {
+    let wait = config.tunnel.session_wait;
+    match resolve(host, req, config, registry) {
+        Err(failure) if failure.environment.is_some() && !wait.is_zero() => {
+            let deadline = tokio::time::Instant::now() + wait;
+            let _counted = registry.wait_for_session();
+            loop {
+                let arrived = registry.session_arrived();
+                tokio::pin!(arrived);
+                arrived.as_mut().enable();
+                match resolve(host, req, config, registry) {
+                    Err(failure) if failure.environment.is_some() => {
+                        if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                            return Err(failure);
+                        }
+                    }
+                    routed => return routed,
+                }
+            }
+        }
+        routed => routed,
+    }
+}
+
 /// Routes a request for `host` (normalized) and `req`'s path: the first
 /// custom-domain rule that matches, else the preview URL the host names; then
 /// a live session that serves the service.

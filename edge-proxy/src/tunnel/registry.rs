@@ -184,10 +184,11 @@ impl Session {
     /// operator's drain): nothing new is routed here, and the sidecar
     /// reconnects at once while the requests in flight finish.
     pub fn drain(&self, reason: &str) {
-        self.set_draining();
+        // Drain before the Drained that retiring an idle session sends.
         self.try_send(edge_message::Kind::Drain(Drain {
             reason: reason.into(),
         }));
+        self.set_draining();
     }
 
     pub fn is_usable(&self) -> bool {
@@ -463,6 +464,10 @@ pub struct TunnelRegistry {
     next: AtomicUsize,
     /// Poked when an environment gains its first session or loses its last.
     held_changed: Arc<Notify>,
+    /// Wakes every request waiting for a session ([`Self::session_arrived`]).
+    arrived: Notify,
+    /// Requests waiting for a session now.
+    waiting: AtomicUsize,
     /// This edge is shutting down: no new sessions.
     leaving: AtomicBool,
 }
@@ -534,6 +539,31 @@ impl TunnelRegistry {
             self.held_changed.notify_one();
         }
         s.by_id.insert(session.id.clone(), session);
+        drop(s);
+        self.arrived.notify_waiters();
+    }
+
+    /// Resolves when a session registers after this was called (and the
+    /// future was first polled or enabled).
+    pub fn session_arrived(&self) -> tokio::sync::futures::Notified<'_> {
+        self.arrived.notified()
+    }
+
+    /// Counts a request waiting for a session until the guard drops.
+    pub fn wait_for_session(&self) -> impl Drop + '_ {
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting(&self.waiting)
+    }
+
+    /// Requests waiting for a session now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     pub fn remove(&self, session: &Arc<Session>) {

@@ -376,7 +376,53 @@ async fn response_header_names_reach_visitors_titled_or_lowercase() {
 
 #[tokio::test]
 async fn known_environment_without_tunnel_is_503() {
-    let edge = TestEdge::builder().start().await;
+    let edge = TestEdge::builder()
+        .set("tunnel", "session_wait: 0s")
+        .start()
+        .await;
+    let (status, code, _) = error_code(
+        client()
+            .get(edge.url("hello", 8080, DEFAULT_ENV, "/"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (503, "TUNNEL_UNAVAILABLE"));
+}
+
+/// A request for an environment whose sidecar is on its way (restarting,
+/// or reconnecting to a replica that just started) waits for it, up to
+/// `tunnel.session_wait`, instead of failing.
+#[tokio::test]
+async fn a_request_waits_for_its_sidecar_to_connect() {
+    let edge = TestEdge::builder()
+        .set("tunnel", "session_wait: 30s")
+        .start()
+        .await;
+    let upstream = TestUpstream::start().await;
+    let request = tokio::spawn(
+        client()
+            .get(edge.url("hello", 8080, DEFAULT_ENV, "/"))
+            .send(),
+    );
+    // The request is waiting inside the edge before the sidecar dials.
+    test_support::wait::until("the request to wait for a tunnel", || {
+        edge.registry.waiting() == 1
+    })
+    .await;
+    let _sidecar = TestSidecar::builder(&edge)
+        .target("hello", 8080, upstream.addr)
+        .start()
+        .await;
+    let resp = request.await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // Not forever: the wait ends in the 503 at its deadline.
+    let edge = TestEdge::builder()
+        .set("tunnel", "session_wait: 200ms")
+        .start()
+        .await;
     let (status, code, _) = error_code(
         client()
             .get(edge.url("hello", 8080, DEFAULT_ENV, "/"))
