@@ -53,6 +53,9 @@ pub struct Counters {
     pub in_flight: AtomicU64,
     /// Streamed bodies (`/bytes`, `/sse`) written to their end.
     pub bodies_finished: AtomicU64,
+    /// Bytes of `/bytes` bodies handed to the connection (what a slow
+    /// reader let through: backpressure bounds it).
+    pub body_bytes: AtomicU64,
     /// Kept-alive connections closed because no request came in time.
     pub idle_closed: AtomicU64,
     /// Notified whenever a counter changes.
@@ -456,6 +459,7 @@ async fn handle(
                 "connections": counters.connections.load(Ordering::SeqCst),
                 "open": counters.open.load(Ordering::SeqCst),
                 "requests": counters.requests.load(Ordering::SeqCst),
+                "body_bytes": counters.body_bytes.load(Ordering::Relaxed),
             });
             full(StatusCode::OK, "application/json", json.to_string())
         }
@@ -472,9 +476,11 @@ fn bytes_response(n: u64, chunked: bool, counters: Arc<Counters>) -> Response<Bo
     }
     tokio::spawn(async move {
         for chunk in pattern::chunks(n) {
+            let len = chunk.len() as u64;
             if tx.send(chunk).await.is_err() {
                 return;
             }
+            counters.body_bytes.fetch_add(len, Ordering::Relaxed);
         }
         counters.bump(&counters.bodies_finished);
     });

@@ -39,6 +39,7 @@ struct Isolation {
     _dir: tempfile::TempDir,
     edge: Proc,
     _upstream: Proc,
+    upstream_addr: String,
     sidecar: Proc,
     second: Proc,
     http: SocketAddr,
@@ -93,6 +94,7 @@ impl Isolation {
             _dir: dir,
             edge,
             _upstream: upstream,
+            upstream_addr,
             sidecar,
             second,
             http: SocketAddr::from(([127, 0, 0, 1], listening.http_port)),
@@ -234,6 +236,12 @@ impl Steady {
 /// 4 KiB receive buffer, and only the first bytes read (so the response
 /// has started).
 fn stalled_http1(addr: SocketAddr) -> TcpStream {
+    stalled_http1_on(addr, BIG)
+}
+
+/// A download of `path` by a visitor with a small receive buffer that has
+/// read the first bytes of the response.
+fn stalled_http1_on(addr: SocketAddr, path: &str) -> TcpStream {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     socket.connect(&addr.into()).unwrap();
@@ -241,7 +249,7 @@ fn stalled_http1(addr: SocketAddr) -> TcpStream {
     c.set_read_timeout(Some(WAIT)).unwrap();
     write!(
         c,
-        "GET {BIG} HTTP/1.1\r\nHost: hello-8080-demo.preview.localhost\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: hello-8080-demo.preview.localhost\r\n\r\n"
     )
     .unwrap();
     let mut first = [0u8; 12];
@@ -308,6 +316,54 @@ fn check_isolation<T>(name: &str, n: u64, who: Stalled, stall: impl FnOnce(&Isol
         );
     }
     drop(held);
+}
+
+/// Backpressure end to end: a visitor reads a 1 GiB download one byte at
+/// a time (every 10 ms; at 1 byte/s the picture is the same, only longer).
+/// The service may produce only what the windows and socket buffers on
+/// the way hold, and neither the edge's nor the sidecar's memory grows
+/// while the visitor reads: each sample stays within what one stalled
+/// connection may hold.
+#[test]
+fn a_visitor_reading_a_gib_a_byte_at_a_time_holds_everyone_to_the_windows() {
+    const GIB: u64 = 1 << 30;
+    const MOST_PRODUCED: u64 = 64 << 20;
+    let stack = Isolation::start();
+    let (edge_before, sidecar_before) = stack.rss();
+    let mut download = stalled_http1_on(stack.http, &format!("/bytes/{GIB}"));
+    let mut samples = Vec::new();
+    for i in 0..300 {
+        let mut byte = [0u8; 1];
+        download.read_exact(&mut byte).unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+        if i % 50 == 49 {
+            samples.push(stack.rss());
+        }
+    }
+    let stats = conformance::curl(&[&format!("http://{}/stats", stack.upstream_addr)]);
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    let produced = stats["body_bytes"].as_u64().unwrap();
+    eprintln!(
+        "1 GiB read a byte at a time: the service produced {} KiB; edge RSS {edge_before} -> {:?} KiB, sidecar {sidecar_before} -> {:?} KiB",
+        produced / 1024,
+        samples.iter().map(|s| s.0).collect::<Vec<_>>(),
+        samples.iter().map(|s| s.1).collect::<Vec<_>>(),
+    );
+    assert!(
+        produced <= MOST_PRODUCED,
+        "the service produced {produced} bytes for a visitor that read 300"
+    );
+    let bound = BOUND_PER_STALLED_KIB + SLACK_KIB;
+    for (edge, sidecar) in samples {
+        for (what, before, now) in [
+            ("edge", edge_before, edge),
+            ("sidecar", sidecar_before, sidecar),
+        ] {
+            let grew = now.saturating_sub(before);
+            assert!(grew <= bound, "{what} grew {grew} KiB (bound {bound} KiB)");
+        }
+    }
+    stack.assert_tunnels_held();
 }
 
 #[test]

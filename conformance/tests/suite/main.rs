@@ -9,6 +9,7 @@ mod drain;
 mod grpc;
 mod header_policy;
 mod isolation;
+mod kills;
 mod limits;
 mod login;
 mod replicas;

@@ -959,3 +959,154 @@ async fn trusted_proxies_keep_their_forwarding_headers_and_request_id() {
         "{seen}"
     );
 }
+
+/// An edge with `settings`, a sample service, and a sidecar whose tunnel
+/// goes through a fault proxy.
+async fn stack_via_fault_proxy(
+    settings: &[(&str, &str)],
+) -> (TestEdge, TestUpstream, TestSidecar, FaultProxy) {
+    let mut builder = TestEdge::builder();
+    for (section, line) in settings {
+        builder = builder.set(section, line);
+    }
+    let edge = builder.start().await;
+    let upstream = TestUpstream::start().await;
+    let proxy = FaultProxy::start(edge.tunnel_addr).await;
+    let sidecar = TestSidecar::builder(&edge)
+        .via(proxy.addr)
+        .target("hello", 8080, upstream.addr)
+        .start()
+        .await;
+    (edge, upstream, sidecar, proxy)
+}
+
+/// A download through a faulty tunnel: everything the visitor receives
+/// before the body ends, and how it ends (an error, never a short body
+/// passed off as whole).
+async fn download_through(url: String) -> (Vec<u8>, Result<(), String>) {
+    let mut resp = client().get(url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) => return (body, Ok(())),
+            Err(e) => return (body, Err(format!("{e:?}"))),
+        }
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))
+}
+
+/// With bandwidth capped and latency added on the tunnel, downloads (with
+/// a length and chunked) and an upload arrive whole: their checksums match.
+#[tokio::test]
+async fn transfers_over_a_capped_slow_link_arrive_intact() {
+    let (edge, _upstream, _sidecar, proxy) = stack_via_fault_proxy(&[]).await;
+    proxy.set_latency(Duration::from_millis(10));
+    proxy.set_bandwidth(4 << 20);
+    let n = 6 << 20;
+    for query in ["", "?chunked"] {
+        let url = edge.url("hello", 8080, DEFAULT_ENV, &format!("/bytes/{n}{query}"));
+        let (body, end) = download_through(url).await;
+        assert_eq!(end, Ok(()), "/bytes{query}");
+        assert_eq!(sha256_hex(&body), pattern::sha256(n), "/bytes{query}");
+    }
+    let upload: Vec<u8> = pattern::chunks(n).flat_map(|c| c.to_vec()).collect();
+    let resp = client()
+        .post(edge.url("hello", 8080, DEFAULT_ENV, "/sha256"))
+        .body(upload)
+        .send()
+        .await
+        .unwrap();
+    let seen: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(seen["sha256"], pattern::sha256(n));
+    assert_eq!(seen["bytes"], n);
+}
+
+/// The tunnel reset under a download: the visitor's transfer ends in an
+/// error (with a length, and chunked, where a clean end would pass a
+/// short body off as whole), the sidecar reconnects, and the next
+/// download is intact.
+#[tokio::test]
+async fn a_download_cut_by_a_tunnel_reset_fails_visibly_and_the_next_is_whole() {
+    let (edge, _upstream, _sidecar, proxy) = stack_via_fault_proxy(&[]).await;
+    let n: u64 = 256 << 20;
+    for query in ["", "?chunked"] {
+        proxy.set_bandwidth(8 << 20);
+        let url = edge.url("hello", 8080, DEFAULT_ENV, &format!("/bytes/{n}{query}"));
+        let mut resp = client().get(url).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut got = resp.chunk().await.unwrap().map_or(0, |c| c.len() as u64);
+        let first = edge.registry.all()[0].id.clone();
+        proxy.reset_all();
+        let end = loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => got += chunk.len() as u64,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        assert!(
+            got < n,
+            "/bytes{query}: all {n} bytes came through a reset tunnel"
+        );
+        assert!(
+            end.is_err(),
+            "/bytes{query}: {got} of {n} bytes, ended as if whole"
+        );
+        proxy.set_bandwidth(0);
+        served_again_without(&edge, &first).await;
+    }
+    let (body, end) =
+        download_through(edge.url("hello", 8080, DEFAULT_ENV, "/bytes/1000000")).await;
+    assert_eq!(end, Ok(()));
+    assert_eq!(sha256_hex(&body), pattern::sha256(1_000_000));
+}
+
+/// A tunnel that stalls under a download and comes back before any
+/// timeout: the download resumes and is intact. One that stays stalled
+/// ends the download in an error at the edge's read timeout, not a hang.
+#[tokio::test]
+async fn a_download_survives_a_short_stall_and_fails_at_the_timeout_on_a_long_one() {
+    let (edge, upstream, _sidecar, proxy) =
+        stack_via_fault_proxy(&[("upstream", "read_timeout: 1s")]).await;
+    let n: u64 = 64 << 20;
+    proxy.set_bandwidth(16 << 20);
+    let url = edge.url("hello", 8080, DEFAULT_ENV, &format!("/bytes/{n}"));
+    let download = tokio::spawn(download_through(url.clone()));
+    test_support::wait::until("the download to start", || {
+        upstream.counters.body_bytes.load(Ordering::Relaxed) > 0
+    })
+    .await;
+    proxy.stall();
+    // The fault's length, half the read timeout: not a wait for an event.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.resume();
+    let (body, end) = download.await.unwrap();
+    assert_eq!(end, Ok(()));
+    assert_eq!(sha256_hex(&body), pattern::sha256(n));
+
+    let mut resp = client().get(url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut got = resp.chunk().await.unwrap().map_or(0, |c| c.len());
+    proxy.stall();
+    let stalled = Instant::now();
+    let end = loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => got += chunk.len(),
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    let ended = stalled.elapsed();
+    proxy.resume();
+    assert!(end.is_err(), "{got} of {n} bytes, ended as if whole");
+    // The read timeout (1 s), or the heartbeats' 3 × 5 s at the latest.
+    assert!(
+        ended < Duration::from_secs(16),
+        "ended {ended:?} after the stall"
+    );
+}
