@@ -118,6 +118,12 @@ fn a_preview_needs_a_valid_token_and_the_service_learns_who() {
         seen.get("authorization").is_none(),
         "the token stays at the edge: {seen}"
     );
+    // The request's log line names who it was (the subject), never the token.
+    let logged = stack
+        .edge
+        .wait_line("subject=\"u-42\"", std::time::Duration::from_secs(10));
+    assert!(logged.contains("status=200"), "{logged}");
+    assert!(!stack.edge.output().contains(&good));
 
     // RS256 from the same issuer works too; the token is only read from
     // the Authorization header.

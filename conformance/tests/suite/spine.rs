@@ -695,6 +695,14 @@ fn json_logs_are_one_object_per_line() {
     assert_eq!(event["fields"]["request_id"], id, "{event}");
     assert_eq!(event["fields"]["status"], 200, "{event}");
     assert_eq!(event["fields"]["outcome"], "OK", "{event}");
+    assert_eq!(event["fields"]["route"], "hello-8080", "{event}");
+    assert_eq!(event["fields"]["environment"], conformance::ENV, "{event}");
+    let body = "Hello from the sample service, through the tunnel.\n";
+    assert_eq!(event["fields"]["bytes_out"], body.len(), "{event}");
+    assert!(event["fields"]["upstream_us"].as_u64().is_some(), "{event}");
+    assert!(event["fields"]["duration_us"].as_u64().is_some(), "{event}");
+    // Anonymous here: no subject (auth.rs checks it for a signed-in one).
+    assert!(event["fields"].get("subject").is_none(), "{event}");
     let log = stack.edge.output();
     for line in log
         .lines()

@@ -491,6 +491,10 @@ impl ProxyHttp for EdgeProxy {
             self.failures.count(failure.kind);
         }
         let duration = ctx.started.elapsed();
+        let (bytes_in, bytes_out) = (
+            session.body_bytes_read() as u64,
+            session.body_bytes_sent() as u64,
+        );
         let route_key = ctx.target.as_ref().map_or(0, |t| t.route_key);
         self.metrics.finished(
             route_key,
@@ -509,8 +513,8 @@ impl ProxyHttp for EdgeProxy {
                 hop: ctx.failure.as_ref().map_or("", |f| f.hop.as_str()),
                 duration,
                 upstream: ctx.upstream_answered,
-                bytes_in: session.body_bytes_read() as u64,
-                bytes_out: session.body_bytes_sent() as u64,
+                bytes_in,
+                bytes_out,
             },
         );
         let req = session.req_header();
@@ -522,11 +526,17 @@ impl ProxyHttp for EdgeProxy {
             http = ?ctx.version,
             sni = ctx.sni(),
             path = req.uri.path(),
+            route = ctx.target.as_ref().map(|t| tracing::field::display(t.route_display())),
+            environment = ctx.target.as_ref().map(|t| t.service.environment.as_str()),
+            subject = ctx.identity.as_ref().map(|i| i.subject.as_str()),
             status,
             outcome = ctx.failure.as_ref().map(|f| f.kind.code()).unwrap_or("OK"),
             hop = ctx.failure.as_ref().map(|f| f.hop.as_str()),
             error = e.map(|e| e.to_string()),
             session = ctx.target.as_ref().map(|t| t.session.id.as_str()),
+            bytes_in,
+            bytes_out,
+            upstream_us = ctx.upstream_answered.map(|d| d.as_micros() as u64),
             duration_us = duration.as_micros() as u64,
             "request"
         );

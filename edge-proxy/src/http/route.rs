@@ -57,6 +57,21 @@ pub struct Target {
 }
 
 impl Target {
+    /// [`Self::route_label`] for a log line, written without a copy.
+    pub fn route_display(&self) -> impl std::fmt::Display + '_ {
+        struct Label<'a>(&'a Target);
+        impl std::fmt::Display for Label<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                match (&self.0.route_name, &self.0.route_id) {
+                    (Some(name), _) => f.write_str(name),
+                    (None, Some(id)) => f.write_str(id),
+                    (None, None) => write!(f, "{}-{}", self.0.service.service, self.0.service.port),
+                }
+            }
+        }
+        Label(self)
+    }
+
     /// The route as metrics name it: its rule's name, else its host and
     /// path; a preview URL's `service-port`.
     pub fn route_label(&self) -> std::borrow::Cow<'_, str> {
