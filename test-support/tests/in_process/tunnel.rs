@@ -374,10 +374,11 @@ async fn response_header_names_reach_visitors_titled_or_lowercase() {
     assert!(resp.ends_with("\r\n\r\nok"), "{resp}");
 }
 
-#[tokio::test]
-async fn known_environment_without_tunnel_is_503() {
+/// An edge with `tunnel.session_wait: wait` and no sidecar answers 503
+/// for the default environment.
+async fn assert_unavailable_with_wait(wait: &str) {
     let edge = TestEdge::builder()
-        .set("tunnel", "session_wait: 0s")
+        .set("tunnel", &format!("session_wait: {wait}"))
         .start()
         .await;
     let (status, code, _) = error_code(
@@ -389,6 +390,11 @@ async fn known_environment_without_tunnel_is_503() {
     )
     .await;
     assert_eq!((status, code.as_str()), (503, "TUNNEL_UNAVAILABLE"));
+}
+
+#[tokio::test]
+async fn known_environment_without_tunnel_is_503() {
+    assert_unavailable_with_wait("0s").await;
 }
 
 /// A request for an environment whose sidecar is on its way (restarting,
@@ -419,19 +425,7 @@ async fn a_request_waits_for_its_sidecar_to_connect() {
     assert_eq!(resp.status(), 200);
 
     // Not forever: the wait ends in the 503 at its deadline.
-    let edge = TestEdge::builder()
-        .set("tunnel", "session_wait: 200ms")
-        .start()
-        .await;
-    let (status, code, _) = error_code(
-        client()
-            .get(edge.url("hello", 8080, DEFAULT_ENV, "/"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!((status, code.as_str()), (503, "TUNNEL_UNAVAILABLE"));
+    assert_unavailable_with_wait("200ms").await;
 }
 
 #[tokio::test]
