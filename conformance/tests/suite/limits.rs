@@ -475,9 +475,16 @@ async fn websockets_per_tunnel_are_capped() {
     // Once the edge has logged the first one's end, its permit is gone.
     first.close(None).await.unwrap();
     while first.next().await.is_some() {}
-    stack
-        .edge
-        .wait_line("path=\"/ws\" status=101", Duration::from_secs(10));
+    stack.edge.wait_output(
+        "the WebSocket's request line",
+        Duration::from_secs(10),
+        |lines| {
+            lines
+                .iter()
+                .find(|l| l.contains("path=\"/ws\"") && l.contains(" status=101 "))
+                .cloned()
+        },
+    );
     connect()
         .await
         .expect("room after the first WebSocket closed");
