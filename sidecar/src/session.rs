@@ -455,7 +455,9 @@ async fn wait_drained(inbound: &mut tonic::Streaming<EdgeMessage>, stats: &Stats
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => edge_open = false,
             },
-            _ = check.tick() => {
+            // The edge's word first: it knows what it routed here. Only
+            // once it is gone is nothing active the sign.
+            _ = check.tick(), if !edge_open => {
                 let active = stats.active.load(std::sync::atomic::Ordering::Relaxed);
                 if active == 0 {
                     return;
