@@ -199,39 +199,27 @@ impl Keeper {
         oneshot::Receiver<()>,
     ) {
         let (drain_tx, drain_rx) = oneshot::channel();
-        let (index, status) = (self.index, self.status.clone());
-        let address = self.replica.addr;
-        let on_welcome = move |welcome: &tunnel_proto::Welcome| {
-            info!(session = index, id = %welcome.session_id, environment = %welcome.environment, edge = ?address, "tunnel up");
-            status.send_modify(|s| {
-                s.connected += 1;
-                s.urls = welcome.urls.clone();
-                s.environment = welcome.environment.clone();
-                s.last_error = None;
-            });
-        };
+        let (index, replica) = (self.index, self.replica);
         let (config, totals, stop, status) = (
             self.config.clone(),
             self.totals.clone(),
             self.stop.clone(),
             self.status.clone(),
         );
-        let replica = self.replica;
         let session = async move {
-            let welcomed = std::sync::atomic::AtomicBool::new(false);
-            let result = session::run(
-                &config,
-                replica,
-                &totals,
-                &stop,
-                |welcome| {
-                    welcomed.store(true, std::sync::atomic::Ordering::Relaxed);
-                    on_welcome(welcome)
-                },
-                drain_tx,
-            )
-            .await;
-            if welcomed.into_inner() {
+            let mut welcomed = false;
+            let on_welcome = |welcome: &tunnel_proto::Welcome| {
+                welcomed = true;
+                info!(session = index, id = %welcome.session_id, environment = %welcome.environment, edge = ?replica.addr, "tunnel up");
+                status.send_modify(|s| {
+                    s.connected += 1;
+                    s.urls = welcome.urls.clone();
+                    s.environment = welcome.environment.clone();
+                    s.last_error = None;
+                });
+            };
+            let result = session::run(&config, replica, &totals, &stop, on_welcome, drain_tx).await;
+            if welcomed {
                 status.send_modify(|s| s.connected -= 1);
             }
             result

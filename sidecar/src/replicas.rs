@@ -20,11 +20,10 @@ pub struct Replica {
     pub addr: Option<SocketAddr>,
 }
 
-/// The host and port of an edge URL (`None` if it is not one: the
-/// session says why).
-fn host_port(url: &str) -> Option<(String, u16)> {
-    let uri: http::Uri = url.parse().ok()?;
-    let host = uri.host()?.trim_matches(['[', ']']).to_string();
+/// The host (without IPv6 brackets) and port of an edge URL, the port
+/// defaulting by scheme; `None` without a host.
+pub fn host_port(uri: &http::Uri) -> Option<(&str, u16)> {
+    let host = uri.host()?.trim_matches(['[', ']']);
     let port = uri
         .port_u16()
         .unwrap_or(if uri.scheme_str() == Some("https") {
@@ -39,10 +38,12 @@ fn host_port(url: &str) -> Option<(String, u16)> {
 pub async fn resolve(edges: &[Edge], previous: &HashSet<Replica>) -> Vec<Replica> {
     let mut replicas = Vec::new();
     for (edge, e) in edges.iter().enumerate() {
-        let looked_up = match host_port(&e.url) {
+        // Not a URL with a host: the session says why.
+        let uri: Option<http::Uri> = e.url.parse().ok();
+        let looked_up = match uri.as_ref().and_then(host_port) {
             Some((host, port)) => match host.parse::<IpAddr>() {
                 Ok(ip) => Ok(vec![SocketAddr::new(ip, port)]),
-                Err(_) => tokio::net::lookup_host((host.as_str(), port))
+                Err(_) => tokio::net::lookup_host((host, port))
                     .await
                     .map(|addrs| addrs.collect()),
             },

@@ -87,14 +87,8 @@ async fn connect(
     transport: &EdgeTransport,
     first_bytes: &Arc<FirstBytes>,
 ) -> Result<h2::client::SendRequest<Bytes>, SessionError> {
-    let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
-    let port = uri
-        .port_u16()
-        .unwrap_or(if uri.scheme_str() == Some("https") {
-            443
-        } else {
-            80
-        });
+    // The config checked that the URL has a host.
+    let (host, port) = crate::replicas::host_port(uri).unwrap_or_default();
     let failed = |reason: String| SessionError::Connect {
         edge: match address {
             Some(address) => format!("{uri} ({address})"),
