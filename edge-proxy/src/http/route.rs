@@ -57,29 +57,32 @@ pub struct Target {
 }
 
 impl Target {
-    /// [`Self::route_label`] for a log line, written without a copy.
+    /// The route as metrics and logs name it: its rule's name, else its
+    /// host and path; a preview URL's `service-port` (written, not copied).
     pub fn route_display(&self) -> impl std::fmt::Display + '_ {
         struct Label<'a>(&'a Target);
         impl std::fmt::Display for Label<'_> {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                match (&self.0.route_name, &self.0.route_id) {
-                    (Some(name), _) => f.write_str(name),
-                    (None, Some(id)) => f.write_str(id),
-                    (None, None) => write!(f, "{}-{}", self.0.service.service, self.0.service.port),
+                match self.0.rule_label() {
+                    Some(label) => f.write_str(label),
+                    None => write!(f, "{}-{}", self.0.service.service, self.0.service.port),
                 }
             }
         }
         Label(self)
     }
 
-    /// The route as metrics name it: its rule's name, else its host and
-    /// path; a preview URL's `service-port`.
+    /// [`Self::route_display`] as text, borrowed for a rule's route.
     pub fn route_label(&self) -> std::borrow::Cow<'_, str> {
-        match (&self.route_name, &self.route_id) {
-            (Some(name), _) => name.as_ref().into(),
-            (None, Some(id)) => id.as_ref().into(),
-            (None, None) => format!("{}-{}", self.service.service, self.service.port).into(),
+        match self.rule_label() {
+            Some(label) => label.into(),
+            None => self.route_display().to_string().into(),
         }
+    }
+
+    /// A rule's name, else its host and path; `None` for a preview URL.
+    fn rule_label(&self) -> Option<&str> {
+        self.route_name.as_deref().or(self.route_id.as_deref())
     }
 
     /// Key of the upstream connection pool: connections are shared by
