@@ -760,3 +760,92 @@ pub fn nginx(dir: &Path, http: &str) -> (Proc, u16) {
     });
     (nginx, port)
 }
+
+/// A response: status, headers (lowercase names), body.
+pub type Response = (u16, Vec<(String, String)>, String);
+
+/// One visitor's keep-alive HTTP/1.1 connection.
+pub struct Conn {
+    /// The connection, for a test that writes or reads by hand.
+    pub reader: BufReader<std::net::TcpStream>,
+}
+
+impl Conn {
+    /// To the stack's edge.
+    pub fn open(stack: &Stack) -> Self {
+        Self::to(("127.0.0.1", stack.http_port))
+    }
+
+    pub fn to(addr: impl std::net::ToSocketAddrs) -> Self {
+        let stream = std::net::TcpStream::connect(addr).unwrap();
+        // One write per request, sent at once.
+        stream.set_nodelay(true).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        Self {
+            reader: BufReader::new(stream),
+        }
+    }
+
+    pub fn get(&mut self, host: &str, path: &str, headers: &str) -> Response {
+        self.try_get(host, path, headers).unwrap()
+    }
+
+    /// [`Conn::get`], for a test that counts failures (a connection
+    /// closed or reset) rather than stops at the first.
+    pub fn try_get(&mut self, host: &str, path: &str, headers: &str) -> std::io::Result<Response> {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n");
+        self.reader.get_mut().write_all(request.as_bytes())?;
+        read_response(&mut self.reader)
+    }
+
+    /// `n` requests on this one connection (a limit's refusal keeps it
+    /// open: a client held back does not pay for a new connection too);
+    /// the statuses in order, and the last response.
+    pub fn get_n(&mut self, n: usize, host: &str, path: &str) -> (Vec<u16>, Response) {
+        let mut statuses = Vec::new();
+        let mut last = None;
+        for _ in 0..n {
+            let response = self.get(host, path, "");
+            assert_ne!(
+                header(&response.1, "connection"),
+                Some("close"),
+                "{response:?}"
+            );
+            statuses.push(response.0);
+            last = Some(response);
+        }
+        (statuses, last.unwrap())
+    }
+}
+
+/// Reads one HTTP/1.1 response with a `Content-Length` body (none: empty);
+/// status 0 when no status line came.
+pub fn read_response(reader: &mut BufReader<std::net::TcpStream>) -> std::io::Result<Response> {
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let status = line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line)?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((n, v)) = l.split_once(':') {
+            headers.push((n.to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    let length: usize = header(&headers, "content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; length];
+    std::io::Read::read_exact(reader, &mut body)?;
+    Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
+}

@@ -9,89 +9,10 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use conformance::{check_config, edge_yaml, exchange, header, Stack};
+use conformance::{check_config, edge_yaml, exchange, header, read_response, Conn, Stack};
 use serde_json::Value;
 
 const HOST: &str = "hello-8080-demo.preview.localhost";
-
-/// One visitor's keep-alive HTTP/1.1 connection to the edge.
-struct Conn {
-    reader: BufReader<TcpStream>,
-}
-
-/// A response: status, headers (lowercase names), body.
-type Response = (u16, Vec<(String, String)>, String);
-
-impl Conn {
-    fn open(stack: &Stack) -> Self {
-        Self::to(("127.0.0.1", stack.http_port))
-    }
-
-    fn to(addr: impl std::net::ToSocketAddrs) -> Self {
-        let stream = TcpStream::connect(addr).unwrap();
-        // One write per request, sent at once.
-        stream.set_nodelay(true).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        Self {
-            reader: BufReader::new(stream),
-        }
-    }
-
-    fn get(&mut self, host: &str, path: &str, headers: &str) -> Response {
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n");
-        self.reader.get_mut().write_all(request.as_bytes()).unwrap();
-        read_response(&mut self.reader)
-    }
-
-    /// `n` requests on this one connection (a limit's refusal keeps it
-    /// open: a client held back does not pay for a new connection too);
-    /// the statuses in order, and the last response.
-    fn get_n(&mut self, n: usize, host: &str, path: &str) -> (Vec<u16>, Response) {
-        let mut statuses = Vec::new();
-        let mut last = None;
-        for _ in 0..n {
-            let response = self.get(host, path, "");
-            assert_ne!(
-                header(&response.1, "connection"),
-                Some("close"),
-                "{response:?}"
-            );
-            statuses.push(response.0);
-            last = Some(response);
-        }
-        (statuses, last.unwrap())
-    }
-}
-
-fn read_response(reader: &mut BufReader<TcpStream>) -> Response {
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    let status = line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        reader.read_line(&mut line).unwrap();
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        if let Some((n, v)) = l.split_once(':') {
-            headers.push((n.to_ascii_lowercase(), v.trim().to_string()));
-        }
-    }
-    let length: usize = header(&headers, "content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).unwrap();
-    (status, headers, String::from_utf8_lossy(&body).into_owned())
-}
 
 fn json(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|_| panic!("JSON: {body}"))
@@ -501,7 +422,7 @@ fn behind_a_load_balancer_the_client_address_comes_from_the_proxy_protocol() {
         c.write_all(header).unwrap();
         c.write_all(format!("GET /headers HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
             .unwrap();
-        read_response(&mut BufReader::new(c))
+        read_response(&mut BufReader::new(c)).unwrap()
     };
     // v1: the service is told the client's address, and each client has
     // its own count.
