@@ -105,8 +105,13 @@ fn client(port: u16, host: String, tally: Arc<Tally>) {
         }
         let path = if i % 2 == 0 { "/" } else { "/slow?ms=30" };
         let failure = match conn.try_get(&host, path, "") {
-            Ok((200, _, _)) => {
+            Ok((200, headers, _)) => {
                 tally.ok.fetch_add(1, Ordering::SeqCst);
+                // nginx ends a client's connection after
+                // `keepalive_requests` (1,000), saying so.
+                if conformance::header(&headers, "connection") == Some("close") {
+                    conn = Conn::to(("127.0.0.1", port));
+                }
                 continue;
             }
             Ok((status, _, body)) => format!("{path}: {status} {body}"),
