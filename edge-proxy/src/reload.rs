@@ -126,8 +126,11 @@ impl Reloader {
         for warning in &new.warnings {
             warn!("{warning}");
         }
+        self.registry.replicas().configure(&new.tunnel);
         if old.redis != new.redis {
-            // Counts start afresh in the new Redis (or in memory).
+            // Counts start afresh in the new Redis (or in memory), and the
+            // replicas are learned from it.
+            self.registry.replicas().learned(Vec::new());
             self.shared
                 .store(shared::for_settings(new.redis.as_ref(), &self.local));
         }

@@ -98,7 +98,17 @@ impl Edge {
                 Arc::new(move || registry.environments())
             },
             environments_changed: registry.environments_changed(),
+            advertise: {
+                let registry = registry.clone();
+                Arc::new(move || registry.replicas().advertise())
+            },
+            advertise_changed: registry.replicas().advertise_changed(),
+            learned: {
+                let registry = registry.clone();
+                Arc::new(move |urls| registry.replicas().learned(urls))
+            },
         };
+        registry.replicas().configure(&config.tunnel);
         Self {
             config: Arc::new(ArcSwap::from_pointee(config)),
             registry,
@@ -278,6 +288,9 @@ impl Edge {
         info!("shutting down: draining tunnels and in-flight requests");
         let _ = stop_http_tx.send(true);
         self.registry.leave().await;
+        if let Some(shared) = self.shared.load_full() {
+            shared.leave().await;
+        }
         // Wait for requests in progress (upgraded connections included), not
         // for idle keep-alive connections: Pingora does not watch for
         // shutdown while one waits for its next request. Those close when we

@@ -23,6 +23,7 @@ pub const CAPABILITIES: &[&str] = &[
     "half-close",
     "want-streams",
     "stream-credit",
+    "replicas",
 ];
 
 /// Payload bytes each side of a data stream may send before the other side

@@ -49,6 +49,8 @@ mod raw {
         pub edge: Edges,
         /// How often the edge's host names are looked up again.
         pub resolve_interval: Option<String>,
+        /// Keep sessions with the replicas the edge tells of too.
+        pub learn_replicas: Option<bool>,
         pub token: Option<String>,
         pub token_file: Option<String>,
         /// Name of an environment variable holding the token.
@@ -120,6 +122,8 @@ pub struct SidecarConfig {
     pub edges: Vec<Edge>,
     /// How often host names in `edges` are looked up again.
     pub resolve_interval: Duration,
+    /// How to dial the replicas the edge tells of; `None`: only `edges`.
+    pub learn_replicas: Option<Learn>,
     pub token: Secret,
     /// Empty: the environment the token allows.
     pub environment: String,
@@ -135,6 +139,36 @@ pub struct SidecarConfig {
     pub targets: Allowlist,
     /// `admin`: where `/healthz`, `/readyz` and `/metrics` are served.
     pub admin: Option<std::net::SocketAddr>,
+}
+
+/// `learn_replicas: true`: replicas the edge tells of are dialed with the
+/// same `tls` section (each URL's own host is the name checked) and
+/// `insecure_plaintext` as the configured ones.
+#[derive(Debug, Clone, Default)]
+pub struct Learn {
+    pub tls: EdgeTlsOptions,
+    pub insecure_plaintext: bool,
+}
+
+impl Learn {
+    /// A URL the edge at `by` told of, as an edge to dial: checked as the
+    /// configured ones are, and with `by`'s scheme, so a TLS edge cannot
+    /// steer the token onto plaintext.
+    pub fn edge(&self, url: &str, by: &Edge) -> Result<Edge, String> {
+        let scheme = |u: &str| u.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        if scheme(url) != scheme(&by.url) {
+            return Err(format!(
+                "{url:?} is not {}",
+                by.url.split("://").next().unwrap_or("")
+            ));
+        }
+        let transport = edge_transport(url, self.tls.clone(), self.insecure_plaintext)
+            .map_err(|problems| problems.join("; "))?;
+        Ok(Edge {
+            url: url.to_string(),
+            transport,
+        })
+    }
 }
 
 /// An edge URL and how to speak to it.
@@ -258,6 +292,10 @@ fn validate(raw: raw::SidecarFile, base: &Path) -> Result<SidecarConfig, Vec<Str
         *file = base.join(&*file).to_string_lossy().into_owned();
     }
     let edges = validate_edges(raw.edge, &tls, raw.insecure_plaintext, &mut problems);
+    let learn_replicas = raw.learn_replicas.unwrap_or(true).then(|| Learn {
+        tls: tls.clone(),
+        insecure_plaintext: raw.insecure_plaintext,
+    });
     let token = match (raw.token, raw.token_file, raw.token_env) {
         (Some(t), None, None) => Some(t),
         (None, Some(f), None) => match std::fs::read_to_string(base.join(&f)) {
@@ -385,6 +423,7 @@ fn validate(raw: raw::SidecarFile, base: &Path) -> Result<SidecarConfig, Vec<Str
     Ok(SidecarConfig {
         edges,
         resolve_interval,
+        learn_replicas,
         token: Secret::new(token.expect("checked")),
         environment: raw.environment.unwrap_or_default(),
         access: raw.access.unwrap_or_default(),

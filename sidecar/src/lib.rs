@@ -20,7 +20,7 @@ pub mod session;
 pub mod stream;
 pub mod tls;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio::sync::{oneshot, watch};
@@ -28,6 +28,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use config::Edge;
 pub use config::SidecarConfig;
 use replicas::Replica;
 use session::SessionEnd;
@@ -54,6 +55,16 @@ pub struct Sidecar {
     status: watch::Sender<Status>,
     /// Every session's stream counters added up, for metrics.
     totals: Arc<Stats>,
+    /// The replicas an edge told of last.
+    told: watch::Sender<Told>,
+}
+
+/// Replica URLs an edge told of, and the known edge whose session heard
+/// them (its scheme is theirs).
+#[derive(Debug, Clone, Default)]
+struct Told {
+    by: usize,
+    urls: Vec<String>,
 }
 
 impl Sidecar {
@@ -62,6 +73,7 @@ impl Sidecar {
             config: Arc::new(config),
             status: watch::Sender::new(Status::default()),
             totals: Arc::default(),
+            told: watch::Sender::default(),
         }
     }
 
@@ -76,18 +88,23 @@ impl Sidecar {
 
     /// Runs until `shutdown` is cancelled, then drains: `connections`
     /// sessions with every replica of the edge, the replicas looked up
-    /// again every `resolve_interval`. A replica that is no longer found
-    /// has its sessions drained, as on shutdown.
+    /// again every `resolve_interval` and whenever the edge tells of a
+    /// change. A replica that is no longer found has its sessions drained,
+    /// as on shutdown.
     pub async fn run(&self, shutdown: CancellationToken) {
         let mut sessions = JoinSet::new();
         let mut kept: HashMap<Replica, CancellationToken> = HashMap::new();
+        let mut known = Known::new(&self.config);
+        let mut told = self.told.subscribe();
         loop {
+            let active = known.active(&told.borrow_and_update());
             let previous = kept.keys().copied().collect();
-            let now = replicas::resolve(&self.config.edges, &previous).await;
+            let edges: Vec<_> = active.iter().map(|&i| (i, &*known.edges[i])).collect();
+            let now = known.distinct(replicas::resolve(&edges, &previous).await);
             kept.retain(|replica, stop| {
                 let stays = now.contains(replica);
                 if !stays {
-                    info!(edge = %self.config.edges[replica.edge].url, address = ?replica.addr, "edge replica no longer resolves; draining its sessions");
+                    info!(edge = %known.edges[replica.edge].url, address = ?replica.addr, "edge replica gone (no longer resolves or told of); draining its sessions");
                     stop.cancel();
                 }
                 stays
@@ -101,9 +118,11 @@ impl Sidecar {
                     let keeper = Keeper {
                         index,
                         replica,
+                        edge: known.edges[replica.edge].clone(),
                         config: self.config.clone(),
                         status: self.status.clone(),
                         totals: self.totals.clone(),
+                        told: self.told.clone(),
                         stop: stop.clone(),
                     };
                     sessions.spawn(keeper.run());
@@ -118,6 +137,7 @@ impl Sidecar {
             while sessions.try_join_next().is_some() {}
             tokio::select! {
                 _ = tokio::time::sleep(self.config.resolve_interval) => {}
+                Ok(()) = told.changed() => {}
                 _ = shutdown.cancelled() => break,
             }
         }
@@ -125,19 +145,86 @@ impl Sidecar {
     }
 }
 
+/// The edges this sidecar knows: the configured ones, then each URL an
+/// edge told of, never removed (a replica's index stays its own).
+struct Known {
+    edges: Vec<Arc<Edge>>,
+    configured: usize,
+    learn: Option<config::Learn>,
+    /// Told URLs refused (said once).
+    refused: HashSet<String>,
+}
+
+impl Known {
+    fn new(config: &SidecarConfig) -> Self {
+        Self {
+            edges: config.edges.iter().cloned().map(Arc::new).collect(),
+            configured: config.edges.len(),
+            learn: config.learn_replicas.clone(),
+            refused: HashSet::new(),
+        }
+    }
+
+    /// The edges to keep sessions with: the configured ones and, with
+    /// `learn_replicas`, those told of last.
+    fn active(&mut self, told: &Told) -> Vec<usize> {
+        let mut active: Vec<usize> = (0..self.configured).collect();
+        let Some(learn) = &self.learn else {
+            return active;
+        };
+        for url in &told.urls {
+            let index = match self.edges.iter().position(|e| e.url == *url) {
+                Some(i) => i,
+                None if self.refused.contains(url) => continue,
+                None => match learn.edge(url, &self.edges[told.by]) {
+                    Ok(edge) => {
+                        info!(edge = %url, told_by = %self.edges[told.by].url, "the edge told of a replica");
+                        self.edges.push(Arc::new(edge));
+                        self.edges.len() - 1
+                    }
+                    Err(reason) => {
+                        warn!(edge = %url, told_by = %self.edges[told.by].url, %reason, "not dialing a replica the edge told of");
+                        self.refused.insert(url.clone());
+                        continue;
+                    }
+                },
+            };
+            if !active.contains(&index) {
+                active.push(index);
+            }
+        }
+        active
+    }
+
+    /// Drops told replicas at an address a configured edge reaches already
+    /// (the same replica by another name).
+    fn distinct(&self, mut found: Vec<Replica>) -> Vec<Replica> {
+        let configured: HashSet<_> = (found.iter())
+            .filter(|r| r.edge < self.configured)
+            .filter_map(|r| r.addr)
+            .collect();
+        found.retain(|r| {
+            r.edge < self.configured || r.addr.is_none_or(|a| !configured.contains(&a))
+        });
+        found
+    }
+}
+
 /// Keeps one session up with one replica, reconnecting with backoff.
 struct Keeper {
     index: u32,
     replica: Replica,
+    edge: Arc<Edge>,
     config: Arc<SidecarConfig>,
     status: watch::Sender<Status>,
     totals: Arc<Stats>,
+    told: watch::Sender<Told>,
     stop: CancellationToken,
 }
 
 impl Keeper {
     async fn run(self) {
-        let edge = &self.config.edges[self.replica.edge];
+        let edge = &self.edge;
         let mut backoff =
             backoff::Backoff::new(self.config.reconnect_min, self.config.reconnect_max);
         // Sessions the edge asked to drain: they serve what is in flight
@@ -199,12 +286,13 @@ impl Keeper {
         oneshot::Receiver<()>,
     ) {
         let (drain_tx, drain_rx) = oneshot::channel();
-        let (index, replica) = (self.index, self.replica);
-        let (config, totals, stop, status) = (
+        let (index, replica, edge) = (self.index, self.replica, self.edge.clone());
+        let (config, totals, stop, status, told) = (
             self.config.clone(),
             self.totals.clone(),
             self.stop.clone(),
             self.status.clone(),
+            self.told.clone(),
         );
         let session = async move {
             let mut welcomed = false;
@@ -218,7 +306,31 @@ impl Keeper {
                     s.last_error = None;
                 });
             };
-            let result = session::run(&config, replica, &totals, &stop, on_welcome, drain_tx).await;
+            // Told a replica set: the latest telling wins (replicas agree,
+            // through Redis or their configs).
+            let on_replicas = |urls: &[String]| {
+                told.send_if_modified(|t| {
+                    let changed = t.urls != urls;
+                    if changed {
+                        *t = Told {
+                            by: replica.edge,
+                            urls: urls.to_vec(),
+                        };
+                    }
+                    changed
+                });
+            };
+            let result = session::run(
+                &config,
+                &edge,
+                replica.addr,
+                &totals,
+                &stop,
+                on_welcome,
+                on_replicas,
+                drain_tx,
+            )
+            .await;
             if welcomed {
                 status.send_modify(|s| s.connected -= 1);
             }
@@ -237,6 +349,70 @@ mod tests {
     use super::*;
     use crate::config::{Allowlist, Secret};
 
+    fn told(by: usize, urls: &[&str]) -> Told {
+        Told {
+            by,
+            urls: urls.iter().map(|u| u.to_string()).collect(),
+        }
+    }
+
+    fn config_with(edges: &[&str], learn: bool) -> SidecarConfig {
+        let mut config = SidecarConfig::parse(
+            "edge: http://127.0.0.1:1\ntoken: t\ntargets: []\n",
+            "s.yaml",
+        )
+        .unwrap();
+        config.edges = edges.iter().map(|&e| Edge::plaintext(e)).collect();
+        config.learn_replicas = learn.then(Default::default);
+        config
+    }
+
+    /// Told URLs join the configured edges (each once, keeping its index
+    /// when told again); ones that would downgrade or leave the machine in
+    /// clear are refused; without `learn_replicas` nothing is added.
+    #[test]
+    fn told_replicas_are_added_once_and_checked() {
+        let config = config_with(&["http://127.0.0.1:7000"], true);
+        let mut known = Known::new(&config);
+        let urls = [
+            "http://127.0.0.1:7001",
+            "http://127.0.0.1:7000",
+            "https://127.0.0.1:7002",
+            "http://10.0.0.9:7000",
+            "not a url",
+        ];
+        assert_eq!(known.active(&told(0, &urls)), [0, 1]);
+        assert_eq!(known.edges.len(), 2);
+        assert_eq!(known.refused.len(), 3, "{:?}", known.refused);
+        // Told again, in another order: the same indexes.
+        assert_eq!(known.active(&told(1, &["http://127.0.0.1:7001"])), [0, 1]);
+        // No longer told of: only the configured edge.
+        assert_eq!(known.active(&told(0, &[])), [0]);
+        assert_eq!(known.active(&told(0, &["http://127.0.0.1:7001"])), [0, 1]);
+
+        let mut deaf = Known::new(&config_with(&["http://127.0.0.1:7000"], false));
+        assert_eq!(deaf.active(&told(0, &urls)), [0]);
+    }
+
+    #[test]
+    fn a_told_replica_at_a_configured_address_is_that_one() {
+        let known = Known::new(&config_with(&["http://localhost:7000"], true));
+        let at = |edge, a: &str| Replica {
+            edge,
+            addr: a.parse().ok(),
+        };
+        let found = vec![
+            at(0, "127.0.0.1:7000"),
+            at(1, "127.0.0.1:7000"),
+            at(1, "127.0.0.2:7000"),
+            at(2, "unresolved"),
+        ];
+        assert_eq!(
+            known.distinct(found),
+            [at(0, "127.0.0.1:7000"), at(1, "127.0.0.2:7000"), at(2, "unresolved")]
+        );
+    }
+
     /// The reconnect schedule on the sidecar's own clock, paused: each retry
     /// waits `min·2^n` capped at `max`, jittered into its upper half.
     #[tokio::test(start_paused = true)]
@@ -247,6 +423,7 @@ mod tests {
             // by the delays the sidecar sleeps.
             edges: vec![crate::config::Edge::plaintext("not a URL")],
             resolve_interval: crate::config::DEFAULT_RESOLVE_INTERVAL,
+            learn_replicas: None,
             token: Secret::new("token"),
             environment: "demo".into(),
             access: String::new(),

@@ -2,8 +2,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use sidecar::config::{
-    edge_transport, wire_protocol, Allowlist, Edge, EdgeTlsOptions, EdgeTransport, Secret,
-    SidecarConfig, Target,
+    edge_transport, wire_protocol, Allowlist, Edge, EdgeTlsOptions, Secret, SidecarConfig, Target,
 };
 use sidecar::Sidecar;
 use tokio_util::sync::CancellationToken;
@@ -111,6 +110,10 @@ fn main() -> anyhow::Result<()> {
                 pin_sha256,
                 ..Default::default()
             };
+            let learn = sidecar::config::Learn {
+                tls: options.clone(),
+                insecure_plaintext,
+            };
             let transport =
                 edge_transport(&edge, options, insecure_plaintext).unwrap_or_else(|problems| {
                     for p in problems {
@@ -120,7 +123,11 @@ fn main() -> anyhow::Result<()> {
                     }
                     std::process::exit(2)
                 });
-            expose_config(address, edge, transport, token, name, env, port, protocol)?
+            let edge = Edge {
+                url: edge,
+                transport,
+            };
+            expose_config(address, edge, learn, token, name, env, port, protocol)?
         }
     };
     telemetry::init(cli.log_format);
@@ -135,8 +142,8 @@ fn main() -> anyhow::Result<()> {
 #[allow(clippy::too_many_arguments)]
 fn expose_config(
     address: String,
-    edge: String,
-    transport: EdgeTransport,
+    edge: Edge,
+    learn: sidecar::config::Learn,
     token: String,
     name: String,
     env: Option<String>,
@@ -162,11 +169,9 @@ fn expose_config(
         });
     }
     Ok(SidecarConfig {
-        edges: vec![Edge {
-            url: edge,
-            transport,
-        }],
+        edges: vec![edge],
         resolve_interval: sidecar::config::DEFAULT_RESOLVE_INTERVAL,
+        learn_replicas: Some(learn),
         token: Secret::new(token),
         environment: env.unwrap_or_default(),
         access: String::new(),

@@ -3,15 +3,17 @@
 //! sessions with each replica, so whichever replica a visitor reaches holds
 //! a tunnel of its own (no hop between replicas), and a replica that
 //! appears (a new pod behind a headless Service) is dialed at the next
-//! lookup.
+//! lookup. The edge may tell of more replicas (`Welcome.replicas`,
+//! `Replicas`): with `learn_replicas`, those are kept too.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::config::Edge;
 
-/// One replica to keep sessions with: an edge URL (its index in the
-/// config) and one address its host resolves to, or `None` while the name
+/// One replica to keep sessions with: an edge URL (its index among the
+/// edges known: the configured ones first, then those the edge told of)
+/// and one address its host resolves to, or `None` while the name
 /// does not resolve (the sessions then dial by name and report why they
 /// cannot connect).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -34,10 +36,11 @@ pub fn host_port(uri: &http::Uri) -> Option<(&str, u16)> {
     Some((host, port))
 }
 
-/// The replicas now: for each URL, the addresses its host resolves to.
-pub async fn resolve(edges: &[Edge], previous: &HashSet<Replica>) -> Vec<Replica> {
+/// The replicas now: for each URL (with its index), the addresses its host
+/// resolves to.
+pub async fn resolve(edges: &[(usize, &Edge)], previous: &HashSet<Replica>) -> Vec<Replica> {
     let mut replicas = Vec::new();
-    for (edge, e) in edges.iter().enumerate() {
+    for &(edge, e) in edges {
         // Not a URL with a host: the session says why.
         let uri: Option<http::Uri> = e.url.parse().ok();
         let looked_up = match uri.as_ref().and_then(host_port) {
@@ -49,8 +52,8 @@ pub async fn resolve(edges: &[Edge], previous: &HashSet<Replica>) -> Vec<Replica
             },
             None => Ok(Vec::new()),
         };
-        let looked_up = looked_up.unwrap_or_else(|e| {
-            tracing::debug!(edge = %edges[edge].url, error = %e, "cannot resolve the edge's name");
+        let looked_up = looked_up.unwrap_or_else(|error| {
+            tracing::debug!(edge = %e.url, %error, "cannot resolve the edge's name");
             Vec::new()
         });
         replicas.extend(choose(edge, looked_up, previous));
@@ -150,6 +153,7 @@ mod tests {
             Edge::plaintext("http://localhost:7002"),
             Edge::plaintext("not a URL"),
         ];
+        let edges: Vec<_> = edges.iter().enumerate().collect();
         let replicas = resolve(&edges, &HashSet::new()).await;
         assert_eq!(
             replicas[..2],

@@ -26,7 +26,6 @@ use tunnel_transport::settings::*;
 use tunnel_transport::{keepalive, ConnectionFlow};
 
 use crate::config::{Edge, EdgeTransport, SidecarConfig};
-use crate::replicas::Replica;
 use crate::stream::{Stats, StreamPool};
 
 /// In-flight streams get this long to finish when the sidecar stops.
@@ -249,24 +248,28 @@ impl tokio::io::AsyncWrite for Sniffed {
     }
 }
 
-/// Runs one session with `replica` to its end. `on_welcome` is called
-/// once the edge has accepted us, `drain_asked` when the edge asks us to
+/// Runs one session with `edge` (at `address`, one replica's, or by name)
+/// to its end. `on_welcome` is called once the edge has accepted us,
+/// `on_replicas` with each replica set the edge tells of (in Welcome and
+/// after), `drain_asked` when the edge asks us to
 /// go: the session goes on serving (the leaving replica's requests in
 /// flight, or routed to it meanwhile) until the edge retires it or closes.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     config: &SidecarConfig,
-    replica: Replica,
+    edge: &Edge,
+    address: Option<SocketAddr>,
     totals: &Arc<Stats>,
     shutdown: &CancellationToken,
     on_welcome: impl FnOnce(&Welcome),
+    mut on_replicas: impl FnMut(&[String]),
     drain_asked: oneshot::Sender<()>,
 ) -> Result<SessionEnd, SessionError> {
-    let edge = &config.edges[replica.edge];
     let uri = edge_uri(edge)?;
     let first_bytes = Arc::new(FirstBytes::default());
     let connection = tokio::time::timeout(
         CONNECT_TIMEOUT,
-        connect(&uri, replica.addr, &edge.transport, &first_bytes),
+        connect(&uri, address, &edge.transport, &first_bytes),
     )
     .await
     .unwrap_or_else(|_| {
@@ -348,6 +351,7 @@ pub async fn run(
         }
     };
     on_welcome(&welcome);
+    on_replicas(&welcome.replicas);
 
     let stats = Arc::new(Stats::under(totals.clone()));
     let pool = Arc::new(StreamPool {
@@ -394,6 +398,7 @@ pub async fn run(
                         info!("drained: the edge has nothing in flight here");
                         break Ok(SessionEnd::Drained);
                     }
+                    edge_message::Kind::Replicas(r) => on_replicas(&r.urls),
                     edge_message::Kind::Welcome(_) => {}
                 },
                 Ok(Some(_)) => {} // a kind from a newer edge

@@ -335,6 +335,7 @@ impl TestSidecar {
             config: SidecarConfig {
                 edges: vec![sidecar::config::Edge::plaintext(edge.tunnel_url())],
                 resolve_interval: sidecar::config::DEFAULT_RESOLVE_INTERVAL,
+                learn_replicas: Some(Default::default()),
                 token: Secret::new(DEFAULT_TOKEN),
                 environment: DEFAULT_ENV.into(),
                 access: String::new(),

@@ -268,6 +268,7 @@ async fn sidecars(args: SidecarArgs) -> anyhow::Result<()> {
                 transport: transport.clone(),
             }],
             resolve_interval: sidecar::config::DEFAULT_RESOLVE_INTERVAL,
+            learn_replicas: None,
             token: Secret::new(&common.token),
             environment: format!("{}{i}", common.env_prefix),
             access: String::new(),

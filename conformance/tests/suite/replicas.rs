@@ -83,3 +83,46 @@ fn replicas_publish_the_tunnels_they_hold() {
     assert_eq!(status, 503, "{body}");
     assert!(!body.contains("other replicas"), "{body}");
 }
+
+/// The sidecar names one replica; the replicas announce their
+/// `tunnel.advertise` through Redis and tell it of each other, so it keeps
+/// sessions with both and either serves the preview. A replica leaving is
+/// taken out of the set at once, and the sidecar drains its sessions there.
+#[test]
+fn sidecars_learn_the_other_replicas_from_the_edge() {
+    let dir = tempfile::tempdir().unwrap();
+    let _redis = conformance::redis_server(dir.path());
+    let yaml = conformance::redis_yaml(dir.path(), "");
+    let plain = conformance::Tunnel::Plain;
+    let a = Stack::start_tunnel(plain, &yaml, &[], &[]);
+    let mut b = Stack::start_tunnel(plain, &yaml, &[], &[]);
+    // B's own sidecar goes: the only one left names A alone.
+    b.sidecar.as_mut().unwrap().kill();
+    let sidecar = a.sidecar.as_ref().unwrap();
+    for stack in [&a, &b] {
+        let advertise = format!("tunnel:\n  advertise: http://{}\n", stack.tunnel_addr);
+        stack.write_edge_yaml(&conformance::edge_yaml(&format!("{yaml}{advertise}")));
+    }
+
+    let told = sidecar.wait_line("the edge told of a replica", Duration::from_secs(30));
+    assert!(told.contains(&b.tunnel_addr), "{told}");
+    // Two sessions with each replica (the default `connections`).
+    sidecar.wait_lines("tunnel up", 4, Duration::from_secs(10));
+    let announced = redis_cli(dir.path(), "ZRANGE preview-edge:replicas 0 -1");
+    for stack in [&a, &b] {
+        assert!(announced.contains(&stack.tunnel_addr), "{announced}");
+    }
+    for stack in [&a, &b] {
+        let (status, _, body) = exchange(stack, &stack.preview_host(), "/", &[]);
+        assert_eq!(status, 200, "{body}");
+    }
+
+    // B leaves: out of the set at once, its sessions drained by the sidecar.
+    b.edge.interrupt();
+    b.edge.wait_exit(Duration::from_secs(30));
+    let announced = redis_cli(dir.path(), "ZRANGE preview-edge:replicas 0 -1");
+    assert!(!announced.contains(&b.tunnel_addr), "{announced}");
+    sidecar.wait_line("edge replica gone", Duration::from_secs(10));
+    let (status, _, body) = exchange(&a, &a.preview_host(), "/", &[]);
+    assert_eq!(status, 200, "{body}");
+}

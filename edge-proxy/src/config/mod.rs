@@ -338,6 +338,12 @@ pub mod raw {
         pub open_stream_timeout: Option<String>,
         pub heartbeat_interval: Option<String>,
         pub session_wait: Option<String>,
+        /// This replica's tunnel URL as sidecars reach it (told to them,
+        /// and through Redis to the other replicas).
+        pub advertise: Option<String>,
+        /// The other replicas' tunnel URLs, told to sidecars.
+        #[serde(default)]
+        pub replicas: Vec<String>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -463,6 +469,10 @@ pub struct TunnelSettings {
     /// How long a request whose environment has no tunnel here waits for
     /// one (a sidecar reconnecting) before it is refused.
     pub session_wait: Duration,
+    /// This replica's tunnel URL, as sidecars should dial it.
+    pub advertise: Option<String>,
+    /// Other replicas' tunnel URLs from the config.
+    pub replicas: Vec<String>,
 }
 
 /// The tunnel listener's certificates (SNI, reloaded like the visitors').
@@ -471,6 +481,22 @@ pub struct TunnelTls {
     pub certificates: Vec<crate::tls::LoadedCert>,
     /// Certificate and key files, watched for changes.
     pub files: Vec<std::path::PathBuf>,
+}
+
+/// Checks a replica's tunnel URL as sidecars will dial it.
+fn tunnel_url(url: &str, path: &str, problems: &mut Vec<String>) -> bool {
+    let uri: Option<http::Uri> = url.parse().ok();
+    let fine = uri.as_ref().is_some_and(|u| {
+        matches!(u.scheme_str(), Some("http" | "https"))
+            && u.host().is_some()
+            && u.path_and_query().is_none_or(|p| p.as_str() == "/")
+    });
+    if !fine {
+        problems.push(format!(
+            "{path}: {url:?} is not a tunnel URL such as https://edge-0.example.com:7000"
+        ));
+    }
+    fine
 }
 
 /// How the edge treats visitors' connections.
@@ -798,6 +824,15 @@ fn validate(mut raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<Strin
             DEFAULT_SESSION_WAIT,
             &mut problems,
         ),
+        advertise: raw
+            .tunnel
+            .advertise
+            .clone()
+            .filter(|url| tunnel_url(url, "tunnel.advertise", &mut problems)),
+        replicas: (raw.tunnel.replicas.iter().enumerate())
+            .filter(|(i, url)| tunnel_url(url, &format!("tunnel.replicas[{i}]"), &mut problems))
+            .map(|(_, url)| url.clone())
+            .collect(),
     };
     if tunnel.heartbeat_interval < Duration::from_millis(100) {
         problems.push("tunnel.heartbeat_interval: at least 100ms".into());
@@ -1372,6 +1407,35 @@ tunnel:
         assert_eq!(c.tunnel.open_stream_timeout, Duration::from_secs(2));
         assert_eq!(c.upstream.read_timeout, DEFAULT_READ_TIMEOUT);
         assert_eq!(c.clusters[0].environments, vec!["demo"]);
+    }
+
+    #[test]
+    fn replica_urls_are_checked_each_with_its_path() {
+        let text = GOOD.replace(
+            "  open_stream_timeout: 2s",
+            "  advertise: https://edge-1.example.com:7000\n  replicas: [https://edge-0.example.com:7000]",
+        );
+        let c = EdgeConfig::parse(&text, "edge.yaml").unwrap();
+        assert_eq!(
+            c.tunnel.advertise.as_deref(),
+            Some("https://edge-1.example.com:7000")
+        );
+        assert_eq!(c.tunnel.replicas, ["https://edge-0.example.com:7000"]);
+        let text = GOOD.replace(
+            "  open_stream_timeout: 2s",
+            "  advertise: edge-1:7000\n  replicas: [https://edge-0:7000, ftp://x, https://e/path]",
+        );
+        let err = EdgeConfig::parse(&text, "edge.yaml")
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "tunnel.advertise: \"edge-1:7000\"",
+            "tunnel.replicas[1]",
+            "tunnel.replicas[2]",
+        ] {
+            assert!(err.contains(needle), "missing {needle} in {err}");
+        }
+        assert!(!err.contains("tunnel.replicas[0]"), "{err}");
     }
 
     #[test]

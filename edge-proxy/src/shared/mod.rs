@@ -7,7 +7,9 @@
 //!   sorted set and published; every replica follows the channel and loads
 //!   the set whenever it (re)subscribes;
 //! - which replica holds which tunnels ([`tunnels`]): entries that lapse
-//!   unless refreshed, so a replica that dies leaves no lie behind.
+//!   unless refreshed, so a replica that dies leaves no lie behind;
+//! - the replicas alive, by the tunnel URL sidecars dial ([`replicas`]),
+//!   told to sidecars so each keeps sessions with every replica.
 //!
 //! Redis is never allowed to stall a request: each call has a budget
 //! (`redis.budget`), past which, or when Redis cannot be reached, the
@@ -19,6 +21,7 @@
 //! feeds) and `config` (the settings).
 
 mod limits;
+mod replicas;
 mod revocations;
 mod tunnels;
 
@@ -70,6 +73,13 @@ pub struct Local {
     pub environments: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
     /// Notified when those change.
     pub environments_changed: Arc<Notify>,
+    /// This replica's tunnel URL (`tunnel.advertise`), announced to the
+    /// others.
+    pub advertise: Arc<dyn Fn() -> Option<String> + Send + Sync>,
+    /// Notified when that changes (a reload).
+    pub advertise_changed: Arc<Notify>,
+    /// Told the tunnel URLs of the replicas alive (this one's included).
+    pub learned: Arc<dyn Fn(Vec<String>) + Send + Sync>,
 }
 
 /// The shared state for `settings`, or none; logs why not. Starts
@@ -115,6 +125,9 @@ pub struct SharedState {
     /// Stops the follower and the publisher (when this state is replaced,
     /// or the replica leaves).
     stop: CancellationToken,
+    /// Stops announcing this replica (it is leaving).
+    announcing: CancellationToken,
+    advertise: Arc<dyn Fn() -> Option<String> + Send + Sync>,
 }
 
 impl Drop for SharedState {
@@ -162,7 +175,18 @@ impl SharedState {
             failures: AtomicU64::new(0),
             published: Default::default(),
             stop: stop.clone(),
+            announcing: stop.child_token(),
+            advertise: local.advertise.clone(),
         };
+        let announcer = replicas::Announcer {
+            client: client.clone(),
+            connection: state.connection.clone(),
+            key: replicas::key(&state.prefix),
+            advertise: local.advertise.clone(),
+            learned: local.learned.clone(),
+            advertise_changed: local.advertise_changed.clone(),
+        };
+        tokio::spawn(announcer.run(state.announcing.clone()));
         tokio::spawn(revocations::follow(
             client,
             state.connection.clone(),
@@ -257,6 +281,15 @@ impl SharedState {
         }
     }
 
+    /// This replica is leaving: the others stop telling sidecars of it
+    /// now (its tunnels stay claimed while they drain).
+    pub async fn leave(&self) {
+        self.announcing.cancel();
+        if let Some(url) = (self.advertise)() {
+            replicas::leave(self.connection.clone(), &replicas::key(&self.prefix), &url).await;
+        }
+    }
+
     /// Redis answers (the last call went through it).
     pub fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
@@ -284,6 +317,9 @@ pub(crate) mod tests_support {
             revocations: Default::default(),
             environments: Arc::new(Vec::new),
             environments_changed: Default::default(),
+            advertise: Arc::new(|| None),
+            advertise_changed: Default::default(),
+            learned: Arc::new(|_| {}),
         }
     }
 }

@@ -8,5 +8,6 @@
 
 pub mod connector;
 pub mod registry;
+pub mod replicas;
 pub mod service;
 pub mod throttle;

@@ -470,6 +470,8 @@ pub struct TunnelRegistry {
     waiting: AtomicUsize,
     /// This edge is shutting down: no new sessions.
     leaving: AtomicBool,
+    /// The edge's replicas, told to every session.
+    replicas: super::replicas::ReplicaSet,
 }
 
 impl TunnelRegistry {
@@ -492,6 +494,11 @@ impl TunnelRegistry {
                 }))
                 .await;
         }
+    }
+
+    /// The replicas sidecars are told of.
+    pub fn replicas(&self) -> &super::replicas::ReplicaSet {
+        &self.replicas
     }
 
     pub fn is_leaving(&self) -> bool {

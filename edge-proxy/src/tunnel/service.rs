@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataMap;
@@ -22,8 +22,9 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 use tunnel_proto::tunnel_server::{Tunnel, TunnelServer};
 use tunnel_proto::{
-    edge_message, sidecar_message, EdgeMessage, HeartbeatAck, Hello, SidecarMessage, StreamFrame,
-    Welcome, CAPABILITIES, MAX_MESSAGE_SIZE, PROTOCOL_VERSION, SESSION_METADATA, VERSION_METADATA,
+    edge_message, sidecar_message, EdgeMessage, HeartbeatAck, Hello, Replicas, SidecarMessage,
+    StreamFrame, Welcome, CAPABILITIES, MAX_MESSAGE_SIZE, PROTOCOL_VERSION, SESSION_METADATA,
+    VERSION_METADATA,
 };
 use tunnel_transport::grpc::{self, DATA_PATH};
 use tunnel_transport::settings::*;
@@ -311,6 +312,8 @@ impl Tunnel for TunnelService {
             })
             .collect();
         let heartbeat = config.tunnel.heartbeat_interval;
+        // Subscribed before Welcome reads the set: no change is missed.
+        let mut replicas = self.registry.replicas().subscribe();
         let welcome = Welcome {
             protocol_version: PROTOCOL_VERSION,
             capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
@@ -319,6 +322,7 @@ impl Tunnel for TunnelService {
             urls,
             idle_streams: config.tunnel.idle_streams,
             heartbeat_interval_ms: heartbeat.as_millis() as u32,
+            replicas: replicas.borrow_and_update().to_vec(),
         };
         session.send(edge_message::Kind::Welcome(welcome)).await;
         self.registry.insert(session.clone());
@@ -330,6 +334,7 @@ impl Tunnel for TunnelService {
             self.registry.clone(),
             session,
             inbound,
+            replicas,
             heartbeat * MISSED_HEARTBEATS,
         ));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -482,15 +487,24 @@ impl TunnelService {
 }
 
 /// Serves one session's control stream until the sidecar goes away or stops
-/// sending heartbeats.
+/// sending heartbeats, telling it of every change of the edge's replicas.
 async fn run_session(
     registry: Arc<TunnelRegistry>,
     session: Arc<Session>,
     mut inbound: Streaming<SidecarMessage>,
+    mut replicas: watch::Receiver<Arc<[String]>>,
     dead_after: Duration,
 ) {
     let reason = loop {
-        let message = match tokio::time::timeout(dead_after, inbound.message()).await {
+        let received = tokio::select! {
+            received = tokio::time::timeout(dead_after, inbound.message()) => received,
+            Ok(()) = replicas.changed() => {
+                let urls = replicas.borrow_and_update().to_vec();
+                session.send(edge_message::Kind::Replicas(Replicas { urls })).await;
+                continue;
+            }
+        };
+        let message = match received {
             Err(_) => break "heartbeats stopped".to_string(),
             Ok(Err(status)) => break format!("control stream failed: {}", status.message()),
             Ok(Ok(None)) => break "sidecar closed the session".to_string(),
