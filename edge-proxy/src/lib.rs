@@ -17,6 +17,7 @@
 //! | [`routing`]   | host names, preview URLs, custom-domain rules, upstream protocols: pure |
 //! | [`tls`]       | visitor certificates, chosen by SNI                       |
 //! | [`config`]    | YAML → validated config, sidecar token hashes             |
+//! | [`traces`]    | request spans exported over OTLP                           |
 //! | [`shared`]    | state shared by replicas through Redis: rate limits, sign-outs, who holds which tunnel |
 //! | [`admin`]     | the admin listener: health for probes                      |
 //! | [`tunnel`]    | the gRPC service sidecars dial, live sessions, streams as upstream sockets |
@@ -39,6 +40,7 @@ pub mod routing;
 pub mod server;
 pub mod shared;
 pub mod tls;
+pub mod traces;
 pub mod tunnel;
 
 pub use config::EdgeConfig;

@@ -120,6 +120,9 @@ impl Reloader {
         if old.tunnel.tls.is_some() != new.tunnel.tls.is_some() {
             warn!("tunnel.tls turned on or off in the config; it takes effect on restart");
         }
+        if old.traces != new.traces {
+            warn!("traces changed in the config; they take effect on restart");
+        }
         if old.https_addr != new.https_addr {
             warn!("listen.https changed in the config; it takes effect on restart");
         }

@@ -38,8 +38,9 @@ use crate::tls::{self, SniResolver, TunnelTlsState};
 use crate::tunnel::registry::{Authorizations, TunnelRegistry};
 use crate::tunnel::service::{ClientChain, TunnelService};
 
-/// In-flight requests get this long to finish at shutdown.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// After the grace period, how long the requests whose streams were ended
+/// get to write their clean close (a WebSocket Close frame, a gRPC status).
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 pub struct Edge {
     config: Arc<ArcSwap<EdgeConfig>>,
@@ -138,7 +139,8 @@ impl Edge {
     }
 
     /// Serves until `shutdown` resolves, then drains: sidecars are told to
-    /// stop sending new work, in-flight requests get [`SHUTDOWN_GRACE`].
+    /// stop sending new work, in-flight requests get `shutdown_grace`, and
+    /// then those still open (WebSockets, gRPC streams) are closed cleanly.
     pub async fn serve(
         self,
         listeners: Listeners,
@@ -153,6 +155,18 @@ impl Edge {
         } = listeners;
         let health = Arc::new(admin::Health::default());
         let in_flight = Arc::new(AtomicUsize::new(0));
+        let traces = self.config.load().traces.as_ref().and_then(|settings| {
+            match crate::traces::Traces::start(settings) {
+                Ok(traces) => {
+                    info!(endpoint = %settings.otlp_endpoint, "exporting request spans over OTLP");
+                    Some(Arc::new(traces))
+                }
+                Err(e) => {
+                    warn!(endpoint = %settings.otlp_endpoint, error = %e, "cannot export spans; going on without");
+                    None
+                }
+            }
+        });
         let gauges = Arc::new(Gauges::default());
         let failures = Arc::new(FailureCounts::default());
         let sources = inspect::Sources {
@@ -202,6 +216,7 @@ impl Edge {
             failures,
             shared: self.shared.clone(),
             metrics: self.metrics.clone(),
+            traces: traces.clone(),
         };
         // Two apps: plain connections are sniffed here, and those that
         // start with the HTTP/2 preface go to the one that speaks h2c.
@@ -295,19 +310,28 @@ impl Edge {
         // for idle keep-alive connections: Pingora does not watch for
         // shutdown while one waits for its next request. Those close when we
         // return.
-        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-        while in_flight.load(Ordering::Relaxed) > 0 {
-            if tokio::time::Instant::now() >= deadline {
-                let in_flight = in_flight.load(Ordering::Relaxed);
-                warn!(in_flight, "grace period over, closing connections");
-                break;
+        let grace = self.config.load().shutdown_grace;
+        let finished = || in_flight.load(Ordering::Relaxed) == 0;
+        if !wait_until(finished, grace).await {
+            let open = in_flight.load(Ordering::Relaxed);
+            info!(in_flight = open, "grace period over: closing what is still open (WebSocket Close 1001, gRPC UNAVAILABLE)");
+            self.registry.end_streams();
+            if !wait_until(finished, CLOSE_GRACE).await {
+                let open = in_flight.load(Ordering::Relaxed);
+                warn!(
+                    in_flight = open,
+                    "requests still open after their close; cutting their connections"
+                );
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         shared.stop_tunnel.cancel();
         let _ = tunnel_acceptor.await;
         if let Some(shared) = self.shared.swap(None) {
             shared.withdraw().await;
+        }
+        if let Some(traces) = traces {
+            // The exporter's thread may need this runtime to send.
+            let _ = tokio::task::spawn_blocking(move || traces.flush()).await;
         }
         summaries.abort();
         housekeeping.abort();
@@ -317,6 +341,18 @@ impl Edge {
         workers.stopped().await;
         Ok(())
     }
+}
+
+/// Whether `done` came true within `limit` (looked at every 20 ms).
+async fn wait_until(done: impl Fn() -> bool, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
 }
 
 /// This process's name among the edge's replicas: the host name (a pod's

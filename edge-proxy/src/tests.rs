@@ -14,12 +14,14 @@ const ROOMS: &[(&str, &[&str])] = &[
     ("routing", &["auth", "limits"]),
     ("tls", &[]),
     ("config", &["auth", "idp", "limits", "routing", "tls"]),
+    ("traces", &["config"]),
     ("shared", &["limits", "auth", "config"]),
     ("tunnel", &["auth", "routing", "tls", "config"]),
     (
         "http",
         &[
             "auth", "idp", "limits", "routing", "tls", "config", "shared", "tunnel", "metrics",
+            "traces",
         ],
     ),
     (
@@ -39,7 +41,7 @@ const ROOMS: &[(&str, &[&str])] = &[
         "server",
         &[
             "auth", "idp", "limits", "routing", "tls", "config", "shared", "tunnel", "http",
-            "reload", "admin", "metrics", "inspect",
+            "reload", "admin", "metrics", "inspect", "traces",
         ],
     ),
 ];

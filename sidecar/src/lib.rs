@@ -409,7 +409,11 @@ mod tests {
         ];
         assert_eq!(
             known.distinct(found),
-            [at(0, "127.0.0.1:7000"), at(1, "127.0.0.2:7000"), at(2, "unresolved")]
+            [
+                at(0, "127.0.0.1:7000"),
+                at(1, "127.0.0.2:7000"),
+                at(2, "unresolved")
+            ]
         );
     }
 

@@ -16,6 +16,7 @@ pub mod certs;
 pub mod fault;
 pub mod grpc;
 pub mod harness;
+pub mod otlp;
 pub mod pattern;
 pub mod port;
 pub mod tls;

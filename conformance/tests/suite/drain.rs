@@ -89,3 +89,29 @@ fn a_leaving_edge_sends_its_sidecars_elsewhere_at_once_and_finishes_its_requests
     assert_eq!(finish_held(held), "first\nsecond\n");
     stack.edge.assert_exits_cleanly();
 }
+
+/// A WebSocket still open when a leaving edge's grace period ends is
+/// closed with a Close frame, 1001 "going away" (browsers' `onclose` sees
+/// it; a client may reconnect at once), not a cut connection.
+#[tokio::test]
+async fn a_websocket_open_at_the_end_of_the_grace_period_is_closed_with_going_away() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let stack = Stack::start_with_edge_yaml("shutdown_grace: 1s\n");
+    let mut ws = crate::spine::websocket(&stack).await;
+    ws.send(Message::text("before")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("before"));
+
+    stack.edge.interrupt();
+    let closed = ws.next().await.unwrap().unwrap();
+    let Message::Close(Some(frame)) = closed else {
+        panic!("expected a Close frame, got {closed:?}");
+    };
+    assert_eq!(frame.code, CloseCode::Away);
+    assert_eq!(frame.reason.as_str(), "edge restarting");
+    stack
+        .edge
+        .wait_line("grace period over", Duration::from_secs(10));
+}

@@ -65,6 +65,7 @@ impl GrpcStack {
             + "  redirect_http: false\n"
             // Short enough to prove quiet streams are not cut by it.
             + "upstream:\n  read_timeout: 1s\n"
+            + "shutdown_grace: 1s\n"
             + "routes:\n"
             + "  - host: grpc.example.test\n    target: demo/echo-plain:50051\n    upstream: { protocol: h2c }\n";
         let mut yaml = edge_yaml_with("", true).replacen(
@@ -214,6 +215,29 @@ async fn every_call_shape_streams_through() {
     }
     drop(tx);
     assert!(replies.message().await.unwrap().is_none());
+}
+
+/// A call still open when a leaving edge's grace period ends gets a
+/// status, UNAVAILABLE (which clients may retry), not a cut connection.
+#[tokio::test]
+async fn a_stream_open_at_the_end_of_the_grace_period_ends_with_unavailable() {
+    let stack = GrpcStack::start();
+    let mut client = stack.h2c_client(ECHO).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut replies = client
+        .bidi(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(echo("before")).await.unwrap();
+    assert_eq!(replies.message().await.unwrap().unwrap().message, "before");
+
+    stack.edge.interrupt();
+    stack.edge.wait_line("grace period over", WAIT);
+    let status = replies.message().await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("shutting down"), "{status:?}");
+    drop(tx);
 }
 
 #[tokio::test]

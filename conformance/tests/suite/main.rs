@@ -18,6 +18,7 @@ mod rolling;
 mod routing;
 mod spine;
 mod tls;
+mod traces;
 mod tunnel_tls;
 mod visitors;
 mod wasm_filter;

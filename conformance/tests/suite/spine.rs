@@ -249,7 +249,7 @@ fn one_gib_upload_is_intact() {
 
 /// A WebSocket to the sample service's `/ws` through the edge, past its
 /// `welcome`.
-async fn websocket(stack: &Stack) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+pub async fn websocket(stack: &Stack) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
     let url = stack.url("hello-8080", "/ws").replace("http://", "ws://");
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", stack.http_port))
         .await

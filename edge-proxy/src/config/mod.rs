@@ -50,6 +50,7 @@ pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a request waits for a data stream when a session's pool is empty.
 pub const DEFAULT_OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a request waits for its environment's sidecar to reconnect.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_SESSION_WAIT: Duration = Duration::from_secs(5);
 /// How long the sidecar may take to connect to the target.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -90,6 +91,18 @@ pub mod raw {
         pub limits: super::limits::raw::Limits,
         pub redis: Option<Redis>,
         pub admin: Option<Admin>,
+        /// How long a shutdown waits for requests in flight.
+        pub shutdown_grace: Option<String>,
+        pub traces: Option<Traces>,
+    }
+
+    /// `traces:`: spans exported over OTLP.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Traces {
+        /// The collector's OTLP/gRPC endpoint.
+        pub otlp_endpoint: String,
+        pub service_name: Option<String>,
     }
 
     /// `admin:`: the admin API on `listen.admin`.
@@ -381,6 +394,11 @@ pub struct RedisSettings {
 /// The validated runtime configuration.
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
+    /// How long a shutdown waits for requests in flight (WebSockets and
+    /// gRPC streams are then closed cleanly).
+    pub shutdown_grace: Duration,
+    /// `traces:`: request spans exported over OTLP (read at start).
+    pub traces: Option<TraceSettings>,
     pub http_addr: SocketAddr,
     pub https_addr: Option<SocketAddr>,
     /// `listen.admin`: health for probes.
@@ -481,6 +499,15 @@ pub struct TunnelTls {
     pub certificates: Vec<crate::tls::LoadedCert>,
     /// Certificate and key files, watched for changes.
     pub files: Vec<std::path::PathBuf>,
+}
+
+/// Where request spans go (`traces:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceSettings {
+    /// OTLP over gRPC: `http://collector:4317` (or `https://`).
+    pub otlp_endpoint: String,
+    /// The spans' `service.name`.
+    pub service_name: String,
 }
 
 /// Checks a replica's tunnel URL as sidecars will dial it.
@@ -964,10 +991,33 @@ fn validate(mut raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<Strin
         None => Vec::new(),
     };
 
+    let shutdown_grace = duration(
+        &raw.shutdown_grace,
+        "shutdown_grace",
+        DEFAULT_SHUTDOWN_GRACE,
+        &mut problems,
+    );
+    let traces = raw.traces.map(|t| {
+        let endpoint: Option<http::Uri> = t.otlp_endpoint.parse().ok();
+        if !endpoint
+            .is_some_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some())
+        {
+            problems.push(format!(
+                "traces.otlp_endpoint: {:?} is not a URL such as http://otel-collector:4317",
+                t.otlp_endpoint
+            ));
+        }
+        TraceSettings {
+            otlp_endpoint: t.otlp_endpoint,
+            service_name: t.service_name.unwrap_or_else(|| "edge-proxy".into()),
+        }
+    });
     if !problems.is_empty() {
         return Err(problems);
     }
     Ok(EdgeConfig {
+        shutdown_grace,
+        traces,
         admin_tokens,
         version: String::new(),
         http_addr: http_addr.expect("checked"),

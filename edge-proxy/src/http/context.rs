@@ -37,6 +37,11 @@ pub struct RequestCtx {
     pub grpc: bool,
     /// A WebSocket or other protocol upgrade.
     pub upgrade: bool,
+    /// An upgraded WebSocket: the service's frames, followed so the edge
+    /// can close it cleanly.
+    pub websocket: Option<super::websocket::Frames>,
+    /// This request's span, when spans are exported (`traces:`).
+    pub trace: Option<crate::traces::Trace>,
     pub client: Client,
     /// Where the request goes, once routed.
     pub target: Option<Target>,
@@ -85,6 +90,8 @@ impl RequestCtx {
             tls: None,
             grpc: false,
             upgrade: false,
+            websocket: None,
+            trace: None,
             client: Client::default(),
             target: None,
             failure: None,

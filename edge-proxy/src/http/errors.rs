@@ -100,6 +100,17 @@ fn escape_html(text: &str) -> String {
     out
 }
 
+/// `grpc-status` and `grpc-message` of a call that fails after its
+/// response headers.
+fn grpc_trailers(failure: &Failure, request_id: &str) -> http::HeaderMap {
+    let mut trailers = http::HeaderMap::with_capacity(2);
+    trailers.insert("grpc-status", failure.kind.grpc_status().into());
+    if let Ok(message) = http::HeaderValue::from_str(&grpc_message(failure, request_id)) {
+        trailers.insert("grpc-message", message);
+    }
+    trailers
+}
+
 /// `grpc-message` text: percent-encoded as the gRPC spec asks.
 fn grpc_message(failure: &Failure, request_id: &str) -> String {
     let text = format!(
@@ -174,6 +185,13 @@ pub fn render(failure: &Failure, request_id: &str, format: Format) -> (ResponseH
 pub async fn respond(session: &mut Session, failure: &Failure, ctx: &RequestCtx) -> u16 {
     if let Some(status) = session.response_written().map(|r| r.status.as_u16()) {
         session.set_keepalive(None);
+        if ctx.grpc {
+            // The call's headers went out: its status ends it, in trailers,
+            // rather than a reset stream the client reads as INTERNAL.
+            let _ = session
+                .write_response_trailers(grpc_trailers(failure, &ctx.id))
+                .await;
+        }
         return status;
     }
     let format = Format::of(session.req_header(), ctx.grpc);

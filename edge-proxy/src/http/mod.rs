@@ -25,3 +25,4 @@ pub mod policy;
 pub mod route;
 pub mod visitor;
 pub mod wasm;
+pub mod websocket;

@@ -30,9 +30,11 @@
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -43,10 +45,11 @@ use super::context::RequestCtx;
 use super::errors;
 use super::failure::{self, ErrorKind, Failure, FailureCounts};
 use super::visitor::HeadDeadline;
-use super::{auth, forwarding, https, limits, login, policy, route, wasm};
+use super::{auth, forwarding, https, limits, login, policy, route, wasm, websocket};
 use crate::auth::session::Revocations;
 use crate::config::{EdgeConfig, VisitorSettings};
 use crate::limits::Gauges;
+use crate::traces::Trace;
 use crate::tunnel::connector::TunnelConnector;
 use crate::tunnel::registry::TunnelRegistry;
 
@@ -70,6 +73,8 @@ pub struct EdgeProxy {
     pub shared: Arc<crate::shared::InForce>,
     /// Per-route counts for `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Request spans exported over OTLP (`traces:`).
+    pub traces: Option<Arc<crate::traces::Traces>>,
 }
 
 /// A header value HTTP/2 sends as a literal "never indexed": a value unique
@@ -341,6 +346,17 @@ impl ProxyHttp for EdgeProxy {
         for name in removed {
             let _ = request.remove_header(name);
         }
+        if self.traces.is_some() {
+            // The service's parent span is the edge's.
+            let trace = Trace::continuing(
+                request
+                    .headers
+                    .get(&forwarding::TRACEPARENT)
+                    .and_then(|v| v.to_str().ok()),
+            );
+            request.insert_header(&forwarding::TRACEPARENT, trace.traceparent())?;
+            ctx.trace = Some(trace);
+        }
         if let Some(cookies) = forwarding::joined_cookies(&request.headers) {
             request.insert_header(http::header::COOKIE, cookies)?;
         }
@@ -431,8 +447,41 @@ impl ProxyHttp for EdgeProxy {
         if let Some(cookie) = ctx.set_cookie.take() {
             response.append_header(http::header::SET_COOKIE, cookie)?;
         }
+        if response.status == http::StatusCode::SWITCHING_PROTOCOLS
+            && websocket::requested(session.req_header())
+        {
+            ctx.websocket = Some(Default::default());
+        }
         policy::on_response(session, response, ctx);
         wasm::on_response(session, response, ctx)
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        let Some(frames) = ctx.websocket.as_mut() else {
+            return Ok(None);
+        };
+        match body {
+            Some(data) => frames.feed(data),
+            // The edge ended the tunnel stream (its grace period is over):
+            // the visitor is told, between two of the service's frames.
+            None if end_of_stream
+                && frames.may_close()
+                && ctx
+                    .target
+                    .as_ref()
+                    .is_some_and(|t| t.session.streams_ended()) =>
+            {
+                *body = Some(websocket::going_away());
+            }
+            None => {}
+        }
+        Ok(None)
     }
 
     async fn fail_to_proxy(
@@ -455,6 +504,18 @@ impl ProxyHttp for EdgeProxy {
                 }
             }
             Some(wasm::Step::Failed(failure)) => failure.clone(),
+            // The edge ended the stream at the end of its grace period.
+            Some(wasm::Step::Continue) | None
+                if ctx
+                    .target
+                    .as_ref()
+                    .is_some_and(|t| t.session.streams_ended()) =>
+            {
+                Failure::with(
+                    ErrorKind::TunnelUnavailable,
+                    "this replica of the edge is shutting down; call again",
+                )
+            }
             // A phase that failed for a reason of its own said which
             // (a body over the route's limit); else, what Pingora reports.
             Some(wasm::Step::Continue) | None => {
@@ -540,5 +601,34 @@ impl ProxyHttp for EdgeProxy {
             duration_us = duration.as_micros() as u64,
             "request"
         );
+        if let Some(traces) = &self.traces {
+            // Refused before forwarding: the span continues the visitor's
+            // trace all the same.
+            let trace = ctx.trace.unwrap_or_else(|| {
+                let sent = req.headers.get(&forwarding::TRACEPARENT);
+                let valid = sent
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|t| forwarding::is_valid_traceparent(t));
+                Trace::continuing(valid)
+            });
+            let end = std::time::SystemTime::now();
+            let route = ctx.target.as_ref().map(|t| t.route_label());
+            traces.export(crate::traces::Finished {
+                trace,
+                method: req.method.as_str(),
+                route: route.as_deref().unwrap_or(""),
+                host: ctx.host.sent().unwrap_or(""),
+                path: req.uri.path(),
+                status,
+                environment: ctx
+                    .target
+                    .as_ref()
+                    .map_or("", |t| t.service.environment.as_str()),
+                request_id: &ctx.id,
+                error: ctx.failure.as_ref().map(|f| f.kind.code()),
+                start: end - duration,
+                end,
+            });
+        }
     }
 }

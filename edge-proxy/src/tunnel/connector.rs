@@ -6,6 +6,7 @@
 //! the service). `TunnelSocket` then moves bytes as `StreamFrame`s, as
 //! the stream's credit allows.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use pingora_core::protocols::l4::stream::Stream;
 use pingora_core::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
 use pingora_error::{Error, ErrorType};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::warn;
 use tunnel_proto::{stream_frame::Kind, ErrorCode, StreamFrame};
 use tunnel_transport::{DataStream, StreamIo};
@@ -103,6 +105,7 @@ impl L4Connect for TunnelConnector {
             Ok(stream) => {
                 let socket = TunnelSocket {
                     io: StreamIo::new(stream),
+                    ending: Box::pin(self.session.streams_ending()),
                     session: self.session.clone(),
                 };
                 Ok(Stream::from(VirtualSocketStream::new(Box::new(socket))))
@@ -124,11 +127,21 @@ impl L4Connect for TunnelConnector {
 
 /// A tunnel data stream as Pingora's upstream socket. Once its session
 /// retires it reads as ended: it can only be idle in Pingora's pool then,
-/// and Pingora closes it there.
-#[derive(Debug)]
+/// and Pingora closes it there. So it does once the edge ends the streams
+/// in use at the end of its grace period.
 pub struct TunnelSocket {
     io: StreamIo,
     session: Arc<Session>,
+    ending: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl std::fmt::Debug for TunnelSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelSocket")
+            .field("io", &self.io)
+            .field("session", &self.session.id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl AsyncRead for TunnelSocket {
@@ -138,7 +151,7 @@ impl AsyncRead for TunnelSocket {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.session.is_retired() {
+        if this.session.is_retired() || this.ending.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.io).poll_read(cx, buf)

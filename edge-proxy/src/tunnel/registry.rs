@@ -11,6 +11,7 @@ use std::thread::ThreadId;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tunnel_proto::{edge_message, Drain, Drained, EdgeMessage, TunnelStats, WantStreams};
 use tunnel_transport::DataStream;
@@ -70,6 +71,9 @@ pub struct Session {
     /// and reads as ended ([`Session::is_retired`]).
     retired: AtomicBool,
     closed: AtomicBool,
+    /// The edge's grace period is over: streams still in use read as ended
+    /// ([`TunnelRegistry::end_streams`]).
+    ending: CancellationToken,
     control: mpsc::Sender<Result<EdgeMessage, Status>>,
     /// Streams handed to visitors' connections over the session's life.
     pub streams_taken: AtomicU64,
@@ -145,6 +149,7 @@ impl Session {
             requests: AtomicU64::new(0),
             retired: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            ending: CancellationToken::new(),
             control,
             streams_taken: AtomicU64::new(0),
             last_stats: Mutex::new(TunnelStats::default()),
@@ -360,6 +365,17 @@ impl Session {
         self.try_send(edge_message::Kind::Drained(Drained {}));
     }
 
+    /// Resolves when the edge ends the streams still in use (its grace
+    /// period is over).
+    pub fn streams_ending(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.ending.clone().cancelled_owned()
+    }
+
+    /// Whether the streams in use were ended by the edge.
+    pub fn streams_ended(&self) -> bool {
+        self.ending.is_cancelled()
+    }
+
     /// Draining or closed, with no request in flight.
     pub fn is_retired(&self) -> bool {
         self.retired.load(Ordering::Relaxed)
@@ -503,6 +519,16 @@ impl TunnelRegistry {
 
     pub fn is_leaving(&self) -> bool {
         self.leaving.load(Ordering::Relaxed)
+    }
+
+    /// The grace period is over: every stream still in use reads as ended,
+    /// so the requests on them finish as the edge's phases decide (a
+    /// WebSocket gets a Close frame, a gRPC call its status) rather than
+    /// being cut when the process exits.
+    pub fn end_streams(&self) {
+        for session in self.all() {
+            session.ending.cancel();
+        }
     }
 
     pub fn authorizations(&self) -> Arc<Authorizations> {
