@@ -20,7 +20,7 @@ use pingora_core::protocols::l4::stream::Stream;
 use pingora_core::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
 use pingora_error::{Error, ErrorType};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_util::sync::WaitForCancellationFutureOwned;
+use tokio::sync::futures::OwnedNotified;
 use tracing::warn;
 use tunnel_proto::{stream_frame::Kind, ErrorCode, StreamFrame};
 use tunnel_transport::{DataStream, StreamIo};
@@ -132,7 +132,8 @@ impl L4Connect for TunnelConnector {
 pub struct TunnelSocket {
     io: StreamIo,
     session: Arc<Session>,
-    ending: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Wakes a read waiting for data when the edge ends the stream.
+    ending: Pin<Box<OwnedNotified>>,
 }
 
 impl std::fmt::Debug for TunnelSocket {
@@ -151,10 +152,14 @@ impl AsyncRead for TunnelSocket {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.session.is_retired() || this.ending.as_mut().poll(cx).is_ready() {
+        if this.session.is_retired() || this.session.streams_ended() {
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut this.io).poll_read(cx, buf)
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            // Nothing to read yet: the end of the grace period wakes us too.
+            Poll::Pending if this.ending.as_mut().poll(cx).is_ready() => Poll::Ready(Ok(())),
+            read => read,
+        }
     }
 }
 

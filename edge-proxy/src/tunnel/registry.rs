@@ -11,7 +11,6 @@ use std::thread::ThreadId;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify};
-use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tunnel_proto::{edge_message, Drain, Drained, EdgeMessage, TunnelStats, WantStreams};
 use tunnel_transport::DataStream;
@@ -73,7 +72,9 @@ pub struct Session {
     closed: AtomicBool,
     /// The edge's grace period is over: streams still in use read as ended
     /// ([`TunnelRegistry::end_streams`]).
-    ending: CancellationToken,
+    ending: AtomicBool,
+    /// Wakes the streams waiting to read when `ending` is set.
+    ending_now: Arc<Notify>,
     control: mpsc::Sender<Result<EdgeMessage, Status>>,
     /// Streams handed to visitors' connections over the session's life.
     pub streams_taken: AtomicU64,
@@ -149,7 +150,8 @@ impl Session {
             requests: AtomicU64::new(0),
             retired: AtomicBool::new(false),
             closed: AtomicBool::new(false),
-            ending: CancellationToken::new(),
+            ending: AtomicBool::new(false),
+            ending_now: Arc::default(),
             control,
             streams_taken: AtomicU64::new(0),
             last_stats: Mutex::new(TunnelStats::default()),
@@ -366,14 +368,14 @@ impl Session {
     }
 
     /// Resolves when the edge ends the streams still in use (its grace
-    /// period is over).
-    pub fn streams_ending(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
-        self.ending.clone().cancelled_owned()
+    /// period is over), even if first polled after that.
+    pub fn streams_ending(&self) -> tokio::sync::futures::OwnedNotified {
+        self.ending_now.clone().notified_owned()
     }
 
     /// Whether the streams in use were ended by the edge.
     pub fn streams_ended(&self) -> bool {
-        self.ending.is_cancelled()
+        self.ending.load(Ordering::Relaxed)
     }
 
     /// Draining or closed, with no request in flight.
@@ -527,7 +529,8 @@ impl TunnelRegistry {
     /// being cut when the process exits.
     pub fn end_streams(&self) {
         for session in self.all() {
-            session.ending.cancel();
+            session.ending.store(true, Ordering::Relaxed);
+            session.ending_now.notify_waiters();
         }
     }
 
