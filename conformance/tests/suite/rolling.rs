@@ -42,7 +42,8 @@ impl Replica {
     /// request held in flight keeps the old process draining until `tally`
     /// counts `n` more requests served: nginx meanwhile sends some on the
     /// keep-alive connections it holds to the leaving replica, which must
-    /// serve them through its tunnels.
+    /// serve them through its tunnels, each connection closed after its
+    /// response.
     fn restart(&mut self, upstream: &str, tally: &Tally, n: u64) {
         let id = format!("rolling-{}", self.at.http_port);
         let mut held = conformance::hold_on(self.at.http_port, &preview_host(), &id);
@@ -54,6 +55,10 @@ impl Replica {
         let mut rest = String::new();
         held.read_to_string(&mut rest).unwrap();
         self.proc.assert_exits_cleanly();
+        // Its connections closed after their responses (`Connection:
+        // close` while draining), so nothing kept it to its grace's end.
+        let output = self.proc.output();
+        assert!(!output.contains("grace period over"), "{output}");
         let yaml = edge_yaml(NO_CLUSTER_LIMIT)
             .replacen(
                 "http: 127.0.0.1:0",

@@ -96,12 +96,17 @@ fn head_deadline(session: &Session) -> Option<&HeadDeadline> {
 /// Applies the visitor settings to the connection a request came on: its
 /// head has arrived, an idle keep-alive connection closes after
 /// `keepalive_timeout`, and a visitor that takes nothing of the response
-/// for `send_timeout` is closed (which resets its tunnel stream).
-fn visitor_connection(session: &mut Session, visitors: &VisitorSettings) {
+/// for `send_timeout` is closed (which resets its tunnel stream). While
+/// the edge drains, an HTTP/1.1 connection closes after its response
+/// (`Connection: close`): a client or balancer that keeps connections
+/// open sends its next request to another replica instead of keeping
+/// this one busy to the end of its grace period.
+fn visitor_connection(session: &mut Session, visitors: &VisitorSettings, leaving: bool) {
     if let Some(conn) = head_deadline(session) {
         conn.head_received();
     }
-    session.set_keepalive(Some(visitors.keepalive_timeout.as_secs()));
+    let keepalive = (!leaving).then_some(visitors.keepalive_timeout.as_secs());
+    session.set_keepalive(keepalive);
     session.set_write_timeout(Some(visitors.send_timeout));
 }
 
@@ -200,7 +205,7 @@ impl ProxyHttp for EdgeProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let config = self.config.load();
         ctx.learn(session, &config);
-        visitor_connection(session, &config.visitors);
+        visitor_connection(session, &config.visitors, self.registry.is_leaving());
         if let Err(failure) = limits::guard(ctx, &config, &self.gauges) {
             return answer(session, failure, ctx).await;
         }
