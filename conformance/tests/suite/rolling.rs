@@ -215,6 +215,7 @@ fn a_rolling_restart_of_two_replicas_under_load_loses_no_request() {
         sidecar.output()
     );
     assert!(ok >= 600, "{ok}");
+    println!("rolling restart of both replicas: {ok} requests served, none failed");
     // The leaving replicas said goodbye to the sidecar, which reconnected.
     let log = sidecar.output();
     assert!(log.contains("edge asked us to drain"), "{log}");
