@@ -61,6 +61,7 @@ impl StreamFrame {
                 service,
                 port,
                 request_id,
+                websocket: false,
             })),
         }
     }

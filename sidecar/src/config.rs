@@ -529,6 +529,7 @@ pub fn wire_protocol(protocol: ServiceProtocol) -> UpstreamProtocol {
         ServiceProtocol::Http1 => UpstreamProtocol::Http1,
         ServiceProtocol::H2c => UpstreamProtocol::H2c,
         ServiceProtocol::Tls => UpstreamProtocol::Tls,
+        ServiceProtocol::Tcp => UpstreamProtocol::Tcp,
     }
 }
 

@@ -6,6 +6,8 @@
 //! - [`session`]: one tunnel session (control stream, heartbeats, drain).
 //! - [`tls`]: TLS to the edge: verification, pinning, client certificates, errors.
 //! - [`stream`]: one proxied connection (dial target, pipe bytes).
+//! - [`tcp`]: raw TCP over a WebSocket: the visitor's `access tcp` and its
+//!   far end here.
 //! - [`replicas`]: the edge's addresses, from its URLs and their names.
 //! - [`backoff`]: reconnect delays.
 //!
@@ -18,6 +20,7 @@ pub mod config;
 pub mod replicas;
 pub mod session;
 pub mod stream;
+pub mod tcp;
 pub mod tls;
 
 use std::collections::{HashMap, HashSet};

@@ -71,11 +71,59 @@ enum Command {
         #[arg(long, default_value = "http1", value_parser = yaml_config::choice::<ServiceProtocol>)]
         protocol: ServiceProtocol,
     },
+    /// On a visitor's machine: reach a service through the edge.
+    #[command(subcommand)]
+    Access(AccessCommand),
+}
+
+#[derive(Subcommand)]
+enum AccessCommand {
+    /// Listen locally and carry each connection to a TCP service (a
+    /// database, SSH) over a WebSocket to the edge, e.g.
+    /// `sidecar access tcp postgres-5432-demo.preview.example.com --listen 127.0.0.1:15432`.
+    Tcp {
+        /// The service's host name at the edge.
+        host: String,
+        /// The local address to listen on.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        /// Where the edge listens, if not `https://HOST`: e.g.
+        /// `https://edge.example.com:8443`, or `http://127.0.0.1:8080` on
+        /// this machine. The certificate is checked for HOST.
+        #[arg(long)]
+        edge: Option<String>,
+        /// PEM file of the CA that signed the edge's certificate (default:
+        /// the system's roots).
+        #[arg(long)]
+        ca: Option<String>,
+        /// The visitor's bearer token, if the route asks for one (or set
+        /// PREVIEW_TOKEN).
+        #[arg(long, env = "PREVIEW_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = match cli.command {
+        Command::Access(AccessCommand::Tcp {
+            host,
+            listen,
+            edge,
+            ca,
+            token,
+        }) => {
+            telemetry::init(cli.log_format);
+            let access = access_tcp(host, edge, ca, token).unwrap_or_else(|problem| {
+                eprintln!("sidecar access tcp: {problem}");
+                std::process::exit(2)
+            });
+            return tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(sidecar::tcp::access(listen, access))
+                .map_err(Into::into);
+        }
         Command::CheckConfig { file } => {
             if let Err(e) = SidecarConfig::load(&file) {
                 eprintln!("{e}");
@@ -137,6 +185,46 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?
         .block_on(run(config))
+}
+
+/// `sidecar access tcp`'s flags → where and how to reach the edge.
+fn access_tcp(
+    host: String,
+    edge: Option<String>,
+    ca: Option<String>,
+    token: Option<String>,
+) -> Result<sidecar::tcp::Access, String> {
+    let edge = edge.unwrap_or_else(|| format!("https://{host}"));
+    let uri: http::Uri = edge
+        .parse()
+        .map_err(|_| format!("--edge {edge:?} is not a URL"))?;
+    let (edge_host, port) =
+        sidecar::replicas::host_port(&uri).ok_or_else(|| format!("--edge {edge:?} has no host"))?;
+    let address = std::net::ToSocketAddrs::to_socket_addrs(&(edge_host, port))
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| format!("cannot resolve {edge_host}"))?;
+    // The certificate is the service host's, wherever the edge is dialed.
+    let scheme = uri.scheme_str().unwrap_or("https");
+    let options = EdgeTlsOptions {
+        ca,
+        ..Default::default()
+    };
+    let transport = edge_transport(&format!("{scheme}://{host}:{port}"), options, false)
+        .or_else(|problems| match scheme {
+            // Plaintext is for an edge on this machine only.
+            "http" if address.ip().is_loopback() => {
+                Ok(sidecar::config::EdgeTransport::Plaintext { warn: false })
+            }
+            _ => Err(problems),
+        })
+        .map_err(|problems| problems.join("; "))?;
+    Ok(sidecar::tcp::Access {
+        host,
+        edge: address,
+        transport,
+        token,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -161,9 +161,18 @@ impl StreamPool {
             return;
         }
         self.stats.add(|s| &s.active, 1);
-        match pipe(tcp, &mut stream, &self.stats).await {
-            Ok(()) => close_gracefully(stream).await,
-            Err(e) => debug!(request_id = %open.request_id, error = %e, "stream ended abnormally"),
+        if open.websocket {
+            let io = tunnel_transport::StreamIo::new(stream);
+            if let Err(e) = crate::tcp::serve(io, tcp, &self.stats).await {
+                debug!(request_id = %open.request_id, error = %e, "TCP stream ended abnormally");
+            }
+        } else {
+            match pipe(tcp, &mut stream, &self.stats).await {
+                Ok(()) => close_gracefully(stream).await,
+                Err(e) => {
+                    debug!(request_id = %open.request_id, error = %e, "stream ended abnormally")
+                }
+            }
         }
         self.stats.left();
     }

@@ -81,6 +81,9 @@ pub enum ServiceProtocol {
     H2c,
     /// TLS; HTTP/2 or HTTP/1.1 as ALPN decides.
     Tls,
+    /// Raw TCP (a database, SSH): visitors reach it with
+    /// `sidecar access tcp`, through a WebSocket.
+    Tcp,
 }
 
 /// One closed choice (a unit-variant serde enum such as [`ServiceProtocol`])

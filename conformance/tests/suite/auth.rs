@@ -12,14 +12,14 @@ use serde_json::{json, Value};
 
 const ISS: &str = "https://id.example.test";
 
-fn keys_dir() -> PathBuf {
+pub(crate) fn keys_dir() -> PathBuf {
     PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../test-support/jwt-keys"
     ))
 }
 
-fn auth_yaml() -> String {
+pub(crate) fn auth_yaml() -> String {
     let keys = keys_dir();
     format!(
         r#"auth:
@@ -46,7 +46,7 @@ routes:
     )
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -54,7 +54,7 @@ fn now() -> u64 {
 }
 
 /// A test issuer's signing key.
-fn encoding_key(alg: Algorithm, file: &str) -> EncodingKey {
+pub(crate) fn encoding_key(alg: Algorithm, file: &str) -> EncodingKey {
     let pem = std::fs::read(keys_dir().join(file)).unwrap();
     match alg {
         Algorithm::ES256 => EncodingKey::from_ec_pem(&pem).unwrap(),
@@ -62,12 +62,12 @@ fn encoding_key(alg: Algorithm, file: &str) -> EncodingKey {
     }
 }
 
-fn token(alg: Algorithm, key: &str, claims: Value) -> String {
+pub(crate) fn token(alg: Algorithm, key: &str, claims: Value) -> String {
     let key = encoding_key(alg, key);
     encode(&Header::new(alg), &claims, &key).unwrap()
 }
 
-fn claims(email: &str) -> Value {
+pub(crate) fn claims(email: &str) -> Value {
     json!({ "iss": ISS, "aud": "preview", "sub": "u-42", "email": email,
             "groups": ["eng"], "exp": now() + 600 })
 }

@@ -17,6 +17,7 @@ mod requests;
 mod rolling;
 mod routing;
 mod spine;
+mod tcp;
 mod tls;
 mod traces;
 mod tunnel_tls;

@@ -1365,6 +1365,7 @@ fn validate_route_upstream(
     let protocol = match (raw.protocol, raw.tls) {
         (ServiceProtocol::Http1, None) => Protocol::Http1,
         (ServiceProtocol::H2c, None) => Protocol::H2c,
+        (ServiceProtocol::Tcp, None) => Protocol::Tcp,
         (ServiceProtocol::Tls, tls) => {
             let tls = tls.unwrap_or(raw::RouteTls {
                 server_name: None,

@@ -49,6 +49,7 @@ use super::{auth, forwarding, https, limits, login, policy, route, wasm, websock
 use crate::auth::session::Revocations;
 use crate::config::{EdgeConfig, VisitorSettings};
 use crate::limits::Gauges;
+use crate::routing::upstream::{Protocol, TCP_PATH};
 use crate::traces::Trace;
 use crate::tunnel::connector::TunnelConnector;
 use crate::tunnel::registry::TunnelRegistry;
@@ -108,6 +109,23 @@ fn visitor_connection(session: &mut Session, visitors: &VisitorSettings, leaving
     let keepalive = (!leaving).then_some(visitors.keepalive_timeout.as_secs());
     session.set_keepalive(keepalive);
     session.set_write_timeout(Some(visitors.send_timeout));
+}
+
+/// A TCP service is reached only by a WebSocket at [`TCP_PATH`] (what
+/// `sidecar access tcp` opens); anything else is told how.
+fn tcp_tunnel(req: &RequestHeader, ctx: &RequestCtx) -> Result<(), Failure> {
+    let tcp = ctx
+        .target
+        .as_ref()
+        .is_some_and(|t| matches!(t.protocol, Protocol::Tcp));
+    if !tcp || (req.uri.path() == TCP_PATH && websocket::requested(req)) {
+        return Ok(());
+    }
+    let host = ctx.host.name().unwrap_or_default();
+    Err(Failure::with(
+        ErrorKind::BadRequest,
+        format!("{host} is a TCP service: reach it with `sidecar access tcp {host} --listen 127.0.0.1:PORT`"),
+    ))
 }
 
 /// A request with more header fields or a longer target than the
@@ -254,6 +272,9 @@ impl ProxyHttp for EdgeProxy {
                 if let Err(failure) = announced_body(session.req_header(), ctx) {
                     return answer(session, failure, ctx).await;
                 }
+                if let Err(failure) = tcp_tunnel(session.req_header(), ctx) {
+                    return answer(session, failure, ctx).await;
+                }
                 if ctx.target.as_ref().is_some_and(|t| t.wasm.is_some()) {
                     policy::on_visitor_request(session, ctx);
                     return match wasm::on_request(session, ctx) {
@@ -309,6 +330,7 @@ impl ProxyHttp for EdgeProxy {
             request_id: ctx.id.clone(),
             open_stream_timeout: target.open_stream_timeout,
             connect_timeout: target.connect_timeout,
+            websocket: matches!(target.protocol, Protocol::Tcp),
         }));
         Ok(Box::new(peer))
     }

@@ -25,7 +25,14 @@ pub enum Protocol {
     Http1,
     H2c,
     Tls(Arc<TlsUpstream>),
+    /// Raw TCP: only a WebSocket at [`TCP_PATH`] reaches it, answered by
+    /// the sidecar, whose binary messages are the connection's bytes.
+    Tcp,
 }
+
+/// The path a TCP service is reached at (`sidecar access tcp`): a
+/// WebSocket upgrade, nothing else.
+pub const TCP_PATH: &str = "/.preview/tcp";
 
 /// How the edge checks a service's certificate.
 #[derive(Clone)]
@@ -74,6 +81,7 @@ impl std::fmt::Debug for Protocol {
         match self {
             Protocol::Http1 => f.write_str("http1"),
             Protocol::H2c => f.write_str("h2c"),
+            Protocol::Tcp => f.write_str("tcp"),
             Protocol::Tls(t) => write!(
                 f,
                 "tls(server_name={:?}, own_ca={}, verify={})",
@@ -95,6 +103,7 @@ impl Protocol {
         match UpstreamProtocol::try_from(protocol) {
             Ok(UpstreamProtocol::Http1) => Ok(Protocol::Http1),
             Ok(UpstreamProtocol::H2c) => Ok(Protocol::H2c),
+            Ok(UpstreamProtocol::Tcp) => Ok(Protocol::Tcp),
             Ok(UpstreamProtocol::Tls) => {
                 let tls = tls.cloned().unwrap_or_default();
                 let ca = if tls.ca_pem.is_empty() {
@@ -126,7 +135,7 @@ impl Protocol {
     pub fn configure(&self, peer: &mut HttpPeer, upgrade: bool) {
         let options = &mut peer.options;
         match self {
-            Protocol::Http1 => options.alpn = ALPN::H1,
+            Protocol::Http1 | Protocol::Tcp => options.alpn = ALPN::H1,
             Protocol::H2c => {
                 options.alpn = ALPN::H2;
                 options.max_h2_streams = MAX_H2_STREAMS;

@@ -22,7 +22,7 @@ use pingora_error::{Error, ErrorType};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::futures::OwnedNotified;
 use tracing::warn;
-use tunnel_proto::{stream_frame::Kind, ErrorCode, StreamFrame};
+use tunnel_proto::{stream_frame::Kind, ErrorCode, Open, StreamFrame};
 use tunnel_transport::{DataStream, StreamIo};
 
 use crate::tunnel::registry::{Session, TakeError};
@@ -52,6 +52,8 @@ pub struct TunnelConnector {
     pub request_id: String,
     pub open_stream_timeout: Duration,
     pub connect_timeout: Duration,
+    /// A visitor's WebSocket to a TCP service: the sidecar answers it.
+    pub websocket: bool,
 }
 
 impl TunnelConnector {
@@ -62,11 +64,14 @@ impl TunnelConnector {
                 .take_stream(self.open_stream_timeout)
                 .await
                 .map_err(TunnelError::NoStream)?;
-            let open = StreamFrame::open(
-                self.service.clone(),
-                self.port.into(),
-                self.request_id.clone(),
-            );
+            let open = StreamFrame {
+                kind: Some(Kind::Open(Open {
+                    service: self.service.clone(),
+                    port: self.port.into(),
+                    request_id: self.request_id.clone(),
+                    websocket: self.websocket,
+                })),
+            };
             if stream.send_frame(&open).await.is_err() {
                 continue; // the sidecar dropped this idle stream
             }

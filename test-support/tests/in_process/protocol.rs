@@ -25,6 +25,7 @@ fn connector(edge: &TestEdge, service: &str, port: u16) -> TunnelConnector {
         request_id: "test".into(),
         open_stream_timeout: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(2),
+        websocket: false,
     }
 }
 

@@ -1,0 +1,194 @@
+//! Raw TCP services through the edge: `sidecar access tcp` on the
+//! visitor's side, a WebSocket to the edge, the sidecar answering it and
+//! dialing the service. Real clients: `redis-cli` against `redis-server`.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::time::Duration;
+
+use conformance::{exchange, Proc, Stack, ENV, TOKEN};
+use sha2::{Digest, Sha256};
+use test_support::pattern;
+
+const WAIT: Duration = Duration::from_secs(20);
+/// What the checksum service sends after reading the upload.
+const DOWNLOAD: u64 = 256 * 1024 * 1024;
+const UPLOAD: u64 = 64 * 1024 * 1024;
+
+/// A TCP service that reads until the client's half-close, answers the
+/// upload's SHA-256 (64 hex digits), then sends [`DOWNLOAD`] pattern
+/// bytes and closes.
+fn checksum_service() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let mut conn = conn.unwrap();
+            std::thread::spawn(move || {
+                let mut hash = Sha256::new();
+                let mut buf = vec![0; 64 * 1024];
+                loop {
+                    let n = conn.read(&mut buf).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    hash.update(&buf[..n]);
+                }
+                conn.write_all(hex::encode(hash.finalize()).as_bytes())
+                    .unwrap();
+                for chunk in pattern::chunks(DOWNLOAD) {
+                    conn.write_all(&chunk).unwrap();
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A local port for redis-server (which cannot report one it chose).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn host(service: &str, port: u16) -> String {
+    format!("{service}-{port}-{ENV}.preview.localhost")
+}
+
+/// `sidecar access tcp HOST` against `stack`'s edge; returns it and the
+/// local port it listens on.
+fn access(stack: &Stack, host: &str, more: &[&str]) -> (Proc, u16) {
+    let edge = format!("http://127.0.0.1:{}", stack.http_port);
+    let mut args = vec!["access", "tcp", host, "--edge", &edge];
+    args.extend_from_slice(more);
+    let access = Proc::spawn("sidecar", &args);
+    let line = access.wait_line("listening ", WAIT);
+    let addr = line.split_whitespace().nth(1).unwrap();
+    (access, addr.rsplit_once(':').unwrap().1.parse().unwrap())
+}
+
+/// A `redis-server` of its own on a TCP port; returns it and the port.
+fn redis_on_tcp(dir: &std::path::Path) -> (Proc, u16) {
+    let port = free_port();
+    let args = ["--port", &port.to_string(), "--bind", "127.0.0.1"];
+    let args = [&args[..], &["--save", "", "--appendonly", "no"]].concat();
+    let redis = Proc::spawn_program("redis-server", &args, dir);
+    redis.wait_line("eady to accept connections", WAIT);
+    (redis, port)
+}
+
+/// `redis-cli` against a local port.
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli is installed");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn redis_cli_and_a_checksummed_transfer_reach_tcp_services_through_the_edge() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_redis, redis_port) = redis_on_tcp(dir.path());
+    let checksum = checksum_service();
+
+    let mut stack = Stack::start();
+    stack.sidecar.as_mut().unwrap().kill();
+    let yaml = format!(
+        "edge: http://{}\ntoken: {TOKEN}\nenvironment: {ENV}\ntargets:\n\
+         \x20 - {{ service: hello, port: 8080, address: {} }}\n\
+         \x20 - {{ service: redis, port: 6379, address: 127.0.0.1:{redis_port}, protocol: tcp }}\n\
+         \x20 - {{ service: bulk, port: 9000, address: {checksum}, protocol: tcp }}\n",
+        stack.tunnel_addr, stack.upstream_addr
+    );
+    let path = stack.dir.path().join("tcp-sidecar.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let sidecar = Proc::spawn("sidecar", &["run", "--config", path.to_str().unwrap()]);
+    sidecar.wait_lines("tunnel up", 2, WAIT);
+
+    // redis-cli, a real client of a real server, through the edge.
+    let (_redis_access, port) = access(&stack, &host("redis", 6379), &[]);
+    let cli = |args: &[&str]| redis_cli(port, args);
+    assert_eq!(cli(&["SET", "greeting", "through the tunnel"]), "OK");
+    assert_eq!(cli(&["GET", "greeting"]), "through the tunnel");
+    assert_eq!(cli(&["PING"]), "PONG");
+
+    // An upload ended by a half-close, then a download: both intact.
+    let (_bulk_access, port) = access(&stack, &host("bulk", 9000), &[]);
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut reader = conn.try_clone().unwrap();
+    let download = std::thread::spawn(move || {
+        let mut answer = [0u8; 64];
+        reader.read_exact(&mut answer).unwrap();
+        let mut hash = Sha256::new();
+        let mut total = 0u64;
+        let mut buf = vec![0; 64 * 1024];
+        loop {
+            let n = reader.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            hash.update(&buf[..n]);
+        }
+        (
+            String::from_utf8_lossy(&answer).into_owned(),
+            total,
+            hex::encode(hash.finalize()),
+        )
+    });
+    for chunk in pattern::chunks(UPLOAD) {
+        conn.write_all(&chunk).unwrap();
+    }
+    conn.shutdown(Shutdown::Write).unwrap();
+    let (uploaded, total, downloaded) = download.join().unwrap();
+    assert_eq!(
+        uploaded,
+        pattern::sha256(UPLOAD),
+        "the upload arrived whole"
+    );
+    assert_eq!((total, downloaded), (DOWNLOAD, pattern::sha256(DOWNLOAD)));
+
+    // Anything but the WebSocket is told how to reach a TCP service.
+    let (status, _, body) = exchange(&stack, &host("redis", 6379), "/", &[]);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("sidecar access tcp"), "{body}");
+}
+
+/// A TCP route of the edge's YAML (`upstream: { protocol: tcp }`) under
+/// `auth:`: without a token the edge refuses the WebSocket and the access
+/// client says why; with one, redis-cli works.
+#[test]
+fn a_tcp_route_needs_what_an_http_route_needs() {
+    use crate::auth::{auth_yaml, claims, token};
+    use jsonwebtoken::Algorithm;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (_redis, redis_port) = redis_on_tcp(dir.path());
+    let route =
+        "  - { host: db.example.test, target: demo/redis:6379, upstream: { protocol: tcp } }\n";
+    let mut stack = Stack::start_with_edge_yaml(&format!("{}{route}", auth_yaml()));
+    stack.sidecar.as_mut().unwrap().kill();
+    let yaml = format!(
+        "edge: http://{}\ntoken: {TOKEN}\nenvironment: {ENV}\ntargets:\n\
+         \x20 - {{ service: redis, port: 6379, address: 127.0.0.1:{redis_port} }}\n",
+        stack.tunnel_addr
+    );
+    let path = stack.dir.path().join("tcp-sidecar.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let sidecar = Proc::spawn("sidecar", &["run", "--config", path.to_str().unwrap()]);
+    sidecar.wait_lines("tunnel up", 2, WAIT);
+
+    let (refused, port) = access(&stack, "db.example.test", &[]);
+    assert_eq!(redis_cli(port, &["PING"]), "");
+    let said = refused.wait_line("cannot reach the service", WAIT);
+    assert!(said.contains("401"), "{said}");
+
+    let good = token(Algorithm::ES256, "ec.key", claims("a@example.com"));
+    let (_admitted, port) = access(&stack, "db.example.test", &["--token", &good]);
+    assert_eq!(redis_cli(port, &["PING"]), "PONG");
+}

@@ -1,0 +1,199 @@
+//! Raw TCP through the edge, over a WebSocket at the edge's
+//! [`TCP_PATH`]: [`access`] on the visitor's machine (`sidecar access tcp`)
+//! carries each local connection as one WebSocket; [`serve`] at the
+//! sidecar answers it and pipes to the target. Binary messages are the
+//! connection's bytes; an empty one ends its direction (half-close, which
+//! WebSocket has no frame for); anything else is refused.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, Message};
+use tokio_tungstenite::WebSocketStream;
+use tracing::{info, warn};
+
+use crate::config::EdgeTransport;
+use crate::stream::Stats;
+
+/// Where the edge takes TCP WebSockets (as its `routing::upstream`).
+pub const TCP_PATH: &str = "/.preview/tcp";
+
+/// Bytes read from a connection per message.
+const CHUNK: usize = 64 * 1024;
+
+/// Frames and messages larger than any this side sends are refused.
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(1024 * 1024))
+        .max_frame_size(Some(1024 * 1024))
+}
+
+fn ws_error(e: tungstenite::Error) -> io::Error {
+    match e {
+        tungstenite::Error::Io(e) => e,
+        other => io::Error::new(io::ErrorKind::InvalidData, other.to_string()),
+    }
+}
+
+/// At the sidecar: answers the visitor's WebSocket handshake on the tunnel
+/// stream and pipes its messages to `target`.
+pub async fn serve<S>(stream: S, target: TcpStream, stats: &Stats) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let ws = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config()))
+        .await
+        .map_err(ws_error)?;
+    relay(ws, target, Some(stats)).await
+}
+
+/// Pipes `tcp` and `ws` both ways until both directions have ended, then
+/// closes the WebSocket.
+async fn relay<S>(ws: WebSocketStream<S>, tcp: TcpStream, stats: Option<&Stats>) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut to_ws, mut from_ws) = ws.split();
+    let (mut rd, mut wr) = tcp.into_split();
+    let count = |which: fn(&Stats) -> &std::sync::atomic::AtomicU64, n: usize| {
+        if let Some(stats) = stats {
+            stats.add(which, n as u64);
+        }
+    };
+    let outbound = async {
+        let mut buf = vec![0; CHUNK];
+        loop {
+            let n = rd.read(&mut buf).await?;
+            count(|s| &s.bytes_from_targets, n);
+            // An empty message says this direction ended.
+            let message = Message::Binary(Bytes::copy_from_slice(&buf[..n]));
+            to_ws.send(message).await.map_err(ws_error)?;
+            if n == 0 {
+                return Ok::<_, io::Error>(());
+            }
+        }
+    };
+    let inbound = async {
+        while let Some(message) = from_ws.next().await {
+            match message.map_err(ws_error)? {
+                Message::Binary(data) if data.is_empty() => break,
+                Message::Binary(data) => {
+                    count(|s| &s.bytes_to_targets, data.len());
+                    wr.write_all(&data).await?;
+                }
+                Message::Close(_) => break,
+                Message::Ping(_) | Message::Pong(_) => {}
+                Message::Text(_) | Message::Frame(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "a TCP WebSocket carries binary messages only",
+                    ))
+                }
+            }
+        }
+        wr.shutdown().await
+    };
+    tokio::try_join!(outbound, inbound)?;
+    let mut ws = to_ws
+        .reunite(from_ws)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let _ = ws.close(None).await;
+    Ok(())
+}
+
+/// How `sidecar access tcp` reaches a TCP service.
+pub struct Access {
+    /// The service's host name at the edge (a preview host or a route's).
+    pub host: String,
+    /// Where the edge's HTTPS (or, on this machine, HTTP) listener is.
+    pub edge: SocketAddr,
+    /// TLS to the edge, the certificate checked for `host`; or plaintext.
+    pub transport: EdgeTransport,
+    /// The visitor's bearer token, if the route asks for one.
+    pub token: Option<String>,
+}
+
+/// Listens on `listen` and carries each connection to the service: prints
+/// `listening ADDR` once bound.
+pub async fn access(listen: SocketAddr, access: Access) -> io::Result<()> {
+    let listener = TcpListener::bind(listen).await?;
+    println!("listening {} -> {}", listener.local_addr()?, access.host);
+    let access = Arc::new(access);
+    loop {
+        let (local, peer) = listener.accept().await?;
+        let access = access.clone();
+        tokio::spawn(async move {
+            let _ = local.set_nodelay(true);
+            match access.connect().await {
+                Ok(ws) => {
+                    if let Err(e) = relay(ws, local, None).await {
+                        info!(%peer, error = %e, "connection ended abnormally");
+                    }
+                }
+                Err(e) => warn!(%peer, host = %access.host, error = %e, "cannot reach the service"),
+            }
+        });
+    }
+}
+
+/// A stream to the edge, plain or TLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+impl Access {
+    /// One WebSocket to the service, through the edge.
+    async fn connect(&self) -> Result<WebSocketStream<Box<dyn Io>>, String> {
+        let tcp = TcpStream::connect(self.edge)
+            .await
+            .map_err(|e| format!("connecting to the edge at {}: {e}", self.edge))?;
+        let _ = tcp.set_nodelay(true);
+        let (scheme, stream): (_, Box<dyn Io>) = match &self.transport {
+            EdgeTransport::Plaintext { .. } => ("ws", Box::new(tcp)),
+            EdgeTransport::Tls(tls) => {
+                let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+                let stream = connector
+                    .connect(tls.server_name.clone(), tcp)
+                    .await
+                    .map_err(|e| crate::tls::explain(&e, tls))?;
+                ("wss", Box::new(stream))
+            }
+        };
+        let mut request = format!("{scheme}://{}{TCP_PATH}", self.host)
+            .into_client_request()
+            .map_err(|e| e.to_string())?;
+        if let Some(token) = &self.token {
+            let bearer = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| "the token has characters not allowed in a header")?;
+            request
+                .headers_mut()
+                .insert(http::header::AUTHORIZATION, bearer);
+        }
+        let (ws, _) =
+            tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config()))
+                .await
+                .map_err(refused)?;
+        Ok(ws)
+    }
+}
+
+/// What the edge said when it did not upgrade: its status and message.
+fn refused(e: tungstenite::Error) -> String {
+    match e {
+        tungstenite::Error::Http(response) => {
+            let body = response.body().as_deref().unwrap_or_default();
+            let message = serde_json::from_slice::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+            format!("the edge answered {}: {message}", response.status())
+        }
+        other => other.to_string(),
+    }
+}
