@@ -197,3 +197,66 @@ fn refused(e: tungstenite::Error) -> String {
         other => other.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sidecar's end on one side of an in-memory stream, a target
+    /// that echoes; returns the visitor's end, already past the handshake.
+    async fn served() -> (
+        WebSocketStream<tokio::io::DuplexStream>,
+        tokio::task::JoinHandle<io::Result<()>>,
+    ) {
+        let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = target.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut conn, _) = target.accept().await.unwrap();
+            let (mut rd, mut wr) = conn.split();
+            let _ = tokio::io::copy(&mut rd, &mut wr).await;
+        });
+        let (visitor, sidecar) = tokio::io::duplex(64 * 1024);
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let stats = Arc::new(Stats::default());
+        let server = tokio::spawn(async move { serve(sidecar, tcp, &stats).await });
+        let (ws, _) = tokio_tungstenite::client_async("ws://db.example.test/.preview/tcp", visitor)
+            .await
+            .unwrap();
+        (ws, server)
+    }
+
+    #[tokio::test]
+    async fn binary_messages_are_the_bytes_and_an_empty_one_ends_the_direction() {
+        let (mut ws, server) = served().await;
+        ws.send(Message::binary(&b"hello"[..])).await.unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::binary(&b"hello"[..])
+        );
+        ws.send(Message::binary(Bytes::new())).await.unwrap();
+        // The echo service sees the end, ends its side: an empty message.
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::binary(Bytes::new())
+        );
+        server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn text_and_oversized_messages_are_refused() {
+        let (mut ws, server) = served().await;
+        ws.send(Message::text("SELECT 1")).await.unwrap();
+        let e = server.await.unwrap().unwrap_err();
+        assert!(e.to_string().contains("binary messages only"), "{e}");
+
+        let (ws, server) = served().await;
+        // A raw frame over the 1 MiB limit, past the client's own checks.
+        let mut raw = ws.into_inner();
+        let mut head = vec![0x82, 0x80 | 127];
+        head.extend_from_slice(&(2u64 * 1024 * 1024).to_be_bytes());
+        head.extend_from_slice(&[0, 0, 0, 0]);
+        raw.write_all(&head).await.unwrap();
+        let e = server.await.unwrap().unwrap_err();
+        assert!(e.to_string().to_lowercase().contains("too"), "{e}");
+    }
+}

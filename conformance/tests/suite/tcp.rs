@@ -12,7 +12,7 @@ use test_support::pattern;
 
 const WAIT: Duration = Duration::from_secs(20);
 /// What the checksum service sends after reading the upload.
-const DOWNLOAD: u64 = 256 * 1024 * 1024;
+const DOWNLOAD: u64 = 1024 * 1024 * 1024;
 const UPLOAD: u64 = 64 * 1024 * 1024;
 
 /// A TCP service that reads until the client's half-close, answers the
