@@ -50,12 +50,25 @@ where
     let ws = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config()))
         .await
         .map_err(ws_error)?;
-    relay(ws, target, Some(stats)).await
+    let mut stream = relay(ws, target, Some(stats)).await?;
+    // Dropped before the edge has ended its side, the tunnel stream would
+    // be reset, and what is still queued of the last messages lost.
+    let mut rest = [0u8; 1024];
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        while stream.read(&mut rest).await.is_ok_and(|n| n > 0) {}
+    })
+    .await;
+    Ok(())
 }
 
+/// How long a finished connection waits for the other end's Close, and
+/// then for the stream under it to end.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Pipes `tcp` and `ws` both ways until both directions have ended, then
-/// closes the WebSocket.
-async fn relay<S>(ws: WebSocketStream<S>, tcp: TcpStream, stats: Option<&Stats>) -> io::Result<()>
+/// closes the WebSocket (both Close frames exchanged) and shuts down the
+/// stream under it, which it returns.
+async fn relay<S>(ws: WebSocketStream<S>, tcp: TcpStream, stats: Option<&Stats>) -> io::Result<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -104,7 +117,13 @@ where
         .reunite(from_ws)
         .map_err(|e| io::Error::other(e.to_string()))?;
     let _ = ws.close(None).await;
-    Ok(())
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    let mut stream = ws.into_inner();
+    let _ = stream.shutdown().await;
+    Ok(stream)
 }
 
 /// How `sidecar access tcp` reaches a TCP service.
@@ -132,7 +151,7 @@ pub async fn access(listen: SocketAddr, access: Access) -> io::Result<()> {
             let _ = local.set_nodelay(true);
             match access.connect().await {
                 Ok(ws) => {
-                    if let Err(e) = relay(ws, local, None).await {
+                    if let Err(e) = relay(ws, local, None).await.map(drop) {
                         info!(%peer, error = %e, "connection ended abnormally");
                     }
                 }
@@ -239,6 +258,9 @@ mod tests {
             ws.next().await.unwrap().unwrap(),
             Message::binary(Bytes::new())
         );
+        ws.close(None).await.unwrap();
+        while ws.next().await.is_some() {}
+        drop(ws); // the tunnel stream's end, which the sidecar waits for
         server.await.unwrap().unwrap();
     }
 
