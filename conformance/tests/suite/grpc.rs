@@ -156,6 +156,22 @@ impl GrpcStack {
     }
 }
 
+/// A bidirectional call: its sender and its replies.
+async fn bidi(
+    client: &mut EchoClient<Channel>,
+) -> (
+    tokio::sync::mpsc::Sender<EchoRequest>,
+    tonic::Streaming<EchoReply>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let replies = client
+        .bidi(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    (tx, replies)
+}
+
 fn path(p: &std::path::Path) -> String {
     p.to_str().unwrap().to_string()
 }
@@ -202,12 +218,7 @@ async fn every_call_shape_streams_through() {
     assert_eq!((reply.message.as_str(), reply.index), ("a,b,c,d", 4));
 
     // Bidirectional: each reply arrives before the next request is sent.
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let mut replies = client
-        .bidi(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut replies) = bidi(&mut client).await;
     for i in 0..3u32 {
         tx.send(echo(&format!("ping {i}"))).await.unwrap();
         let reply: EchoReply = replies.message().await.unwrap().unwrap();
@@ -223,12 +234,7 @@ async fn every_call_shape_streams_through() {
 async fn a_stream_open_at_the_end_of_the_grace_period_ends_with_unavailable() {
     let stack = GrpcStack::start();
     let mut client = stack.h2c_client(ECHO).await;
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let mut replies = client
-        .bidi(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut replies) = bidi(&mut client).await;
     tx.send(echo("before")).await.unwrap();
     assert_eq!(replies.message().await.unwrap().unwrap().message, "before");
 

@@ -41,6 +41,13 @@ use crate::limits::Refused;
 
 pub use revocations::Ended;
 
+/// How often a replica renews what it claims in Redis (the tunnels it
+/// holds, its tunnel URL).
+const REFRESH: Duration = Duration::from_secs(10);
+
+/// How long a claim lasts unless renewed: a replica that dies drops out.
+const TTL: Duration = Duration::from_secs(30);
+
 /// How long what is asked rarely may wait for Redis (see
 /// [`SharedState::call_rarely`]).
 const RARE_CALL_BUDGET: Duration = Duration::from_millis(500);

@@ -4,7 +4,8 @@
 //! published on a channel of the same name, and so is a replica leaving,
 //! so the others re-read the set at once instead of at their next refresh:
 //! a replica that just started is told to sidecars within a moment, before
-//! visitors reach it. One that dies drops out after [`TTL`].
+//! visitors reach it. One that dies drops out after [`TTL`]; the set is
+//! re-read every [`REFRESH`] too.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,11 +18,7 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-/// How often a replica renews its announcement and re-reads the set.
-const REFRESH: Duration = Duration::from_secs(10);
-
-/// How long an announcement lasts unless renewed.
-const TTL: Duration = Duration::from_secs(30);
+use super::{REFRESH, TTL};
 
 /// How long after a failure Redis is tried again.
 const RETRY: Duration = Duration::from_secs(1);

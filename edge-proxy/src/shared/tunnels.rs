@@ -15,11 +15,7 @@ use tracing::{debug, info, warn};
 
 use super::SharedState;
 
-/// How often a replica refreshes its claims.
-const REFRESH: Duration = Duration::from_secs(10);
-
-/// How long a claim lasts unless refreshed.
-const TTL: Duration = Duration::from_secs(30);
+use super::{REFRESH, TTL};
 
 /// How long one publication may take (it never holds a request).
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
