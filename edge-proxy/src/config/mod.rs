@@ -49,8 +49,9 @@ pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a request waits for a data stream when a session's pool is empty.
 pub const DEFAULT_OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a request waits for its environment's sidecar to reconnect.
+/// How long a shutdown waits for the requests in flight.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long a request waits for its environment's sidecar to reconnect.
 pub const DEFAULT_SESSION_WAIT: Duration = Duration::from_secs(5);
 /// How long the sidecar may take to connect to the target.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -510,14 +511,15 @@ pub struct TraceSettings {
     pub service_name: String,
 }
 
+/// `url` as an `http://` or `https://` URL with a host, or `None`.
+fn http_url(url: &str) -> Option<http::Uri> {
+    let uri: http::Uri = url.parse().ok()?;
+    (matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some()).then_some(uri)
+}
+
 /// Checks a replica's tunnel URL as sidecars will dial it.
 fn tunnel_url(url: &str, path: &str, problems: &mut Vec<String>) -> bool {
-    let uri: Option<http::Uri> = url.parse().ok();
-    let fine = uri.as_ref().is_some_and(|u| {
-        matches!(u.scheme_str(), Some("http" | "https"))
-            && u.host().is_some()
-            && u.path_and_query().is_none_or(|p| p.as_str() == "/")
-    });
+    let fine = http_url(url).is_some_and(|u| u.path_and_query().is_none_or(|p| p.as_str() == "/"));
     if !fine {
         problems.push(format!(
             "{path}: {url:?} is not a tunnel URL such as https://edge-0.example.com:7000"
@@ -998,10 +1000,7 @@ fn validate(mut raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<Strin
         &mut problems,
     );
     let traces = raw.traces.map(|t| {
-        let endpoint: Option<http::Uri> = t.otlp_endpoint.parse().ok();
-        if !endpoint
-            .is_some_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some())
-        {
+        if http_url(&t.otlp_endpoint).is_none() {
             problems.push(format!(
                 "traces.otlp_endpoint: {:?} is not a URL such as http://otel-collector:4317",
                 t.otlp_endpoint

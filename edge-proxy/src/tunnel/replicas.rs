@@ -52,12 +52,8 @@ impl ReplicaSet {
         self.advertise_changed.clone()
     }
 
-    /// The set to tell a sidecar now; empty when nothing is known.
-    pub fn current(&self) -> Arc<[String]> {
-        self.told.borrow().clone()
-    }
-
-    /// Sees each change of [`Self::current`].
+    /// The set to tell a sidecar (empty when nothing is known), and each
+    /// change of it.
     pub fn subscribe(&self) -> watch::Receiver<Arc<[String]>> {
         self.told.subscribe()
     }
@@ -109,7 +105,7 @@ mod tests {
             "https://edge-2.example.com:7000".into(),
             "https://edge-1.example.com:7000".into(),
         ]);
-        assert_eq!(set.current().len(), 3);
+        assert_eq!(seen.borrow().len(), 3);
         assert!(seen.has_changed().unwrap());
         seen.borrow_and_update();
         set.learned(vec!["https://edge-2.example.com:7000".into()]);
