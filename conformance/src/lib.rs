@@ -12,6 +12,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -104,6 +105,8 @@ pub fn bin(name: &str) -> PathBuf {
 struct Lines {
     lines: Mutex<Vec<String>>,
     changed: Condvar,
+    /// Output pipes not yet at their end; changed under `lines`' lock.
+    open: std::sync::atomic::AtomicUsize,
 }
 
 /// A running binary. Killed (SIGKILL) on drop unless it already exited.
@@ -141,7 +144,10 @@ impl Proc {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        let output = Arc::new(Lines::default());
+        let output = Arc::new(Lines {
+            open: 2.into(),
+            ..Lines::default()
+        });
         for stream in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
             Box::new(child.stderr.take().unwrap()),
@@ -153,6 +159,9 @@ impl Proc {
                     output.lines.lock().unwrap().push(line);
                     output.changed.notify_all();
                 }
+                let _lines = output.lines.lock().unwrap();
+                output.open.fetch_sub(1, Ordering::SeqCst);
+                output.changed.notify_all();
             });
         }
         Self {
@@ -228,6 +237,21 @@ impl Proc {
         assert!(line.contains("error="), "{line}");
     }
 
+    /// After the process exits: waits (up to 5 s) for the reader threads
+    /// to reach the end of its pipes, so [`Proc::output`] holds its last
+    /// lines too. The exit is seen before the pipes are read out.
+    fn wait_output_read(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut lines = self.output.lines.lock().unwrap();
+        while self.output.open.load(Ordering::SeqCst) > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return; // a grandchild may hold the pipes
+            }
+            lines = self.output.changed.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
     pub fn output(&self) -> String {
         self.output.lines.lock().unwrap().join("\n")
     }
@@ -246,6 +270,7 @@ impl Proc {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                self.wait_output_read();
                 return status;
             }
             assert!(
