@@ -26,15 +26,31 @@ pub enum Tunnel {
     Plain,
     /// TLS, the edge's certificate checked against a local CA.
     Tls,
+    /// A WebSocket to the edge's visitor port (`ws://`), through an HTTP
+    /// `CONNECT` proxy, as from a network where only HTTP gets out.
+    WebSocket,
 }
 
 impl Tunnel {
     /// What stacks use unless a test says: `CONFORMANCE_TUNNEL=tls` runs
-    /// the whole suite over a TLS tunnel.
+    /// the whole suite over a TLS tunnel, `CONFORMANCE_TUNNEL=websocket`
+    /// over a WebSocket through a proxy.
     pub fn from_env() -> Self {
         match std::env::var("CONFORMANCE_TUNNEL").as_deref() {
             Ok("tls") => Tunnel::Tls,
+            Ok("websocket") => Tunnel::WebSocket,
             _ => Tunnel::Plain,
+        }
+    }
+
+    /// [`Tunnel::from_env`], but never a WebSocket: for tests that count
+    /// what one address does on the visitor ports, where a WebSocket
+    /// sidecar's own connections (from the same loopback address) would
+    /// count too, or whose visitor port only a load balancer can speak to.
+    pub fn off_visitor_ports() -> Self {
+        match Self::from_env() {
+            Tunnel::WebSocket => Tunnel::Plain,
+            tunnel => tunnel,
         }
     }
 }
@@ -156,10 +172,14 @@ impl Proc {
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines() {
                     let Ok(line) = line else { break };
-                    output.lines.lock().unwrap().push(line);
+                    output
+                        .lines
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(line);
                     output.changed.notify_all();
                 }
-                let _lines = output.lines.lock().unwrap();
+                let _lines = output.lines.lock().unwrap_or_else(|e| e.into_inner());
                 output.open.fetch_sub(1, Ordering::SeqCst);
                 output.changed.notify_all();
             });
@@ -411,6 +431,8 @@ pub struct Stack {
     pub tunnel: Tunnel,
     /// The admin listener (`listen.admin`), if the YAML has one.
     pub admin_addr: Option<String>,
+    /// The proxy a [`Tunnel::WebSocket`] sidecar goes through.
+    pub proxy: Option<test_support::connect_proxy::ConnectProxy>,
 }
 
 impl Stack {
@@ -511,6 +533,8 @@ impl Stack {
             upstream_addr,
             tunnel,
             admin_addr: listening.admin,
+            proxy: (tunnel == Tunnel::WebSocket)
+                .then(test_support::connect_proxy::ConnectProxy::start),
         };
         stack.start_sidecar();
         stack
@@ -524,6 +548,14 @@ impl Stack {
                 "edge: https://{}\ntls:\n  ca: {}\n",
                 self.tunnel_addr,
                 self.dir.path().join("tunnel-ca/ca.pem").display()
+            ),
+            Tunnel::WebSocket => format!(
+                "edge: ws://127.0.0.1:{}\nproxy: {}\n",
+                self.http_port,
+                self.proxy
+                    .as_ref()
+                    .expect("started with the stack")
+                    .url(None)
             ),
         };
         let yaml = format!(

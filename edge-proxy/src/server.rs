@@ -35,6 +35,7 @@ use crate::metrics::Metrics;
 use crate::reload::{self, Reloader};
 use crate::shared;
 use crate::tls::{self, SniResolver, TunnelTlsState};
+use crate::tunnel::ingress::TunnelIngress;
 use crate::tunnel::registry::{Authorizations, TunnelRegistry};
 use crate::tunnel::service::{ClientChain, TunnelService};
 
@@ -203,6 +204,14 @@ impl Edge {
             self.config.load().redis.as_ref(),
             &self.local,
         ));
+        let tunnel_ingress = TunnelIngress {
+            service: TunnelService::new(
+                self.registry.clone(),
+                self.config.clone(),
+                default_public_url,
+            ),
+            stop: CancellationToken::new(),
+        };
         let proxy = EdgeProxy {
             config: self.config.clone(),
             registry: self.registry.clone(),
@@ -217,6 +226,7 @@ impl Edge {
             shared: self.shared.clone(),
             metrics: self.metrics.clone(),
             traces: traces.clone(),
+            tunnel_ingress: tunnel_ingress.clone(),
         };
         // Two apps: plain connections are sniffed here, and those that
         // start with the HTTP/2 preface go to the one that speaks h2c.
@@ -256,16 +266,12 @@ impl Edge {
                     self.tunnel_tls.client_auth.clone(),
                 ))
             }),
-            tunnel_service: TunnelService::new(
-                self.registry.clone(),
-                self.config.clone(),
-                default_public_url,
-            ),
+            tunnel_service: tunnel_ingress.service,
             config: self.config.clone(),
             gauges,
             shutdown: stop_http_rx,
             stop_accepting: CancellationToken::new(),
-            stop_tunnel: CancellationToken::new(),
+            stop_tunnel: tunnel_ingress.stop,
         };
         let workers = Workers::start(workers.max(1), &shared)?;
         let throttle = shared.tunnel_service.throttle().clone();

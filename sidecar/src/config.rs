@@ -58,6 +58,11 @@ mod raw {
         /// Allow `http://` to an edge that is not on loopback.
         #[serde(default)]
         pub insecure_plaintext: bool,
+        /// `http://[user:password@]host:port` of an HTTP proxy to reach
+        /// the edge through (else `HTTPS_PROXY`).
+        pub proxy: Option<String>,
+        /// The tunnel over a WebSocket when gRPC fails.
+        pub fallback: Option<Fallback>,
         pub tls: Option<crate::tls::EdgeTlsOptions>,
         pub environment: Option<String>,
         /// A stricter access level for this environment than the edge
@@ -82,6 +87,13 @@ mod raw {
     pub enum Edges {
         One(String),
         Many(Vec<String>),
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Fallback {
+        pub url: String,
+        pub after: Option<u32>,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -139,7 +151,23 @@ pub struct SidecarConfig {
     pub targets: Allowlist,
     /// `admin`: where `/healthz`, `/readyz` and `/metrics` are served.
     pub admin: Option<std::net::SocketAddr>,
+    /// The HTTP proxy the edge is reached through, if any.
+    pub proxy: Option<crate::proxy::Proxy>,
+    /// Where to go when the gRPC transport keeps failing.
+    pub fallback: Option<Fallback>,
 }
+
+/// `fallback`: after `after` failed sessions in a row with a (gRPC) edge,
+/// the sidecar tries the tunnel over a WebSocket at `edge`, and back after
+/// as many failures there.
+#[derive(Debug, Clone)]
+pub struct Fallback {
+    pub edge: Edge,
+    pub after: u32,
+}
+
+/// Failed sessions in a row before the sidecar tries the other transport.
+pub const DEFAULT_FALLBACK_AFTER: u32 = 3;
 
 /// `learn_replicas: true`: replicas the edge tells of are dialed with the
 /// same `tls` section (each URL's own host is the name checked) and
@@ -174,13 +202,21 @@ impl Learn {
 /// An edge URL and how to speak to it.
 #[derive(Debug, Clone)]
 pub struct Edge {
-    /// `https://host:port` (or `http://`) of the edge's tunnel listener.
+    /// `https://host:port` (or `http://`) of the edge's tunnel listener, or
+    /// `wss://host[:port]` (or `ws://`) of its visitor port, for the tunnel
+    /// over a WebSocket.
     pub url: String,
     /// TLS to the edge (the URL's host is the name checked), or plaintext.
     pub transport: EdgeTransport,
 }
 
 impl Edge {
+    /// The tunnel over a WebSocket (`wss://`, `ws://`) rather than gRPC.
+    pub fn websocket(&self) -> bool {
+        let scheme = self.url.split("://").next().unwrap_or_default();
+        scheme.eq_ignore_ascii_case("wss") || scheme.eq_ignore_ascii_case("ws")
+    }
+
     /// A plaintext edge (loopback, tests).
     pub fn plaintext(url: impl Into<String>) -> Self {
         Self {
@@ -292,6 +328,39 @@ fn validate(raw: raw::SidecarFile, base: &Path) -> Result<SidecarConfig, Vec<Str
         *file = base.join(&*file).to_string_lossy().into_owned();
     }
     let edges = validate_edges(raw.edge, &tls, raw.insecure_plaintext, &mut problems);
+    let fallback = raw.fallback.and_then(|f| {
+        let after = f.after.unwrap_or(DEFAULT_FALLBACK_AFTER);
+        if !(1..=100).contains(&after) {
+            problems.push(format!("fallback.after: {after} is out of range 1..=100"));
+        }
+        if !(f.url.starts_with("wss://") || f.url.starts_with("ws://")) {
+            problems.push(format!(
+                "fallback.url: {:?} must be the edge's WebSocket URL, wss://edge.example.com (its HTTPS port)",
+                f.url
+            ));
+            return None;
+        }
+        let plaintext = raw.insecure_plaintext && f.url.starts_with("ws://");
+        match edge_transport(&f.url, tls.clone(), plaintext) {
+            Ok(transport) => Some(Fallback {
+                edge: Edge { url: f.url, transport },
+                after,
+            }),
+            Err(e) => {
+                problems.extend(e.into_iter().map(|m| m.replacen("edge: ", "fallback.url: ", 1)));
+                None
+            }
+        }
+    });
+    let proxy = match raw.proxy {
+        Some(url) => crate::proxy::Proxy::parse(&url)
+            .map_err(|e| problems.push(format!("proxy: {e}")))
+            .ok(),
+        None => crate::proxy::Proxy::from_env().and_then(|p| {
+            p.map_err(|e| problems.push(format!("HTTPS_PROXY (environment): {e}")))
+                .ok()
+        }),
+    };
     let learn_replicas = raw.learn_replicas.unwrap_or(true).then(|| Learn {
         tls: tls.clone(),
         insecure_plaintext: raw.insecure_plaintext,
@@ -434,6 +503,8 @@ fn validate(raw: raw::SidecarFile, base: &Path) -> Result<SidecarConfig, Vec<Str
         reconnect_min,
         reconnect_max,
         admin,
+        proxy,
+        fallback,
         targets: Allowlist::new(targets),
     })
 }
@@ -653,6 +724,66 @@ mod tests {
             "{err}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `wss://` and `ws://` edges are the WebSocket transport, under the
+    /// same plaintext rules; TLS to a `wss://` edge offers HTTP/1.1 (the
+    /// upgrade), to an `https://` one HTTP/2. `fallback` takes only a
+    /// WebSocket URL and a sane count; `proxy` only an http:// URL.
+    #[test]
+    fn websocket_edges_fallback_and_proxy() {
+        let ws = SidecarConfig::parse(&GOOD.replace("http://", "ws://"), "s.yaml").unwrap();
+        assert!(ws.edges[0].websocket());
+        assert!(matches!(
+            ws.edges[0].transport,
+            EdgeTransport::Plaintext { warn: false }
+        ));
+        let alpn =
+            |text: &str| match &SidecarConfig::parse(text, "s.yaml").unwrap().edges[0].transport {
+                EdgeTransport::Tls(tls) => tls.config.alpn_protocols.clone(),
+                plain => panic!("{plain:?}"),
+            };
+        let pinned = "tls:\n  pin_sha256: [\"0000000000000000000000000000000000000000000000000000000000000000\"]\n";
+        let wss = GOOD.replace("http://127.0.0.1:7000", "wss://edge.example.com") + pinned;
+        assert_eq!(alpn(&wss), vec![b"http/1.1".to_vec()]);
+        let https = GOOD.replace("http://127.0.0.1:7000", "https://edge.example.com:7000") + pinned;
+        assert_eq!(alpn(&https), vec![b"h2".to_vec()]);
+        let remote_ws = GOOD.replace("http://127.0.0.1:7000", "ws://edge.example.com");
+        let err = SidecarConfig::parse(&remote_ws, "s.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("insecure_plaintext"), "{err}");
+
+        let fallback = format!("{GOOD}fallback:\n  url: ws://127.0.0.1:8080\n");
+        let f = SidecarConfig::parse(&fallback, "s.yaml")
+            .unwrap()
+            .fallback
+            .unwrap();
+        assert_eq!(
+            (f.edge.url.as_str(), f.after),
+            ("ws://127.0.0.1:8080", DEFAULT_FALLBACK_AFTER)
+        );
+        let grpc = format!("{GOOD}fallback:\n  url: http://127.0.0.1:8080\n  after: 0\n");
+        let err = SidecarConfig::parse(&grpc, "s.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("fallback.url") && err.contains("wss://"),
+            "{err}"
+        );
+        assert!(err.contains("fallback.after"), "{err}");
+
+        let proxy = format!("{GOOD}proxy: http://u:p@proxy.corp:3128\n");
+        let p = SidecarConfig::parse(&proxy, "s.yaml")
+            .unwrap()
+            .proxy
+            .unwrap();
+        assert_eq!(p.address, "proxy.corp:3128");
+        let bad = format!("{GOOD}proxy: socks5://proxy.corp:1080\n");
+        let err = SidecarConfig::parse(&bad, "s.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("proxy:") && err.contains("http://"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`stream`]: one proxied connection (dial target, pipe bytes).
 //! - [`tcp`]: raw TCP over a WebSocket: the visitor's `access tcp` and its
 //!   far end here.
+//! - [`proxy`]: reaching the edge through an HTTP proxy (`CONNECT`).
 //! - [`replicas`]: the edge's addresses, from its URLs and their names.
 //! - [`backoff`]: reconnect delays.
 //!
@@ -17,6 +18,7 @@
 pub mod admin;
 pub mod backoff;
 pub mod config;
+pub mod proxy;
 pub mod replicas;
 pub mod session;
 pub mod stream;
@@ -118,10 +120,16 @@ impl Sidecar {
                 }
                 let stop = shutdown.child_token();
                 for index in 0..self.config.connections {
+                    let edge = known.edges[replica.edge].clone();
+                    // The configured gRPC edges may fall back to a WebSocket.
+                    let fallback = (self.config.fallback.as_ref())
+                        .filter(|_| replica.edge < known.configured && !edge.websocket())
+                        .map(|f| (Arc::new(f.edge.clone()), f.after));
                     let keeper = Keeper {
                         index,
                         replica,
-                        edge: known.edges[replica.edge].clone(),
+                        edge,
+                        fallback,
                         config: self.config.clone(),
                         status: self.status.clone(),
                         totals: self.totals.clone(),
@@ -218,6 +226,9 @@ struct Keeper {
     index: u32,
     replica: Replica,
     edge: Arc<Edge>,
+    /// `fallback`: the WebSocket edge, and the failures in a row after
+    /// which the keeper switches transports (either way).
+    fallback: Option<(Arc<Edge>, u32)>,
     config: Arc<SidecarConfig>,
     status: watch::Sender<Status>,
     totals: Arc<Stats>,
@@ -227,16 +238,23 @@ struct Keeper {
 
 impl Keeper {
     async fn run(self) {
-        let edge = &self.edge;
         let mut backoff =
             backoff::Backoff::new(self.config.reconnect_min, self.config.reconnect_max);
+        let mut on_fallback = false;
+        let mut failed_in_a_row = 0;
         // Sessions the edge asked to drain: they serve what is in flight
         // (and whatever the leaving replica still routes to them) while
         // their successor is already up.
         let mut draining = JoinSet::new();
         while !self.stop.is_cancelled() {
             let started = tokio::time::Instant::now();
-            let (session, drain_asked) = self.session();
+            let edge = match &self.fallback {
+                Some((fallback, _)) if on_fallback => fallback,
+                _ => &self.edge,
+            };
+            // A fallback edge is dialed by its own name (another port).
+            let address = self.replica.addr.filter(|_| !on_fallback);
+            let (session, drain_asked) = self.session(edge, address);
             let mut session = Box::pin(session);
             let result = tokio::select! {
                 result = &mut session => result,
@@ -248,6 +266,7 @@ impl Keeper {
             while draining.try_join_next().is_some() {}
             if started.elapsed() >= backoff::HEALTHY_PERIOD {
                 backoff.reset();
+                failed_in_a_row = 0;
             }
             let delay = match result {
                 Ok(SessionEnd::Shutdown) => break,
@@ -256,7 +275,24 @@ impl Keeper {
                     backoff.next_delay() / 4
                 }
                 Err(e) => {
-                    let delay = backoff.next_delay();
+                    let mut delay = backoff.next_delay();
+                    // A refusal says the transport works.
+                    if !matches!(e, session::SessionError::Rejected(_)) {
+                        failed_in_a_row += 1;
+                    }
+                    if let Some((fallback, after)) = &self.fallback {
+                        if failed_in_a_row >= *after {
+                            let (from, to) = match on_fallback {
+                                false => (&self.edge.url, &fallback.url),
+                                true => (&fallback.url, &self.edge.url),
+                            };
+                            info!(session = self.index, %from, %to, failures = failed_in_a_row, "switching transports after failures in a row");
+                            on_fallback = !on_fallback;
+                            failed_in_a_row = 0;
+                            backoff.reset();
+                            delay = backoff.next_delay() / 4;
+                        }
+                    }
                     let (index, edge) = (self.index, &edge.url);
                     if matches!(e, session::SessionError::Tls(_)) {
                         warn!(session = index, %edge, error = %e, retry_in = ?delay, "cannot reach the edge securely; check the edge URL and tls settings");
@@ -284,12 +320,14 @@ impl Keeper {
     /// its end), and the edge's request that it drain.
     fn session(
         &self,
+        edge: &Arc<Edge>,
+        address: Option<std::net::SocketAddr>,
     ) -> (
         impl std::future::Future<Output = Result<SessionEnd, session::SessionError>> + Send + 'static,
         oneshot::Receiver<()>,
     ) {
         let (drain_tx, drain_rx) = oneshot::channel();
-        let (index, replica, edge) = (self.index, self.replica, self.edge.clone());
+        let (index, replica, edge) = (self.index, self.replica, edge.clone());
         let (config, totals, stop, status, told) = (
             self.config.clone(),
             self.totals.clone(),
@@ -299,9 +337,10 @@ impl Keeper {
         );
         let session = async move {
             let mut welcomed = false;
+            let edge_url = edge.url.clone();
             let on_welcome = |welcome: &tunnel_proto::Welcome| {
                 welcomed = true;
-                info!(session = index, id = %welcome.session_id, environment = %welcome.environment, edge = ?replica.addr, "tunnel up");
+                info!(session = index, id = %welcome.session_id, environment = %welcome.environment, edge = ?address, url = %edge_url, "tunnel up");
                 status.send_modify(|s| {
                     s.connected += 1;
                     s.urls = welcome.urls.clone();
@@ -326,7 +365,7 @@ impl Keeper {
             let result = session::run(
                 &config,
                 &edge,
-                replica.addr,
+                address,
                 &totals,
                 &stop,
                 on_welcome,
@@ -441,6 +480,8 @@ mod tests {
             reconnect_min: min,
             reconnect_max: max,
             admin: None,
+            proxy: None,
+            fallback: None,
             targets: Allowlist::default(),
         });
         let mut status = sidecar.status();

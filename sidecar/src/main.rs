@@ -270,6 +270,10 @@ fn expose_config(
         reconnect_min: sidecar::config::DEFAULT_RECONNECT_MIN,
         reconnect_max: sidecar::config::DEFAULT_RECONNECT_MAX,
         admin: None,
+        proxy: sidecar::proxy::Proxy::from_env()
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("HTTPS_PROXY: {e}"))?,
+        fallback: None,
         targets: Allowlist::new([target]),
     })
 }

@@ -28,7 +28,7 @@ pub fn host_port(uri: &http::Uri) -> Option<(&str, u16)> {
     let host = uri.host()?.trim_matches(['[', ']']);
     let port = uri
         .port_u16()
-        .unwrap_or(if uri.scheme_str() == Some("https") {
+        .unwrap_or(if matches!(uri.scheme_str(), Some("https" | "wss")) {
             443
         } else {
             80

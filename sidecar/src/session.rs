@@ -23,9 +23,11 @@ use tunnel_transport::coalesce::CoalescingIo;
 use tunnel_transport::grpc::DATA_PATH;
 use tunnel_transport::rpc::H2Channel;
 use tunnel_transport::settings::*;
+use tunnel_transport::websocket::{WsIo, TUNNEL_PATH};
 use tunnel_transport::{keepalive, ConnectionFlow};
 
 use crate::config::{Edge, EdgeTransport, SidecarConfig};
+use crate::proxy::Proxy;
 use crate::stream::{Stats, StreamPool};
 
 /// In-flight streams get this long to finish when the sidecar stops.
@@ -74,16 +76,18 @@ pub fn edge_uri(edge: &Edge) -> Result<Uri, SessionError> {
 }
 
 /// Opens the TCP connection to the edge, at `address` (a replica's) or
-/// by its name (no Nagle delay: small frames of
-/// many streams share it; frames batched into few writes by
-/// [`CoalescingIo`]), with TLS unless the edge URL is `http://`, and
-/// speaks HTTP/2 on it with the tunnel's settings. The connection is
-/// driven, with keep-alive pings, by a task of its own until the edge
-/// closes it or every handle to it is gone.
+/// by its name, through the HTTP proxy if one is set for it (no Nagle
+/// delay: small frames of many streams share it; frames batched into few
+/// writes by [`CoalescingIo`]), with TLS unless the edge URL is `http://`
+/// or `ws://`, upgraded to a WebSocket for a `ws[s]://` edge, and speaks
+/// HTTP/2 on it with the tunnel's settings. The connection is driven, with
+/// keep-alive pings, by a task of its own until the edge closes it or
+/// every handle to it is gone.
 async fn connect(
     uri: &Uri,
     address: Option<SocketAddr>,
-    transport: &EdgeTransport,
+    edge: &Edge,
+    proxy: Option<&Proxy>,
     first_bytes: &Arc<FirstBytes>,
 ) -> Result<h2::client::SendRequest<Bytes>, SessionError> {
     // The config checked that the URL has a host.
@@ -95,22 +99,18 @@ async fn connect(
         },
         reason,
     };
-    let stream = match address {
-        Some(address) => TcpStream::connect(address).await,
-        None => TcpStream::connect((host, port)).await,
-    }
-    .map_err(|e| failed(e.to_string()))?;
+    let stream = match proxy.filter(|p| p.applies_to(host)) {
+        Some(proxy) => proxy.connect(host, port, address).await.map_err(failed)?,
+        None => match address {
+            Some(address) => TcpStream::connect(address).await,
+            None => TcpStream::connect((host, port)).await,
+        }
+        .map_err(|e| failed(e.to_string()))?,
+    };
     stream
         .set_nodelay(true)
         .map_err(|e| failed(e.to_string()))?;
-    let builder = {
-        let mut b = h2::client::Builder::new();
-        b.initial_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_frame_size(MAX_FRAME_SIZE);
-        b
-    };
-    match transport {
+    match &edge.transport {
         EdgeTransport::Plaintext { warn } => {
             if *warn {
                 warn!(edge = %uri, "connecting to the edge WITHOUT TLS (insecure_plaintext: true): the token and all traffic cross the network in clear");
@@ -119,11 +119,11 @@ async fn connect(
                 inner: stream,
                 first: first_bytes.clone(),
             };
-            let (send, connection) = builder
-                .handshake(CoalescingIo::new(io))
-                .await
-                .map_err(|e| failed(e.to_string()))?;
-            Ok(drive(send, connection))
+            if edge.websocket() {
+                let ws = websocket(uri, io).await.map_err(failed)?;
+                return h2_over(ws).await.map_err(failed);
+            }
+            h2_over(CoalescingIo::new(io)).await.map_err(failed)
         }
         EdgeTransport::Tls(tls) => {
             let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
@@ -131,19 +131,68 @@ async fn connect(
                 .connect(tls.server_name.clone(), stream)
                 .await
                 .map_err(|e| SessionError::Tls(crate::tls::explain(&e, tls)))?;
+            if edge.websocket() {
+                let ws = websocket(uri, stream).await.map_err(failed)?;
+                return h2_over(ws).await.map_err(failed);
+            }
             if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
                 return Err(SessionError::Tls(
-                    "the edge did not agree to HTTP/2 (ALPN h2): is this the edge's tunnel port?"
+                    "the edge did not agree to HTTP/2 (ALPN h2): is this the edge's tunnel port? (its visitor port takes wss://)"
                         .into(),
                 ));
             }
-            let (send, connection) = builder
-                .handshake(CoalescingIo::new(stream))
-                .await
-                .map_err(|e| failed(e.to_string()))?;
-            Ok(drive(send, connection))
+            h2_over(CoalescingIo::new(stream)).await.map_err(failed)
         }
     }
+}
+
+/// The WebSocket handshake at the edge's [`TUNNEL_PATH`] on `io`; its
+/// messages as the byte stream HTTP/2 runs on.
+async fn websocket<S>(uri: &Uri, io: S) -> Result<CoalescingIo<WsIo<S>>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+    let scheme = uri.scheme_str().unwrap_or("wss");
+    let url = format!("{scheme}://{authority}{TUNNEL_PATH}");
+    let config = tunnel_transport::websocket::config();
+    match tokio_tungstenite::client_async_with_config(url, io, Some(config)).await {
+        Ok((ws, _)) => Ok(CoalescingIo::new(WsIo::new(ws))),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let body = response
+                .body()
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            let hint = match response.status().as_u16() {
+                404 => {
+                    " (an edge older than the WebSocket transport, or not the edge's visitor port?)"
+                }
+                _ => "",
+            };
+            Err(format!(
+                "the edge answered the WebSocket upgrade at {TUNNEL_PATH} with {}{hint}: {}",
+                response.status(),
+                body.chars().take(200).collect::<String>()
+            ))
+        }
+        Err(e) => Err(format!("WebSocket upgrade at {TUNNEL_PATH} failed: {e}")),
+    }
+}
+
+/// HTTP/2 with the tunnel's settings on `io`.
+async fn h2_over<T>(io: T) -> Result<h2::client::SendRequest<Bytes>, String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, connection) = h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(drive(send, connection))
 }
 
 fn drive<T>(
@@ -269,7 +318,7 @@ pub async fn run(
     let first_bytes = Arc::new(FirstBytes::default());
     let connection = tokio::time::timeout(
         CONNECT_TIMEOUT,
-        connect(&uri, address, &edge.transport, &first_bytes),
+        connect(&uri, address, edge, config.proxy.as_ref(), &first_bytes),
     )
     .await
     .unwrap_or_else(|_| {

@@ -90,9 +90,9 @@ pub fn edge_transport(
         .and_then(|u| u.host())
         .map(|h| h.trim_matches(['[', ']']).to_string());
     let scheme = uri.as_ref().and_then(|u| u.scheme_str()).unwrap_or("");
-    let Some(host) = host.filter(|_| scheme == "http" || scheme == "https") else {
+    let Some(host) = host.filter(|_| matches!(scheme, "http" | "https" | "ws" | "wss")) else {
         return Err(vec![format!(
-            "edge: {edge:?} must be a URL such as https://edge.example.com:7000"
+            "edge: {edge:?} must be a URL such as https://edge.example.com:7000 (or wss://edge.example.com for the tunnel over a WebSocket)"
         )]);
     };
     if options.ca_file.is_some() {
@@ -106,10 +106,10 @@ pub fn edge_transport(
         || !options.pin_sha256.is_empty()
         || options.client_cert.is_some()
         || options.client_key.is_some();
-    if scheme == "http" {
+    if scheme == "http" || scheme == "ws" {
         if tls_set {
             problems.push(format!(
-                "tls: set, but edge {edge:?} is http:// (plaintext); write https:// to use TLS"
+                "tls: set, but edge {edge:?} is {scheme}:// (plaintext); write {scheme}s:// to use TLS"
             ));
         }
         let loopback = is_loopback(&host);
@@ -227,7 +227,12 @@ pub fn edge_transport(
             )]
         })?,
     };
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    // A WebSocket starts as HTTP/1.1; HTTP/2 runs inside it.
+    config.alpn_protocols = vec![if scheme == "wss" {
+        b"http/1.1".to_vec()
+    } else {
+        b"h2".to_vec()
+    }];
     Ok(EdgeTransport::Tls(Arc::new(EdgeTls {
         config: Arc::new(config),
         server_name: server_name.expect("checked"),

@@ -346,6 +346,8 @@ impl TestSidecar {
                 reconnect_min: Duration::from_millis(100),
                 reconnect_max: Duration::from_secs(1),
                 admin: None,
+                proxy: None,
+                fallback: None,
                 targets: Allowlist::default(),
             },
             targets: Vec::new(),

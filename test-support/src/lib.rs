@@ -4,6 +4,7 @@
 //! - [`harness`]: `TestEdge` / `TestSidecar` builders (in-process, own runtimes) and an HTTP client.
 //! - [`upstream`]: the sample upstream service (also the demo's), counting connections.
 //! - [`certs`]: a local CA and certificates (rcgen), for TLS tests and the demo.
+//! - [`connect_proxy`]: an HTTP `CONNECT` proxy, optionally with credentials.
 //! - [`fault`]: a fault-injecting TCP proxy (latency, bandwidth, stall, cut, reset).
 //! - [`pattern`]: deterministic payloads and their checksums.
 //! - [`grpc`]: a gRPC echo service (every call shape, errors, deadlines).
@@ -13,6 +14,7 @@
 //! - [`wasm`]: the header-policy filter module, built for the test.
 
 pub mod certs;
+pub mod connect_proxy;
 pub mod fault;
 pub mod grpc;
 pub mod harness;

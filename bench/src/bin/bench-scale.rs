@@ -279,6 +279,8 @@ async fn sidecars(args: SidecarArgs) -> anyhow::Result<()> {
             reconnect_min: Duration::from_millis(500),
             reconnect_max: Duration::from_secs(5),
             admin: None,
+            proxy: None,
+            fallback: None,
             targets: Allowlist::new([(SERVICE.to_string(), PORT, args.target.clone())]),
         };
         let sidecar = sidecar::Sidecar::new(config);

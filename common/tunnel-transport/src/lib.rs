@@ -14,6 +14,7 @@
 //! - [`rpc`]: the `Control` RPC on h2 streams (tonic on our streams).
 //! - [`keepalive`]: PINGs that detect dead peers.
 //! - [`coalesce`]: the socket wrapper that batches small writes.
+//! - [`websocket`]: the same HTTP/2 connection carried by a WebSocket.
 
 pub mod coalesce;
 pub mod data;
@@ -23,6 +24,7 @@ pub mod io;
 pub mod keepalive;
 pub mod rpc;
 pub mod settings;
+pub mod websocket;
 
 pub use data::{DataStream, Role};
 pub use flow::ConnectionFlow;

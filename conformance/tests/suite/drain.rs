@@ -73,12 +73,15 @@ fn a_leaving_edge_sends_its_sidecars_elsewhere_at_once_and_finishes_its_requests
     let mut stack = Stack::start();
     let held = hold(&stack, &stack.preview_host(), "edge-leaving");
     stack.edge.interrupt();
-    // Before the request in flight ends, the sidecar already tries anew.
+    // Before the request in flight ends, the sidecar already tries anew:
+    // the tunnel port says why it turns the session away; the visitor
+    // ports (a WebSocket's) no longer take connections.
     let sidecar = stack.sidecar.as_ref().unwrap();
-    let refused = sidecar.wait_line(
-        "this edge is shutting down; connect to another replica",
-        Duration::from_secs(10),
-    );
+    let why = match stack.tunnel {
+        conformance::Tunnel::WebSocket => "refused CONNECT",
+        _ => "this edge is shutting down; connect to another replica",
+    };
+    let refused = sidecar.wait_line(why, Duration::from_secs(10));
     assert!(refused.contains("tunnel down; reconnecting"), "{refused}");
     assert!(
         stack.edge.is_running(),

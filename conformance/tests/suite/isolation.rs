@@ -43,6 +43,8 @@ struct Isolation {
     sidecar: Proc,
     second: Proc,
     http: SocketAddr,
+    /// Tunnel sessions each sidecar keeps.
+    sessions: usize,
 }
 
 fn spawn_listening(name: &str, args: &[&str]) -> (Proc, String) {
@@ -71,21 +73,29 @@ impl Isolation {
         let (edge, listening) = conformance::start_edge_listening(d);
         let (upstream, upstream_addr) =
             spawn_listening("sample-upstream", &["--listen", "127.0.0.1:0"]);
+        // Over a WebSocket, each sidecar has one: every stream shares it.
+        let (edge_url, sessions) = match conformance::Tunnel::from_env() {
+            conformance::Tunnel::WebSocket => (
+                format!(
+                    "edge: ws://127.0.0.1:{}\nconnections: 1\n",
+                    listening.http_port
+                ),
+                1,
+            ),
+            _ => (format!("edge: http://{}\n", listening.tunnel), 2),
+        };
         let sidecar_yaml = |env: &str, services: &[&str]| {
             let targets: String = services
                 .iter()
                 .map(|s| format!("  - {{ service: {s}, port: 8080, address: {upstream_addr} }}\n"))
                 .collect();
-            format!(
-                "edge: http://{}\ntoken: {TOKEN}\nenvironment: {env}\ntargets:\n{targets}",
-                listening.tunnel
-            )
+            format!("{edge_url}token: {TOKEN}\nenvironment: {env}\ntargets:\n{targets}",)
         };
         let start_sidecar = |name: &str, yaml: String| {
             let path = d.join(name);
             std::fs::write(&path, yaml).unwrap();
             let sidecar = Proc::spawn("sidecar", &["run", "--config", path.to_str().unwrap()]);
-            sidecar.wait_lines("tunnel up", 2, WAIT);
+            sidecar.wait_lines("tunnel up", sessions, WAIT);
             sidecar
         };
         let sidecar = start_sidecar("demo.yaml", sidecar_yaml("demo", &["hello", "other"]));
@@ -98,6 +108,7 @@ impl Isolation {
             sidecar,
             second,
             http: SocketAddr::from(([127, 0, 0, 1], listening.http_port)),
+            sessions,
         }
     }
 
@@ -121,7 +132,8 @@ impl Isolation {
         );
         for sidecar in [&self.sidecar, &self.second] {
             let out = sidecar.output();
-            assert_eq!(out.matches("tunnel up").count(), 2, "reconnected:\n{out}");
+            let up = out.matches("tunnel up").count();
+            assert_eq!(up, self.sessions, "reconnected:\n{out}");
         }
     }
 

@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use conformance::{check_config, edge_yaml, exchange, header, read_response, Conn, Stack};
+use conformance::{check_config, edge_yaml, exchange, header, read_response, Conn, Stack, Tunnel};
 use serde_json::Value;
 
 const HOST: &str = "hello-8080-demo.preview.localhost";
@@ -181,10 +181,11 @@ fn each_client_address_counts_apart_from_what_it_claims() {
 fn the_guard_refuses_a_flood_before_any_auth_work() {
     // Every request here carries a bad token: without the guard each
     // would be a 401 after a signature check.
-    let stack = Stack::start_with_edge_yaml(&format!(
+    let yaml = format!(
         "{}limits:\n  guard: {{ rate: 3, period: 1h }}\n",
         auth_yaml()
-    ));
+    );
+    let stack = Stack::start_tunnel(Tunnel::off_visitor_ports(), &yaml, &[], &[]);
     let mut conn = Conn::open(&stack);
     let mut statuses = Vec::new();
     for _ in 0..5 {
@@ -289,7 +290,8 @@ fn a_cap_on_requests_in_flight_refuses_the_one_too_many_until_one_ends() {
 
 #[test]
 fn open_connections_per_address_are_capped() {
-    let stack = Stack::start_with_edge_yaml("limits:\n  client_ip: { connections: 2 }\n");
+    let yaml = "limits:\n  client_ip: { connections: 2 }\n";
+    let stack = Stack::start_tunnel(Tunnel::off_visitor_ports(), yaml, &[], &[]);
     let mut first = Conn::open(&stack);
     let mut second = Conn::open(&stack);
     assert_eq!(first.get(HOST, "/", "").0, 200);
@@ -413,9 +415,8 @@ async fn websockets_per_tunnel_are_capped() {
 
 #[test]
 fn behind_a_load_balancer_the_client_address_comes_from_the_proxy_protocol() {
-    let stack = Stack::start_with_edge_yaml(
-        "visitors:\n  proxy_protocol: true\nlimits:\n  client_ip: { rate: 1, period: 1h }\n",
-    );
+    let yaml = "visitors:\n  proxy_protocol: true\nlimits:\n  client_ip: { rate: 1, period: 1h }\n";
+    let stack = Stack::start_tunnel(Tunnel::off_visitor_ports(), yaml, &[], &[]);
     let through_balancer = |header: &[u8]| {
         let mut c = TcpStream::connect(("127.0.0.1", stack.http_port)).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();

@@ -20,6 +20,7 @@ mod spine;
 mod tcp;
 mod tls;
 mod traces;
+mod transport;
 mod tunnel_tls;
 mod visitors;
 mod wasm_filter;

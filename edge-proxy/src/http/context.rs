@@ -64,7 +64,9 @@ pub struct RequestCtx {
     pub upstream_started: Option<Instant>,
     /// From then to the service's response head.
     pub upstream_answered: Option<std::time::Duration>,
-    _in_flight: InFlight,
+    /// A sidecar's tunnel over a WebSocket, not a visitor's request.
+    pub sidecar_tunnel: bool,
+    in_flight: Option<InFlight>,
 }
 
 /// Who sent the request.
@@ -102,7 +104,8 @@ impl RequestCtx {
             body_bytes: 0,
             upstream_started: None,
             upstream_answered: None,
-            _in_flight: InFlight::new(in_flight),
+            sidecar_tunnel: false,
+            in_flight: Some(InFlight::new(in_flight)),
         }
     }
 
@@ -129,6 +132,11 @@ impl RequestCtx {
         self.tls = session.digest().and_then(|d| d.ssl_digest.clone());
         self.grpc = is_grpc(req);
         self.upgrade = session.is_upgrade_req();
+    }
+
+    /// No longer counted among the requests in progress.
+    pub fn not_in_flight(&mut self) {
+        self.in_flight = None;
     }
 
     /// A long-lived stream that may be quiet for a while: an upgraded

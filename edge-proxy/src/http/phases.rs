@@ -52,7 +52,9 @@ use crate::limits::Gauges;
 use crate::routing::upstream::{Protocol, TCP_PATH};
 use crate::traces::Trace;
 use crate::tunnel::connector::TunnelConnector;
+use crate::tunnel::ingress::TunnelIngress;
 use crate::tunnel::registry::TunnelRegistry;
+use tunnel_transport::websocket::TUNNEL_PATH;
 
 #[derive(Clone)]
 pub struct EdgeProxy {
@@ -76,6 +78,8 @@ pub struct EdgeProxy {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Request spans exported over OTLP (`traces:`).
     pub traces: Option<Arc<crate::traces::Traces>>,
+    /// Sidecars' tunnels over a WebSocket ([`TUNNEL_PATH`]).
+    pub tunnel_ingress: TunnelIngress,
 }
 
 /// A header value HTTP/2 sends as a literal "never indexed": a value unique
@@ -212,6 +216,37 @@ async fn answer(session: &mut Session, failure: Failure, ctx: &mut RequestCtx) -
     Ok(true)
 }
 
+impl EdgeProxy {
+    /// A request at [`TUNNEL_PATH`]: a sidecar opening its tunnel as a
+    /// WebSocket, on any host. It authenticates in the tunnel (its Hello),
+    /// not as a visitor; a source locked out for failed authentications is
+    /// refused here, as the tunnel listener refuses its connections.
+    fn sidecar_websocket(&self, req: &RequestHeader, ctx: &mut RequestCtx) -> Result<(), Failure> {
+        if !websocket::requested(req) {
+            return Err(Failure::with(
+                ErrorKind::BadRequest,
+                format!(
+                    "{TUNNEL_PATH} is where sidecars open their tunnel, with a WebSocket upgrade"
+                ),
+            ));
+        }
+        let throttle = self.tunnel_ingress.service.throttle();
+        if let Some(ip) = ctx.client.peer {
+            if throttle.refuses(ip, std::time::Instant::now()) {
+                return Err(Failure::with(
+                    ErrorKind::RateLimited,
+                    "too many failed sidecar authentications from this address; wait and retry",
+                ));
+            }
+        }
+        ctx.sidecar_tunnel = true;
+        // A tunnel is not a visitor's request: the edge's drain does not
+        // wait for it (its sessions drain as the tunnel listener's do).
+        ctx.not_in_flight();
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for EdgeProxy {
     type CTX = RequestCtx;
@@ -231,6 +266,12 @@ impl ProxyHttp for EdgeProxy {
             .and_then(|()| conflicting_framing(session))
         {
             return answer(session, failure, ctx).await;
+        }
+        if session.req_header().uri.path() == TUNNEL_PATH {
+            return match self.sidecar_websocket(session.req_header(), ctx) {
+                Ok(()) => Ok(false),
+                Err(failure) => answer(session, failure, ctx).await,
+            };
         }
         let host = match ctx.host.name() {
             Ok(host) => host,
@@ -301,6 +342,16 @@ impl ProxyHttp for EdgeProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        if ctx.sidecar_tunnel {
+            let mut peer = HttpPeer::new(
+                std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                false,
+                String::new(),
+            );
+            let sidecar = session.client_addr().and_then(|a| a.as_inet()).copied();
+            peer.options.custom_l4 = Some(Arc::new(self.tunnel_ingress.connector(sidecar)));
+            return Ok(Box::new(peer));
+        }
         let target = ctx
             .target
             .as_ref()
@@ -341,6 +392,9 @@ impl ProxyHttp for EdgeProxy {
         request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if ctx.sidecar_tunnel {
+            return Ok(()); // the edge answers it itself
+        }
         request.insert_header(&forwarding::X_REQUEST_ID, &ctx.id)?;
         if let Some(path) = ctx.target.as_ref().and_then(|t| t.upstream_path.as_deref()) {
             let uri = path
@@ -461,6 +515,9 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         ctx.upstream_answered = ctx.upstream_started.map(|t| t.elapsed());
         response.insert_header(&forwarding::X_REQUEST_ID, unindexed(&ctx.id)?)?;
+        if ctx.sidecar_tunnel {
+            return Ok(());
+        }
         if let (Some(_), Ok(host)) = (&ctx.tls, ctx.host.name()) {
             if let Some(value) = https::hsts(&self.config.load(), host) {
                 response.insert_header("strict-transport-security", value)?;

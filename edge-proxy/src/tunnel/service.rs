@@ -375,7 +375,7 @@ impl TunnelService {
             .handshake(io);
         let mut connection = match tokio::time::timeout(HELLO_TIMEOUT, handshake).await {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => return debug!(?peer, error = %e, "tunnel handshake failed"),
+            Ok(Err(e)) => return info!(?peer, error = %e, "tunnel handshake failed"),
             Err(_) => return debug!(?peer, "tunnel handshake timed out"),
         };
         let pings = connection.ping_pong().expect("taken once");
@@ -403,7 +403,7 @@ impl TunnelService {
                             tokio::spawn(rpc::serve_rpc(rpcs.clone(), request, respond, peer));
                         }
                     }
-                    Some(Err(e)) => break debug!(?peer, error = %e, "tunnel connection failed"),
+                    Some(Err(e)) => break info!(?peer, error = %e, "tunnel connection failed"),
                     None => break,
                 },
                 reason = &mut keepalive => break warn!(?peer, %reason, "tunnel connection lost"),
