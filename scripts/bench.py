@@ -72,7 +72,16 @@ RATHOLE = os.environ.get("RATHOLE") or os.path.expanduser("~/.cache/preview-edge
 COMPARATORS = ["direct", "nginx", "rathole", "nginx+rathole", "edge"]
 MIDDLE_HOPS = [c for c in COMPARATORS if c != "direct"]  # the rows about the hop in between
 ROW_KEYS = ["rps_c64", "rps_c1", "latency", "conn_rate", "bulk", "h2", "stalled", "bulk_rtt", "scale", "routes",
-            "policy", "wasm", "auth", "limits"]
+            "policy", "wasm", "auth", "limits", "transport", "tcp"]
+# The transport rows: a second sidecar, environment benchws, tunnels over a
+# WebSocket to the edge's HTTP port (ws://) instead of gRPC to its tunnel
+# port; the same service through each, alternating.
+WS_HOST = "hello-8080-benchws.preview.localhost"
+# The TCP rows: the bench sidecar also offers the upstream's port as a raw
+# TCP service (protocol: tcp), reached through `sidecar access tcp`
+# (listening locally; a WebSocket to the edge per connection), beside
+# rathole's TCP tunnel to the same port: the same work, a TCP tunnel.
+TCP_HOST = "raw-8080-bench.preview.localhost"
 # The policy and wasm rows: custom-domain routes to the same service, one
 # without a header policy, one with a typical policy (strip lists, a
 # templated request header, security headers) applied natively, one with
@@ -529,6 +538,7 @@ http {{
         self.start_rathole()
         self.start_nginx_rathole()
         self.start_sidecar()
+        self.start_transports()
 
     # -- nginx reverse proxy
     def nginx_proxy(self, name, purpose, upstream, delayed):
@@ -681,7 +691,8 @@ limits:
         it is in force: a new probe host, answered only by the new config."""
         self.generation = getattr(self, "generation", 0) + 1
         probe = f"probe{self.generation}.bench.test"
-        self.edge_config(os.path.join(self.work, "edge.yaml"), ["bench", "benchrtt"], limits=limits, probe=probe)
+        self.edge_config(os.path.join(self.work, "edge.yaml"), ["bench", "benchrtt", "benchws"], limits=limits,
+                         probe=probe)
         os.kill(self.proc_edge.pid, signal.SIGHUP)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -694,32 +705,53 @@ limits:
 
     def start_edge(self):
         log("edge-proxy")
-        self.proc_edge, found = self.launch_edge("edge", ["bench", "benchrtt"])
+        self.proc_edge, found = self.launch_edge("edge", ["bench", "benchrtt", "benchws"])
         self.addr["edge"] = found["http"]
         self.tls["edge"] = found["https"]
         self.edge_tunnel = found["tunnel"]
 
-    def launch_sidecar(self, name, tunnel, environment):
+    def launch_sidecar(self, name, tunnel, environment, edge=None, targets=""):
+        """A sidecar for `environment` through the tunnel port `tunnel`
+        (or at the `edge` URL given), offering the upstream as hello:8080
+        plus `targets` (more YAML list entries)."""
         conf = os.path.join(self.work, f"{name}.yaml")
         with open(conf, "w") as f:
-            edge = f"http://{tunnel}"
-            if self.tunnel_tls:
-                ca = os.path.join(os.path.dirname(self.cert), "ca.pem")
-                edge = f"https://{tunnel}\ntls: {{ ca: {ca}, server_name: localhost }}"
+            if edge is None:
+                edge = f"http://{tunnel}"
+                if self.tunnel_tls:
+                    ca = os.path.join(os.path.dirname(self.cert), "ca.pem")
+                    edge = f"https://{tunnel}\ntls: {{ ca: {ca}, server_name: localhost }}"
             f.write(f"""edge: {edge}
 token: {self.token}
 environment: {environment}
 targets:
   - {{ service: hello, port: 8080, address: {self.upstream} }}
-""")
+{targets}""")
         return self.procs.start(name, [self.bin("sidecar"), "run", "--config", conf], env={"RUST_LOG": "warn"},
                                 ready=r"^Forwarding")
 
     def start_sidecar(self):
         log("sidecar")
-        self.proc_sidecar = self.launch_sidecar("sidecar", self.edge_tunnel, "bench")
+        raw = f"  - {{ service: raw, port: 8080, address: {self.upstream}, protocol: tcp }}\n"
+        self.proc_sidecar = self.launch_sidecar("sidecar", self.edge_tunnel, "bench", targets=raw)
         self.hop["edge"] = {"edge": self.proc_edge.pid, "sidecar": self.proc_sidecar.pid}
         wait_http("edge", self.addr["edge"])
+
+    def start_transports(self):
+        """The WebSocket-transport sidecar and the TCP route's access
+        client (the transport and tcp rows)."""
+        if self.want("transport"):
+            log("sidecar over a WebSocket (ws:// to the edge's HTTP port)")
+            self.launch_sidecar("sidecar-ws", None, "benchws", edge=f"ws://{self.addr['edge']}")
+            wait_http("edge (WebSocket transport)", self.addr["edge"], host=WS_HOST)
+        if self.want("tcp"):
+            log("access client for the TCP route (sidecar access tcp)")
+            port = free_port()
+            self.procs.start("access-tcp", [self.bin("sidecar"), "access", "tcp", TCP_HOST, "--listen",
+                                            f"127.0.0.1:{port}", "--edge", f"http://{self.addr['edge']}"],
+                             env={"RUST_LOG": "warn"}, ready=r"^listening ")
+            self.tcp_route = f"127.0.0.1:{port}"
+            wait_http("TCP route", self.tcp_route)
 
     def start_delay(self, name, to):
         self.procs.start(name, [self.bin("bench-delay"), "--to", to, "--delay-ms", "5"], ready=r"^listening ")
@@ -748,9 +780,9 @@ targets:
 
     # ------------------------------------------------------------ measurements
 
-    def wrk(self, comp, conns, threads, extra=(), host=HOST):
+    def wrk(self, comp, conns, threads, extra=(), host=HOST, addr=None):
         argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{self.round_seconds}s", "-H", f"Host: {host}", *extra,
-                f"http://{self.addr[comp]}/"]
+                f"http://{addr or self.addr[comp]}/"]
         pids = self.hop_pids(comp)
         user0, system0 = cpu_seconds(pids)
         out = run(argv, timeout=self.duration + 60)
@@ -1348,6 +1380,50 @@ def run_rows(b):
             add(f"limits_{name}", f"limit {what}, never triggered: requests/s lost (%, 64 conns)", "%",
                 {**only_edge, "edge": cost}, {"edge": {"rps_without": rps[base], "rps_with": rps[name]}},
                 must="≤ 3% rps", aim="≤ 1%", better="lower", expected=["edge"], seconds=time.monotonic() - t0)
+    if b.want("transport"):
+        log("the tunnel over a WebSocket beside gRPC: requests/s (64 connections) and bulk, alternating")
+        t0 = time.monotonic()
+        rps = {HOST: [], WS_HOST: []}
+        mbs = {HOST: [], WS_HOST: []}
+        for _ in range(b.rounds):
+            for host in rps:
+                value, _ = b.wrk("edge", 64, 2, host=host)
+                rps[host].append(value or 0.0)
+        for host in mbs:
+            value, _ = b.repeated_bulk(b.addr["edge"], host, max_time=120)
+            mbs[host].append(value)
+        for key, what, unit, got in (("ws_rps", "requests/s, 64 connections", "req/s", rps),
+                                     ("ws_bulk", f"{size} download (MB/s)", "MB/s", mbs)):
+            grpc, ws = statistics.median(got[HOST]), statistics.median(got[WS_HOST])
+            lost = round((1 - ws / grpc) * 100, 1) if grpc else None
+            note(f"{what}: gRPC {fmt(grpc, unit)}, WebSocket {fmt(ws, unit)}: {lost} % lower")
+            add(key, f"tunnel over a WebSocket, {what}: lost vs the gRPC tunnel (%)", "%",
+                {**only_edge, "edge": lost},
+                {"edge": {"grpc": [round(v, 1) for v in got[HOST]], "websocket": [round(v, 1) for v in got[WS_HOST]]}},
+                must="its cost stated", better="lower", expected=["edge"], seconds=time.monotonic() - t0)
+    if b.want("tcp"):
+        # rathole carries the same port as a TCP tunnel; the edge's TCP
+        # route adds the access client's hop on the visitor's machine.
+        tcp_addr = {"rathole": b.addr["rathole"], "edge": b.tcp_route}
+        pair = {c: None for c in COMPARATORS}
+        log("a TCP route (access tcp -> edge -> sidecar) beside rathole: requests/s (64 connections) and bulk")
+        t0 = time.monotonic()
+        rps = {c: [] for c in tcp_addr}
+        mbs = {}
+        for _ in range(b.rounds):
+            for comp, addr in tcp_addr.items():
+                value, _ = b.wrk(comp, 64, 2, addr=addr)
+                rps[comp].append(value or 0.0)
+        for comp, addr in tcp_addr.items():
+            mbs[comp], _ = b.repeated_bulk(addr, HOST, max_time=120)
+        med = {c: statistics.median(v) for c, v in rps.items()}
+        note(f"TCP route {med['edge']:,.0f} req/s, rathole {med['rathole']:,.0f} req/s; "
+             f"bulk {mbs['edge']:,.0f} MB/s, rathole {mbs['rathole']:,.0f} MB/s")
+        add("tcp_rps", "TCP route (access tcp, 64 connections) requests/s", "req/s", {**pair, **med},
+            {c: {"rounds": [round(v) for v in rps[c]]} for c in rps}, must="≥ 1.0 × rathole",
+            expected=["rathole", "edge"], seconds=time.monotonic() - t0)
+        add("tcp_bulk", f"TCP route (access tcp), {size} download (MB/s)", "MB/s", {**pair, **mbs},
+            must="≥ 1.0 × rathole", expected=["rathole", "edge"])
     return rows
 
 

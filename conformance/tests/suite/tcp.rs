@@ -1,6 +1,7 @@
 //! Raw TCP services through the edge: `sidecar access tcp` on the
 //! visitor's side, a WebSocket to the edge, the sidecar answering it and
-//! dialing the service. Real clients: `redis-cli` against `redis-server`.
+//! dialing the service. Real clients: `redis-cli` against `redis-server`,
+//! `psql` against PostgreSQL.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -191,4 +192,134 @@ fn a_tcp_route_needs_what_an_http_route_needs() {
     let good = token(Algorithm::ES256, "ec.key", claims("a@example.com"));
     let (_admitted, port) = access(&stack, "db.example.test", &["--token", &good]);
     assert_eq!(redis_cli(port, &["PING"]), "PONG");
+}
+
+/// PostgreSQL's server programs (Debian's `postgresql` package).
+fn postgres_bin() -> std::path::PathBuf {
+    let versions =
+        std::fs::read_dir("/usr/lib/postgresql").expect("the postgresql package is installed");
+    let mut dirs: Vec<_> = versions.flatten().map(|e| e.path().join("bin")).collect();
+    dirs.sort();
+    dirs.pop().expect("a PostgreSQL version")
+}
+
+/// `program` with `args`, as the `postgres` user when this is root
+/// (PostgreSQL refuses to run as root); `setpriv` execs, so a kill
+/// reaches the server itself.
+fn as_postgres(program: &std::path::Path, args: &[&str]) -> (String, Vec<String>) {
+    let program = program.to_string_lossy().into_owned();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    if !is_root() {
+        return (program, args);
+    }
+    let mut wrapped = [
+        "--reuid=postgres",
+        "--regid=postgres",
+        "--init-groups",
+        "--",
+    ]
+    .map(String::from)
+    .to_vec();
+    wrapped.push(program);
+    wrapped.extend(args);
+    ("setpriv".into(), wrapped)
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().next().map(|id| id == "0"))
+        .unwrap_or(false)
+}
+
+/// A PostgreSQL server of its own in `dir` on a TCP port (trust auth,
+/// superuser `app`); returns it and the port.
+fn postgres_on_tcp(dir: &std::path::Path) -> (Proc, u16) {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = postgres_bin();
+    let data = dir.join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    if is_root() {
+        let status = std::process::Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let data_arg = data.to_string_lossy().into_owned();
+    let (program, args) = as_postgres(
+        &bin.join("initdb"),
+        &["-D", &data_arg, "--auth=trust", "-U", "app", "--no-sync"],
+    );
+    let init = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "initdb: {init:?}");
+    let port = free_port();
+    let (port_arg, socket_dir) = (port.to_string(), dir.to_string_lossy().into_owned());
+    let (program, args) = as_postgres(
+        &bin.join("postgres"),
+        &[
+            "-D",
+            &data_arg,
+            "-p",
+            &port_arg,
+            "-k",
+            &socket_dir,
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "fsync=off",
+        ],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Proc::spawn_program(&program, &args, dir);
+    server.wait_line("ready to accept connections", WAIT);
+    (server, port)
+}
+
+/// psql, the PostgreSQL client, against a real server through a TCP
+/// route: a session of several statements, and the server's answers.
+#[test]
+fn psql_reaches_postgres_through_the_edge() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_postgres, pg_port) = postgres_on_tcp(dir.path());
+
+    let mut stack = Stack::start();
+    stack.sidecar.as_mut().unwrap().kill();
+    let yaml = format!(
+        "edge: http://{}\ntoken: {TOKEN}\nenvironment: {ENV}\ntargets:\n\
+         \x20 - {{ service: postgres, port: 5432, address: 127.0.0.1:{pg_port}, protocol: tcp }}\n",
+        stack.tunnel_addr
+    );
+    let path = stack.dir.path().join("pg-sidecar.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let sidecar = Proc::spawn("sidecar", &["run", "--config", path.to_str().unwrap()]);
+    sidecar.wait_lines("tunnel up", 2, WAIT);
+
+    let (_access, port) = access(&stack, &host("postgres", 5432), &[]);
+    let sql = "create table visits (n int); insert into visits select generate_series(1, 1000); \
+               select count(*), sum(n) from visits;";
+    let out = std::process::Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "app",
+            "-d",
+            "postgres",
+        ])
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .expect("psql is installed");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1000|500500");
 }
