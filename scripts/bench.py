@@ -1409,11 +1409,13 @@ def run_rows(b):
         log("a TCP route (access tcp -> edge -> sidecar) beside rathole: requests/s (64 connections) and bulk")
         t0 = time.monotonic()
         rps = {c: [] for c in tcp_addr}
+        cpu = {c: [] for c in tcp_addr}
         mbs = {}
         for _ in range(b.rounds):
             for comp, addr in tcp_addr.items():
-                value, _ = b.wrk(comp, 64, 2, addr=addr)
+                value, detail = b.wrk(comp, 64, 2, addr=addr)
                 rps[comp].append(value or 0.0)
+                cpu[comp].append(detail.get("cpu_us_per_request"))
         for comp, addr in tcp_addr.items():
             mbs[comp], _ = b.repeated_bulk(addr, HOST, max_time=120)
         med = {c: statistics.median(v) for c, v in rps.items()}
@@ -1422,6 +1424,11 @@ def run_rows(b):
         add("tcp_rps", "TCP route (access tcp, 64 connections) requests/s", "req/s", {**pair, **med},
             {c: {"rounds": [round(v) for v in rps[c]]} for c in rps}, must="≥ 1.0 × rathole",
             expected=["rathole", "edge"], seconds=time.monotonic() - t0)
+        # The server side's work: edge + sidecar against rathole's server +
+        # client (the access client runs on the visitor's machine).
+        cpu_med = {c: statistics.median([v for v in cpu[c] if v is not None] or [0]) or None for c in cpu}
+        add("tcp_cpu", "… CPU of the tunnel's hops per request (µs: edge + sidecar; rathole server + client)", "µs",
+            {**pair, **cpu_med}, better="lower", expected=["rathole", "edge"])
         add("tcp_bulk", f"TCP route (access tcp), {size} download (MB/s)", "MB/s", {**pair, **mbs},
             must="≥ 1.0 × rathole", expected=["rathole", "edge"])
     return rows

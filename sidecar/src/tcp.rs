@@ -27,11 +27,11 @@ pub const TCP_PATH: &str = "/.preview/tcp";
 /// Bytes read from a connection per message.
 const CHUNK: usize = 64 * 1024;
 
-/// Frames and messages larger than any this side sends are refused.
+/// Frames and messages larger than any this side sends are refused (the
+/// tunnel's WebSocket settings, with reads sized for one connection's).
 fn ws_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .max_message_size(Some(1024 * 1024))
-        .max_frame_size(Some(1024 * 1024))
+    tunnel_transport::websocket::config()
+        .read_buffer_size(tunnel_transport::websocket::TCP_READ_BUFFER)
 }
 
 fn ws_error(e: tungstenite::Error) -> io::Error {
