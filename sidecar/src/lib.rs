@@ -11,6 +11,7 @@
 //! - [`proxy`]: reaching the edge through an HTTP proxy (`CONNECT`).
 //! - [`replicas`]: the edge's addresses, from its URLs and their names.
 //! - [`backoff`]: reconnect delays.
+//! - [`tokens`]: visitors' tokens kept for `sidecar access`.
 //!
 //! [`Sidecar::run`] keeps `connections` sessions up with every replica of
 //! the edge ([`replicas`]), each reconnecting on its own, until shutdown.
@@ -24,6 +25,7 @@ pub mod session;
 pub mod stream;
 pub mod tcp;
 pub mod tls;
+pub mod tokens;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

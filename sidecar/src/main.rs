@@ -97,10 +97,21 @@ enum AccessCommand {
         #[arg(long)]
         ca: Option<String>,
         /// The visitor's bearer token, if the route asks for one (or set
-        /// PREVIEW_TOKEN).
+        /// PREVIEW_TOKEN; else the one `sidecar access login` saved for
+        /// HOST's domain).
         #[arg(long, env = "PREVIEW_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// Save a visitor token for DOMAIN and the hosts under it (e.g.
+    /// `preview.example.com`), read from the terminal or --token, in the
+    /// user's config directory, readable by the user alone.
+    Login {
+        domain: String,
+        #[arg(long, hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Forget the token saved for DOMAIN.
+    Logout { domain: String },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -114,6 +125,7 @@ fn main() -> anyhow::Result<()> {
             token,
         }) => {
             telemetry::init(cli.log_format);
+            let token = token.or_else(|| saved_token(&host));
             let access = access_tcp(host, edge, ca, token).unwrap_or_else(|problem| {
                 eprintln!("sidecar access tcp: {problem}");
                 std::process::exit(2)
@@ -123,6 +135,35 @@ fn main() -> anyhow::Result<()> {
                 .build()?
                 .block_on(sidecar::tcp::access(listen, access))
                 .map_err(Into::into);
+        }
+        Command::Access(AccessCommand::Login { domain, token }) => {
+            let token = match token {
+                Some(t) => t,
+                None => {
+                    eprint!("Paste the token for {domain} (it is not echoed to logs): ");
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    line
+                }
+            };
+            let store = sidecar::tokens::Store::for_user().map_err(anyhow::Error::msg)?;
+            let path = store.save(&domain, &token).unwrap_or_else(|problem| {
+                eprintln!("sidecar access login: {problem}");
+                std::process::exit(2)
+            });
+            println!(
+                "saved for {domain} and the hosts under it: {}",
+                path.display()
+            );
+            return Ok(());
+        }
+        Command::Access(AccessCommand::Logout { domain }) => {
+            let store = sidecar::tokens::Store::for_user().map_err(anyhow::Error::msg)?;
+            match store.remove(&domain).map_err(anyhow::Error::msg)? {
+                true => println!("forgot the token for {domain}"),
+                false => println!("no token was saved for {domain}"),
+            }
+            return Ok(());
         }
         Command::CheckConfig { file } => {
             if let Err(e) = SidecarConfig::load(&file) {
@@ -185,6 +226,23 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?
         .block_on(run(config))
+}
+
+/// The token `sidecar access login` saved for `host`'s domain, if any (a
+/// file others may read is refused, with why).
+fn saved_token(host: &str) -> Option<String> {
+    let store = sidecar::tokens::Store::for_user().ok()?;
+    match store.find(host) {
+        Ok(Some((domain, token))) => {
+            tracing::info!(%domain, "using the token saved for the domain");
+            Some(token)
+        }
+        Ok(None) => None,
+        Err(problem) => {
+            eprintln!("sidecar access tcp: {problem}");
+            std::process::exit(2)
+        }
+    }
 }
 
 /// `sidecar access tcp`'s flags → where and how to reach the edge.

@@ -192,6 +192,37 @@ fn a_tcp_route_needs_what_an_http_route_needs() {
     let good = token(Algorithm::ES256, "ec.key", claims("a@example.com"));
     let (_admitted, port) = access(&stack, "db.example.test", &["--token", &good]);
     assert_eq!(redis_cli(port, &["PING"]), "PONG");
+
+    // Pasted once, saved for the domain, private to the user, used after.
+    let config = tempfile::tempdir().unwrap();
+    let xdg = config.path().to_str().unwrap();
+    let mut login = std::process::Command::new(conformance::bin("sidecar"))
+        .args(["access", "login", "example.test"])
+        .env("XDG_CONFIG_HOME", xdg)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    login
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{good}\n").as_bytes())
+        .unwrap();
+    let saved = login.wait_with_output().unwrap();
+    assert!(saved.status.success(), "{saved:?}");
+    use std::os::unix::fs::PermissionsExt;
+    let file = config.path().join("preview-edge/tokens/example.test");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let edge = format!("http://127.0.0.1:{}", stack.http_port);
+    let args = ["access", "tcp", "db.example.test", "--edge", &edge];
+    let remembered = Proc::spawn_env("sidecar", &args, &[("XDG_CONFIG_HOME", xdg)]);
+    let line = remembered.wait_line("listening ", WAIT);
+    let addr = line.split_whitespace().nth(1).unwrap();
+    let port = addr.rsplit_once(':').unwrap().1.parse().unwrap();
+    assert_eq!(redis_cli(port, &["PING"]), "PONG");
+    remembered.wait_line("using the token saved for the domain", WAIT);
 }
 
 /// PostgreSQL's server programs (Debian's `postgresql` package).
