@@ -579,6 +579,21 @@ impl Stack {
         self.sidecar = Some(sidecar);
     }
 
+    /// Stops the stack's sidecar and starts another with `edge_yaml` (its
+    /// `edge:` and transport settings) serving `targets` (YAML list
+    /// entries); does not wait for its sessions.
+    pub fn replace_sidecar(&mut self, edge_yaml: &str, targets: &str) -> Proc {
+        if let Some(mut own) = self.sidecar.take() {
+            own.kill();
+        }
+        let path = self.dir.path().join("replacement-sidecar.yaml");
+        let yaml = format!(
+            "{edge_yaml}token: {TOKEN}\nenvironment: {ENV}\nreconnect:\n  min: 50ms\n  max: 200ms\ntargets:\n{targets}"
+        );
+        std::fs::write(&path, yaml).unwrap();
+        Proc::spawn("sidecar", &["run", "--config", path.to_str().unwrap()])
+    }
+
     /// Replaces the running edge's config file (hot reload picks it up).
     pub fn write_edge_yaml(&self, content: &str) {
         let path = self.dir.path().join("edge.yaml");

@@ -101,6 +101,10 @@ enum AccessCommand {
         /// HOST's domain).
         #[arg(long, env = "PREVIEW_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// An HTTP proxy to reach the edge through (`CONNECT`), as
+        /// http://[user:password@]host:port (default: HTTPS_PROXY).
+        #[arg(long)]
+        proxy: Option<String>,
     },
     /// Save a visitor token for DOMAIN and the hosts under it (e.g.
     /// `preview.example.com`), read from the terminal or --token, in the
@@ -123,10 +127,11 @@ fn main() -> anyhow::Result<()> {
             edge,
             ca,
             token,
+            proxy,
         }) => {
             telemetry::init(cli.log_format);
             let token = token.or_else(|| saved_token(&host));
-            let access = access_tcp(host, edge, ca, token).unwrap_or_else(|problem| {
+            let access = access_tcp(host, edge, ca, token, proxy).unwrap_or_else(|problem| {
                 eprintln!("sidecar access tcp: {problem}");
                 std::process::exit(2)
             });
@@ -251,6 +256,7 @@ fn access_tcp(
     edge: Option<String>,
     ca: Option<String>,
     token: Option<String>,
+    proxy: Option<String>,
 ) -> Result<sidecar::tcp::Access, String> {
     let edge = edge.unwrap_or_else(|| format!("https://{host}"));
     let uri: http::Uri = edge
@@ -258,30 +264,38 @@ fn access_tcp(
         .map_err(|_| format!("--edge {edge:?} is not a URL"))?;
     let (edge_host, port) =
         sidecar::replicas::host_port(&uri).ok_or_else(|| format!("--edge {edge:?} has no host"))?;
-    let address = std::net::ToSocketAddrs::to_socket_addrs(&(edge_host, port))
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| format!("cannot resolve {edge_host}"))?;
     // The certificate is the service host's, wherever the edge is dialed.
     let scheme = uri.scheme_str().unwrap_or("https");
     let options = EdgeTlsOptions {
         ca,
         ..Default::default()
     };
+    let on_this_machine = || {
+        std::net::ToSocketAddrs::to_socket_addrs(&(edge_host, port))
+            .is_ok_and(|mut a| a.next().is_some_and(|a| a.ip().is_loopback()))
+    };
     let transport = edge_transport(&format!("{scheme}://{host}:{port}"), options, false)
         .or_else(|problems| match scheme {
             // Plaintext is for an edge on this machine only.
-            "http" if address.ip().is_loopback() => {
+            "http" if on_this_machine() => {
                 Ok(sidecar::config::EdgeTransport::Plaintext { warn: false })
             }
             _ => Err(problems),
         })
         .map_err(|problems| problems.join("; "))?;
+    let proxy = match proxy {
+        Some(url) => Some(sidecar::proxy::Proxy::parse(&url).map_err(|e| format!("--proxy: {e}"))?),
+        None => sidecar::proxy::Proxy::from_env()
+            .transpose()
+            .map_err(|e| format!("HTTPS_PROXY: {e}"))?,
+    };
     Ok(sidecar::tcp::Access {
         host,
-        edge: address,
+        edge_host: edge_host.to_string(),
+        edge_port: port,
         transport,
         token,
+        proxy,
     })
 }
 

@@ -130,12 +130,16 @@ where
 pub struct Access {
     /// The service's host name at the edge (a preview host or a route's).
     pub host: String,
-    /// Where the edge's HTTPS (or, on this machine, HTTP) listener is.
-    pub edge: SocketAddr,
+    /// Where the edge's HTTPS (or, on this machine, HTTP) listener is:
+    /// host (looked up at each connection, or by the proxy) and port.
+    pub edge_host: String,
+    pub edge_port: u16,
     /// TLS to the edge, the certificate checked for `host`; or plaintext.
     pub transport: EdgeTransport,
     /// The visitor's bearer token, if the route asks for one.
     pub token: Option<String>,
+    /// The HTTP proxy the edge is reached through, if any.
+    pub proxy: Option<crate::proxy::Proxy>,
 }
 
 /// Listens on `listen` and carries each connection to the service: prints
@@ -168,9 +172,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 impl Access {
     /// One WebSocket to the service, through the edge.
     async fn connect(&self) -> Result<WebSocketStream<Box<dyn Io>>, String> {
-        let tcp = TcpStream::connect(self.edge)
-            .await
-            .map_err(|e| format!("connecting to the edge at {}: {e}", self.edge))?;
+        let (host, port) = (self.edge_host.as_str(), self.edge_port);
+        let tcp = match self.proxy.as_ref().filter(|p| p.applies_to(host)) {
+            Some(proxy) => proxy.connect(host, port, None).await?,
+            None => TcpStream::connect((host, port))
+                .await
+                .map_err(|e| format!("connecting to the edge at {host}:{port}: {e}"))?,
+        };
         let _ = tcp.set_nodelay(true);
         let (scheme, stream): (_, Box<dyn Io>) = match &self.transport {
             EdgeTransport::Plaintext { .. } => ("ws", Box::new(tcp)),

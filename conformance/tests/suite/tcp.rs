@@ -1,13 +1,13 @@
 //! Raw TCP services through the edge: `sidecar access tcp` on the
 //! visitor's side, a WebSocket to the edge, the sidecar answering it and
 //! dialing the service. Real clients: `redis-cli` against `redis-server`,
-//! `psql` against PostgreSQL.
+//! `psql` against PostgreSQL, `ssh` against `sshd`.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::time::Duration;
 
-use conformance::{exchange, Proc, Stack, ENV, TOKEN};
+use conformance::{exchange, Proc, Stack, ENV};
 use sha2::{Digest, Sha256};
 use test_support::pattern;
 
@@ -59,6 +59,15 @@ fn host(service: &str, port: u16) -> String {
     format!("{service}-{port}-{ENV}.preview.localhost")
 }
 
+/// Replaces `stack`'s sidecar with one serving `targets` (YAML list
+/// entries) through the stack's tunnel; waits for its sessions.
+fn serve(stack: &mut Stack, targets: &str) -> Proc {
+    let edge = format!("edge: http://{}\n", stack.tunnel_addr);
+    let sidecar = stack.replace_sidecar(&edge, targets);
+    sidecar.wait_lines("tunnel up", 2, WAIT);
+    sidecar
+}
+
 /// `sidecar access tcp HOST` against `stack`'s edge; returns it and the
 /// local port it listens on.
 fn access(stack: &Stack, host: &str, more: &[&str]) -> (Proc, u16) {
@@ -98,18 +107,13 @@ fn redis_cli_and_a_checksummed_transfer_reach_tcp_services_through_the_edge() {
     let checksum = checksum_service();
 
     let mut stack = Stack::start();
-    stack.sidecar.as_mut().unwrap().kill();
-    let yaml = format!(
-        "edge: http://{}\ntoken: {TOKEN}\nenvironment: {ENV}\ntargets:\n\
-         \x20 - {{ service: hello, port: 8080, address: {} }}\n\
+    let targets = format!(
+        "  - {{ service: hello, port: 8080, address: {} }}\n\
          \x20 - {{ service: redis, port: 6379, address: 127.0.0.1:{redis_port}, protocol: tcp }}\n\
          \x20 - {{ service: bulk, port: 9000, address: {checksum}, protocol: tcp }}\n",
-        stack.tunnel_addr, stack.upstream_addr
+        stack.upstream_addr
     );
-    let path = stack.dir.path().join("tcp-sidecar.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let sidecar = Proc::spawn("sidecar", &["run", "--config", path.to_str().unwrap()]);
-    sidecar.wait_lines("tunnel up", 2, WAIT);
+    let _sidecar = serve(&mut stack, &targets);
 
     // redis-cli, a real client of a real server, through the edge.
     let (_redis_access, port) = access(&stack, &host("redis", 6379), &[]);
@@ -117,6 +121,14 @@ fn redis_cli_and_a_checksummed_transfer_reach_tcp_services_through_the_edge() {
     assert_eq!(cli(&["SET", "greeting", "through the tunnel"]), "OK");
     assert_eq!(cli(&["GET", "greeting"]), "through the tunnel");
     assert_eq!(cli(&["PING"]), "PONG");
+
+    // Through an HTTP proxy (`--proxy`, or HTTPS_PROXY), as from an office.
+    let proxy = test_support::connect_proxy::ConnectProxy::start();
+    let via = proxy.url(None);
+    let (_proxied, port) = access(&stack, &host("redis", 6379), &["--proxy", &via]);
+    assert_eq!(redis_cli(port, &["GET", "greeting"]), "through the tunnel");
+    let edge = format!("127.0.0.1:{}", stack.http_port);
+    assert_eq!(proxy.targets(), vec![edge]);
 
     // An upload ended by a half-close, then a download: both intact.
     let (_bulk_access, port) = access(&stack, &host("bulk", 9000), &[]);
@@ -173,16 +185,9 @@ fn a_tcp_route_needs_what_an_http_route_needs() {
     let route =
         "  - { host: db.example.test, target: demo/redis:6379, upstream: { protocol: tcp } }\n";
     let mut stack = Stack::start_with_edge_yaml(&format!("{}{route}", auth_yaml()));
-    stack.sidecar.as_mut().unwrap().kill();
-    let yaml = format!(
-        "edge: http://{}\ntoken: {TOKEN}\nenvironment: {ENV}\ntargets:\n\
-         \x20 - {{ service: redis, port: 6379, address: 127.0.0.1:{redis_port} }}\n",
-        stack.tunnel_addr
-    );
-    let path = stack.dir.path().join("tcp-sidecar.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let sidecar = Proc::spawn("sidecar", &["run", "--config", path.to_str().unwrap()]);
-    sidecar.wait_lines("tunnel up", 2, WAIT);
+    let targets =
+        format!("  - {{ service: redis, port: 6379, address: 127.0.0.1:{redis_port} }}\n",);
+    let _sidecar = serve(&mut stack, &targets);
 
     let (refused, port) = access(&stack, "db.example.test", &[]);
     assert_eq!(redis_cli(port, &["PING"]), "");
@@ -323,16 +328,10 @@ fn psql_reaches_postgres_through_the_edge() {
     let (_postgres, pg_port) = postgres_on_tcp(dir.path());
 
     let mut stack = Stack::start();
-    stack.sidecar.as_mut().unwrap().kill();
-    let yaml = format!(
-        "edge: http://{}\ntoken: {TOKEN}\nenvironment: {ENV}\ntargets:\n\
-         \x20 - {{ service: postgres, port: 5432, address: 127.0.0.1:{pg_port}, protocol: tcp }}\n",
-        stack.tunnel_addr
+    let targets = format!(
+        "  - {{ service: postgres, port: 5432, address: 127.0.0.1:{pg_port}, protocol: tcp }}\n",
     );
-    let path = stack.dir.path().join("pg-sidecar.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let sidecar = Proc::spawn("sidecar", &["run", "--config", path.to_str().unwrap()]);
-    sidecar.wait_lines("tunnel up", 2, WAIT);
+    let _sidecar = serve(&mut stack, &targets);
 
     let (_access, port) = access(&stack, &host("postgres", 5432), &[]);
     let sql = "create table visits (n int); insert into visits select generate_series(1, 1000); \
@@ -353,4 +352,88 @@ fn psql_reaches_postgres_through_the_edge() {
         .expect("psql is installed");
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1000|500500");
+}
+
+/// An `sshd` of its own in `dir` on a TCP port, letting the user running
+/// the test in with a fresh key; returns it, the port and the key's path.
+fn sshd_on_tcp(dir: &std::path::Path) -> (Proc, u16, std::path::PathBuf) {
+    let keygen = |path: &std::path::Path| {
+        let out = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(path)
+            .output()
+            .expect("ssh-keygen is installed");
+        assert!(out.status.success(), "{out:?}");
+    };
+    let (host_key, user_key) = (dir.join("host_key"), dir.join("user_key"));
+    keygen(&host_key);
+    keygen(&user_key);
+    std::fs::copy(dir.join("user_key.pub"), dir.join("authorized_keys")).unwrap();
+    // Privilege separation wants its empty directory (made by the
+    // service's unit, which never runs here).
+    let _ = std::fs::create_dir_all("/run/sshd");
+    let port = free_port();
+    let config = dir.join("sshd_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
+             PidFile {}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n",
+            host_key.display(),
+            dir.join("authorized_keys").display(),
+            dir.join("sshd.pid").display()
+        ),
+    )
+    .unwrap();
+    let config = config.to_string_lossy().into_owned();
+    let sshd = Proc::spawn_program("/usr/sbin/sshd", &["-D", "-e", "-f", &config], dir);
+    sshd.wait_line(&format!("Server listening on 127.0.0.1 port {port}"), WAIT);
+    (sshd, port, user_key)
+}
+
+/// ssh, through a TCP route, runs a command on the far side.
+#[test]
+fn ssh_reaches_sshd_through_the_edge() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_sshd, ssh_port, key) = sshd_on_tcp(dir.path());
+
+    let mut stack = Stack::start();
+    let targets = format!(
+        "  - {{ service: ssh, port: 22, address: 127.0.0.1:{ssh_port}, protocol: tcp }}\n",
+    );
+    let _sidecar = serve(&mut stack, &targets);
+
+    let (_access, port) = access(&stack, &host("ssh", 22), &[]);
+    let id = std::process::Command::new("id")
+        .arg("-un")
+        .output()
+        .unwrap();
+    let user = String::from_utf8_lossy(&id.stdout).trim().to_string();
+    let out = std::process::Command::new("ssh")
+        .args([
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+        ])
+        .args([
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-i",
+        ])
+        .arg(&key)
+        .args(["-p", &port.to_string(), &format!("{user}@127.0.0.1")])
+        .args(["echo", "through", "the", "edge"])
+        .output()
+        .expect("ssh is installed");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "through the edge"
+    );
 }

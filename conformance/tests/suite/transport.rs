@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use conformance::{curl, Proc, Stack, ENV, TOKEN};
+use conformance::{curl, Proc, Stack};
 use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -15,16 +15,11 @@ const WAIT: Duration = Duration::from_secs(10);
 /// `edge:` and transport settings) after stopping the stack's own, so
 /// only the new one can serve.
 fn replace_sidecar(stack: &mut Stack, edge_yaml: &str) -> Proc {
-    if let Some(mut own) = stack.sidecar.take() {
-        own.kill();
-    }
-    let path = stack.dir.path().join("ws-sidecar.yaml");
-    let yaml = format!(
-        "{edge_yaml}token: {TOKEN}\nenvironment: {ENV}\nreconnect:\n  min: 50ms\n  max: 200ms\ntargets:\n  - service: hello\n    port: 8080\n    address: {}\n",
+    let hello = format!(
+        "  - {{ service: hello, port: 8080, address: {} }}\n",
         stack.upstream_addr
     );
-    std::fs::write(&path, yaml).unwrap();
-    Proc::spawn("sidecar", &["run", "--config", path.to_str().unwrap()])
+    stack.replace_sidecar(edge_yaml, &hello)
 }
 
 /// A sidecar whose network lets only HTTPS out through a proxy that wants
