@@ -11,6 +11,8 @@
 //! - [`proxy`]: reaching the edge through an HTTP proxy (`CONNECT`).
 //! - [`replicas`]: the edge's addresses, from its URLs and their names.
 //! - [`backoff`]: reconnect delays.
+//! - [`inject`], [`webhook`]: the admission webhook that injects the
+//!   sidecar into pods.
 //! - [`tokens`]: visitors' tokens kept for `sidecar access`.
 //!
 //! [`Sidecar::run`] keeps `connections` sessions up with every replica of
@@ -19,6 +21,7 @@
 pub mod admin;
 pub mod backoff;
 pub mod config;
+pub mod inject;
 pub mod proxy;
 pub mod replicas;
 pub mod session;
@@ -26,6 +29,7 @@ pub mod stream;
 pub mod tcp;
 pub mod tls;
 pub mod tokens;
+pub mod webhook;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

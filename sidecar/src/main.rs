@@ -32,6 +32,32 @@ enum Command {
     Run {
         #[arg(long, short, default_value = "configs/sidecar.yaml")]
         config: PathBuf,
+        /// Read the YAML from this environment variable instead (as the
+        /// injected sidecar does).
+        #[arg(long, value_name = "VAR")]
+        config_env: Option<String>,
+    },
+    /// The mutating admission webhook that injects the sidecar into pods
+    /// of labeled namespaces (HTTPS, `POST /inject`).
+    Webhook {
+        #[arg(long, default_value = "0.0.0.0:8443")]
+        listen: std::net::SocketAddr,
+        /// PEM certificate chain and key (read again when they change).
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        /// The sidecar image injected.
+        #[arg(long, env = "SIDECAR_IMAGE")]
+        image: String,
+        /// The edge's tunnel URL the injected sidecars dial.
+        #[arg(long, env = "PREVIEW_EDGE")]
+        edge: String,
+        /// The Secret in each pod's namespace holding the cluster's token.
+        #[arg(long, default_value = "preview-sidecar-token")]
+        token_secret: String,
+        #[arg(long, default_value = "token")]
+        token_key: String,
     },
     /// Validate a configuration file and exit.
     CheckConfig { file: PathBuf },
@@ -178,10 +204,52 @@ fn main() -> anyhow::Result<()> {
             println!("{}: ok", file.display());
             return Ok(());
         }
-        Command::Run { config } => SidecarConfig::load(&config).unwrap_or_else(|e| {
-            eprintln!("{e}");
-            std::process::exit(1)
-        }),
+        Command::Run { config, config_env } => {
+            let loaded = match config_env {
+                Some(var) => match std::env::var(&var) {
+                    Ok(text) => SidecarConfig::parse(&text, &format!("${var}")),
+                    Err(_) => {
+                        eprintln!("--config-env: the environment variable {var:?} is not set");
+                        std::process::exit(1)
+                    }
+                },
+                None => SidecarConfig::load(&config),
+            };
+            loaded.unwrap_or_else(|e| {
+                eprintln!("{e}");
+                std::process::exit(1)
+            })
+        }
+        Command::Webhook {
+            listen,
+            cert,
+            key,
+            image,
+            edge,
+            token_secret,
+            token_key,
+        } => {
+            telemetry::init(cli.log_format);
+            let cert = sidecar::webhook::ReloadingCert::new(cert, key).unwrap_or_else(|problem| {
+                eprintln!("sidecar webhook: {problem}");
+                std::process::exit(2)
+            });
+            let injection = sidecar::inject::Injection {
+                image,
+                edge,
+                token_secret,
+                token_key,
+            };
+            return tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(async move {
+                    let listener = tokio::net::TcpListener::bind(listen).await?;
+                    println!("webhook listening {}", listener.local_addr()?);
+                    sidecar::webhook::serve(listener, cert, injection).await;
+                    Ok(())
+                });
+        }
         Command::Expose {
             address,
             edge,

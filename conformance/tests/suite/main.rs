@@ -24,3 +24,4 @@ mod transport;
 mod tunnel_tls;
 mod visitors;
 mod wasm_filter;
+mod webhook;
