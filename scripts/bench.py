@@ -996,6 +996,12 @@ targets:
 
 # ------------------------------------------------------------------ rows
 
+def lost_pct(value, base):
+    """How much lower `value` is than `base`, in % (one decimal); None
+    without a base."""
+    return round((1 - value / base) * 100, 1) if base else None
+
+
 def ratio(a, b):
     return a / b if a is not None and b not in (None, 0) else None
 
@@ -1254,7 +1260,7 @@ def run_rows(b):
         without = median[PLAIN_HOST]
 
         def lost(host):
-            return round((1 - median[host] / without) * 100, 1) if without else None
+            return lost_pct(median[host], without)
         note(f"without {without:,.0f} req/s, native policy {median[POLICY_HOST]:,.0f} req/s: {lost(POLICY_HOST)} %"
              + (f", wasm filter {median[WASM_HOST]:,.0f} req/s: {lost(WASM_HOST)} %" if wasm else ""))
         seconds = time.monotonic() - t0
@@ -1289,7 +1295,7 @@ def run_rows(b):
         median = {n: statistics.median(v) for n, v in rps.items()}
         public = median["public"]
         for name in [*tokens, "cookie"]:
-            cost = round((1 - median[name] / public) * 100, 1) if public else None
+            cost = lost_pct(median[name], public)
             what = "session cookie" if name == "cookie" else f"bearer {name} (cached)"
             note(f"public {public:,.0f} req/s, {what} {median[name]:,.0f} req/s: {cost} %")
             add(f"auth_{name.lower()}", f"visitor auth, {what}: requests/s lost (%, 64 conns)", "%",
@@ -1334,7 +1340,7 @@ def run_rows(b):
             # (64 connections / requests/s), against the same limit kept in
             # memory.
             added_us = (64 / median["redis"] - 64 / median["ip"]) * 1e6
-            cost = round((1 - median["redis"] / median["none"]) * 100, 1)
+            cost = lost_pct(median["redis"], median["none"])
             note(f"without {median['none']:,.0f} req/s, per-address limit in redis {median['redis']:,.0f} req/s: "
                  f"{cost} %, {added_us:,.0f} µs more per request than in memory")
             add("limits_redis", "limit per client IP counted in Redis (Unix socket), never triggered: "
@@ -1375,7 +1381,7 @@ def run_rows(b):
             seconds=time.monotonic() - t0)
         for name, base, what in (("ip", "none", "per client IP, rate + in-flight cap"),
                                  ("identity", "identity_none", "per identity (bearer ES256), rate + in-flight cap")):
-            cost = round((1 - median[name] / median[base]) * 100, 1) if median[base] else None
+            cost = lost_pct(median[name], median[base])
             note(f"without {median[base]:,.0f} req/s, limit {what} {median[name]:,.0f} req/s: {cost} %")
             add(f"limits_{name}", f"limit {what}, never triggered: requests/s lost (%, 64 conns)", "%",
                 {**only_edge, "edge": cost}, {"edge": {"rps_without": rps[base], "rps_with": rps[name]}},
@@ -1395,10 +1401,10 @@ def run_rows(b):
         for key, what, unit, got in (("ws_rps", "requests/s, 64 connections", "req/s", rps),
                                      ("ws_bulk", f"{size} download (MB/s)", "MB/s", mbs)):
             grpc, ws = statistics.median(got[HOST]), statistics.median(got[WS_HOST])
-            lost = round((1 - ws / grpc) * 100, 1) if grpc else None
-            note(f"{what}: gRPC {fmt(grpc, unit)}, WebSocket {fmt(ws, unit)}: {lost} % lower")
+            lower = lost_pct(ws, grpc)
+            note(f"{what}: gRPC {fmt(grpc, unit)}, WebSocket {fmt(ws, unit)}: {lower} % lower")
             add(key, f"tunnel over a WebSocket, {what}: lost vs the gRPC tunnel (%)", "%",
-                {**only_edge, "edge": lost},
+                {**only_edge, "edge": lower},
                 {"edge": {"grpc": [round(v, 1) for v in got[HOST]], "websocket": [round(v, 1) for v in got[WS_HOST]]}},
                 must="its cost stated", better="lower", expected=["edge"], seconds=time.monotonic() - t0)
     if b.want("tcp"):

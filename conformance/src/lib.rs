@@ -787,14 +787,18 @@ where
     out
 }
 
+/// A loopback port free now, for a server that cannot report the one it
+/// chose (redis-server, nginx, PostgreSQL, sshd).
+pub fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap().port()
+}
+
 /// nginx (Debian's package) in front of the edge, as a load balancer:
 /// runs from `dir` with `http` inside its `http` block, on the port it
 /// returns (`{port}` in `http` is replaced by it).
 pub fn nginx(dir: &Path, http: &str) -> (Proc, u16) {
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let d = dir.display();
     std::fs::create_dir_all(dir.join("tmp")).unwrap();
     // nginx's workers run as `nobody` unless told, and could not write

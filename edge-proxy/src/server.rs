@@ -266,15 +266,14 @@ impl Edge {
                     self.tunnel_tls.client_auth.clone(),
                 ))
             }),
-            tunnel_service: tunnel_ingress.service,
+            tunnel: tunnel_ingress,
             config: self.config.clone(),
             gauges,
             shutdown: stop_http_rx,
             stop_accepting: CancellationToken::new(),
-            stop_tunnel: tunnel_ingress.stop,
         };
         let workers = Workers::start(workers.max(1), &shared)?;
-        let throttle = shared.tunnel_service.throttle().clone();
+        let throttle = shared.tunnel.service.throttle().clone();
         let summaries = tokio::spawn(async move { throttle.summarize().await });
         let housekeeping = tokio::spawn(forget_idle_limit_keys(self.config.clone()));
         let mut acceptors = vec![tokio::spawn(accept(
@@ -295,7 +294,7 @@ impl Edge {
             tunnel,
             Handoff::Tunnel,
             workers.queues.clone(),
-            shared.stop_tunnel.clone(),
+            shared.tunnel.stop.clone(),
         ));
 
         shutdown.await;
@@ -330,7 +329,7 @@ impl Edge {
                 );
             }
         }
-        shared.stop_tunnel.cancel();
+        shared.tunnel.stop.cancel();
         let _ = tunnel_acceptor.await;
         if let Some(shared) = self.shared.swap(None) {
             shared.withdraw().await;
@@ -398,14 +397,15 @@ struct Shared {
     tls: Option<Arc<Acceptor>>,
     /// Present when the tunnel listener speaks TLS.
     tunnel_tls: Option<tokio_rustls::TlsAcceptor>,
-    tunnel_service: TunnelService,
+    /// The tunnel's service, and the token that stops serving tunnels
+    /// (cancelled last, after the drain), on both tunnel paths.
+    tunnel: TunnelIngress,
     config: Arc<ArcSwap<EdgeConfig>>,
     /// Open connections per client IP (and the requests' limits).
     gauges: Arc<Gauges>,
     /// Tells Pingora that in-flight requests should wind down.
     shutdown: watch::Receiver<bool>,
     stop_accepting: CancellationToken,
-    stop_tunnel: CancellationToken,
 }
 
 /// The edge's worker threads. Each runs a single-threaded runtime that
@@ -460,7 +460,7 @@ impl Workers {
         })
     }
 
-    /// Waits for every worker to finish (after `stop_tunnel`).
+    /// Waits for every worker to finish (after `tunnel.stop`).
     async fn stopped(self) {
         drop(self.queues);
         let _ = self.first.await;
@@ -508,14 +508,14 @@ async fn accept(
     }
 }
 
-/// One worker's life: serve what it is handed until `stop_tunnel`.
+/// One worker's life: serve what it is handed until `tunnel.stop`.
 async fn run_worker(shared: Shared, mut handoffs: mpsc::UnboundedReceiver<Handoff>) {
     // Each tunnel connection's HTTP/2 state and tasks live on this thread.
     let tunnels = TaskTracker::new();
     loop {
         let handoff = tokio::select! {
             h = handoffs.recv() => h,
-            _ = shared.stop_tunnel.cancelled() => None,
+            _ = shared.tunnel.stop.cancelled() => None,
         };
         let (stream, peer, tls) = match handoff {
             None => break,
@@ -538,7 +538,7 @@ async fn run_worker(shared: Shared, mut handoffs: mpsc::UnboundedReceiver<Handof
             Err(e) => warn!(error = %e, "cannot register a visitor's connection"),
         }
     }
-    shared.stop_tunnel.cancelled().await;
+    shared.tunnel.stop.cancelled().await;
     tunnels.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), tunnels.wait()).await;
 }
@@ -546,7 +546,7 @@ async fn run_worker(shared: Shared, mut handoffs: mpsc::UnboundedReceiver<Handof
 /// Serves one sidecar connection; with tunnel TLS, after the handshake
 /// (the client certificate chain, if any, goes with the connection).
 async fn serve_tunnel(stream: TcpStream, peer: std::net::SocketAddr, shared: Shared) {
-    let service = shared.tunnel_service.clone();
+    let service = shared.tunnel.service.clone();
     if service
         .throttle()
         .refuses(peer.ip(), std::time::Instant::now())
@@ -554,7 +554,7 @@ async fn serve_tunnel(stream: TcpStream, peer: std::net::SocketAddr, shared: Sha
         // Locked out after failed authentications: closed before any TLS.
         return;
     }
-    let stop = shared.stop_tunnel.clone();
+    let stop = shared.tunnel.stop.clone();
     let Some(acceptor) = &shared.tunnel_tls else {
         return service
             .serve_connection(CoalescingIo::new(stream), Some(peer), None, stop)

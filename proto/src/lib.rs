@@ -55,13 +55,15 @@ impl StreamFrame {
             kind: Some(stream_frame::Kind::Opened(Opened {})),
         }
     }
-    pub fn open(service: String, port: u32, request_id: String) -> Self {
+    /// `websocket`: a visitor's WebSocket to a TCP service, which the
+    /// sidecar answers.
+    pub fn open(service: String, port: u32, request_id: String, websocket: bool) -> Self {
         Self {
             kind: Some(stream_frame::Kind::Open(Open {
                 service,
                 port,
                 request_id,
-                websocket: false,
+                websocket,
             })),
         }
     }

@@ -157,6 +157,12 @@ pub struct SidecarConfig {
     pub fallback: Option<Fallback>,
 }
 
+/// A `wss://` or `ws://` URL: the tunnel over a WebSocket.
+fn is_websocket_url(url: &str) -> bool {
+    let scheme = url.split("://").next().unwrap_or_default();
+    scheme.eq_ignore_ascii_case("wss") || scheme.eq_ignore_ascii_case("ws")
+}
+
 /// `fallback`: after `after` failed sessions in a row with a (gRPC) edge,
 /// the sidecar tries the tunnel over a WebSocket at `edge`, and back after
 /// as many failures there.
@@ -213,8 +219,7 @@ pub struct Edge {
 impl Edge {
     /// The tunnel over a WebSocket (`wss://`, `ws://`) rather than gRPC.
     pub fn websocket(&self) -> bool {
-        let scheme = self.url.split("://").next().unwrap_or_default();
-        scheme.eq_ignore_ascii_case("wss") || scheme.eq_ignore_ascii_case("ws")
+        is_websocket_url(&self.url)
     }
 
     /// A plaintext edge (loopback, tests).
@@ -333,7 +338,7 @@ fn validate(raw: raw::SidecarFile, base: &Path) -> Result<SidecarConfig, Vec<Str
         if !(1..=100).contains(&after) {
             problems.push(format!("fallback.after: {after} is out of range 1..=100"));
         }
-        if !(f.url.starts_with("wss://") || f.url.starts_with("ws://")) {
+        if !is_websocket_url(&f.url) {
             problems.push(format!(
                 "fallback.url: {:?} must be the edge's WebSocket URL, wss://edge.example.com (its HTTPS port)",
                 f.url
@@ -352,15 +357,10 @@ fn validate(raw: raw::SidecarFile, base: &Path) -> Result<SidecarConfig, Vec<Str
             }
         }
     });
-    let proxy = match raw.proxy {
-        Some(url) => crate::proxy::Proxy::parse(&url)
-            .map_err(|e| problems.push(format!("proxy: {e}")))
-            .ok(),
-        None => crate::proxy::Proxy::from_env().and_then(|p| {
-            p.map_err(|e| problems.push(format!("HTTPS_PROXY (environment): {e}")))
-                .ok()
-        }),
-    };
+    let proxy = crate::proxy::Proxy::chosen(raw.proxy.as_deref(), "proxy").unwrap_or_else(|e| {
+        problems.push(e);
+        None
+    });
     let learn_replicas = raw.learn_replicas.unwrap_or(true).then(|| Learn {
         tls: tls.clone(),
         insecure_plaintext: raw.insecure_plaintext,

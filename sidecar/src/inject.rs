@@ -28,6 +28,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube_core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube_core::DynamicObject;
 use serde_json::{json, Value};
+use yaml_config::is_label;
 
 /// The injected container's name: also how an injected pod is recognized.
 pub const CONTAINER: &str = "preview-sidecar";
@@ -153,17 +154,6 @@ pub fn patch(pod: &Pod, namespace: &str, injection: &Injection) -> Result<Option
                                    "value": injection.image})),
     }
     Ok(Some(Value::Array(ops)))
-}
-
-/// A lowercase DNS label, as preview URLs need.
-fn is_label(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 /// The sidecar's YAML for `pod`: the edge, the token from the

@@ -351,12 +351,7 @@ fn access_tcp(
             _ => Err(problems),
         })
         .map_err(|problems| problems.join("; "))?;
-    let proxy = match proxy {
-        Some(url) => Some(sidecar::proxy::Proxy::parse(&url).map_err(|e| format!("--proxy: {e}"))?),
-        None => sidecar::proxy::Proxy::from_env()
-            .transpose()
-            .map_err(|e| format!("HTTPS_PROXY: {e}"))?,
-    };
+    let proxy = sidecar::proxy::Proxy::chosen(proxy.as_deref(), "--proxy")?;
     Ok(sidecar::tcp::Access {
         host,
         edge_host: edge_host.to_string(),
@@ -410,9 +405,7 @@ fn expose_config(
         reconnect_min: sidecar::config::DEFAULT_RECONNECT_MIN,
         reconnect_max: sidecar::config::DEFAULT_RECONNECT_MAX,
         admin: None,
-        proxy: sidecar::proxy::Proxy::from_env()
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("HTTPS_PROXY: {e}"))?,
+        proxy: sidecar::proxy::Proxy::chosen(None, "").map_err(anyhow::Error::msg)?,
         fallback: None,
         targets: Allowlist::new([target]),
     })

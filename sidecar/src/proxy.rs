@@ -11,6 +11,27 @@ use tokio::net::TcpStream;
 
 use crate::config::Secret;
 
+/// A TCP connection to the edge at `host:port` (or the replica's
+/// `address`), through `proxy` when it is for that host, without Nagle's
+/// delay (small frames go out at once).
+pub async fn dial(
+    proxy: Option<&Proxy>,
+    host: &str,
+    port: u16,
+    address: Option<SocketAddr>,
+) -> Result<TcpStream, String> {
+    let stream = match proxy.filter(|p| p.applies_to(host)) {
+        Some(proxy) => return proxy.connect(host, port, address).await,
+        None => match address {
+            Some(address) => TcpStream::connect(address).await,
+            None => TcpStream::connect((host, port)).await,
+        },
+    }
+    .map_err(|e| e.to_string())?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    Ok(stream)
+}
+
 /// Most bytes of the proxy's answer to `CONNECT` read before giving up.
 const MAX_ANSWER: usize = 8 * 1024;
 
@@ -60,6 +81,19 @@ impl Proxy {
         })
     }
 
+    /// The proxy `configured` names (its setting called `setting` in
+    /// errors), else the one the environment names, if any.
+    pub fn chosen(configured: Option<&str>, setting: &str) -> Result<Option<Self>, String> {
+        match configured {
+            Some(url) => Self::parse(url)
+                .map(Some)
+                .map_err(|e| format!("{setting}: {e}")),
+            None => Self::from_env()
+                .transpose()
+                .map_err(|e| format!("HTTPS_PROXY (environment): {e}")),
+        }
+    }
+
     /// The proxy `HTTPS_PROXY` (or `https_proxy`) names, if any, with
     /// `NO_PROXY`'s exceptions.
     pub fn from_env() -> Option<Result<Self, String>> {
@@ -84,11 +118,8 @@ impl Proxy {
         let Some(exceptions) = &self.from_env else {
             return true;
         };
+        let local = crate::tls::is_loopback(host);
         let host = host.trim_matches(['[', ']']).to_ascii_lowercase();
-        let local = host == "localhost"
-            || host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
         let excepted = exceptions.iter().any(|e| {
             e == "*"
                 || host == *e

@@ -99,17 +99,9 @@ async fn connect(
         },
         reason,
     };
-    let stream = match proxy.filter(|p| p.applies_to(host)) {
-        Some(proxy) => proxy.connect(host, port, address).await.map_err(failed)?,
-        None => match address {
-            Some(address) => TcpStream::connect(address).await,
-            None => TcpStream::connect((host, port)).await,
-        }
-        .map_err(|e| failed(e.to_string()))?,
-    };
-    stream
-        .set_nodelay(true)
-        .map_err(|e| failed(e.to_string()))?;
+    let stream = crate::proxy::dial(proxy, host, port, address)
+        .await
+        .map_err(failed)?;
     match &edge.transport {
         EdgeTransport::Plaintext { warn } => {
             if *warn {
@@ -158,25 +150,18 @@ where
     let config = tunnel_transport::websocket::config();
     match tokio_tungstenite::client_async_with_config(url, io, Some(config)).await {
         Ok((ws, _)) => Ok(CoalescingIo::new(WsIo::new(ws))),
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            let body = response
-                .body()
-                .as_deref()
-                .map(String::from_utf8_lossy)
-                .unwrap_or_default();
-            let hint = match response.status().as_u16() {
-                404 => {
+        Err(e) => {
+            let hint = match &e {
+                tokio_tungstenite::tungstenite::Error::Http(r) if r.status() == 404 => {
                     " (an edge older than the WebSocket transport, or not the edge's visitor port?)"
                 }
                 _ => "",
             };
+            let refused = crate::tcp::upgrade_refused(e);
             Err(format!(
-                "the edge answered the WebSocket upgrade at {TUNNEL_PATH} with {}{hint}: {}",
-                response.status(),
-                body.chars().take(200).collect::<String>()
+                "WebSocket upgrade at {TUNNEL_PATH}: {refused}{hint}"
             ))
         }
-        Err(e) => Err(format!("WebSocket upgrade at {TUNNEL_PATH} failed: {e}")),
     }
 }
 

@@ -18,11 +18,12 @@ use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, Message};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{info, warn};
 
+use tunnel_transport::websocket::io_error;
+
 use crate::config::EdgeTransport;
 use crate::stream::Stats;
 
-/// Where the edge takes TCP WebSockets (as its `routing::upstream`).
-pub const TCP_PATH: &str = "/.preview/tcp";
+pub use tunnel_transport::websocket::TCP_PATH;
 
 /// Bytes read from a connection per message.
 const CHUNK: usize = 64 * 1024;
@@ -34,13 +35,6 @@ fn ws_config() -> WebSocketConfig {
         .read_buffer_size(tunnel_transport::websocket::TCP_READ_BUFFER)
 }
 
-fn ws_error(e: tungstenite::Error) -> io::Error {
-    match e {
-        tungstenite::Error::Io(e) => e,
-        other => io::Error::new(io::ErrorKind::InvalidData, other.to_string()),
-    }
-}
-
 /// At the sidecar: answers the visitor's WebSocket handshake on the tunnel
 /// stream and pipes its messages to `target`.
 pub async fn serve<S>(stream: S, target: TcpStream, stats: &Stats) -> io::Result<()>
@@ -49,7 +43,7 @@ where
 {
     let ws = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config()))
         .await
-        .map_err(ws_error)?;
+        .map_err(io_error)?;
     let mut stream = relay(ws, target, Some(stats)).await?;
     // Dropped before the edge has ended its side, the tunnel stream would
     // be reset, and what is still queued of the last messages lost.
@@ -86,7 +80,7 @@ where
             count(|s| &s.bytes_from_targets, n);
             // An empty message says this direction ended.
             let message = Message::Binary(Bytes::copy_from_slice(&buf[..n]));
-            to_ws.send(message).await.map_err(ws_error)?;
+            to_ws.send(message).await.map_err(io_error)?;
             if n == 0 {
                 return Ok::<_, io::Error>(());
             }
@@ -94,7 +88,7 @@ where
     };
     let inbound = async {
         while let Some(message) = from_ws.next().await {
-            match message.map_err(ws_error)? {
+            match message.map_err(io_error)? {
                 Message::Binary(data) if data.is_empty() => break,
                 Message::Binary(data) => {
                     count(|s| &s.bytes_to_targets, data.len());
@@ -173,13 +167,9 @@ impl Access {
     /// One WebSocket to the service, through the edge.
     async fn connect(&self) -> Result<WebSocketStream<Box<dyn Io>>, String> {
         let (host, port) = (self.edge_host.as_str(), self.edge_port);
-        let tcp = match self.proxy.as_ref().filter(|p| p.applies_to(host)) {
-            Some(proxy) => proxy.connect(host, port, None).await?,
-            None => TcpStream::connect((host, port))
-                .await
-                .map_err(|e| format!("connecting to the edge at {host}:{port}: {e}"))?,
-        };
-        let _ = tcp.set_nodelay(true);
+        let tcp = crate::proxy::dial(self.proxy.as_ref(), host, port, None)
+            .await
+            .map_err(|e| format!("connecting to the edge at {host}:{port}: {e}"))?;
         let (scheme, stream): (_, Box<dyn Io>) = match &self.transport {
             EdgeTransport::Plaintext { .. } => ("ws", Box::new(tcp)),
             EdgeTransport::Tls(tls) => {
@@ -205,13 +195,14 @@ impl Access {
         let (ws, _) =
             tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config()))
                 .await
-                .map_err(refused)?;
+                .map_err(upgrade_refused)?;
         Ok(ws)
     }
 }
 
-/// What the edge said when it did not upgrade: its status and message.
-fn refused(e: tungstenite::Error) -> String {
+/// What the edge said when it did not upgrade: its status and the message
+/// of its error shape (or its body as text).
+pub(crate) fn upgrade_refused(e: tungstenite::Error) -> String {
     match e {
         tungstenite::Error::Http(response) => {
             let body = response.body().as_deref().unwrap_or_default();

@@ -68,7 +68,7 @@ impl std::fmt::Debug for EdgeTransport {
 }
 
 /// `host` of `scheme://host:port` names this machine.
-fn is_loopback(host: &str) -> bool {
+pub(crate) fn is_loopback(host: &str) -> bool {
     let host = host.trim_matches(['[', ']']);
     host.eq_ignore_ascii_case("localhost")
         || host

@@ -102,13 +102,7 @@ impl Store {
 /// A host name usable as a file name: DNS labels, lowercase.
 fn checked_domain(domain: &str) -> Result<String, String> {
     let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && !l.starts_with('-')
-            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-    };
-    if domain.len() > 253 || !domain.split('.').all(label_ok) {
+    if !yaml_config::is_hostname(&domain) {
         return Err(format!(
             "{domain:?} is not a domain name (e.g. preview.example.com)"
         ));

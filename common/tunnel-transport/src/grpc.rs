@@ -251,7 +251,7 @@ mod tests {
     #[test]
     fn decodes_messages_however_they_are_split() {
         let frames = [
-            StreamFrame::open("web".into(), 80, "r1".into()),
+            StreamFrame::open("web".into(), 80, "r1".into(), false),
             StreamFrame::data(Bytes::from(vec![7u8; 70_000])),
             StreamFrame::fin(),
             StreamFrame::data(Bytes::from_static(b"x")),

@@ -24,6 +24,10 @@ use tokio_tungstenite::WebSocketStream;
 /// a WebSocket.
 pub const TUNNEL_PATH: &str = "/.preview/tunnel";
 
+/// The path a raw TCP service is reached at on its host (`sidecar access
+/// tcp`): a WebSocket whose binary messages are the connection's bytes.
+pub const TCP_PATH: &str = "/.preview/tcp";
+
 /// Most bytes one message carries. HTTP/2 writes frames of up to a MiB;
 /// they go out as several messages.
 pub const MAX_SEND: usize = 256 * 1024;
@@ -74,7 +78,10 @@ impl<S> WsIo<S> {
     }
 }
 
-fn io_error(e: tungstenite::Error) -> io::Error {
+/// A WebSocket's error as an I/O error: its own I/O errors as they are,
+/// the end of the connection as a broken pipe, anything else (a protocol
+/// violation, a message over the limit) as invalid data, with its reason.
+pub fn io_error(e: tungstenite::Error) -> io::Error {
     match e {
         tungstenite::Error::Io(e) => e,
         tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::time::Duration;
 
-use conformance::{exchange, Proc, Stack, ENV};
+use conformance::{exchange, free_port, Proc, Stack, ENV};
 use sha2::{Digest, Sha256};
 use test_support::pattern;
 
@@ -44,15 +44,6 @@ fn checksum_service() -> std::net::SocketAddr {
         }
     });
     addr
-}
-
-/// A local port for redis-server (which cannot report one it chose).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn host(service: &str, port: u16) -> String {

@@ -30,9 +30,7 @@ pub enum Protocol {
     Tcp,
 }
 
-/// The path a TCP service is reached at (`sidecar access tcp`): a
-/// WebSocket upgrade, nothing else.
-pub const TCP_PATH: &str = "/.preview/tcp";
+pub use tunnel_transport::websocket::TCP_PATH;
 
 /// How the edge checks a service's certificate.
 #[derive(Clone)]

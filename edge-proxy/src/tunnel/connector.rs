@@ -22,7 +22,7 @@ use pingora_error::{Error, ErrorType};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::futures::OwnedNotified;
 use tracing::warn;
-use tunnel_proto::{stream_frame::Kind, ErrorCode, Open, StreamFrame};
+use tunnel_proto::{stream_frame::Kind, ErrorCode, StreamFrame};
 use tunnel_transport::{DataStream, StreamIo};
 
 use crate::tunnel::registry::{Session, TakeError};
@@ -64,14 +64,12 @@ impl TunnelConnector {
                 .take_stream(self.open_stream_timeout)
                 .await
                 .map_err(TunnelError::NoStream)?;
-            let open = StreamFrame {
-                kind: Some(Kind::Open(Open {
-                    service: self.service.clone(),
-                    port: self.port.into(),
-                    request_id: self.request_id.clone(),
-                    websocket: self.websocket,
-                })),
-            };
+            let open = StreamFrame::open(
+                self.service.clone(),
+                self.port.into(),
+                self.request_id.clone(),
+                self.websocket,
+            );
             if stream.send_frame(&open).await.is_err() {
                 continue; // the sidecar dropped this idle stream
             }
