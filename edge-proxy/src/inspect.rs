@@ -19,7 +19,6 @@ use crate::config::EdgeConfig;
 use crate::http::failure::{FailureCounts, ALL_KINDS};
 use crate::limits::{Gauges, Scope};
 use crate::metrics::Metrics;
-use crate::routing::rules::HostPattern;
 use crate::tunnel::registry::TunnelRegistry;
 use telemetry::admin::{counter, gauge};
 
@@ -79,16 +78,14 @@ impl Api for Inspector {
             .routes
             .rules()
             .iter()
+            .chain(self.sources.registry.claimed().rules())
             .map(|r| {
-                let host = match &r.host {
-                    HostPattern::Exact(h) => h.clone(),
-                    HostPattern::Wildcard(suffix) => format!("*.{suffix}"),
-                };
                 json!({
-                    "source": "yaml",
+                    "source": if r.claimed { "claimed" } else { "yaml" },
                     "name": r.name.as_deref(),
-                    "host": host,
+                    "host": r.host.to_string(),
                     "path": r.path,
+                    "exact_path": r.exact_path,
                     "environment": r.target.environment,
                     "service": r.target.service,
                     "port": r.target.port,
@@ -104,7 +101,7 @@ impl Api for Inspector {
                     .map(|domain| format!("{service}-{port}-{}.{domain}", s.environment));
                 registered.push((
                     s.environment.clone(),
-                    service.to_owned(),
+                    service,
                     port,
                     preview.unwrap_or_default(),
                 ));

@@ -24,6 +24,7 @@ pub const CAPABILITIES: &[&str] = &[
     "want-streams",
     "stream-credit",
     "replicas",
+    "route-updates",
 ];
 
 /// Payload bytes each side of a data stream may send before the other side

@@ -79,6 +79,16 @@ mod raw {
         pub targets: Vec<Target>,
         /// `IP:port` of the admin listener (probes, metrics).
         pub admin: Option<String>,
+        /// Agent mode: targets and routes from the Kubernetes API.
+        pub kubernetes: Option<Kubernetes>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Kubernetes {
+        pub namespace: Option<String>,
+        pub ingress_class: Option<String>,
+        pub publish_address: Option<String>,
     }
 
     /// One URL, or the replicas' URLs.
@@ -149,6 +159,9 @@ pub struct SidecarConfig {
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
     pub targets: Allowlist,
+    /// Agent mode (`kubernetes:`): the namespace's Services are the
+    /// allowlist, Ingresses and annotated Services the routes.
+    pub kubernetes: Option<crate::kubernetes::Settings>,
     /// `admin`: where `/healthz`, `/readyz` and `/metrics` are served.
     pub admin: Option<std::net::SocketAddr>,
     /// The HTTP proxy the edge is reached through, if any.
@@ -222,6 +235,12 @@ impl Edge {
         is_websocket_url(&self.url)
     }
 
+    /// The URL's host (an IPv6 address without brackets).
+    pub fn host(&self) -> Option<String> {
+        let uri: http::Uri = self.url.parse().ok()?;
+        Some(uri.host()?.trim_matches(['[', ']']).to_string())
+    }
+
     /// A plaintext edge (loopback, tests).
     pub fn plaintext(url: impl Into<String>) -> Self {
         Self {
@@ -232,7 +251,7 @@ impl Edge {
 }
 
 /// A service this sidecar may reach, as visitors name it, and how.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Target {
     pub service: String,
     pub port: u16,
@@ -275,7 +294,7 @@ impl From<(String, u16, String)> for Target {
 
 /// The only places this sidecar connects to: `(service, port)` → address.
 /// Whatever the edge asks, nothing else is dialed.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Allowlist {
     targets: Vec<Target>,
     index: HashMap<(String, u16), usize>,
@@ -479,6 +498,34 @@ fn validate(raw: raw::SidecarFile, base: &Path) -> Result<SidecarConfig, Vec<Str
     if raw.owner.is_some() && raw.access.as_deref() != Some("personal") {
         problems.push("owner: only with access: personal".into());
     }
+    if raw.kubernetes.is_some() && !targets.is_empty() {
+        problems.push(
+            "targets: not with kubernetes: (the namespace's Services are the allowlist)".into(),
+        );
+    }
+    let kubernetes = raw.kubernetes.map(|k| {
+        if let Some(ns) = &k.namespace {
+            if !is_label(ns) {
+                problems.push(format!("kubernetes.namespace: {ns:?} is not a namespace name"));
+            }
+        }
+        let ingress_class = k.ingress_class.unwrap_or_else(|| "preview".into());
+        if ingress_class.is_empty() || ingress_class.len() > 253 {
+            problems.push(format!("kubernetes.ingress_class: {ingress_class:?} is not a class name"));
+        }
+        if let Some(address) = &k.publish_address {
+            if address.parse::<std::net::IpAddr>().is_err() && !yaml_config::is_hostname(address) {
+                problems.push(format!(
+                    "kubernetes.publish_address: {address:?} is neither an IP address nor a host name"
+                ));
+            }
+        }
+        crate::kubernetes::Settings {
+            namespace: k.namespace,
+            ingress_class,
+            publish_address: k.publish_address,
+        }
+    });
     let admin = raw.admin.as_deref().and_then(|a| match a.parse() {
         Ok(addr) => Some(addr),
         Err(_) => {
@@ -506,6 +553,7 @@ fn validate(raw: raw::SidecarFile, base: &Path) -> Result<SidecarConfig, Vec<Str
         proxy,
         fallback,
         targets: Allowlist::new(targets),
+        kubernetes,
     })
 }
 

@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //! - [`config`]: YAML → validated config, including the target allowlist.
+//! - [`catalog`]: what the sidecar serves (targets, routes, host rules);
+//!   [`kubernetes`] discovers it in agent mode.
 //! - [`session`]: one tunnel session (control stream, heartbeats, drain).
 //! - [`tls`]: TLS to the edge: verification, pinning, client certificates, errors.
 //! - [`stream`]: one proxied connection (dial target, pipe bytes).
@@ -20,8 +22,10 @@
 
 pub mod admin;
 pub mod backoff;
+pub mod catalog;
 pub mod config;
 pub mod inject;
+pub mod kubernetes;
 pub mod proxy;
 pub mod replicas;
 pub mod session;
@@ -68,6 +72,8 @@ pub struct Sidecar {
     totals: Arc<Stats>,
     /// The replicas an edge told of last.
     told: watch::Sender<Told>,
+    /// What the sessions register and may dial.
+    catalog: watch::Sender<Option<Arc<catalog::Catalog>>>,
 }
 
 /// Replica URLs an edge told of, and the known edge whose session heard
@@ -80,11 +86,15 @@ struct Told {
 
 impl Sidecar {
     pub fn new(config: SidecarConfig) -> Self {
+        // In agent mode, nothing until the API has been listed.
+        let fixed = (config.kubernetes.is_none())
+            .then(|| Arc::new(catalog::Catalog::fixed(&config.targets)));
         Self {
             config: Arc::new(config),
             status: watch::Sender::new(Status::default()),
             totals: Arc::default(),
             told: watch::Sender::default(),
+            catalog: watch::Sender::new(fixed),
         }
     }
 
@@ -104,6 +114,22 @@ impl Sidecar {
     /// as on shutdown.
     pub async fn run(&self, shutdown: CancellationToken) {
         let mut sessions = JoinSet::new();
+        if let Some(settings) = &self.config.kubernetes {
+            let edge_host = self.config.edges[0].host().unwrap_or_default();
+            let discovery = kubernetes::discover(
+                settings.clone(),
+                edge_host,
+                self.catalog.clone(),
+                shutdown.clone(),
+            );
+            let status = self.status.clone();
+            sessions.spawn(async move {
+                if let Err(e) = discovery.await {
+                    warn!(error = %e, "no routes: discovery stopped");
+                    status.send_modify(|s| s.last_error = Some(e));
+                }
+            });
+        }
         let mut kept: HashMap<Replica, CancellationToken> = HashMap::new();
         let mut known = Known::new(&self.config);
         let mut told = self.told.subscribe();
@@ -140,6 +166,7 @@ impl Sidecar {
                         status: self.status.clone(),
                         totals: self.totals.clone(),
                         told: self.told.clone(),
+                        catalog: self.catalog.subscribe(),
                         stop: stop.clone(),
                     };
                     sessions.spawn(keeper.run());
@@ -239,6 +266,7 @@ struct Keeper {
     status: watch::Sender<Status>,
     totals: Arc<Stats>,
     told: watch::Sender<Told>,
+    catalog: catalog::Catalogs,
     stop: CancellationToken,
 }
 
@@ -334,12 +362,13 @@ impl Keeper {
     ) {
         let (drain_tx, drain_rx) = oneshot::channel();
         let (index, replica, edge) = (self.index, self.replica, edge.clone());
-        let (config, totals, stop, status, told) = (
+        let (config, totals, stop, status, told, catalog) = (
             self.config.clone(),
             self.totals.clone(),
             self.stop.clone(),
             self.status.clone(),
             self.told.clone(),
+            self.catalog.clone(),
         );
         let session = async move {
             let mut welcomed = false;
@@ -368,13 +397,16 @@ impl Keeper {
                     changed
                 });
             };
+            let on_urls = |urls: &[String]| status.send_modify(|s| s.urls = urls.to_vec());
             let result = session::run(
                 &config,
                 &edge,
                 address,
                 &totals,
                 &stop,
+                catalog,
                 on_welcome,
+                on_urls,
                 on_replicas,
                 drain_tx,
             )
@@ -489,6 +521,7 @@ mod tests {
             proxy: None,
             fallback: None,
             targets: Allowlist::default(),
+            kubernetes: None,
         });
         let mut status = sidecar.status();
         let shutdown = CancellationToken::new();

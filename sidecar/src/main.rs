@@ -408,6 +408,7 @@ fn expose_config(
         proxy: sidecar::proxy::Proxy::chosen(None, "").map_err(anyhow::Error::msg)?,
         fallback: None,
         targets: Allowlist::new([target]),
+        kubernetes: None,
     })
 }
 

@@ -16,8 +16,8 @@ use tonic::Request;
 use tracing::{debug, info, warn};
 use tunnel_proto::tunnel_client::TunnelClient;
 use tunnel_proto::{
-    edge_message, sidecar_message, Drain, EdgeMessage, Heartbeat, Hello, SidecarMessage, Welcome,
-    CAPABILITIES, MAX_MESSAGE_SIZE, PROTOCOL_VERSION,
+    edge_message, sidecar_message, Drain, EdgeMessage, Heartbeat, Hello, RouteSet, SidecarMessage,
+    Welcome, CAPABILITIES, MAX_MESSAGE_SIZE, PROTOCOL_VERSION,
 };
 use tunnel_transport::coalesce::CoalescingIo;
 use tunnel_transport::grpc::DATA_PATH;
@@ -26,6 +26,7 @@ use tunnel_transport::settings::*;
 use tunnel_transport::websocket::{WsIo, TUNNEL_PATH};
 use tunnel_transport::{keepalive, ConnectionFlow};
 
+use crate::catalog::Catalogs;
 use crate::config::{Edge, EdgeTransport, SidecarConfig};
 use crate::proxy::Proxy;
 use crate::stream::{Stats, StreamPool};
@@ -283,9 +284,11 @@ impl tokio::io::AsyncWrite for Sniffed {
 }
 
 /// Runs one session with `edge` (at `address`, one replica's, or by name)
-/// to its end. `on_welcome` is called once the edge has accepted us,
-/// `on_replicas` with each replica set the edge tells of (in Welcome and
-/// after), `drain_asked` when the edge asks us to
+/// to its end, registering what `catalog` holds (waiting for it when it
+/// holds nothing yet; sending each new one). `on_welcome` is called once
+/// the edge has accepted us, `on_urls` with the URLs of each later route
+/// set, `on_replicas` with each replica set the edge tells of (in Welcome
+/// and after), `drain_asked` when the edge asks us to
 /// go: the session goes on serving (the leaving replica's requests in
 /// flight, or routed to it meanwhile) until the edge retires it or closes.
 #[allow(clippy::too_many_arguments)]
@@ -295,11 +298,20 @@ pub async fn run(
     address: Option<SocketAddr>,
     totals: &Arc<Stats>,
     shutdown: &CancellationToken,
+    mut catalog: Catalogs,
     on_welcome: impl FnOnce(&Welcome),
+    mut on_urls: impl FnMut(&[String]),
     mut on_replicas: impl FnMut(&[String]),
     drain_asked: oneshot::Sender<()>,
 ) -> Result<SessionEnd, SessionError> {
     let uri = edge_uri(edge)?;
+    let serving = tokio::select! {
+        known = catalog.wait_for(Option::is_some) => match known {
+            Ok(known) => known.clone().expect("waited for it"),
+            Err(_) => return Ok(SessionEnd::Shutdown),
+        },
+        _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+    };
     let first_bytes = Arc::new(FirstBytes::default());
     let connection = tokio::time::timeout(
         CONNECT_TIMEOUT,
@@ -345,12 +357,14 @@ pub async fn run(
         protocol_version: PROTOCOL_VERSION,
         capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
         environment: config.environment.clone(),
-        routes: config.targets.targets().iter().map(|t| t.route()).collect(),
+        routes: serving.routes.clone(),
+        host_rules: serving.host_rules.clone(),
         sidecar_name: config.name.clone(),
         access_level: config.access.clone(),
         owner: config.owner.clone(),
         sidecar_version: env!("CARGO_PKG_VERSION").into(),
     };
+    drop(serving);
     let _ = control
         .send(message(sidecar_message::Kind::Hello(hello)))
         .await;
@@ -386,6 +400,9 @@ pub async fn run(
     };
     on_welcome(&welcome);
     on_replicas(&welcome.replicas);
+    log_refused(&welcome.refused);
+    // An older edge takes routes in Hello only: a new set needs a new session.
+    let updates = welcome.capabilities.iter().any(|c| c == "route-updates");
 
     let stats = Arc::new(Stats::under(totals.clone()));
     let pool = Arc::new(StreamPool {
@@ -397,7 +414,7 @@ pub async fn run(
             .parse()
             .map_err(|_| SessionError::Lost("invalid session id".into()))?,
         authorization,
-        targets: config.targets.clone(),
+        targets: catalog.clone(),
         connect_timeout: config.connect_timeout,
         stats: stats.clone(),
         tasks: tokio_util::task::TaskTracker::new(),
@@ -433,6 +450,10 @@ pub async fn run(
                         break Ok(SessionEnd::Drained);
                     }
                     edge_message::Kind::Replicas(r) => on_replicas(&r.urls),
+                    edge_message::Kind::RoutesApplied(applied) => {
+                        on_urls(&applied.urls);
+                        log_refused(&applied.refused);
+                    }
                     edge_message::Kind::Welcome(_) => {}
                 },
                 Ok(Some(_)) => {} // a kind from a newer edge
@@ -441,6 +462,17 @@ pub async fn run(
                 Ok(None) => break Err(SessionError::Lost("the edge closed the session".into())),
                 Err(status) => break Err(SessionError::Lost(status.message().to_string())),
             },
+            Ok(()) = catalog.changed() => {
+                let Some(now) = catalog.borrow_and_update().clone() else { continue };
+                if !updates {
+                    info!("routes changed; the edge takes them only in a new session");
+                    break Ok(SessionEnd::Drained);
+                }
+                let set = RouteSet { routes: now.routes.clone(), host_rules: now.host_rules.clone() };
+                if control.send(message(sidecar_message::Kind::Routes(set))).await.is_err() {
+                    break Err(SessionError::Lost("control stream closed".into()));
+                }
+            }
             _ = ticker.tick() => {
                 if last_ack.elapsed() > interval * 3 {
                     break Err(SessionError::Lost("the edge stopped answering heartbeats".into()));
@@ -510,6 +542,12 @@ fn data_uri(edge: &Uri) -> Result<Uri, SessionError> {
     let mut parts = edge.clone().into_parts();
     parts.path_and_query = Some(DATA_PATH.parse().expect("a valid path"));
     Uri::from_parts(parts).map_err(|e| SessionError::Rejected(format!("edge URL {edge}: {e}")))
+}
+
+fn log_refused(refused: &[String]) {
+    for reason in refused {
+        warn!(%reason, "the edge refused a host rule");
+    }
 }
 
 fn message(kind: sidecar_message::Kind) -> SidecarMessage {

@@ -20,7 +20,7 @@ use tunnel_transport::grpc::{self, DATA_HEADROOM};
 use tunnel_transport::settings::CHUNK_SIZE;
 use tunnel_transport::{ConnectionFlow, DataStream, Role};
 
-use crate::config::Allowlist;
+use crate::catalog::Catalogs;
 
 /// Counters of one session (reported to the edge in heartbeats), each
 /// also added to the process's (`parent`: the sidecar's metrics).
@@ -80,7 +80,8 @@ pub struct StreamPool {
     pub data_uri: Uri,
     pub session_id: HeaderValue,
     pub authorization: HeaderValue,
-    pub targets: Allowlist,
+    /// What may be dialed: the catalog's targets, as they are now.
+    pub targets: Catalogs,
     pub connect_timeout: Duration,
     pub stats: Arc<Stats>,
     pub tasks: tokio_util::task::TaskTracker,
@@ -178,7 +179,13 @@ impl StreamPool {
     }
 
     async fn dial(&self, open: &Open) -> Result<TcpStream, (ErrorCode, String)> {
-        let Some(address) = self.targets.resolve(&open.service, open.port) else {
+        let address = self.targets.borrow().as_ref().and_then(|catalog| {
+            catalog
+                .targets
+                .resolve(&open.service, open.port)
+                .map(str::to_owned)
+        });
+        let Some(address) = address else {
             return Err((
                 ErrorCode::Denied,
                 format!(
@@ -187,7 +194,7 @@ impl StreamPool {
                 ),
             ));
         };
-        match tokio::time::timeout(self.connect_timeout, TcpStream::connect(address)).await {
+        match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&address)).await {
             Err(_) => Err((
                 ErrorCode::Timeout,
                 format!("connecting to {address} timed out"),

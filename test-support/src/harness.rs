@@ -349,6 +349,7 @@ impl TestSidecar {
                 proxy: None,
                 fallback: None,
                 targets: Allowlist::default(),
+                kubernetes: None,
             },
             targets: Vec::new(),
         }

@@ -5,6 +5,7 @@
 //! - [`upstream`]: the sample upstream service (also the demo's), counting connections.
 //! - [`certs`]: a local CA and certificates (rcgen), for TLS tests and the demo.
 //! - [`connect_proxy`]: an HTTP `CONNECT` proxy, optionally with credentials.
+//! - [`kube_api`]: a Kubernetes API server for Services and Ingresses (list, watch, status).
 //! - [`fault`]: a fault-injecting TCP proxy (latency, bandwidth, stall, cut, reset).
 //! - [`pattern`]: deterministic payloads and their checksums.
 //! - [`grpc`]: a gRPC echo service (every call shape, errors, deadlines).
@@ -18,6 +19,7 @@ pub mod connect_proxy;
 pub mod fault;
 pub mod grpc;
 pub mod harness;
+pub mod kube_api;
 pub mod otlp;
 pub mod pattern;
 pub mod port;

@@ -282,6 +282,7 @@ async fn sidecars(args: SidecarArgs) -> anyhow::Result<()> {
             proxy: None,
             fallback: None,
             targets: Allowlist::new([(SERVICE.to_string(), PORT, args.target.clone())]),
+            kubernetes: None,
         };
         let sidecar = sidecar::Sidecar::new(config);
         statuses.push(sidecar.status());

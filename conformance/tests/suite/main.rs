@@ -10,6 +10,7 @@ mod grpc;
 mod header_policy;
 mod isolation;
 mod kills;
+mod kubernetes;
 mod limits;
 mod login;
 mod replicas;

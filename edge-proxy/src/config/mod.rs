@@ -245,8 +245,15 @@ pub mod raw {
     pub struct Cluster {
         pub name: String,
         /// One hash, or several while a token rotates.
-        pub token_sha256: OneOrMany,
+        pub token_sha256: Option<OneOrMany>,
+        /// A file of hashes, one per line (a mounted Secret), read again
+        /// when it changes; with `token_sha256` or instead of it.
+        pub token_sha256_file: Option<String>,
         pub environments: Vec<String>,
+        /// The custom domains this cluster's sidecars may claim for their
+        /// routes (Ingress hosts): each name and every name under it.
+        #[serde(default)]
+        pub domains: Vec<String>,
         /// The organization that owns the cluster (the `shared` access
         /// level admits its members).
         pub organization: Option<String>,
@@ -473,8 +480,12 @@ pub struct Cluster {
     /// token rotates).
     pub tokens: Vec<TokenHash>,
     pub environments: Vec<String>,
+    /// `domains:`: what host rules its sidecars may claim.
+    pub domains: Vec<String>,
     /// With mutual TLS: the roots this cluster's client certificates chain to.
     pub client_ca: Option<crate::tls::ClientCa>,
+    /// `token_sha256_file`, watched for changes.
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -605,17 +616,60 @@ impl EdgeConfig {
     }
 
     /// Files whose change reloads the config: visitor and tunnel
-    /// certificates and keys, clusters' client CAs.
+    /// certificates and keys, clusters' client CAs and token files.
     pub fn watched_files(&self) -> Vec<std::path::PathBuf> {
         let mut files: Vec<_> = self.tls.iter().flat_map(|t| t.files.clone()).collect();
         files.extend(self.tunnel.tls.iter().flat_map(|t| t.files.clone()));
-        files.extend(
-            self.clusters
-                .iter()
-                .filter_map(|c| c.client_ca.as_ref().map(|ca| ca.file.clone())),
-        );
+        for c in &self.clusters {
+            files.extend(c.client_ca.as_ref().map(|ca| ca.file.clone()));
+            files.extend(c.token_file.clone());
+        }
         files
     }
+}
+
+/// A cluster's `domains:`, checked: hostnames, none under a preview
+/// domain (preview URLs belong to every cluster) or another cluster's.
+fn cluster_domains(
+    raw: &[String],
+    path: &str,
+    preview_domains: &[String],
+    earlier: &[Cluster],
+    problems: &mut Vec<String>,
+) -> Vec<String> {
+    let overlap = |a: &str, b: &str| within(a, b) || within(b, a);
+    let mut domains = Vec::new();
+    for (j, domain) in raw.iter().enumerate() {
+        let at = format!("{path}.domains[{j}]");
+        let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+        if !is_hostname(&domain) {
+            problems.push(format!(
+                "{at}: {domain:?} is not a hostname (a domain covers itself and every name under it: write team1.example.com, not *.team1.example.com)"
+            ));
+            continue;
+        }
+        if let Some(p) = preview_domains.iter().find(|p| overlap(p, &domain)) {
+            problems.push(format!(
+                "{at}: {domain:?} overlaps the preview domain {p:?}, whose names belong to every cluster"
+            ));
+        }
+        for other in earlier {
+            if let Some(d) = other.domains.iter().find(|d| overlap(d, &domain)) {
+                problems.push(format!(
+                    "{at}: {domain:?} overlaps {d:?} of cluster {:?}: a host may belong to one cluster only",
+                    other.name
+                ));
+            }
+        }
+        domains.push(domain);
+    }
+    domains
+}
+
+/// Whether `host` is `domain` or a name under it.
+pub fn within(host: &str, domain: &str) -> bool {
+    host.strip_suffix(domain)
+        .is_some_and(|rest| rest.is_empty() || rest.ends_with('.'))
 }
 
 /// The token hashes listed under `field` (`clusters[i].token_sha256`,
@@ -623,7 +677,7 @@ impl EdgeConfig {
 /// there are several). At least one, each 64 hex digits; the value itself
 /// is never repeated in a problem (a hash does not belong in logs).
 fn token_hashes(
-    hashes: Vec<String>,
+    hashes: Vec<(String, String)>,
     field: &str,
     problems: &mut Vec<String>,
 ) -> Vec<(String, TokenHash)> {
@@ -632,15 +686,15 @@ fn token_hashes(
             "{field}: list at least one token hash (hint: `edge-proxy hash-token`)"
         ));
     }
-    let several = hashes.len() > 1;
+    let several = hashes.iter().filter(|(at, _)| at == field).count() > 1;
     hashes
         .iter()
         .enumerate()
-        .filter_map(|(j, hash)| {
-            let at = if several {
+        .filter_map(|(j, (at, hash))| {
+            let at = if several && at == field {
                 format!("{field}[{j}]")
             } else {
-                field.to_owned()
+                at.clone()
             };
             match TokenHash::from_hex(hash) {
                 Some(t) => Some((at, t)),
@@ -723,8 +777,34 @@ fn validate(mut raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<Strin
             problems.push(format!("{path}.name: must not be empty"));
         }
         let mut tokens = Vec::new();
+        let mut hashes: Vec<(String, String)> = c
+            .token_sha256
+            .map(raw::OneOrMany::into_vec)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|h| (format!("{path}.token_sha256"), h))
+            .collect();
+        let token_file = c.token_sha256_file.as_ref().map(|file| base.join(file));
+        if let Some(file) = &token_file {
+            let field = format!("{path}.token_sha256_file");
+            match std::fs::read_to_string(file) {
+                Ok(text) => hashes.extend(
+                    text.lines()
+                        .enumerate()
+                        .map(|(n, line)| (n, line.trim()))
+                        .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
+                        .map(|(n, line)| {
+                            (
+                                format!("{field} ({}, line {})", file.display(), n + 1),
+                                line.into(),
+                            )
+                        }),
+                ),
+                Err(e) => problems.push(format!("{field}: cannot read {}: {e}", file.display())),
+            }
+        }
         let field = format!("{path}.token_sha256");
-        for (at, t) in token_hashes(c.token_sha256.into_vec(), &field, &mut problems) {
+        for (at, t) in token_hashes(hashes, &field, &mut problems) {
             if !seen_tokens.insert(t.clone()) {
                 problems.push(format!(
                     "{at}: the same token is listed twice (here and in this or another cluster)"
@@ -759,11 +839,20 @@ fn validate(mut raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<Strin
                 ));
             }
         }
+        let domains = cluster_domains(
+            &c.domains,
+            &path,
+            &preview_domains,
+            &clusters,
+            &mut problems,
+        );
         clusters.push(Cluster {
             name: c.name,
             tokens,
             environments: c.environments,
+            domains,
             client_ca,
+            token_file,
         });
     }
 
@@ -982,7 +1071,12 @@ fn validate(mut raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<Strin
                 problems.push("admin: needs listen.admin, where the admin API is served".into());
             }
             token_hashes(
-                admin.token_sha256.into_vec(),
+                admin
+                    .token_sha256
+                    .into_vec()
+                    .into_iter()
+                    .map(|h| ("admin.token_sha256".to_string(), h))
+                    .collect(),
                 "admin.token_sha256",
                 &mut problems,
             )
@@ -1131,7 +1225,7 @@ fn load_certificates(
 }
 
 /// `app.example.com` or `*.example.com` (lowercased); `None` if invalid.
-fn parse_host_pattern(text: &str) -> Option<HostPattern> {
+pub fn parse_host_pattern(text: &str) -> Option<HostPattern> {
     let host = text.trim().trim_end_matches('.').to_ascii_lowercase();
     match host.strip_prefix("*.") {
         Some(suffix) if is_hostname(suffix) && suffix.contains('.') => {
@@ -1334,6 +1428,8 @@ fn validate_routes(
             rules.push(RouteRule {
                 host,
                 path,
+                exact_path: false,
+                claimed: false,
                 strip_prefix: r.strip_prefix,
                 target,
                 connect_timeout,
@@ -1833,6 +1929,67 @@ tunnel:
         );
         // Problems never quote a hash.
         assert!(!err.contains(&a.to_hex()), "{err}");
+    }
+
+    #[test]
+    fn token_hashes_from_a_file_are_read_and_watched() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (TokenHash::of("old"), TokenHash::of("new"));
+        std::fs::write(
+            dir.path().join("hashes"),
+            format!("# team1\n{}\n\n{}\n", a.to_hex(), b.to_hex()),
+        )
+        .unwrap();
+        let file = dir.path().join("edge.yaml");
+        let text = GOOD.replace(
+            "    token_sha256: \"2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b\"",
+            "    token_sha256_file: hashes",
+        );
+        std::fs::write(&file, &text).unwrap();
+        let c = EdgeConfig::load(&file).unwrap();
+        assert_eq!(c.clusters[0].tokens, vec![a, b]);
+        assert!(c.watched_files().contains(&dir.path().join("hashes")));
+        std::fs::write(dir.path().join("hashes"), "zz\n").unwrap();
+        let err = EdgeConfig::load(&file).unwrap_err().to_string();
+        assert!(err.contains("clusters[0].token_sha256_file ("), "{err}");
+        assert!(err.contains("hashes, line 1): expected 64 hex"), "{err}");
+        std::fs::remove_file(dir.path().join("hashes")).unwrap();
+        let err = EdgeConfig::load(&file).unwrap_err().to_string();
+        assert!(
+            err.contains("clusters[0].token_sha256_file: cannot read"),
+            "{err}"
+        );
+        assert!(
+            err.contains("clusters[0].token_sha256: list at least one token hash"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn cluster_domains_belong_to_one_cluster_and_not_to_previews() {
+        let two = GOOD.replace(
+            "    environments: [demo]\n",
+            "    environments: [demo]\n    domains: [team1.example.com, Apps.Example.NET.]\n  - name: other\n    token_sha256: \"0000000000000000000000000000000000000000000000000000000000000000\"\n    environments: [other]\n    domains: [example.net, x.preview.localhost, team2.example.com, \"*.team3.example.com\"]\n",
+        );
+        let err = EdgeConfig::parse(&two, "edge.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("clusters[1].domains[0]: \"example.net\" overlaps \"apps.example.net\" of cluster \"demo\""), "{err}");
+        assert!(err.contains("clusters[1].domains[1]: \"x.preview.localhost\" overlaps the preview domain \"preview.localhost\""), "{err}");
+        assert!(
+            err.contains("clusters[1].domains[3]: \"*.team3.example.com\" is not a hostname"),
+            "{err}"
+        );
+        assert!(!err.contains("domains[2]"), "{err}");
+        let one = GOOD.replace(
+            "    environments: [demo]\n",
+            "    environments: [demo]\n    domains: [team1.example.com]\n",
+        );
+        let c = EdgeConfig::parse(&one, "edge.yaml").unwrap();
+        assert_eq!(c.clusters[0].domains, ["team1.example.com"]);
+        assert!(within("a.b.team1.example.com", "team1.example.com"));
+        assert!(within("team1.example.com", "team1.example.com"));
+        assert!(!within("xteam1.example.com", "team1.example.com"));
     }
 
     #[test]

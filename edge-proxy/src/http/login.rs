@@ -34,6 +34,7 @@ use crate::auth::{self, Identity};
 use crate::config::auth::{AuthSettings, Login, SessionSettings};
 use crate::config::EdgeConfig;
 use crate::shared::{self, Ended};
+use crate::tunnel::registry::TunnelRegistry;
 
 /// The paths the edge answers itself on every host, with `auth.login`.
 pub const PREFIX: &str = "/.edge/";
@@ -189,6 +190,7 @@ pub async fn endpoint(
     session: &mut Session,
     ctx: &mut RequestCtx,
     config: &EdgeConfig,
+    registry: &TunnelRegistry,
     revocations: &Revocations,
     shared: &shared::InForce,
 ) -> bool {
@@ -218,9 +220,13 @@ pub async fn endpoint(
     let on_login_host = ctx.host.name().is_ok_and(|h| h == login.host);
     let outcome = match path {
         LOGIN if on_login_host => {
-            start(session.req_header(), ctx, config, auth, login, revocations).await
+            let serves = |h: &str| serves(config, registry, login, h);
+            start(session.req_header(), ctx, &serves, auth, login, revocations).await
         }
-        CALLBACK if on_login_host => callback(session.req_header(), ctx, config, auth, login).await,
+        CALLBACK if on_login_host => {
+            let serves = |h: &str| serves(config, registry, login, h);
+            callback(session.req_header(), ctx, &serves, auth, login).await
+        }
         SESSION => {
             let ends = Ends::new(revocations, shared);
             handover(session.req_header(), ctx, &auth.session, &ends).await
@@ -252,9 +258,10 @@ fn bad(message: &str) -> Failure {
 
 /// Whether this edge serves `host` (lowercase): a preview URL, a route's
 /// host, or the sign-in host.
-fn serves(config: &EdgeConfig, login: &Login, host: &str) -> bool {
+fn serves(config: &EdgeConfig, registry: &TunnelRegistry, login: &Login, host: &str) -> bool {
     host == login.host
         || config.routes.serves(host)
+        || registry.claimed().serves(host)
         || crate::routing::preview::ServiceRef::from_normalized_host(host, &config.preview_domains)
             .is_ok()
 }
@@ -278,13 +285,13 @@ pub fn return_address(rd: &str, serves: impl Fn(&str) -> bool) -> Option<url::Ur
 async fn start(
     req: &RequestHeader,
     ctx: &RequestCtx,
-    config: &EdgeConfig,
+    serves: &(dyn Fn(&str) -> bool + Sync),
     auth: &AuthSettings,
     login: &Login,
     revocations: &Revocations,
 ) -> Result<Reply, Failure> {
     let rd = param(req, "rd").unwrap_or_else(|| format!("{}/", login.url));
-    let rd = return_address(&rd, |h| serves(config, login, h))
+    let rd = return_address(&rd, serves)
         .ok_or_else(|| bad("rd is not an address on a host this edge serves"))?;
     let sessions = &auth.session;
     // The sign-in host's own cookie: signed in already.
@@ -334,7 +341,7 @@ async fn start(
 async fn callback(
     req: &RequestHeader,
     ctx: &RequestCtx,
-    config: &EdgeConfig,
+    serves: &(dyn Fn(&str) -> bool + Sync),
     auth: &AuthSettings,
     login: &Login,
 ) -> Result<Reply, Failure> {
@@ -396,7 +403,7 @@ async fn callback(
         ));
     }
     let done = cookie(&sessions.login_cookie, "", CALLBACK, 0, ctx.tls.is_some());
-    let rd = return_address(&state.return_to, |h| serves(config, login, h))
+    let rd = return_address(&state.return_to, serves)
         .ok_or_else(|| bad("the return address is no longer served here"))?;
     Ok(handover_redirect(
         sessions,

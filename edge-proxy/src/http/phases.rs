@@ -285,7 +285,16 @@ impl ProxyHttp for EdgeProxy {
                 return Ok(true);
             }
         }
-        if login::endpoint(session, ctx, &config, &self.revocations, &self.shared).await {
+        if login::endpoint(
+            session,
+            ctx,
+            &config,
+            &self.registry,
+            &self.revocations,
+            &self.shared,
+        )
+        .await
+        {
             return Ok(true);
         }
         let host = ctx.host.name().unwrap_or_default(); // an error was answered above

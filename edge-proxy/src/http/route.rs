@@ -170,7 +170,15 @@ pub fn resolve(
     let normal = normalize_path(sent).map_err(|_| refused("the path climbs above the root"))?;
     let path = &*normal.path;
     let upstream = &config.upstream;
-    let rule = config.routes.resolve(host, path);
+    // The YAML's rules first, then those sidecars claimed (Ingresses).
+    let claimed;
+    let rule = match config.routes.resolve(host, path) {
+        Some(rule) => Some(rule),
+        None => {
+            claimed = registry.claimed();
+            claimed.resolve(host, path)
+        }
+    };
     let (service, upstream_path, connect_timeout, read_timeout) = match rule {
         Some(rule) => {
             if rule.strip_prefix && normal.encoded_separators {
@@ -198,12 +206,15 @@ pub fn resolve(
     let session = registry.route(&service)?;
     let protocol = rule
         .and_then(|r| r.protocol.clone())
-        .or_else(|| session.protocol(&service.service, service.port).cloned())
+        .or_else(|| session.protocol(&service.service, service.port))
         .unwrap_or_default();
     let (route_name, policy, wasm, route_key, route_limits, route_id) = match rule {
         Some(rule) => (
             rule.name.clone(),
-            rule.policy.clone(),
+            match rule.claimed {
+                true => config.header_policy.clone(),
+                false => rule.policy.clone(),
+            },
             rule.wasm.clone(),
             rule.limit_key,
             rule.limits.clone(),

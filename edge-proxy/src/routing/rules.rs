@@ -26,11 +26,27 @@ pub enum HostPattern {
 }
 
 impl HostPattern {
+    /// The exact host, or the wildcard's parent domain.
+    pub fn name(&self) -> &str {
+        match self {
+            HostPattern::Exact(name) | HostPattern::Wildcard(name) => name,
+        }
+    }
+
     /// Whether `host` (lowercase, no port) matches.
     pub fn matches(&self, host: &str) -> bool {
         match self {
             HostPattern::Exact(h) => h == host,
             HostPattern::Wildcard(parent) => host.split_once('.').is_some_and(|(_, p)| p == parent),
+        }
+    }
+}
+
+impl std::fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostPattern::Exact(host) => f.write_str(host),
+            HostPattern::Wildcard(parent) => write!(f, "*.{parent}"),
         }
     }
 }
@@ -42,6 +58,10 @@ pub struct RouteRule {
     /// Path prefix, matched on segment boundaries (`/api` matches `/api`
     /// and `/api/x`, not `/apix`).
     pub path: String,
+    /// Match `path` exactly, not as a prefix (an Ingress `pathType: Exact`).
+    pub exact_path: bool,
+    /// A sidecar claimed the rule (an Ingress); the YAML did not write it.
+    pub claimed: bool,
     pub strip_prefix: bool,
     pub target: ServiceRef,
     pub connect_timeout: Option<Duration>,
@@ -70,6 +90,29 @@ pub struct RouteRule {
 }
 
 impl RouteRule {
+    /// A rule to `target` with nothing else set.
+    pub fn new(host: HostPattern, path: String, target: ServiceRef) -> Self {
+        Self {
+            host,
+            path,
+            exact_path: false,
+            claimed: false,
+            strip_prefix: false,
+            target,
+            connect_timeout: None,
+            read_timeout: None,
+            protocol: None,
+            name: None,
+            policy: None,
+            wasm: None,
+            access: None,
+            limits: None,
+            max_body_size: None,
+            limit_id: "".into(),
+            limit_key: 0,
+        }
+    }
+
     /// The path the service sees for a request path.
     pub fn upstream_path<'a>(&self, path: &'a str) -> std::borrow::Cow<'a, str> {
         if !self.strip_prefix || self.path == "/" {
@@ -160,7 +203,8 @@ impl RouteTable {
                 if best.is_some_and(|b| b < i) {
                     break; // indexes are ascending
                 }
-                if path_matches(&self.rules[i].path, path) {
+                let rule = &self.rules[i];
+                if path_matches(&rule.path, rule.exact_path, path) {
                     best = Some(i);
                     break;
                 }
@@ -251,7 +295,10 @@ pub fn normalize_path(path_and_query: &str) -> Result<NormalPath<'_>, PathEscape
     })
 }
 
-fn path_matches(prefix: &str, path: &str) -> bool {
+fn path_matches(prefix: &str, exact: bool, path: &str) -> bool {
+    if exact {
+        return path.split_once('?').map_or(path, |(p, _)| p) == prefix;
+    }
     if prefix == "/" {
         return true;
     }
@@ -288,30 +335,18 @@ mod tests {
     }
 
     fn rule(host: &str, path: &str, service: &str) -> RouteRule {
-        RouteRule {
-            host: match host.strip_prefix("*.") {
+        RouteRule::new(
+            match host.strip_prefix("*.") {
                 Some(s) => HostPattern::Wildcard(s.into()),
                 None => HostPattern::Exact(host.into()),
             },
-            path: path.into(),
-            strip_prefix: false,
-            target: ServiceRef {
+            path.into(),
+            ServiceRef {
                 service: service.into(),
                 port: 80,
                 environment: "prod".into(),
             },
-            connect_timeout: None,
-            name: None,
-            policy: None,
-            wasm: None,
-            access: None,
-            limits: None,
-            max_body_size: None,
-            limit_id: "".into(),
-            limit_key: 0,
-            read_timeout: None,
-            protocol: None,
-        }
+        )
     }
 
     fn pick<'a>(t: &'a RouteTable, host: &str, path: &str) -> Option<&'a str> {
@@ -348,6 +383,14 @@ mod tests {
         assert_eq!(pick(&t, "a.com", "/api/x"), Some("api"));
         assert_eq!(pick(&t, "a.com", "/api?q=1"), Some("api"));
         assert_eq!(pick(&t, "a.com", "/apix"), Some("root"));
+        let exact = RouteRule {
+            exact_path: true,
+            ..rule("b.com", "/login", "login")
+        };
+        let t = RouteTable::new(vec![exact, rule("b.com", "/", "root")]);
+        assert_eq!(pick(&t, "b.com", "/login"), Some("login"));
+        assert_eq!(pick(&t, "b.com", "/login?next=/"), Some("login"));
+        assert_eq!(pick(&t, "b.com", "/login/x"), Some("root"));
     }
 
     #[test]

@@ -15,9 +15,12 @@ use tonic::Status;
 use tunnel_proto::{edge_message, Drain, Drained, EdgeMessage, TunnelStats, WantStreams};
 use tunnel_transport::DataStream;
 
+use arc_swap::ArcSwap;
+
 use crate::config::token::TokenHash;
 use crate::config::EdgeConfig;
 use crate::routing::preview::ServiceRef;
+use crate::routing::rules::{HostPattern, RouteRule, RouteTable};
 use crate::routing::upstream::Protocol;
 
 /// Most idle streams a busy session is asked to keep open ahead.
@@ -49,11 +52,9 @@ pub struct Session {
     /// The edge worker thread that serves this session's tunnel connection:
     /// visitors on that thread use it first (no hand-off between threads).
     pub worker: ThreadId,
-    /// What the sidecar registered: service → its ports and their
-    /// protocols (looked up by `&str` on every request, without allocating;
-    /// foldhash, not SipHash: the sidecar chose the keys, a visitor only
-    /// looks up).
-    routes: foldhash::HashMap<String, Vec<(u16, Protocol)>>,
+    /// What the sidecar registered; replaced when it sends a new set
+    /// (routes it discovers from Kubernetes).
+    served: ArcSwap<Served>,
     idle: Mutex<VecDeque<DataStream>>,
     idle_ready: Notify,
     /// Idle streams wanted now: starts at the configured floor, doubles
@@ -104,6 +105,50 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// What a session serves: the routes its sidecar registered, and the
+/// custom-domain rules it claimed that the edge took.
+#[derive(Debug, Default)]
+pub struct Served {
+    /// Service → its ports and their protocols (looked up by `&str` on
+    /// every request, without allocating; foldhash, not SipHash: the
+    /// sidecar chose the keys, a visitor only looks up).
+    by_service: foldhash::HashMap<String, Vec<(u16, Protocol)>>,
+    claims: Vec<Claim>,
+}
+
+impl Served {
+    pub fn new(routes: HashMap<(String, u16), Protocol>, claims: Vec<Claim>) -> Self {
+        let by_service = routes.into_iter().fold(
+            foldhash::HashMap::default(),
+            |mut by_service: foldhash::HashMap<_, Vec<_>>, ((service, port), protocol)| {
+                by_service
+                    .entry(service)
+                    .or_default()
+                    .push((port, protocol));
+                by_service
+            },
+        );
+        Self { by_service, claims }
+    }
+
+    pub fn claims(&self) -> &[Claim] {
+        &self.claims
+    }
+}
+
+/// A custom-domain rule a sidecar claimed (from an Ingress) within its
+/// cluster's `domains`, for one of its routes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub host: HostPattern,
+    pub path: String,
+    pub exact_path: bool,
+    pub service: String,
+    pub port: u16,
+    /// Where the sidecar found it ("ingress team1/web").
+    pub source: String,
+}
+
 /// A session's pool could not give a stream in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TakeError {
@@ -119,7 +164,7 @@ impl Session {
         environment: String,
         sidecar_name: String,
         token: TokenHash,
-        routes: HashMap<(String, u16), Protocol>,
+        served: Served,
         idle_target: u32,
         control: mpsc::Sender<Result<EdgeMessage, Status>>,
     ) -> Self {
@@ -130,16 +175,7 @@ impl Session {
             sidecar_name,
             token,
             worker: current_worker(),
-            routes: routes.into_iter().fold(
-                foldhash::HashMap::default(),
-                |mut by_service, ((service, port), protocol)| {
-                    by_service
-                        .entry(service)
-                        .or_insert_with(Vec::new)
-                        .push((port, protocol));
-                    by_service
-                },
-            ),
+            served: ArcSwap::from_pointee(served),
             idle: Mutex::new(VecDeque::new()),
             idle_ready: Notify::new(),
             idle_target: AtomicU32::new(idle_target),
@@ -166,25 +202,34 @@ impl Session {
     }
 
     /// How the sidecar said to speak to a service it registered.
-    pub fn protocol(&self, service: &str, port: u16) -> Option<&Protocol> {
-        self.routes
+    pub fn protocol(&self, service: &str, port: u16) -> Option<Protocol> {
+        self.served
+            .load()
+            .by_service
             .get(service)?
             .iter()
             .find(|(p, _)| *p == port)
-            .map(|(_, protocol)| protocol)
+            .map(|(_, protocol)| protocol.clone())
     }
 
     /// The services and ports the sidecar registered, sorted.
-    pub fn registered(&self) -> Vec<(&str, u16)> {
+    pub fn registered(&self) -> Vec<(String, u16)> {
         let mut all: Vec<_> = self
-            .routes
+            .served
+            .load()
+            .by_service
             .iter()
             .flat_map(|(service, ports)| {
-                ports.iter().map(move |(port, _)| (service.as_str(), *port))
+                ports.iter().map(move |(port, _)| (service.clone(), *port))
             })
             .collect();
         all.sort_unstable();
         all
+    }
+
+    /// What the session serves now.
+    pub fn served(&self) -> Arc<Served> {
+        self.served.load_full()
     }
 
     /// Asks the sidecar to move this session's work to a new one (an
@@ -437,6 +482,8 @@ impl Drop for Lease {
 pub struct Authorizations {
     pub by_token: HashMap<TokenHash, ClusterGrant>,
     pub known_environments: HashSet<String>,
+    /// Each cluster's `domains`: what its sidecars' claims must stay within.
+    pub domains: HashMap<String, Vec<String>>,
 }
 
 impl Authorizations {
@@ -446,9 +493,11 @@ impl Authorizations {
         for c in &config.clusters {
             auth.known_environments
                 .extend(c.environments.iter().cloned());
+            auth.domains.insert(c.name.clone(), c.domains.clone());
             let grant = ClusterGrant {
                 cluster: c.name.clone(),
                 environments: c.environments.clone(),
+                domains: c.domains.clone(),
                 client_ca: c.client_ca.clone().map(Arc::new),
             };
             for token in &c.tokens {
@@ -463,6 +512,8 @@ impl Authorizations {
 pub struct ClusterGrant {
     pub cluster: String,
     pub environments: Vec<String>,
+    /// The custom domains its sidecars may claim (`clusters[].domains`).
+    pub domains: Vec<String>,
     /// With mutual TLS: the CA the sidecar's client certificate must chain to.
     pub client_ca: Option<Arc<crate::tls::ClientCa>>,
 }
@@ -490,6 +541,8 @@ pub struct TunnelRegistry {
     leaving: AtomicBool,
     /// The edge's replicas, told to every session.
     replicas: super::replicas::ReplicaSet,
+    /// The custom-domain rules sessions claimed, tried after the YAML's.
+    claimed: ArcSwap<RouteTable>,
 }
 
 impl TunnelRegistry {
@@ -538,8 +591,19 @@ impl TunnelRegistry {
         self.auth.read().unwrap().clone()
     }
 
+    /// The config changed: what tokens grant, and which claims stand.
     pub fn set_authorizations(&self, auth: Authorizations) {
         *self.auth.write().unwrap() = Arc::new(auth);
+        // Written, not read: see `serve`.
+        #[allow(clippy::readonly_write_lock)]
+        let sessions = self.sessions.write().unwrap();
+        self.reclaim(&sessions);
+    }
+
+    /// Rebuilds the table of claimed rules.
+    fn reclaim(&self, sessions: &Sessions) {
+        let table = claimed_rules(sessions, &self.authorizations());
+        self.claimed.store(Arc::new(table));
     }
 
     /// Closes the sessions whose token no longer grants their environment.
@@ -574,7 +638,11 @@ impl TunnelRegistry {
         if list.len() == 1 {
             self.held_changed.notify_one();
         }
+        let claims = !session.served.load().claims.is_empty();
         s.by_id.insert(session.id.clone(), session);
+        if claims {
+            self.reclaim(&s);
+        }
         drop(s);
         self.arrived.notify_waiters();
     }
@@ -605,7 +673,9 @@ impl TunnelRegistry {
     pub fn remove(&self, session: &Arc<Session>) {
         session.close();
         let mut s = self.sessions.write().unwrap();
-        s.by_id.remove(&session.id);
+        if s.by_id.remove(&session.id).is_none() {
+            return;
+        }
         if let Some(list) = s.by_environment.get_mut(&session.environment) {
             list.retain(|other| !Arc::ptr_eq(other, session));
             if list.is_empty() {
@@ -613,6 +683,28 @@ impl TunnelRegistry {
                 self.held_changed.notify_one();
             }
         }
+        if !session.served.load().claims.is_empty() {
+            self.reclaim(&s);
+        }
+    }
+
+    /// Replaces what a session serves (its sidecar sent a new set).
+    pub fn serve(&self, session: &Arc<Session>, served: Served) {
+        // Written, not read: tables are rebuilt one at a time, so a table
+        // built from an older state is never stored after a newer one.
+        #[allow(clippy::readonly_write_lock)]
+        let s = self.sessions.write().unwrap();
+        let had_claims = !session.served.swap(Arc::new(served)).claims.is_empty();
+        if (had_claims || !session.served.load().claims.is_empty())
+            && s.by_id.contains_key(&session.id)
+        {
+            self.reclaim(&s);
+        }
+    }
+
+    /// The custom-domain rules sidecars claimed, as a route table.
+    pub fn claimed(&self) -> arc_swap::Guard<Arc<RouteTable>> {
+        self.claimed.load()
     }
 
     /// The environments this edge holds a tunnel of.
@@ -702,6 +794,76 @@ impl TunnelRegistry {
     }
 }
 
+/// Every live session's claims as one table, ordered as Ingress
+/// controllers order them: exact hosts before wildcards, then longer paths
+/// first, an exact path before a prefix of the same length. Where two
+/// sessions claim the same host and path, the one up longer keeps it.
+/// Claims outside their cluster's domains as the config now has them are
+/// left out (a reload narrowed them).
+fn claimed_rules(sessions: &Sessions, auth: &Authorizations) -> RouteTable {
+    let mut all: Vec<(&Arc<Session>, Claim)> = Vec::new();
+    for session in sessions.by_id.values() {
+        let domains = auth.domains.get(&session.cluster).map_or(&[][..], |d| d);
+        let served = session.served.load();
+        all.extend(
+            served
+                .claims
+                .iter()
+                .filter(|c| {
+                    domains
+                        .iter()
+                        .any(|d| crate::config::within(c.host.name(), d))
+                })
+                .map(|c| (session, c.clone())),
+        );
+    }
+    all.sort_by(|(a, x), (b, y)| {
+        let wildcard = |c: &Claim| matches!(c.host, HostPattern::Wildcard(_));
+        (
+            wildcard(x),
+            std::cmp::Reverse(x.path.len()),
+            !x.exact_path,
+            x.host.to_string(),
+            &x.path,
+        )
+            .cmp(&(
+                wildcard(y),
+                std::cmp::Reverse(y.path.len()),
+                !y.exact_path,
+                y.host.to_string(),
+                &y.path,
+            ))
+            .then(a.since.cmp(&b.since))
+            .then(a.id.cmp(&b.id))
+    });
+    all.dedup_by(|(_, later), (_, first)| {
+        (&later.host, &later.path, later.exact_path) == (&first.host, &first.path, first.exact_path)
+    });
+    let rules = all
+        .into_iter()
+        .map(|(session, claim)| {
+            let limit_id: Arc<str> = format!("{}{}", claim.host, claim.path).into();
+            RouteRule {
+                exact_path: claim.exact_path,
+                claimed: true,
+                limit_key: crate::limits::key(&limit_id),
+                limit_id,
+                name: Some(claim.source.into()),
+                ..RouteRule::new(
+                    claim.host,
+                    claim.path,
+                    ServiceRef {
+                        service: claim.service,
+                        port: claim.port,
+                        environment: session.environment.clone(),
+                    },
+                )
+            }
+        })
+        .collect();
+    RouteTable::new(rules)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -721,10 +883,13 @@ mod tests {
             env.into(),
             "s".into(),
             TokenHash::of("t"),
-            routes
-                .iter()
-                .map(|(s, p)| ((s.to_string(), *p), Protocol::Http1))
-                .collect(),
+            Served::new(
+                routes
+                    .iter()
+                    .map(|(s, p)| ((s.to_string(), *p), Protocol::Http1))
+                    .collect(),
+                Vec::new(),
+            ),
             4,
             tx,
         );
@@ -908,5 +1073,91 @@ mod tests {
             s.take_stream(Duration::from_millis(20)).await.err(),
             Some(TakeError::Closed)
         );
+    }
+
+    fn claim(host: &str, path: &str, exact_path: bool, service: &str) -> Claim {
+        Claim {
+            host: crate::config::parse_host_pattern(host).unwrap(),
+            path: path.into(),
+            exact_path,
+            service: service.into(),
+            port: 80,
+            source: format!("ingress team1/{service}"),
+        }
+    }
+
+    #[test]
+    fn claimed_rules_follow_ingress_precedence_and_the_clusters_domains() {
+        let r = TunnelRegistry::new(Authorizations {
+            domains: [("c".to_string(), vec!["example.com".to_string()])].into(),
+            ..Default::default()
+        });
+        let s = session(
+            "team1",
+            &[("web", 80), ("api", 80), ("login", 80), ("wild", 80)],
+        );
+        r.serve(
+            &s,
+            Served::new(
+                Default::default(),
+                vec![
+                    claim("*.example.com", "/", false, "wild"),
+                    claim("app.example.com", "/", false, "web"),
+                    claim("app.example.com", "/api", false, "api"),
+                    claim("app.example.com", "/login", true, "login"),
+                ],
+            ),
+        );
+        assert!(r.claimed().is_empty(), "not yet a live session");
+        r.insert(s.clone());
+        let pick = |host: &str, path: &str| {
+            r.claimed()
+                .resolve(host, path)
+                .map(|rule| (rule.target.service.clone(), rule.target.environment.clone()))
+        };
+        let to = |service: &str| Some((service.to_string(), "team1".to_string()));
+        assert_eq!(
+            pick("app.example.com", "/api/v1"),
+            to("api"),
+            "the longer path"
+        );
+        assert_eq!(pick("app.example.com", "/login"), to("login"));
+        assert_eq!(
+            pick("app.example.com", "/login/x"),
+            to("web"),
+            "exact is exact"
+        );
+        assert_eq!(
+            pick("app.example.com", "/"),
+            to("web"),
+            "the exact host first"
+        );
+        assert_eq!(pick("x.example.com", "/"), to("wild"));
+        assert!(r.claimed().serves("app.example.com"));
+
+        // A second session claiming the same host and path does not take it.
+        let later = session("team2", &[("other", 80)]);
+        r.serve(
+            &later,
+            Served::new(
+                Default::default(),
+                vec![claim("app.example.com", "/", false, "other")],
+            ),
+        );
+        r.insert(later.clone());
+        assert_eq!(pick("app.example.com", "/"), to("web"));
+        // Gone with its session.
+        r.remove(&s);
+        assert_eq!(
+            pick("app.example.com", "/"),
+            Some(("other".into(), "team2".into()))
+        );
+        assert_eq!(pick("x.example.com", "/"), None);
+        // A reload that narrows the cluster's domains takes the claims away.
+        r.set_authorizations(Authorizations {
+            domains: [("c".to_string(), vec!["other.example.com".to_string()])].into(),
+            ..Default::default()
+        });
+        assert!(r.claimed().is_empty());
     }
 }

@@ -22,9 +22,9 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 use tunnel_proto::tunnel_server::{Tunnel, TunnelServer};
 use tunnel_proto::{
-    edge_message, sidecar_message, EdgeMessage, HeartbeatAck, Hello, Replicas, SidecarMessage,
-    StreamFrame, Welcome, CAPABILITIES, MAX_MESSAGE_SIZE, PROTOCOL_VERSION, SESSION_METADATA,
-    VERSION_METADATA,
+    edge_message, sidecar_message, EdgeMessage, HeartbeatAck, Hello, HostRule, Replicas, Route,
+    RouteSet, RoutesApplied, SidecarMessage, StreamFrame, Welcome, CAPABILITIES, MAX_MESSAGE_SIZE,
+    PROTOCOL_VERSION, SESSION_METADATA, VERSION_METADATA,
 };
 use tunnel_transport::grpc::{self, DATA_PATH};
 use tunnel_transport::settings::*;
@@ -33,10 +33,10 @@ use tunnel_transport::{keepalive, rpc, ConnectionFlow, DataStream, Role};
 use arc_swap::ArcSwap;
 
 use crate::config::token::{bearer, TokenHash};
-use crate::config::EdgeConfig;
+use crate::config::{parse_host_pattern, within, EdgeConfig};
 use crate::routing::preview::ServiceRef;
 use crate::routing::upstream::Protocol;
-use crate::tunnel::registry::{ClusterGrant, Requested, Session, TunnelRegistry};
+use crate::tunnel::registry::{Claim, ClusterGrant, Requested, Served, Session, TunnelRegistry};
 use crate::tunnel::throttle::AuthThrottle;
 use yaml_config::is_label;
 
@@ -58,6 +58,8 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const MISSED_HEARTBEATS: u32 = 3;
 /// Most routes one session may register.
 const MAX_ROUTES: usize = 1024;
+/// Most host rules one session may claim.
+const MAX_HOST_RULES: usize = 1024;
 
 #[derive(Clone)]
 pub struct TunnelService {
@@ -152,6 +154,22 @@ impl TunnelService {
         Ok((hash, grant))
     }
 
+    /// The public URL of each route, in order.
+    fn urls(&self, environment: &str, routes: &[Route]) -> Vec<String> {
+        let config = self.config.load();
+        routes
+            .iter()
+            .map(|r| {
+                let service = ServiceRef {
+                    service: r.service.clone(),
+                    port: r.port as u16,
+                    environment: environment.into(),
+                };
+                self.url_for(&config, &service)
+            })
+            .collect()
+    }
+
     fn url_for(&self, config: &EdgeConfig, service: &ServiceRef) -> String {
         let template = config
             .public_url
@@ -216,13 +234,18 @@ fn admit(hello: &Hello, grant: &ClusterGrant) -> Result<(String, Routes), Status
             )))
         }
     };
-    if hello.routes.len() > MAX_ROUTES {
+    Ok((environment, routes(&hello.routes)?))
+}
+
+/// A sidecar's routes, checked.
+fn routes(registered: &[Route]) -> Result<Routes, Status> {
+    if registered.len() > MAX_ROUTES {
         return Err(Status::invalid_argument(format!(
             "at most {MAX_ROUTES} routes per session"
         )));
     }
     let mut routes = HashMap::new();
-    for r in &hello.routes {
+    for r in registered {
         let port = u16::try_from(r.port).ok().filter(|p| *p > 0);
         match port {
             Some(port) if is_label(&r.service) => {
@@ -240,7 +263,64 @@ fn admit(hello: &Hello, grant: &ClusterGrant) -> Result<(String, Routes), Status
             }
         }
     }
-    Ok((environment, routes))
+    Ok(routes)
+}
+
+/// The host rules a sidecar claimed that the edge takes: hosts within its
+/// cluster's domains, for routes it registered. The others, each with its
+/// reason.
+fn claims(rules: &[HostRule], domains: &[String], routes: &Routes) -> (Vec<Claim>, Vec<String>) {
+    let mut taken = Vec::new();
+    let mut refused = Vec::new();
+    for rule in rules.iter().take(MAX_HOST_RULES) {
+        match claim(rule, domains, routes) {
+            Ok(claim) => taken.push(claim),
+            Err(reason) => refused.push(format!(
+                "{}{} ({}): {reason}",
+                rule.host, rule.path, rule.source
+            )),
+        }
+    }
+    if rules.len() > MAX_HOST_RULES {
+        refused.push(format!(
+            "{} host rules past the first {MAX_HOST_RULES}: a session may claim no more",
+            rules.len() - MAX_HOST_RULES
+        ));
+    }
+    (taken, refused)
+}
+
+fn claim(rule: &HostRule, domains: &[String], routes: &Routes) -> Result<Claim, String> {
+    let host = parse_host_pattern(&rule.host)
+        .ok_or("not a host name (app.example.com or *.example.com)")?;
+    if !domains.iter().any(|d| within(host.name(), d)) {
+        return Err(match domains {
+            [] => "this cluster may claim no custom domains (the edge's clusters[].domains)".into(),
+            _ => format!("not within this cluster's domains ({})", domains.join(", ")),
+        });
+    }
+    let path = match rule.path.as_str() {
+        "" => "/".to_string(),
+        p if p.starts_with('/') && !p.contains(['?', '#', ' ']) && p.len() <= 1024 => p.into(),
+        _ => return Err("the path must start with '/' (no query, fragment or space)".into()),
+    };
+    let port = u16::try_from(rule.port)
+        .ok()
+        .filter(|port| routes.contains_key(&(rule.service.clone(), *port)))
+        .ok_or_else(|| {
+            format!(
+                "{}:{} is not one of this session's routes",
+                rule.service, rule.port
+            )
+        })?;
+    Ok(Claim {
+        host,
+        path,
+        exact_path: rule.exact_path,
+        service: rule.service.clone(),
+        port,
+        source: rule.source.chars().take(256).collect(),
+    })
 }
 
 #[tonic::async_trait]
@@ -285,6 +365,8 @@ impl Tunnel for TunnelService {
                 warn!(cluster = %grant.cluster, sidecar = %hello.sidecar_name, reason = e.message(), "sidecar rejected");
             })?;
 
+        let (claims, refused) = claims(&hello.host_rules, &grant.domains, &routes);
+        log_refused(&grant.cluster, &hello.sidecar_name, &refused);
         let config = self.config.load();
         let (tx, rx) = mpsc::channel(16);
         let mut session = Session::new(
@@ -292,25 +374,14 @@ impl Tunnel for TunnelService {
             environment.clone(),
             hello.sidecar_name.clone(),
             token,
-            routes,
+            Served::new(routes, claims),
             config.tunnel.idle_streams,
             tx,
         );
         session.requested = requested;
         session.sidecar_version = hello.sidecar_version.clone();
         let session = Arc::new(session);
-        let urls = hello
-            .routes
-            .iter()
-            .map(|r| {
-                let service = ServiceRef {
-                    service: r.service.clone(),
-                    port: r.port as u16,
-                    environment: environment.clone(),
-                };
-                self.url_for(&config, &service)
-            })
-            .collect();
+        let urls = self.urls(&environment, &hello.routes);
         let heartbeat = config.tunnel.heartbeat_interval;
         // Subscribed before Welcome reads the set: no change is missed.
         let mut replicas = self.registry.replicas().subscribe();
@@ -323,6 +394,7 @@ impl Tunnel for TunnelService {
             idle_streams: config.tunnel.idle_streams,
             heartbeat_interval_ms: heartbeat.as_millis() as u32,
             replicas: replicas.borrow_and_update().to_vec(),
+            refused,
         };
         session.send(edge_message::Kind::Welcome(welcome)).await;
         self.registry.insert(session.clone());
@@ -330,9 +402,9 @@ impl Tunnel for TunnelService {
             session = %session.id, cluster = %session.cluster, environment = %session.environment,
             sidecar = %session.sidecar_name, routes = hello.routes.len(), "tunnel up"
         );
-        tokio::spawn(run_session(
-            self.registry.clone(),
+        tokio::spawn(self.clone().run_session(
             session,
+            grant,
             inbound,
             replicas,
             heartbeat * MISSED_HEARTBEATS,
@@ -486,64 +558,115 @@ impl TunnelService {
     }
 }
 
-/// Serves one session's control stream until the sidecar goes away or stops
-/// sending heartbeats, telling it of every change of the edge's replicas.
-async fn run_session(
-    registry: Arc<TunnelRegistry>,
-    session: Arc<Session>,
-    mut inbound: Streaming<SidecarMessage>,
-    mut replicas: watch::Receiver<Arc<[String]>>,
-    dead_after: Duration,
-) {
-    let reason = loop {
-        let received = tokio::select! {
-            received = tokio::time::timeout(dead_after, inbound.message()) => received,
-            Ok(()) = replicas.changed() => {
-                let urls = replicas.borrow_and_update().to_vec();
-                session.send(edge_message::Kind::Replicas(Replicas { urls })).await;
-                continue;
+impl TunnelService {
+    /// Serves one session's control stream until the sidecar goes away or stops
+    /// sending heartbeats, telling it of every change of the edge's replicas.
+    async fn run_session(
+        self,
+        session: Arc<Session>,
+        grant: ClusterGrant,
+        mut inbound: Streaming<SidecarMessage>,
+        mut replicas: watch::Receiver<Arc<[String]>>,
+        dead_after: Duration,
+    ) {
+        let reason = loop {
+            let received = tokio::select! {
+                received = tokio::time::timeout(dead_after, inbound.message()) => received,
+                Ok(()) = replicas.changed() => {
+                    let urls = replicas.borrow_and_update().to_vec();
+                    session.send(edge_message::Kind::Replicas(Replicas { urls })).await;
+                    continue;
+                }
+            };
+            let message = match received {
+                Err(_) => break "heartbeats stopped".to_string(),
+                Ok(Err(status)) => break format!("control stream failed: {}", status.message()),
+                Ok(Ok(None)) => break "sidecar closed the session".to_string(),
+                Ok(Ok(Some(m))) => m,
+            };
+            match message.kind {
+                Some(sidecar_message::Kind::Heartbeat(hb)) => {
+                    if let Some(stats) = hb.stats {
+                        *session.last_stats.lock().unwrap() = stats;
+                    }
+                    session.adapt_idle();
+                    let ack = edge_message::Kind::HeartbeatAck(HeartbeatAck {
+                        sequence: hb.sequence,
+                    });
+                    if !session.send(ack).await {
+                        break "control stream closed".to_string();
+                    }
+                }
+                Some(sidecar_message::Kind::Drain(d)) => {
+                    info!(session = %session.id, reason = %d.reason, "sidecar draining");
+                    session.set_draining();
+                }
+                Some(sidecar_message::Kind::Routes(set)) => {
+                    let applied = self.apply_routes(&session, &grant, set);
+                    let applied = edge_message::Kind::RoutesApplied(applied);
+                    if !session.send(applied).await {
+                        break "control stream closed".to_string();
+                    }
+                }
+                // A second Hello, or a kind from a newer sidecar: ignore.
+                _ => {}
             }
         };
-        let message = match received {
-            Err(_) => break "heartbeats stopped".to_string(),
-            Ok(Err(status)) => break format!("control stream failed: {}", status.message()),
-            Ok(Ok(None)) => break "sidecar closed the session".to_string(),
-            Ok(Ok(Some(m))) => m,
+        self.registry.remove(&session);
+        info!(session = %session.id, environment = %session.environment, %reason, "tunnel down");
+    }
+
+    /// A new route set from a session's sidecar: what it serves from now
+    /// on, unless its routes are invalid (then it keeps the last set).
+    fn apply_routes(
+        &self,
+        session: &Arc<Session>,
+        grant: &ClusterGrant,
+        set: RouteSet,
+    ) -> RoutesApplied {
+        let routes = match routes(&set.routes) {
+            Ok(routes) => routes,
+            Err(status) => {
+                let refused = vec![format!(
+                    "the whole set, kept the last one: {}",
+                    status.message()
+                )];
+                log_refused(&grant.cluster, &session.sidecar_name, &refused);
+                return RoutesApplied {
+                    urls: Vec::new(),
+                    refused,
+                };
+            }
         };
-        match message.kind {
-            Some(sidecar_message::Kind::Heartbeat(hb)) => {
-                if let Some(stats) = hb.stats {
-                    *session.last_stats.lock().unwrap() = stats;
-                }
-                session.adapt_idle();
-                let ack = edge_message::Kind::HeartbeatAck(HeartbeatAck {
-                    sequence: hb.sequence,
-                });
-                if !session.send(ack).await {
-                    break "control stream closed".to_string();
-                }
-            }
-            Some(sidecar_message::Kind::Drain(d)) => {
-                info!(session = %session.id, reason = %d.reason, "sidecar draining");
-                session.set_draining();
-            }
-            // A second Hello, or a kind from a newer sidecar: ignore.
-            _ => {}
+        let (claims, refused) = claims(&set.host_rules, &grant.domains, &routes);
+        log_refused(&grant.cluster, &session.sidecar_name, &refused);
+        info!(
+            session = %session.id, routes = routes.len(), host_rules = claims.len(),
+            "sidecar's routes changed"
+        );
+        self.registry.serve(session, Served::new(routes, claims));
+        RoutesApplied {
+            urls: self.urls(&session.environment, &set.routes),
+            refused,
         }
-    };
-    registry.remove(&session);
-    info!(session = %session.id, environment = %session.environment, %reason, "tunnel down");
+    }
+}
+
+fn log_refused(cluster: &str, sidecar: &str, refused: &[String]) {
+    for reason in refused {
+        warn!(%cluster, %sidecar, %reason, "host rule refused");
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tunnel_proto::Route;
 
     fn grant(envs: &[&str]) -> ClusterGrant {
         ClusterGrant {
             cluster: "c1".into(),
             environments: envs.iter().map(|e| e.to_string()).collect(),
+            domains: vec!["team1.example.com".into()],
             client_ca: None,
         }
     }
@@ -600,5 +723,68 @@ mod tests {
         let e = admit(&h, &grant(&["demo"])).unwrap_err();
         assert_eq!(e.code(), tonic::Code::FailedPrecondition);
         assert!(e.message().contains("99"));
+    }
+
+    fn host_rule(host: &str, path: &str, service: &str, port: u32) -> HostRule {
+        HostRule {
+            host: host.into(),
+            path: path.into(),
+            service: service.into(),
+            port,
+            source: "ingress team1/web".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn claims_stay_within_the_clusters_domains_and_routes() {
+        let routes: Routes = [(("web".to_string(), 80), Protocol::Http1)].into();
+        let domains = ["team1.example.com".to_string()];
+        let (taken, refused) = claims(
+            &[
+                host_rule("team1.example.com", "", "web", 80),
+                host_rule("*.team1.example.com", "/api", "web", 80),
+                host_rule("App.Team1.Example.com", "/", "web", 80),
+                host_rule("team2.example.com", "/", "web", 80),
+                host_rule("evilteam1.example.com", "/", "web", 80),
+                host_rule("*.example.com", "/", "web", 80),
+                host_rule("a.team1.example.com", "/", "db", 5432),
+                host_rule("a.team1.example.com", "api", "web", 80),
+                host_rule("not a host", "/", "web", 80),
+            ],
+            &domains,
+            &routes,
+        );
+        let hosts: Vec<_> = taken
+            .iter()
+            .map(|c| (c.host.to_string(), c.path.as_str()))
+            .collect();
+        assert_eq!(
+            hosts,
+            [
+                ("team1.example.com".to_string(), "/"),
+                ("*.team1.example.com".to_string(), "/api"),
+                ("app.team1.example.com".to_string(), "/"),
+            ]
+        );
+        assert_eq!(refused.len(), 6, "{refused:#?}");
+        assert!(refused[0].starts_with("team2.example.com/ (ingress team1/web): not within this cluster's domains (team1.example.com)"));
+        assert!(
+            refused[1].contains("not within"),
+            "a suffix is not a parent domain"
+        );
+        assert!(
+            refused[2].contains("not within"),
+            "a wildcard above the domain"
+        );
+        assert!(refused[3].contains("db:5432 is not one of this session's routes"));
+        assert!(refused[4].contains("must start with '/'"));
+        assert!(refused[5].contains("not a host name"));
+        let (_, refused) = claims(
+            &[host_rule("team1.example.com", "/", "web", 80)],
+            &[],
+            &routes,
+        );
+        assert!(refused[0].contains("may claim no custom domains"));
     }
 }
