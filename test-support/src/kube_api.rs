@@ -206,6 +206,11 @@ impl KubeApi {
         self.state.lock().unwrap().watches.clear();
     }
 
+    /// The latest resource version.
+    pub fn revision(&self) -> u64 {
+        self.state.lock().unwrap().revision
+    }
+
     /// Sends every open watch a bookmark at the current version.
     pub fn bookmark(&self) {
         let state = self.state.lock().unwrap();

@@ -186,6 +186,11 @@ fn an_agent_routes_its_namespaces_ingresses_and_keeps_them_in_sync() {
             .count()
     };
     let (listed, watched) = (count("list ingresses"), count("watch ingresses from "));
+    // A Service changes: the Ingress watch sees nothing of it, but the
+    // bookmark that follows brings it to that version.
+    api.apply(Kind::Service, service("db", 5433, false));
+    api.bookmark();
+    let bookmarked = api.revision();
     api.drop_watches();
     api.delete(Kind::Ingress, "stolen");
     api.apply(
@@ -200,6 +205,12 @@ fn an_agent_routes_its_namespaces_ingresses_and_keeps_them_in_sync() {
     assert!(
         count("watch ingresses from ") > watched,
         "{:#?}",
+        api.requests()
+    );
+    let resumed = format!("watch ingresses from {bookmarked}");
+    assert!(
+        api.requests().contains(&resumed),
+        "{resumed}: {:#?}",
         api.requests()
     );
 

@@ -13,6 +13,7 @@ mod kills;
 mod kubernetes;
 mod limits;
 mod login;
+mod manifests;
 mod replicas;
 mod requests;
 mod rolling;

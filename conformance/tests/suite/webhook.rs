@@ -369,7 +369,7 @@ fn a_renewed_certificate_is_served_without_a_restart() {
     assert_eq!(webhook.post(&body).0, 0, "the old CA no longer verifies it");
 }
 
-/// The shipped manifest (`configs/k8s/webhook.yaml`) reads as the API
+/// The shipped manifest (`configs/k8s/webhook/webhook.yaml`) reads as the API
 /// server would read it, with the choices its comments give: only pods
 /// being created in labeled namespaces are sent, an opt-out label keeps a
 /// pod from being sent, a down webhook never blocks a pod, no side
@@ -380,7 +380,7 @@ fn the_shipped_manifest_says_what_the_webhook_needs() {
     use k8s_openapi::api::apps::v1::Deployment;
 
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let text = std::fs::read_to_string(root.join("configs/k8s/webhook.yaml")).unwrap();
+    let text = std::fs::read_to_string(root.join("configs/k8s/webhook/webhook.yaml")).unwrap();
     let docs: Vec<Value> = text
         .split("\n---\n")
         .map(|doc| serde_saphyr::from_str(doc).unwrap())

@@ -90,6 +90,26 @@ pub struct RouteRule {
 }
 
 impl RouteRule {
+    /// A rule a sidecar claimed (an Ingress's), named by where it came
+    /// from; counted for per-route limits under its host and path.
+    pub fn claimed(
+        host: HostPattern,
+        path: String,
+        exact_path: bool,
+        target: ServiceRef,
+        source: String,
+    ) -> Self {
+        let limit_id: Arc<str> = format!("{host}{path}").into();
+        Self {
+            exact_path,
+            claimed: true,
+            limit_key: crate::limits::key(&limit_id),
+            limit_id,
+            name: Some(source.into()),
+            ..Self::new(host, path, target)
+        }
+    }
+
     /// A rule to `target` with nothing else set.
     pub fn new(host: HostPattern, path: String, target: ServiceRef) -> Self {
         Self {

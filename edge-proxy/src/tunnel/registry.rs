@@ -842,23 +842,18 @@ fn claimed_rules(sessions: &Sessions, auth: &Authorizations) -> RouteTable {
     let rules = all
         .into_iter()
         .map(|(session, claim)| {
-            let limit_id: Arc<str> = format!("{}{}", claim.host, claim.path).into();
-            RouteRule {
-                exact_path: claim.exact_path,
-                claimed: true,
-                limit_key: crate::limits::key(&limit_id),
-                limit_id,
-                name: Some(claim.source.into()),
-                ..RouteRule::new(
-                    claim.host,
-                    claim.path,
-                    ServiceRef {
-                        service: claim.service,
-                        port: claim.port,
-                        environment: session.environment.clone(),
-                    },
-                )
-            }
+            let target = ServiceRef {
+                service: claim.service,
+                port: claim.port,
+                environment: session.environment.clone(),
+            };
+            RouteRule::claimed(
+                claim.host,
+                claim.path,
+                claim.exact_path,
+                target,
+                claim.source,
+            )
         })
         .collect();
     RouteTable::new(rules)
