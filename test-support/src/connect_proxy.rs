@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// A running proxy on `127.0.0.1`; stops when dropped.
 pub struct ConnectProxy {
@@ -32,36 +32,13 @@ impl ConnectProxy {
     }
 
     fn spawn(authorization: Option<String>) -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
         let targets = Arc::new(Mutex::new(Vec::new()));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let seen = targets.clone();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let listener = TcpListener::from_std(listener).unwrap();
-                let authorization = Arc::new(authorization);
-                let serve = async {
-                    loop {
-                        let Ok((client, _)) = listener.accept().await else {
-                            continue;
-                        };
-                        let (seen, authorization) = (seen.clone(), authorization.clone());
-                        tokio::spawn(async move {
-                            let _ = tunnel(client, &authorization, &seen).await;
-                        });
-                    }
-                };
-                tokio::select! {
-                    () = serve => {}
-                    _ = stopped => {}
-                }
-            });
+        let (seen, authorization) = (targets.clone(), Arc::new(authorization));
+        let (addr, stop) = crate::background::accept_on_thread(move |client| {
+            let (seen, authorization) = (seen.clone(), authorization.clone());
+            async move {
+                let _ = tunnel(client, &authorization, &seen).await;
+            }
         });
         Self {
             addr,

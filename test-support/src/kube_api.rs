@@ -114,42 +114,20 @@ pub struct KubeApi {
 impl KubeApi {
     /// A server for `namespace`'s objects.
     pub fn start(namespace: &str) -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State::default()));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let shared = state.clone();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let serve = async {
-                    loop {
-                        let Ok((socket, _)) = listener.accept().await else {
-                            continue;
-                        };
-                        let state = shared.clone();
-                        tokio::spawn(async move {
-                            let service = hyper::service::service_fn(move |req| {
-                                let state = state.clone();
-                                async move { Ok::<_, Infallible>(handle(&state, req).await) }
-                            });
-                            let io = hyper_util::rt::TokioIo::new(socket);
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(io, service)
-                                .await;
-                        });
-                    }
-                };
-                tokio::select! {
-                    _ = serve => {}
-                    _ = stopped => {}
-                }
+        let (addr, stop) = crate::background::accept_on_thread(move |socket| {
+            let state = shared.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, req).await) }
             });
+            async move {
+                let io = hyper_util::rt::TokioIo::new(socket);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
+            }
         });
         Self {
             addr,
@@ -229,13 +207,6 @@ impl KubeApi {
     /// `patch ingress web status`.
     pub fn requests(&self) -> Vec<String> {
         self.state.lock().unwrap().requests.clone()
-    }
-
-    /// Open watch connections now.
-    pub fn watching(&self) -> usize {
-        let mut state = self.state.lock().unwrap();
-        state.watches.retain(|(_, tx)| !tx.is_closed());
-        state.watches.len()
     }
 
     /// A kubeconfig that points at this server, with its namespace.

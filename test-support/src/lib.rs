@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`harness`]: `TestEdge` / `TestSidecar` builders (in-process, own runtimes) and an HTTP client.
 //! - [`upstream`]: the sample upstream service (also the demo's), counting connections.
+//! - [`background`]: servers on a thread of their own.
 //! - [`certs`]: a local CA and certificates (rcgen), for TLS tests and the demo.
 //! - [`connect_proxy`]: an HTTP `CONNECT` proxy, optionally with credentials.
 //! - [`kube_api`]: a Kubernetes API server for Services and Ingresses (list, watch, status).
@@ -14,6 +15,7 @@
 //! - [`port`]: a held local port nobody answers on.
 //! - [`wasm`]: the header-policy filter module, built for the test.
 
+pub mod background;
 pub mod certs;
 pub mod connect_proxy;
 pub mod fault;

@@ -65,6 +65,33 @@ fn status(port: u16, host: &str, path: &str) -> String {
     http_status(&["-H", &format!("Host: {host}"), &url])
 }
 
+/// The harness's edge YAML, its cluster owning `team1.example.test`.
+fn edge_yaml_with_domains() -> String {
+    edge_yaml("").replace(
+        "    environments: [demo]\n",
+        "    environments: [demo]\n    domains: [team1.example.test]\n",
+    )
+}
+
+/// Starts an agent for [`NAMESPACE`] through `dir`'s kubeconfig, tunneled
+/// to `tunnel`, `more` appended to its `kubernetes:` section; waits for
+/// its two sessions.
+fn start_agent(dir: &std::path::Path, tunnel: &str, more: &str) -> Proc {
+    let yaml = format!(
+        "edge: http://{tunnel}\ntoken: {TOKEN}\nenvironment: demo\nreconnect:\n  min: 50ms\n  max: 200ms\nkubernetes:\n  namespace: {NAMESPACE}\n{more}"
+    );
+    let config = dir.join("agent.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    let agent = Proc::spawn_env(
+        "sidecar",
+        &["run", "--config", config.to_str().unwrap()],
+        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+    );
+    agent.wait_lines("tunnel up", 2, Duration::from_secs(20));
+    agent
+}
+
 /// Waits until `host` `path` answers `want`.
 fn routed(port: u16, host: &str, path: &str, want: &str) {
     until_blocking(&format!("{host}{path} answers {want}"), || {
@@ -89,27 +116,13 @@ fn an_agent_routes_its_namespaces_ingresses_and_keeps_them_in_sync() {
         ),
     );
 
-    let yaml = edge_yaml("").replace(
-        "    environments: [demo]\n",
-        "    environments: [demo]\n    domains: [team1.example.test]\n",
-    );
-    std::fs::write(dir.path().join("edge.yaml"), yaml).unwrap();
+    std::fs::write(dir.path().join("edge.yaml"), edge_yaml_with_domains()).unwrap();
     let (edge, http_port, tunnel) = start_edge_file(dir.path());
-    let agent_yaml = format!(
-        "edge: http://{tunnel}\ntoken: {TOKEN}\nenvironment: demo\nreconnect:\n  min: 50ms\n  max: 500ms\nkubernetes:\n  namespace: {NAMESPACE}\n  publish_address: edge.example.test\n"
+    let agent = start_agent(
+        dir.path(),
+        &tunnel,
+        "  publish_address: edge.example.test\n",
     );
-    std::fs::write(dir.path().join("agent.yaml"), agent_yaml).unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    let agent = Proc::spawn_env(
-        "sidecar",
-        &[
-            "run",
-            "--config",
-            dir.path().join("agent.yaml").to_str().unwrap(),
-        ],
-        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
-    );
-    agent.wait_lines("tunnel up", 2, Duration::from_secs(20));
 
     // The Ingress's host reaches its backend; the annotated Service has a
     // preview URL, and so has the Ingress's backend (a route); the other
@@ -243,29 +256,11 @@ fn a_restarted_edge_gets_the_agents_routes_in_its_new_sessions() {
         ),
     );
     let tunnel = format!("127.0.0.1:{}", free_port());
-    let yaml = edge_yaml("")
-        .replace(
-            "    environments: [demo]\n",
-            "    environments: [demo]\n    domains: [team1.example.test]\n",
-        )
+    let yaml = edge_yaml_with_domains()
         .replace("  tunnel: 127.0.0.1:0\n", &format!("  tunnel: {tunnel}\n"));
     std::fs::write(dir.path().join("edge.yaml"), &yaml).unwrap();
     let (mut edge, http_port, _) = start_edge_file(dir.path());
-    let agent_yaml = format!(
-        "edge: http://{tunnel}\ntoken: {TOKEN}\nenvironment: demo\nreconnect:\n  min: 50ms\n  max: 200ms\nkubernetes:\n  namespace: {NAMESPACE}\n"
-    );
-    std::fs::write(dir.path().join("agent.yaml"), agent_yaml).unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    let agent = Proc::spawn_env(
-        "sidecar",
-        &[
-            "run",
-            "--config",
-            dir.path().join("agent.yaml").to_str().unwrap(),
-        ],
-        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
-    );
-    agent.wait_lines("tunnel up", 2, Duration::from_secs(20));
+    let agent = start_agent(dir.path(), &tunnel, "");
     assert_eq!(status(http_port, "app.team1.example.test", "/"), "200");
     // Without publish_address, the status shows the edge URL's host.
     until_blocking("the ingress status names the edge's host", || {

@@ -182,6 +182,22 @@ impl Rendering {
         self.objects.iter().filter(move |o| o.kind() == kind)
     }
 
+    /// Every ConfigMap holding a file `key`, with the file.
+    fn files<'a>(&'a self, key: &'a str) -> impl Iterator<Item = (&'a Object, String)> + 'a {
+        self.of_kind("ConfigMap").filter_map(move |config_map| {
+            let mut data = config_map.parse::<ConfigMap>().data.unwrap_or_default();
+            Some((config_map, data.remove(key)?))
+        })
+    }
+
+    /// Every Deployment's pod template.
+    fn pods(&self) -> impl Iterator<Item = PodSpec> + '_ {
+        self.of_kind("Deployment").map(|deployment| {
+            let spec = deployment.parse::<Deployment>().spec.unwrap();
+            spec.template.spec.unwrap()
+        })
+    }
+
     fn config_map(&self, name: &str) -> BTreeMap<String, String> {
         let object = self
             .of_kind("ConfigMap")
@@ -198,14 +214,7 @@ impl Rendering {
     /// The Deployment's pod and container that read `config_map`'s `key`
     /// as its `--config`, and the path it reads it at.
     fn reader_of(&self, config_map: &Object, key: &str) -> (PodSpec, Container, String) {
-        for deployment in self.of_kind("Deployment") {
-            let pod = deployment
-                .parse::<Deployment>()
-                .spec
-                .unwrap()
-                .template
-                .spec
-                .unwrap();
+        for pod in self.pods() {
             for container in pod
                 .containers
                 .iter()
@@ -628,16 +637,28 @@ fn seconds(duration: &str) -> i64 {
         .unwrap_or_else(|| panic!("shutdown_grace: {duration}: this test reads whole seconds only"))
 }
 
+/// Runs `binary check-config` on `config` (laid out as its container
+/// sees it); fails with what it said.
+fn passes_check_config(binary: &str, config: &Path, what: &str) {
+    let out = Command::new(conformance::bin(binary))
+        .arg("check-config")
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: {binary} check-config refuses it, laid out as its container sees it:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn every_edge_config_passes_check_config_where_its_pod_mounts_it() {
-    let edge = conformance::bin("edge-proxy");
     let mut checked = 0;
     for rendering in render_all() {
-        for config_map in rendering.of_kind("ConfigMap") {
-            let data = config_map.parse::<ConfigMap>().data.unwrap_or_default();
-            let Some(text) = data.get("edge.yaml") else {
-                continue;
-            };
+        for (config_map, text) in rendering.files("edge.yaml") {
+            let text = &text;
             let what = format!("{}, rendered from {}", config_map.describe(), rendering.dir);
             let (pod, container, path) = rendering.reader_of(config_map, "edge.yaml");
             let root = lay_out(&rendering, &pod, &container);
@@ -646,19 +667,7 @@ fn every_edge_config_passes_check_config_where_its_pod_mounts_it() {
                 .unwrap_or_else(|e| panic!("{what}: edge.yaml is not YAML: {e}"));
             write_token_hashes(&config, &yaml, &pod, &container, root.path());
 
-            let out = Command::new(&edge)
-                .arg("check-config")
-                .arg(&config)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{what}: edge-proxy check-config refuses edge.yaml (laid out as the container \
-                 {} sees it):\n{}{}",
-                container.name,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            passes_check_config("edge-proxy", &config, &what);
 
             // The kubelet must not kill the edge before its drain ends.
             let grace = yaml
@@ -690,11 +699,8 @@ fn every_edge_config_passes_check_config_where_its_pod_mounts_it() {
 fn every_agent_config_watches_its_namespace_with_its_mounted_token() {
     let mut checked = 0;
     for rendering in render_all() {
-        for config_map in rendering.of_kind("ConfigMap") {
-            let data = config_map.parse::<ConfigMap>().data.unwrap_or_default();
-            let Some(text) = data.get("sidecar.yaml") else {
-                continue;
-            };
+        for (config_map, text) in rendering.files("sidecar.yaml") {
+            let text = &text;
             let what = format!("{}, rendered from {}", config_map.describe(), rendering.dir);
             let yaml: Value = serde_saphyr::from_str(text)
                 .unwrap_or_else(|e| panic!("{what}: sidecar.yaml is not YAML: {e}"));
@@ -726,17 +732,7 @@ fn every_agent_config_watches_its_namespace_with_its_mounted_token() {
             );
             // And the sidecar takes the file as its container sees it.
             let config = root.path().join(path.trim_start_matches('/'));
-            let out = Command::new(conformance::bin("sidecar"))
-                .arg("check-config")
-                .arg(&config)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{what}: sidecar check-config refuses sidecar.yaml:\n{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            passes_check_config("sidecar", &config, &what);
 
             // Its rights: exactly what the watchers use, in its namespace.
             for kind in ["ClusterRole", "ClusterRoleBinding"] {
@@ -805,14 +801,7 @@ fn every_agent_config_watches_its_namespace_with_its_mounted_token() {
 fn no_service_exposes_an_admin_port() {
     for rendering in render_all() {
         let mut admin_ports = vec!["admin".to_string()];
-        for deployment in rendering.of_kind("Deployment") {
-            let pod = deployment
-                .parse::<Deployment>()
-                .spec
-                .unwrap()
-                .template
-                .spec
-                .unwrap();
+        for pod in rendering.pods() {
             for port in pod.containers.iter().flat_map(|c| c.ports.iter().flatten()) {
                 if port.name.as_deref() == Some("admin") {
                     admin_ports.push(port.container_port.to_string());
