@@ -658,12 +658,11 @@ fn every_edge_config_passes_check_config_where_its_pod_mounts_it() {
     let mut checked = 0;
     for rendering in render_all() {
         for (config_map, text) in rendering.files("edge.yaml") {
-            let text = &text;
             let what = format!("{}, rendered from {}", config_map.describe(), rendering.dir);
             let (pod, container, path) = rendering.reader_of(config_map, "edge.yaml");
             let root = lay_out(&rendering, &pod, &container);
             let config = root.path().join(path.trim_start_matches('/'));
-            let yaml: Value = serde_saphyr::from_str(text)
+            let yaml: Value = serde_saphyr::from_str(&text)
                 .unwrap_or_else(|e| panic!("{what}: edge.yaml is not YAML: {e}"));
             write_token_hashes(&config, &yaml, &pod, &container, root.path());
 
@@ -700,9 +699,8 @@ fn every_agent_config_watches_its_namespace_with_its_mounted_token() {
     let mut checked = 0;
     for rendering in render_all() {
         for (config_map, text) in rendering.files("sidecar.yaml") {
-            let text = &text;
             let what = format!("{}, rendered from {}", config_map.describe(), rendering.dir);
-            let yaml: Value = serde_saphyr::from_str(text)
+            let yaml: Value = serde_saphyr::from_str(&text)
                 .unwrap_or_else(|e| panic!("{what}: sidecar.yaml is not YAML: {e}"));
             let kubernetes = yaml
                 .get("kubernetes")

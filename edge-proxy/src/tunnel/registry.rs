@@ -130,10 +130,6 @@ impl Served {
         );
         Self { by_service, claims }
     }
-
-    pub fn claims(&self) -> &[Claim] {
-        &self.claims
-    }
 }
 
 /// A custom-domain rule a sidecar claimed (from an Ingress) within its
@@ -225,11 +221,6 @@ impl Session {
             .collect();
         all.sort_unstable();
         all
-    }
-
-    /// What the session serves now.
-    pub fn served(&self) -> Arc<Served> {
-        self.served.load_full()
     }
 
     /// Asks the sidecar to move this session's work to a new one (an
@@ -482,8 +473,6 @@ impl Drop for Lease {
 pub struct Authorizations {
     pub by_token: HashMap<TokenHash, ClusterGrant>,
     pub known_environments: HashSet<String>,
-    /// Each cluster's `domains`: what its sidecars' claims must stay within.
-    pub domains: HashMap<String, Vec<String>>,
 }
 
 impl Authorizations {
@@ -493,7 +482,6 @@ impl Authorizations {
         for c in &config.clusters {
             auth.known_environments
                 .extend(c.environments.iter().cloned());
-            auth.domains.insert(c.name.clone(), c.domains.clone());
             let grant = ClusterGrant {
                 cluster: c.name.clone(),
                 environments: c.environments.clone(),
@@ -508,7 +496,7 @@ impl Authorizations {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ClusterGrant {
     pub cluster: String,
     pub environments: Vec<String>,
@@ -516,6 +504,15 @@ pub struct ClusterGrant {
     pub domains: Vec<String>,
     /// With mutual TLS: the CA the sidecar's client certificate must chain to.
     pub client_ca: Option<Arc<crate::tls::ClientCa>>,
+}
+
+impl ClusterGrant {
+    /// Whether a rule for `host` stays within this cluster's domains.
+    pub fn owns(&self, host: &HostPattern) -> bool {
+        self.domains
+            .iter()
+            .any(|d| crate::config::within(host.name(), d))
+    }
 }
 
 #[derive(Default)]
@@ -798,22 +795,20 @@ impl TunnelRegistry {
 /// controllers order them: exact hosts before wildcards, then longer paths
 /// first, an exact path before a prefix of the same length. Where two
 /// sessions claim the same host and path, the one up longer keeps it.
-/// Claims outside their cluster's domains as the config now has them are
-/// left out (a reload narrowed them).
+/// Claims outside the domains their token's grant has now are left out (a
+/// reload narrowed them).
 fn claimed_rules(sessions: &Sessions, auth: &Authorizations) -> RouteTable {
     let mut all: Vec<(&Arc<Session>, Claim)> = Vec::new();
     for session in sessions.by_id.values() {
-        let domains = auth.domains.get(&session.cluster).map_or(&[][..], |d| d);
+        let Some(grant) = auth.by_token.get(&session.token) else {
+            continue;
+        };
         let served = session.served.load();
         all.extend(
             served
                 .claims
                 .iter()
-                .filter(|c| {
-                    domains
-                        .iter()
-                        .any(|d| crate::config::within(c.host.name(), d))
-                })
+                .filter(|c| grant.owns(&c.host))
                 .map(|c| (session, c.clone())),
         );
     }
@@ -823,14 +818,14 @@ fn claimed_rules(sessions: &Sessions, auth: &Authorizations) -> RouteTable {
             wildcard(x),
             std::cmp::Reverse(x.path.len()),
             !x.exact_path,
-            x.host.to_string(),
+            x.host.name(),
             &x.path,
         )
             .cmp(&(
                 wildcard(y),
                 std::cmp::Reverse(y.path.len()),
                 !y.exact_path,
-                y.host.to_string(),
+                y.host.name(),
                 &y.path,
             ))
             .then(a.since.cmp(&b.since))
@@ -1081,12 +1076,22 @@ mod tests {
         }
     }
 
+    /// What the test sessions' token grants: `domain` and the names under it.
+    fn domains(domain: &str) -> Authorizations {
+        let grant = ClusterGrant {
+            cluster: "c".into(),
+            domains: vec![domain.into()],
+            ..Default::default()
+        };
+        Authorizations {
+            by_token: [(TokenHash::of("t"), grant)].into(),
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn claimed_rules_follow_ingress_precedence_and_the_clusters_domains() {
-        let r = TunnelRegistry::new(Authorizations {
-            domains: [("c".to_string(), vec!["example.com".to_string()])].into(),
-            ..Default::default()
-        });
+        let r = TunnelRegistry::new(domains("example.com"));
         let s = session(
             "team1",
             &[("web", 80), ("api", 80), ("login", 80), ("wild", 80)],
@@ -1149,10 +1154,7 @@ mod tests {
         );
         assert_eq!(pick("x.example.com", "/"), None);
         // A reload that narrows the cluster's domains takes the claims away.
-        r.set_authorizations(Authorizations {
-            domains: [("c".to_string(), vec!["other.example.com".to_string()])].into(),
-            ..Default::default()
-        });
+        r.set_authorizations(domains("other.example.com"));
         assert!(r.claimed().is_empty());
     }
 }

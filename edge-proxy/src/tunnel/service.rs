@@ -33,7 +33,7 @@ use tunnel_transport::{keepalive, rpc, ConnectionFlow, DataStream, Role};
 use arc_swap::ArcSwap;
 
 use crate::config::token::{bearer, TokenHash};
-use crate::config::{parse_host_pattern, within, EdgeConfig};
+use crate::config::{parse_host_pattern, EdgeConfig};
 use crate::routing::preview::ServiceRef;
 use crate::routing::upstream::Protocol;
 use crate::tunnel::registry::{Claim, ClusterGrant, Requested, Served, Session, TunnelRegistry};
@@ -269,11 +269,11 @@ fn routes(registered: &[Route]) -> Result<Routes, Status> {
 /// The host rules a sidecar claimed that the edge takes: hosts within its
 /// cluster's domains, for routes it registered. The others, each with its
 /// reason.
-fn claims(rules: &[HostRule], domains: &[String], routes: &Routes) -> (Vec<Claim>, Vec<String>) {
+fn claims(rules: &[HostRule], grant: &ClusterGrant, routes: &Routes) -> (Vec<Claim>, Vec<String>) {
     let mut taken = Vec::new();
     let mut refused = Vec::new();
     for rule in rules.iter().take(MAX_HOST_RULES) {
-        match claim(rule, domains, routes) {
+        match claim(rule, grant, routes) {
             Ok(claim) => taken.push(claim),
             Err(reason) => refused.push(format!(
                 "{}{} ({}): {reason}",
@@ -290,13 +290,13 @@ fn claims(rules: &[HostRule], domains: &[String], routes: &Routes) -> (Vec<Claim
     (taken, refused)
 }
 
-fn claim(rule: &HostRule, domains: &[String], routes: &Routes) -> Result<Claim, String> {
+fn claim(rule: &HostRule, grant: &ClusterGrant, routes: &Routes) -> Result<Claim, String> {
     let host = parse_host_pattern(&rule.host)
         .ok_or("not a host name (app.example.com or *.example.com)")?;
-    if !domains.iter().any(|d| within(host.name(), d)) {
-        return Err(match domains {
+    if !grant.owns(&host) {
+        return Err(match &grant.domains[..] {
             [] => "this cluster may claim no custom domains (the edge's clusters[].domains)".into(),
-            _ => format!("not within this cluster's domains ({})", domains.join(", ")),
+            domains => format!("not within this cluster's domains ({})", domains.join(", ")),
         });
     }
     let path = match rule.path.as_str() {
@@ -365,7 +365,7 @@ impl Tunnel for TunnelService {
                 warn!(cluster = %grant.cluster, sidecar = %hello.sidecar_name, reason = e.message(), "sidecar rejected");
             })?;
 
-        let (claims, refused) = claims(&hello.host_rules, &grant.domains, &routes);
+        let (claims, refused) = claims(&hello.host_rules, &grant, &routes);
         log_refused(&grant.cluster, &hello.sidecar_name, &refused);
         let config = self.config.load();
         let (tx, rx) = mpsc::channel(16);
@@ -404,7 +404,6 @@ impl Tunnel for TunnelService {
         );
         tokio::spawn(self.clone().run_session(
             session,
-            grant,
             inbound,
             replicas,
             heartbeat * MISSED_HEARTBEATS,
@@ -564,7 +563,6 @@ impl TunnelService {
     async fn run_session(
         self,
         session: Arc<Session>,
-        grant: ClusterGrant,
         mut inbound: Streaming<SidecarMessage>,
         mut replicas: watch::Receiver<Arc<[String]>>,
         dead_after: Duration,
@@ -602,7 +600,7 @@ impl TunnelService {
                     session.set_draining();
                 }
                 Some(sidecar_message::Kind::Routes(set)) => {
-                    let applied = self.apply_routes(&session, &grant, set);
+                    let applied = self.apply_routes(&session, set);
                     let applied = edge_message::Kind::RoutesApplied(applied);
                     if !session.send(applied).await {
                         break "control stream closed".to_string();
@@ -617,13 +615,10 @@ impl TunnelService {
     }
 
     /// A new route set from a session's sidecar: what it serves from now
-    /// on, unless its routes are invalid (then it keeps the last set).
-    fn apply_routes(
-        &self,
-        session: &Arc<Session>,
-        grant: &ClusterGrant,
-        set: RouteSet,
-    ) -> RoutesApplied {
+    /// on, unless its routes are invalid (then it keeps the last set). Its
+    /// host rules are checked against what the token grants now (a reload
+    /// may have changed the cluster's domains since the session began).
+    fn apply_routes(&self, session: &Arc<Session>, set: RouteSet) -> RoutesApplied {
         let routes = match routes(&set.routes) {
             Ok(routes) => routes,
             Err(status) => {
@@ -631,15 +626,19 @@ impl TunnelService {
                     "the whole set, kept the last one: {}",
                     status.message()
                 )];
-                log_refused(&grant.cluster, &session.sidecar_name, &refused);
+                log_refused(&session.cluster, &session.sidecar_name, &refused);
                 return RoutesApplied {
                     urls: Vec::new(),
                     refused,
                 };
             }
         };
-        let (claims, refused) = claims(&set.host_rules, &grant.domains, &routes);
-        log_refused(&grant.cluster, &session.sidecar_name, &refused);
+        let auth = self.registry.authorizations();
+        // A token no longer known: its session is being closed; it claims nothing.
+        let revoked = ClusterGrant::default();
+        let grant = auth.by_token.get(&session.token).unwrap_or(&revoked);
+        let (claims, refused) = claims(&set.host_rules, grant, &routes);
+        log_refused(&session.cluster, &session.sidecar_name, &refused);
         info!(
             session = %session.id, routes = routes.len(), host_rules = claims.len(),
             "sidecar's routes changed"
@@ -739,7 +738,6 @@ mod tests {
     #[test]
     fn claims_stay_within_the_clusters_domains_and_routes() {
         let routes: Routes = [(("web".to_string(), 80), Protocol::Http1)].into();
-        let domains = ["team1.example.com".to_string()];
         let (taken, refused) = claims(
             &[
                 host_rule("team1.example.com", "", "web", 80),
@@ -752,7 +750,7 @@ mod tests {
                 host_rule("a.team1.example.com", "api", "web", 80),
                 host_rule("not a host", "/", "web", 80),
             ],
-            &domains,
+            &grant(&["demo"]),
             &routes,
         );
         let hosts: Vec<_> = taken
@@ -782,7 +780,7 @@ mod tests {
         assert!(refused[5].contains("not a host name"));
         let (_, refused) = claims(
             &[host_rule("team1.example.com", "/", "web", 80)],
-            &[],
+            &ClusterGrant::default(),
             &routes,
         );
         assert!(refused[0].contains("may claim no custom domains"));
