@@ -201,22 +201,28 @@ impl RouteTable {
     /// Whether any rule names `host` (lowercase, no port), whatever the
     /// path.
     pub fn serves(&self, host: &str) -> bool {
-        if self.exact.contains_key(host) {
-            return true;
-        }
-        let mut rest = host;
-        while let Some((_, parent)) = rest.split_once('.') {
-            if self.wildcard.contains_key(parent) {
-                return true;
-            }
-            rest = parent;
-        }
-        false
+        self.exact.contains_key(host) || self.wildcard_parents(host).next().is_some()
+    }
+
+    /// The wildcard entries for `host`'s parent domains, nearest first:
+    /// `a.b.example.com` looks up `b.example.com`, `example.com`, `com`.
+    /// Nothing is scanned when there are no wildcards (most tables).
+    fn wildcard_parents<'a>(&'a self, host: &'a str) -> impl Iterator<Item = &'a Vec<usize>> {
+        let dots = match self.wildcard.is_empty() {
+            true => None,
+            false => Some(host.bytes().enumerate().filter(|&(_, b)| b == b'.')),
+        };
+        dots.into_iter()
+            .flatten()
+            .filter_map(|(i, _)| self.wildcard.get(&host[i + 1..]))
     }
 
     /// The first rule (in file order) matching `host` (lowercase, no port)
     /// and `path`.
     pub fn resolve(&self, host: &str, path: &str) -> Option<&RouteRule> {
+        if self.rules.is_empty() {
+            return None; // sidecars claimed nothing (looked up on every miss)
+        }
         let mut best: Option<usize> = None;
         let mut consider = |indexes: Option<&Vec<usize>>| {
             for &i in indexes.into_iter().flatten() {
@@ -231,11 +237,8 @@ impl RouteTable {
             }
         };
         consider(self.exact.get(host));
-        // Every parent domain: a.b.example.com → b.example.com, example.com, com.
-        let mut rest = host;
-        while let Some((_, parent)) = rest.split_once('.') {
-            consider(self.wildcard.get(parent));
-            rest = parent;
+        for indexes in self.wildcard_parents(host) {
+            consider(Some(indexes));
         }
         best.map(|i| &self.rules[i])
     }

@@ -758,16 +758,23 @@ impl TunnelRegistry {
         };
         let here = current_worker();
         let usable = || candidates().filter(|s| s.is_usable());
-        // One pass to count, one to pick (this runs on every request).
+        // One pass to count, and a second to pick only where there is a
+        // choice (this runs on every request; most have one session).
         let (mut n_usable, mut n_local) = (0, 0);
+        let (mut first_usable, mut first_local) = (None, None);
         for s in usable() {
             n_usable += 1;
-            n_local += usize::from(s.worker == here);
+            first_usable.get_or_insert(s);
+            if s.worker == here {
+                n_local += 1;
+                first_local.get_or_insert(s);
+            }
         }
-        let picked = if n_local > 0 {
-            self.pick(n_local, || usable().filter(|s| s.worker == here))
-        } else {
-            self.pick(n_usable, usable)
+        let picked = match (n_local, n_usable) {
+            (1, _) => first_local,
+            (0, 1) => first_usable,
+            (0, n) => self.pick(n, usable),
+            (n, _) => self.pick(n, || usable().filter(|s| s.worker == here)),
         };
         // Started draining since it was picked (rare): the next usable one.
         if let Some(lease) = picked
