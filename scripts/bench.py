@@ -78,9 +78,10 @@ ROW_KEYS = ["rps_c64", "rps_c1", "latency", "conn_rate", "bulk", "h2", "stalled"
 # port; the same service through each, alternating.
 WS_HOST = "hello-8080-benchws.preview.localhost"
 # The TCP rows: the bench sidecar also offers the upstream's port as a raw
-# TCP service (protocol: tcp), reached through `sidecar access tcp`
-# (listening locally; a WebSocket to the edge per connection), beside
-# rathole's TCP tunnel to the same port: the same work, a TCP tunnel.
+# TCP service (protocol: tcp), reached through a TCP port of the edge
+# (`tcp_ports:`), beside rathole's TCP tunnel to the same port: the same
+# work, a TCP tunnel; and through `sidecar access tcp` (listening locally;
+# a WebSocket to the edge per connection, one more hop), its cost stated.
 TCP_HOST = "raw-8080-bench.preview.localhost"
 # The policy and wasm rows: custom-domain routes to the same service, one
 # without a header policy, one with a typical policy (strip lists, a
@@ -653,6 +654,10 @@ http {{
     - {{ cert: {self.cert}, key: {self.key} }}
   redirect_http: false
 """
+        tcp_ports = ""
+        if "bench" in environments:
+            tcp_ports = ("tcp_ports:\n  - { name: raw, listen: '127.0.0.1:0', target: bench/raw:8080, "
+                         "allow: ['127.0.0.1'] }\n")
         listen = "{ http: 127.0.0.1:0, https: 127.0.0.1:0, tunnel: 127.0.0.1:0 }" if https else \
             "{ http: 127.0.0.1:0, tunnel: 127.0.0.1:0 }"
         with open(path, "w") as f:
@@ -662,7 +667,7 @@ clusters:
   - name: bench
     token_sha256: "{token_hash}"
     environments: [{envs}]
-limits:
+{tcp_ports}limits:
   cluster: {{}}
 {limits}""")
             if "bench" in environments:
@@ -709,6 +714,7 @@ limits:
         self.addr["edge"] = found["http"]
         self.tls["edge"] = found["https"]
         self.edge_tunnel = found["tunnel"]
+        self.tcp_port = re.search(r" tcp:raw=(\S+)", self.procs.log_text("edge")).group(1)
 
     def launch_sidecar(self, name, tunnel, environment, edge=None, targets=""):
         """A sidecar for `environment` through the tunnel port `tunnel`
@@ -1357,26 +1363,48 @@ def run_rows(b):
         # refusals cost the other client, not how much more a cheaper
         # answer lets a client send.
         rate = 4000 if b.quick else 16000
+        limited = f"  client_ip: {{ rate: 1000, period: 1s }}\n{trusted}"
+        # A p99 of a few seconds at 500 requests/s is its 15th worst
+        # request, and this machine's neighbours move it by milliseconds:
+        # the three cases alternate, round after round, and each is the
+        # median of its rounds.
+        rounds = {"alone": [], "beside_refused": [], "beside_served": []}
+        floods = {"refused": [], "served": []}
+        for _ in range(1 if b.quick else 5):
+            b.reload_edge("")
+            rounds["alone"].append(b.latency("edge", rate=STEADY_RATE))
+            b.reload_edge(limited)
+            steady, flood_seen = b.latency_beside("edge", flood, rate)
+            rounds["beside_refused"].append(steady)
+            floods["refused"].append(flood_seen)
+            b.reload_edge(trusted)
+            steady, flood_seen = b.latency_beside("edge", flood, rate)
+            rounds["beside_served"].append(steady)
+            floods["served"].append(flood_seen)
         b.reload_edge("")
-        alone = b.latency("edge", rate=STEADY_RATE)
-        b.reload_edge(f"  client_ip: {{ rate: 1000, period: 1s }}\n{trusted}")
-        refused, refused_flood = b.latency_beside("edge", flood, rate)
-        b.reload_edge(trusted)
-        served, served_flood = b.latency_beside("edge", flood, rate)
-        b.reload_edge("")
-        p99 = {"alone": alone.get("p99_us"), "beside_refused": refused.get("p99_us"),
-               "beside_served": served.get("p99_us")}
-        note(f"steady client p99 alone {p99['alone']} µs; beside a flood of {rate:,} requests/s refused at "
-             f"{refused_flood['refused_per_s']:,}/s (admitted {refused_flood['admitted_per_s']:,}/s of a 1,000/s "
-             f"limit) {p99['beside_refused']} µs; beside the same flood served "
-             f"({served_flood['admitted_per_s']:,}/s) {p99['beside_served']} µs")
+
+        def median_of(results, key):
+            values = [r[key] for r in results if r.get(key) is not None]
+            return round(statistics.median(values), 1) if values else None
+
+        p99 = {case: median_of(rs, "p99_us") for case, rs in rounds.items()}
+        p50 = {case: median_of(rs, "p50_us") for case, rs in rounds.items()}
+        refused_flood, served_flood = (
+            {k: round(statistics.median(f[k] for f in fs)) for k in fs[0]}
+            for fs in (floods["refused"], floods["served"]))
+        steady_errors = sum(r.get("errors", 0) for r in rounds["beside_refused"])
+        note(f"steady client p99 (median of {len(rounds['alone'])} alternating rounds) alone {p99['alone']} µs; "
+             f"beside a flood of {rate:,} requests/s refused at {refused_flood['refused_per_s']:,}/s (admitted "
+             f"{refused_flood['admitted_per_s']:,}/s of a 1,000/s limit) {p99['beside_refused']} µs; beside the "
+             f"same flood served ({served_flood['admitted_per_s']:,}/s) {p99['beside_served']} µs; "
+             f"each round's p99: " + "; ".join(
+                 f"{case} " + ", ".join(str(round(r.get('p99_us') or 0)) for r in rs) for case, rs in rounds.items()))
         add("limits_flood", "a steady client's p99 beside another client refused past its limit (µs)", "µs",
             {**only_edge, "edge": p99["beside_refused"]},
-            {"edge": {"p99_us": p99, "p50_us": {"alone": alone.get("p50_us"),
-                                                "beside_refused": refused.get("p50_us"),
-                                                "beside_served": served.get("p50_us")},
+            {"edge": {"p99_us": p99, "p50_us": p50,
+                      "p99_us_per_round": {case: [r.get("p99_us") for r in rs] for case, rs in rounds.items()},
                       "refused_flood": refused_flood, "served_flood": served_flood,
-                      "steady_errors": refused.get("errors", 0)}},
+                      "steady_errors": steady_errors}},
             must="≤ 1.1 × its p99 beside the flood served, none refused", better="lower", expected=["edge"],
             seconds=time.monotonic() - t0)
         for name, base, what in (("ip", "none", "per client IP, rate + in-flight cap"),
@@ -1408,35 +1436,52 @@ def run_rows(b):
                 {"edge": {"grpc": [round(v, 1) for v in got[HOST]], "websocket": [round(v, 1) for v in got[WS_HOST]]}},
                 must="its cost stated", better="lower", expected=["edge"], seconds=time.monotonic() - t0)
     if b.want("tcp"):
-        # rathole carries the same port as a TCP tunnel; the edge's TCP
-        # route adds the access client's hop on the visitor's machine.
-        tcp_addr = {"rathole": b.addr["rathole"], "edge": b.tcp_route}
+        # rathole carries the same port as a TCP tunnel, as the edge's TCP
+        # port does (the same work); the access client adds a hop on the
+        # visitor's machine and a WebSocket.
+        tcp_addr = {"rathole": b.addr["rathole"], "port": b.tcp_port, "access": b.tcp_route}
         pair = {c: None for c in COMPARATORS}
-        log("a TCP route (access tcp -> edge -> sidecar) beside rathole: requests/s (64 connections) and bulk")
+        log("the edge's TCP port and a TCP route through access tcp, beside rathole: requests/s (64 connections) "
+            "and bulk, alternating")
         t0 = time.monotonic()
         rps = {c: [] for c in tcp_addr}
         cpu = {c: [] for c in tcp_addr}
         mbs = {}
         for _ in range(b.rounds):
-            for comp, addr in tcp_addr.items():
-                value, detail = b.wrk(comp, 64, 2, addr=addr)
-                rps[comp].append(value or 0.0)
-                cpu[comp].append(detail.get("cpu_us_per_request"))
-        for comp, addr in tcp_addr.items():
-            mbs[comp], _ = b.repeated_bulk(addr, HOST, max_time=120)
+            for way, addr in tcp_addr.items():
+                value, detail = b.wrk("rathole" if way == "rathole" else "edge", 64, 2, addr=addr)
+                rps[way].append(value or 0.0)
+                cpu[way].append(detail.get("cpu_us_per_request"))
+        for way, addr in tcp_addr.items():
+            mbs[way], _ = b.repeated_bulk(addr, HOST, max_time=120)
         med = {c: statistics.median(v) for c, v in rps.items()}
-        note(f"TCP route {med['edge']:,.0f} req/s, rathole {med['rathole']:,.0f} req/s; "
-             f"bulk {mbs['edge']:,.0f} MB/s, rathole {mbs['rathole']:,.0f} MB/s")
-        add("tcp_rps", "TCP route (access tcp, 64 connections) requests/s", "req/s", {**pair, **med},
-            {c: {"rounds": [round(v) for v in rps[c]]} for c in rps}, must="≥ 1.0 × rathole",
+        note(f"TCP port {med['port']:,.0f} req/s, through access tcp {med['access']:,.0f} req/s, rathole "
+             f"{med['rathole']:,.0f} req/s; bulk {mbs['port']:,.0f} MB/s, through access tcp {mbs['access']:,.0f} "
+             f"MB/s, rathole {mbs['rathole']:,.0f} MB/s")
+        rounds = {c: {"rounds": [round(v) for v in rps[c]]} for c in rps}
+        add("tcp_rps", "TCP port on the edge (tcp_ports, 64 connections) requests/s", "req/s",
+            {**pair, "rathole": med["rathole"], "edge": med["port"]},
+            {"rathole": rounds["rathole"], "edge": rounds["port"]}, must="≥ 1.0 × rathole",
             expected=["rathole", "edge"], seconds=time.monotonic() - t0)
+        add("tcp_access_rps", "… a TCP route through access tcp (a local hop and a WebSocket more) requests/s",
+            "req/s", {**pair, "rathole": med["rathole"], "edge": med["access"]},
+            {"rathole": rounds["rathole"], "edge": rounds["access"]}, must="its cost stated",
+            expected=["rathole", "edge"])
         # The server side's work: edge + sidecar against rathole's server +
         # client (the access client runs on the visitor's machine).
         cpu_med = {c: statistics.median([v for v in cpu[c] if v is not None] or [0]) or None for c in cpu}
-        add("tcp_cpu", "… CPU of the tunnel's hops per request (µs: edge + sidecar; rathole server + client)", "µs",
-            {**pair, **cpu_med}, better="lower", expected=["rathole", "edge"])
-        add("tcp_bulk", f"TCP route (access tcp), {size} download (MB/s)", "MB/s", {**pair, **mbs},
-            must="≥ 1.0 × rathole", expected=["rathole", "edge"])
+        add("tcp_cpu", "… CPU of the tunnel's hops per request through the TCP port (µs: edge + sidecar; "
+            "rathole server + client)", "µs", {**pair, "rathole": cpu_med["rathole"], "edge": cpu_med["port"]},
+            better="lower", expected=["rathole", "edge"])
+        add("tcp_access_cpu", "… the same through access tcp (µs: edge + sidecar)", "µs",
+            {**pair, "rathole": cpu_med["rathole"], "edge": cpu_med["access"]},
+            better="lower", expected=["rathole", "edge"])
+        add("tcp_bulk", f"TCP port on the edge, {size} download (MB/s)", "MB/s",
+            {**pair, "rathole": mbs["rathole"], "edge": mbs["port"]}, must="≥ 1.0 × rathole",
+            expected=["rathole", "edge"])
+        add("tcp_access_bulk", f"… through access tcp, {size} download (MB/s)", "MB/s",
+            {**pair, "rathole": mbs["rathole"], "edge": mbs["access"]}, must="its cost stated",
+            expected=["rathole", "edge"])
     return rows
 
 

@@ -431,6 +431,8 @@ pub struct Stack {
     pub tunnel: Tunnel,
     /// The admin listener (`listen.admin`), if the YAML has one.
     pub admin_addr: Option<String>,
+    /// `tcp_ports:`, name and address.
+    pub tcp_ports: Vec<(String, String)>,
     /// The proxy a [`Tunnel::WebSocket`] sidecar goes through.
     pub proxy: Option<test_support::connect_proxy::ConnectProxy>,
 }
@@ -533,6 +535,7 @@ impl Stack {
             upstream_addr,
             tunnel,
             admin_addr: listening.admin,
+            tcp_ports: listening.tcp_ports,
             proxy: (tunnel == Tunnel::WebSocket)
                 .then(test_support::connect_proxy::ConnectProxy::start),
         };
@@ -645,6 +648,8 @@ pub struct Listening {
     pub tunnel: String,
     /// `listen.admin`, when the YAML has one.
     pub admin: Option<String>,
+    /// `tcp_ports:`, name and address.
+    pub tcp_ports: Vec<(String, String)>,
 }
 
 /// Starts the edge on an existing `dir/edge.yaml`; returns it and where it listens.
@@ -670,6 +675,11 @@ pub fn start_edge_with_args(dir: &Path, args: &[&str]) -> (Proc, Listening) {
         https_port: field("https=").map(port),
         tunnel: field("tunnel=").unwrap(),
         admin: field("admin="),
+        tcp_ports: line
+            .split_whitespace()
+            .filter_map(|w| w.strip_prefix("tcp:")?.split_once('='))
+            .map(|(name, addr)| (name.to_owned(), addr.to_owned()))
+            .collect(),
     };
     (edge, listening)
 }

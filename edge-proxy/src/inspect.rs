@@ -177,6 +177,7 @@ impl Sources {
 impl Collector for Sources {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         self.metrics.encode_routes(&mut encoder)?;
+        self.metrics.encode_ports(&mut encoder)?;
         gauge(
             &mut encoder,
             "edge_requests_in_flight",

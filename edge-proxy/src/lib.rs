@@ -22,6 +22,7 @@
 //! | [`admin`]     | the admin listener: health for probes                      |
 //! | [`tunnel`]    | the gRPC service sidecars dial, live sessions, streams as upstream sockets |
 //! | [`http`]      | a visitor's request: context, phases, forwarding, errors  |
+//! | [`tcp_ports`] | raw TCP ports (`tcp_ports:`), each carried to one service |
 //! | [`reload`]    | applies a new config to the running edge                  |
 //! | [`server`]    | listeners, worker runtimes, shutdown: wires the rest      |
 //!
@@ -39,6 +40,7 @@ pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod shared;
+pub mod tcp_ports;
 pub mod tls;
 pub mod traces;
 pub mod tunnel;

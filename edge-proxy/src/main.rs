@@ -166,6 +166,11 @@ fn run(path: &std::path::Path, threads: usize) -> anyhow::Result<()> {
                 Some(addr) => Some(bind(addr, "listen.admin").await?),
                 None => None,
             };
+            let mut tcp_ports = Vec::new();
+            for port in &config.tcp_ports {
+                let key = format!("tcp_ports {}", port.name);
+                tcp_ports.push((port.name.clone(), bind(port.listen, &key).await?));
+            }
             // One machine-readable line, for scripts and the conformance suite.
             let https_text = match &https {
                 Some(l) => format!(" https={}", l.local_addr()?),
@@ -175,8 +180,12 @@ fn run(path: &std::path::Path, threads: usize) -> anyhow::Result<()> {
                 Some(l) => format!(" admin={}", l.local_addr()?),
                 None => String::new(),
             };
+            let mut ports_text = String::new();
+            for (name, listener) in &tcp_ports {
+                ports_text += &format!(" tcp:{name}={}", listener.local_addr()?);
+            }
             println!(
-                "edge-proxy listening http={}{https_text} tunnel={}{admin_text}",
+                "edge-proxy listening http={}{https_text} tunnel={}{admin_text}{ports_text}",
                 http.local_addr()?,
                 tunnel.local_addr()?
             );
@@ -192,6 +201,7 @@ fn run(path: &std::path::Path, threads: usize) -> anyhow::Result<()> {
                     https,
                     tunnel,
                     admin,
+                    tcp_ports,
                     workers: threads,
                 },
                 shutdown,

@@ -88,6 +88,8 @@ pub struct Finished {
 #[derive(Debug, Default)]
 pub struct Metrics {
     routes: DashMap<u64, Arc<RouteStats>, foldhash::fast::RandomState>,
+    /// `tcp_ports:`, by name.
+    ports: DashMap<Box<str>, Arc<PortStats>>,
     pub reloads_applied: AtomicU64,
     pub reloads_refused: AtomicU64,
 }
@@ -98,7 +100,64 @@ pub struct RouteName<'a> {
     pub route: std::borrow::Cow<'a, str>,
 }
 
+/// What one TCP port (`tcp_ports:`) has carried.
+#[derive(Debug, Default)]
+pub struct PortStats {
+    /// Connections carried to the service.
+    pub connections: AtomicU64,
+    /// Connections closed at once (allow list, limit, no tunnel, the
+    /// service refused).
+    pub refused: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
 impl Metrics {
+    /// The counters of the TCP port `name`.
+    pub fn port(&self, name: &str) -> Arc<PortStats> {
+        if let Some(stats) = self.ports.get(name) {
+            return stats.clone();
+        }
+        self.ports.entry(name.into()).or_default().clone()
+    }
+
+    /// Writes the TCP ports' families.
+    pub fn encode_ports(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
+        let mut ports: Vec<(Box<str>, Arc<PortStats>)> = self
+            .ports
+            .iter()
+            .map(|p| (p.key().clone(), p.value().clone()))
+            .collect();
+        ports.sort_by(|a, b| a.0.cmp(&b.0));
+        let of = |pick: fn(&PortStats) -> &AtomicU64| {
+            ports.iter().map(move |(name, p)| {
+                (
+                    vec![("port", name.to_string())],
+                    pick(p).load(Ordering::Relaxed),
+                )
+            })
+        };
+        counter(
+            encoder,
+            "edge_tcp_port_connections",
+            "Connections a TCP port carried to its service",
+            of(|p| &p.connections),
+        )?;
+        counter(encoder, "edge_tcp_port_refused_connections", "Connections a TCP port closed at once (allow list, limits, no tunnel, the service refused)", of(|p| &p.refused))?;
+        counter(
+            encoder,
+            "edge_tcp_port_received_bytes",
+            "Bytes received from clients on a TCP port",
+            of(|p| &p.bytes_in),
+        )?;
+        counter(
+            encoder,
+            "edge_tcp_port_sent_bytes",
+            "Bytes sent to clients on a TCP port",
+            of(|p| &p.bytes_out),
+        )
+    }
+
     /// Counts a finished request on the route with key `key` (0: a request
     /// refused before it was routed). `name` gives the labels of a route
     /// not seen before.

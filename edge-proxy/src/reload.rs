@@ -98,7 +98,7 @@ impl Reloader {
     }
 
     /// Swaps `new` in atomically: requests already routed keep the settings
-    /// they started with. Listen addresses, the keep-alive pool size and
+    /// they started with. Listen addresses (`tcp_ports` too), the keep-alive pool size and
     /// HTTP/2's idle timeout only change on restart (a warning says so).
     /// Sessions whose token no longer grants their environment are closed.
     pub fn apply(&self, mut new: EdgeConfig, trigger: &str) {
@@ -125,6 +125,15 @@ impl Reloader {
         }
         if old.https_addr != new.https_addr {
             warn!("listen.https changed in the config; it takes effect on restart");
+        }
+        let listeners = |c: &EdgeConfig| -> Vec<_> {
+            c.tcp_ports
+                .iter()
+                .map(|p| (p.name.clone(), p.listen))
+                .collect()
+        };
+        if listeners(&old) != listeners(&new) {
+            warn!("tcp_ports listeners changed in the config; they take effect on restart (targets and allow lists of the ports kept apply now)");
         }
         for warning in &new.warnings {
             warn!("{warning}");

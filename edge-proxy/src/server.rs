@@ -34,6 +34,7 @@ use crate::limits::{self, Gauges, Use};
 use crate::metrics::Metrics;
 use crate::reload::{self, Reloader};
 use crate::shared;
+use crate::tcp_ports::TcpPorts;
 use crate::tls::{self, SniResolver, TunnelTlsState};
 use crate::tunnel::ingress::TunnelIngress;
 use crate::tunnel::registry::{Authorizations, TunnelRegistry};
@@ -63,6 +64,8 @@ pub struct Listeners {
     pub tunnel: TcpListener,
     /// Health for probes (`listen.admin`), if configured.
     pub admin: Option<TcpListener>,
+    /// `tcp_ports:`, by name.
+    pub tcp_ports: Vec<(String, TcpListener)>,
     /// Worker threads (at least 1), each with its own single-threaded
     /// runtime: the caller's runtime is the first. See [`Workers`].
     pub workers: usize,
@@ -152,6 +155,7 @@ impl Edge {
             https,
             tunnel,
             admin,
+            tcp_ports,
             workers,
         } = listeners;
         let health = Arc::new(admin::Health::default());
@@ -268,6 +272,13 @@ impl Edge {
             }),
             tunnel: tunnel_ingress,
             config: self.config.clone(),
+            ports: Arc::new(TcpPorts {
+                config: self.config.clone(),
+                registry: self.registry.clone(),
+                gauges: gauges.clone(),
+                metrics: self.metrics.clone(),
+                in_flight: in_flight.clone(),
+            }),
             gauges,
             shutdown: stop_http_rx,
             stop_accepting: CancellationToken::new(),
@@ -286,6 +297,15 @@ impl Edge {
             acceptors.push(tokio::spawn(accept(
                 https,
                 Handoff::TlsVisitor,
+                workers.queues.clone(),
+                shared.stop_accepting.clone(),
+            )));
+        }
+        for (name, listener) in tcp_ports {
+            let name: Arc<str> = name.into();
+            acceptors.push(tokio::spawn(accept(
+                listener,
+                move |stream, peer| Handoff::TcpPort(stream, peer, name.clone()),
                 workers.queues.clone(),
                 shared.stop_accepting.clone(),
             )));
@@ -403,6 +423,7 @@ struct Shared {
     config: Arc<ArcSwap<EdgeConfig>>,
     /// Open connections per client IP (and the requests' limits).
     gauges: Arc<Gauges>,
+    ports: Arc<TcpPorts>,
     /// Tells Pingora that in-flight requests should wind down.
     shutdown: watch::Receiver<bool>,
     stop_accepting: CancellationToken,
@@ -429,6 +450,8 @@ enum Handoff {
     Visitor(std::net::TcpStream, std::net::SocketAddr),
     TlsVisitor(std::net::TcpStream, std::net::SocketAddr),
     Tunnel(std::net::TcpStream, std::net::SocketAddr),
+    /// On the `tcp_ports:` entry of this name.
+    TcpPort(std::net::TcpStream, std::net::SocketAddr, Arc<str>),
 }
 
 impl Workers {
@@ -474,7 +497,7 @@ impl Workers {
 /// workers in turn.
 async fn accept(
     listener: TcpListener,
-    handoff: fn(std::net::TcpStream, std::net::SocketAddr) -> Handoff,
+    handoff: impl Fn(std::net::TcpStream, std::net::SocketAddr) -> Handoff,
     workers: Vec<mpsc::UnboundedSender<Handoff>>,
     stop: CancellationToken,
 ) {
@@ -525,6 +548,16 @@ async fn run_worker(shared: Shared, mut handoffs: mpsc::UnboundedReceiver<Handof
                         tunnels.spawn(serve_tunnel(stream, peer, shared.clone()));
                     }
                     Err(e) => warn!(error = %e, "cannot register a tunnel connection"),
+                }
+                continue;
+            }
+            Some(Handoff::TcpPort(stream, peer, name)) => {
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => {
+                        let ports = shared.ports.clone();
+                        tokio::spawn(async move { ports.serve(stream, peer, &name).await });
+                    }
+                    Err(e) => warn!(error = %e, "cannot register a TCP port's connection"),
                 }
                 continue;
             }

@@ -25,6 +25,10 @@ const ROOMS: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "tcp_ports",
+        &["limits", "routing", "config", "tunnel", "http", "metrics"],
+    ),
+    (
         "reload",
         &[
             "auth", "limits", "routing", "tls", "config", "shared", "tunnel", "metrics",
@@ -40,8 +44,21 @@ const ROOMS: &[(&str, &[&str])] = &[
     (
         "server",
         &[
-            "auth", "idp", "limits", "routing", "tls", "config", "shared", "tunnel", "http",
-            "reload", "admin", "metrics", "inspect", "traces",
+            "auth",
+            "idp",
+            "limits",
+            "routing",
+            "tls",
+            "config",
+            "shared",
+            "tunnel",
+            "http",
+            "reload",
+            "admin",
+            "metrics",
+            "inspect",
+            "traces",
+            "tcp_ports",
         ],
     ),
 ];

@@ -157,6 +157,7 @@ impl TestEdge {
                 https: None,
                 tunnel,
                 admin: None,
+                tcp_ports: Vec::new(),
                 workers: 1,
             };
             let _ = edge

@@ -91,39 +91,11 @@ fn redis_cli(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-#[test]
-fn redis_cli_and_a_checksummed_transfer_reach_tcp_services_through_the_edge() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_redis, redis_port) = redis_on_tcp(dir.path());
-    let checksum = checksum_service();
-
-    let mut stack = Stack::start();
-    let targets = format!(
-        "  - {{ service: hello, port: 8080, address: {} }}\n\
-         \x20 - {{ service: redis, port: 6379, address: 127.0.0.1:{redis_port}, protocol: tcp }}\n\
-         \x20 - {{ service: bulk, port: 9000, address: {checksum}, protocol: tcp }}\n",
-        stack.upstream_addr
-    );
-    let _sidecar = serve(&mut stack, &targets);
-
-    // redis-cli, a real client of a real server, through the edge.
-    let (_redis_access, port) = access(&stack, &host("redis", 6379), &[]);
-    let cli = |args: &[&str]| redis_cli(port, args);
-    assert_eq!(cli(&["SET", "greeting", "through the tunnel"]), "OK");
-    assert_eq!(cli(&["GET", "greeting"]), "through the tunnel");
-    assert_eq!(cli(&["PING"]), "PONG");
-
-    // Through an HTTP proxy (`--proxy`, or HTTPS_PROXY), as from an office.
-    let proxy = test_support::connect_proxy::ConnectProxy::start();
-    let via = proxy.url(None);
-    let (_proxied, port) = access(&stack, &host("redis", 6379), &["--proxy", &via]);
-    assert_eq!(redis_cli(port, &["GET", "greeting"]), "through the tunnel");
-    let edge = format!("127.0.0.1:{}", stack.http_port);
-    assert_eq!(proxy.targets(), vec![edge]);
-
-    // An upload ended by a half-close, then a download: both intact.
-    let (_bulk_access, port) = access(&stack, &host("bulk", 9000), &[]);
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+/// Uploads [`UPLOAD`] bytes to a [`checksum_service`] at `addr`, ends with
+/// a half-close, and checks both the checksum it answers and the
+/// [`DOWNLOAD`] bytes it sends after.
+fn transfer_intact(addr: impl std::net::ToSocketAddrs) {
+    let mut conn = TcpStream::connect(addr).unwrap();
     let mut reader = conn.try_clone().unwrap();
     let download = std::thread::spawn(move || {
         let mut answer = [0u8; 64];
@@ -156,6 +128,41 @@ fn redis_cli_and_a_checksummed_transfer_reach_tcp_services_through_the_edge() {
         "the upload arrived whole"
     );
     assert_eq!((total, downloaded), (DOWNLOAD, pattern::sha256(DOWNLOAD)));
+}
+
+#[test]
+fn redis_cli_and_a_checksummed_transfer_reach_tcp_services_through_the_edge() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_redis, redis_port) = redis_on_tcp(dir.path());
+    let checksum = checksum_service();
+
+    let mut stack = Stack::start();
+    let targets = format!(
+        "  - {{ service: hello, port: 8080, address: {} }}\n\
+         \x20 - {{ service: redis, port: 6379, address: 127.0.0.1:{redis_port}, protocol: tcp }}\n\
+         \x20 - {{ service: bulk, port: 9000, address: {checksum}, protocol: tcp }}\n",
+        stack.upstream_addr
+    );
+    let _sidecar = serve(&mut stack, &targets);
+
+    // redis-cli, a real client of a real server, through the edge.
+    let (_redis_access, port) = access(&stack, &host("redis", 6379), &[]);
+    let cli = |args: &[&str]| redis_cli(port, args);
+    assert_eq!(cli(&["SET", "greeting", "through the tunnel"]), "OK");
+    assert_eq!(cli(&["GET", "greeting"]), "through the tunnel");
+    assert_eq!(cli(&["PING"]), "PONG");
+
+    // Through an HTTP proxy (`--proxy`, or HTTPS_PROXY), as from an office.
+    let proxy = test_support::connect_proxy::ConnectProxy::start();
+    let via = proxy.url(None);
+    let (_proxied, port) = access(&stack, &host("redis", 6379), &["--proxy", &via]);
+    assert_eq!(redis_cli(port, &["GET", "greeting"]), "through the tunnel");
+    let edge = format!("127.0.0.1:{}", stack.http_port);
+    assert_eq!(proxy.targets(), vec![edge]);
+
+    // An upload ended by a half-close, then a download: both intact.
+    let (_bulk_access, port) = access(&stack, &host("bulk", 9000), &[]);
+    transfer_intact(("127.0.0.1", port));
 
     // Anything but the WebSocket is told how to reach a TCP service.
     let (status, _, body) = exchange(&stack, &host("redis", 6379), "/", &[]);
@@ -426,5 +433,90 @@ fn ssh_reaches_sshd_through_the_edge() {
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "through the edge"
+    );
+}
+
+/// A raw TCP port on the edge (`tcp_ports:`), as rathole and frp expose
+/// ports: redis-cli and the checksummed transfer straight at the edge, no
+/// access client; an address outside `allow` and a service no sidecar
+/// serves are closed at once, each said in the edge's log; the
+/// bytes are logged and counted.
+#[test]
+fn a_tcp_port_on_the_edge_carries_raw_connections_to_its_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_redis, redis_port) = redis_on_tcp(dir.path());
+    let checksum = checksum_service();
+    let port = |name: &str, target: &str, allow: &str| {
+        format!("  - {{ name: {name}, listen: '127.0.0.1:0', target: {ENV}/{target}, allow: [{allow}] }}\n")
+    };
+    let yaml = [
+        "tcp_ports:\n".to_owned(),
+        port("redis", "redis:6379", "'127.0.0.1'"),
+        port("bulk", "bulk:9000", "'127.0.0.0/8', '::1'"),
+        port("elsewhere", "redis:6379", "'10.0.0.0/8'"),
+        port("unlisted", "postgres:5432", "'127.0.0.1'"),
+    ]
+    .concat();
+    let mut stack = Stack::start_with_admin(&yaml);
+    let targets = format!(
+        "  - {{ service: redis, port: 6379, address: 127.0.0.1:{redis_port}, protocol: tcp }}\n\
+         \x20 - {{ service: bulk, port: 9000, address: {checksum}, protocol: tcp }}\n"
+    );
+    let _sidecar = serve(&mut stack, &targets);
+    let addr = |name: &str| -> String {
+        let (_, addr) = stack.tcp_ports.iter().find(|(n, _)| n == name).unwrap();
+        addr.clone()
+    };
+    let port_of = |name: &str| -> u16 { addr(name).rsplit_once(':').unwrap().1.parse().unwrap() };
+
+    let cli = |args: &[&str]| redis_cli(port_of("redis"), args);
+    assert_eq!(cli(&["SET", "greeting", "through a port"]), "OK");
+    assert_eq!(cli(&["GET", "greeting"]), "through a port");
+    let logged = stack.edge.wait_line("tcp connection ", WAIT);
+    assert!(
+        logged.contains("port=\"redis\"") && logged.contains("bytes_in="),
+        "{logged}"
+    );
+    transfer_intact(addr("bulk"));
+
+    // Closed at once, and the log says why.
+    let closed = |name: &str| {
+        let mut conn = TcpStream::connect(addr(name)).unwrap();
+        conn.set_read_timeout(Some(WAIT)).unwrap();
+        let mut buf = [0u8; 16];
+        assert!(
+            matches!(conn.read(&mut buf), Ok(0) | Err(_)),
+            "{name} stayed open"
+        );
+    };
+    closed("elsewhere");
+    let said = stack.edge.wait_line("port=\"elsewhere\"", WAIT);
+    assert!(said.contains("not in the port's allow list"), "{said}");
+    closed("unlisted");
+    let said = stack.edge.wait_line("port=\"unlisted\"", WAIT);
+    assert!(said.contains("tcp connection refused"), "{said}");
+
+    let admin = stack.admin_addr.clone().unwrap();
+    let metrics = String::from_utf8_lossy(
+        &conformance::curl(&["-f", &format!("http://{admin}/metrics")]).stdout,
+    )
+    .into_owned();
+    let value = |series: &str| -> u64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(series))
+            .unwrap_or_else(|| panic!("{series} in {metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value("edge_tcp_port_connections_total{port=\"bulk\"}"), 1);
+    assert!(value("edge_tcp_port_received_bytes_total{port=\"bulk\"}") >= UPLOAD);
+    assert!(value("edge_tcp_port_sent_bytes_total{port=\"bulk\"}") >= DOWNLOAD + 64);
+    assert_eq!(
+        value("edge_tcp_port_refused_connections_total{port=\"elsewhere\"}"),
+        1
+    );
+    assert_eq!(
+        value("edge_tcp_port_refused_connections_total{port=\"unlisted\"}"),
+        1
     );
 }

@@ -22,6 +22,7 @@ use token::TokenHash;
 
 pub mod auth;
 pub mod limits;
+pub mod ports;
 pub mod token;
 mod wasm;
 
@@ -95,6 +96,8 @@ pub mod raw {
         /// How long a shutdown waits for requests in flight.
         pub shutdown_grace: Option<String>,
         pub traces: Option<Traces>,
+        #[serde(default)]
+        pub tcp_ports: Vec<super::ports::raw::TcpPort>,
     }
 
     /// `traces:`: spans exported over OTLP.
@@ -420,6 +423,8 @@ pub struct EdgeConfig {
     pub clusters: Vec<Cluster>,
     /// Custom-domain rules, tried before preview URLs.
     pub routes: RouteTable,
+    /// `tcp_ports:`: raw TCP ports, each carried to one service.
+    pub tcp_ports: Vec<ports::TcpPort>,
     /// Rate limits and concurrency caps (routes carry their own).
     pub limits: crate::limits::LimitSet,
     /// `header_policy:`, for requests no route names (`None`: nothing to
@@ -873,6 +878,17 @@ fn validate(mut raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<Strin
         base,
         &mut problems,
     );
+    let tcp_ports = ports::validate(
+        raw.tcp_ports,
+        &owner_of_env,
+        &[
+            ("listen.http", http_addr),
+            ("listen.https", https_addr),
+            ("listen.tunnel", tunnel_addr),
+            ("listen.admin", admin_addr),
+        ],
+        &mut problems,
+    );
     let mut trusted_proxies = Vec::new();
     for (i, cidr) in raw.forwarding.trusted_proxies.iter().enumerate() {
         let parsed = cidr
@@ -1126,6 +1142,7 @@ fn validate(mut raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<Strin
         proxy_protocol: raw.visitors.proxy_protocol,
         redis,
         routes,
+        tcp_ports,
         header_policy: in_force(default_policy),
         auth,
         trusted_proxies,
@@ -1525,14 +1542,14 @@ fn socket_addr(value: &str, path: &str, problems: &mut Vec<String>) -> Option<So
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// A certificate for test.preview.test and its key.
     const TEST_CERT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/test-cert.pem");
     const TEST_KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/test-key.pem");
 
-    const GOOD: &str = r#"
+    pub(in crate::config) const GOOD: &str = r#"
 listen:
   http: 127.0.0.1:8080
   tunnel: 127.0.0.1:7000

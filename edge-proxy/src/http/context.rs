@@ -158,11 +158,12 @@ pub fn is_grpc(req: &RequestHeader) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
-/// Counts a request as in progress for as long as it lives.
-struct InFlight(Arc<AtomicUsize>);
+/// Counts a request (or a TCP port's connection) as in progress for as
+/// long as it lives.
+pub struct InFlight(Arc<AtomicUsize>);
 
 impl InFlight {
-    fn new(counter: &Arc<AtomicUsize>) -> Self {
+    pub fn new(counter: &Arc<AtomicUsize>) -> Self {
         counter.fetch_add(1, Ordering::Relaxed);
         Self(counter.clone())
     }

@@ -101,18 +101,22 @@ impl TunnelConnector {
     }
 }
 
+impl TunnelConnector {
+    /// A stream to the service, as a socket (a TCP port's connection).
+    pub async fn socket(&self) -> Result<TunnelSocket, TunnelError> {
+        Ok(TunnelSocket {
+            io: StreamIo::new(self.open().await?),
+            ending: Box::pin(self.session.streams_ending()),
+            session: self.session.clone(),
+        })
+    }
+}
+
 #[async_trait]
 impl L4Connect for TunnelConnector {
     async fn connect(&self, _addr: &SocketAddr) -> pingora_error::Result<Stream> {
-        match self.open().await {
-            Ok(stream) => {
-                let socket = TunnelSocket {
-                    io: StreamIo::new(stream),
-                    ending: Box::pin(self.session.streams_ending()),
-                    session: self.session.clone(),
-                };
-                Ok(Stream::from(VirtualSocketStream::new(Box::new(socket))))
-            }
+        match self.socket().await {
+            Ok(socket) => Ok(Stream::from(VirtualSocketStream::new(Box::new(socket)))),
             Err(e) => {
                 let etype = match e {
                     TunnelError::ConnectTimeout(_) => ErrorType::ConnectTimedout,
