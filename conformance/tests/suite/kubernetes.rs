@@ -162,8 +162,11 @@ fn an_agent_routes_its_namespaces_ingresses_and_keeps_them_in_sync() {
             ],
         ),
     );
-    routed(http_port, "app.team1.example.test", "/headers", "200");
-    docs.wait_line("request GET /headers", Duration::from_secs(5));
+    // The old rule answers 200 too: wait for the request to reach docs.
+    until_blocking("app.team1.example.test/headers reaches docs", || {
+        status(http_port, "app.team1.example.test", "/headers") == "200"
+            && docs.output().contains("request GET /headers")
+    });
     // Exact means exact: /headers/x is web's (which has no such page).
     assert_eq!(
         status(http_port, "app.team1.example.test", "/headers/x"),
