@@ -15,6 +15,10 @@ use pingora_proxy::Session;
 use super::context::RequestCtx;
 use super::failure::{ErrorKind, Failure};
 
+/// draft-ietf-httpapi-ratelimit-headers-10's fields.
+static RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
+
 /// How an error is written for the client that will read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -50,16 +54,30 @@ pub fn accepts_html(req: &RequestHeader) -> bool {
 
 /// The JSON body of an error response.
 pub fn body(failure: &Failure, request_id: &str) -> Bytes {
-    let body = serde_json::json!({
-        "error": {
-            "code": failure.kind.code(),
-            "status": failure.kind.status(),
-            "message": failure.message,
-            "hop": failure.hop.as_str(),
-            "request_id": request_id,
-        }
-    });
-    Bytes::from(body.to_string())
+    // Written straight from borrowed fields: a `json!` value built a map
+    // of owned strings first, half the cost of a refusal.
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        error: Fields<'a>,
+    }
+    #[derive(serde::Serialize)]
+    struct Fields<'a> {
+        code: &'a str,
+        status: u16,
+        message: &'a str,
+        hop: &'a str,
+        request_id: &'a str,
+    }
+    let body = Body {
+        error: Fields {
+            code: failure.kind.code(),
+            status: failure.kind.status(),
+            message: &failure.message,
+            hop: failure.hop.as_str(),
+            request_id,
+        },
+    };
+    Bytes::from(serde_json::to_vec(&body).expect("strings and a number serialize"))
 }
 
 /// The HTML page for a browser: the same facts, readable.
@@ -146,32 +164,35 @@ pub fn render(failure: &Failure, request_id: &str, format: Format) -> (ResponseH
             body(failure, request_id),
         ),
     };
-    let mut header = ResponseHeader::build(status, Some(8)).expect("a valid status");
-    let _ = header.insert_header("content-type", content_type);
+    // Names as constants (no parsing), no case map (they go out
+    // lowercase, as the services' responses do).
+    use http::header::{self, HeaderValue};
+    let mut header = ResponseHeader::build_no_case(status, Some(8)).expect("a valid status");
+    let _ = header.insert_header(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     if format == Format::Grpc {
         let _ = header.insert_header("grpc-status", failure.kind.grpc_status().to_string());
         let _ = header.insert_header("grpc-message", grpc_message(failure, request_id));
     } else {
-        let _ = header.insert_header("content-length", body.len().to_string());
-        let _ = header.insert_header("cache-control", "no-store");
+        let _ = header.insert_header(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let _ = header.insert_header(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
-    let _ = header.insert_header("x-request-id", request_id);
+    let _ = header.insert_header(&super::forwarding::X_REQUEST_ID, request_id);
     match failure.kind {
         ErrorKind::TunnelUnavailable => {
-            let _ = header.insert_header("retry-after", "5");
+            let _ = header.insert_header(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         ErrorKind::LimitsUnavailable => {
-            let _ = header.insert_header("retry-after", "1");
+            let _ = header.insert_header(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         _ => {}
     }
     if let Some(refusal) = &failure.refusal {
-        let _ = header.insert_header("retry-after", refusal.retry_after.to_string());
-        let _ = header.insert_header("ratelimit-policy", &refusal.policy);
-        let _ = header.insert_header("ratelimit", &refusal.state);
+        let _ = header.insert_header(header::RETRY_AFTER, HeaderValue::from(refusal.retry_after));
+        let _ = header.insert_header(&RATELIMIT_POLICY, &refusal.policy);
+        let _ = header.insert_header(&RATELIMIT, &refusal.state);
     }
     if let Some(challenge) = challenge(failure) {
-        let _ = header.insert_header("www-authenticate", challenge);
+        let _ = header.insert_header(header::WWW_AUTHENTICATE, challenge);
     }
     (header, body)
 }

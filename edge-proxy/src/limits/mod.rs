@@ -121,6 +121,8 @@ pub struct RateLimit {
     /// but different owners never share state.
     pub owner: Option<Arc<str>>,
     state: Arc<Keyed>,
+    /// `RateLimit-Policy`, written once (a refusal copies it).
+    policy: String,
 }
 
 impl std::fmt::Debug for RateLimit {
@@ -167,13 +169,16 @@ impl Refused {
 impl RateLimit {
     pub fn new(scope: Scope, rate: Rate, dry_run: bool, owner: Option<Arc<str>>) -> Self {
         let state = Keyed::dashmap_with_hasher(rate.quota(), Default::default());
-        Self {
+        let mut limit = Self {
             scope,
             rate,
             dry_run,
             owner,
             state: Arc::new(state),
-        }
+            policy: String::new(),
+        };
+        limit.policy = limit.write_policy();
+        limit
     }
 
     /// Takes over `old`'s counts when it is the same limit (scope, rate and
@@ -202,13 +207,17 @@ impl RateLimit {
             scope: self.scope,
             concurrency: false,
             retry_after,
-            policy: self.policy(),
+            policy: self.policy.clone(),
             dry_run: self.dry_run,
         }
     }
 
     /// `RateLimit-Policy`: `"<scope>";q=<rate>;w=<period seconds>`.
-    pub fn policy(&self) -> String {
+    pub fn policy(&self) -> &str {
+        &self.policy
+    }
+
+    fn write_policy(&self) -> String {
         let mut policy = format!(
             "\"{}\";q={};w={}",
             self.scope.as_str(),
