@@ -889,18 +889,11 @@ fn validate(mut raw: raw::EdgeFile, base: &Path) -> Result<EdgeConfig, Vec<Strin
         ],
         &mut problems,
     );
-    let mut trusted_proxies = Vec::new();
-    for (i, cidr) in raw.forwarding.trusted_proxies.iter().enumerate() {
-        let parsed = cidr
-            .parse::<ipnet::IpNet>()
-            .or_else(|_| cidr.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
-        match parsed {
-            Ok(net) => trusted_proxies.push(net),
-            Err(_) => problems.push(format!(
-                "forwarding.trusted_proxies[{i}]: {cidr:?} is not an IP address or CIDR (e.g. 10.0.0.0/8)"
-            )),
-        }
-    }
+    let trusted_proxies = cidrs(
+        &raw.forwarding.trusted_proxies,
+        "forwarding.trusted_proxies",
+        &mut problems,
+    );
 
     let idle_streams = raw.tunnel.idle_streams.unwrap_or(DEFAULT_IDLE_STREAMS);
     if !(1..=1024).contains(&idle_streams) {
@@ -1344,20 +1337,7 @@ fn validate_routes(
                 path_of("path")
             ));
         }
-        let target = parse_target(&r.target);
-        match &target {
-            None => problems.push(format!(
-                "{}: {:?} is not environment/service:port (e.g. prod/web:8080)",
-                path_of("target"),
-                r.target
-            )),
-            Some(t) if !owner_of_env.contains_key(&t.environment) => problems.push(format!(
-                "{}: environment {:?} is not listed in any clusters[].environments",
-                path_of("target"),
-                t.environment
-            )),
-            _ => {}
-        }
+        let target = target(&r.target, &path_of("target"), owner_of_env, problems);
         let connect_timeout = r.timeouts.connect.as_ref().map(|_| {
             duration(
                 &r.timeouts.connect,
@@ -1518,6 +1498,45 @@ fn validate_route_upstream(
 }
 
 /// `environment/service:port` → the service it names.
+/// `environment/service:port` at `path`, whose environment a cluster
+/// lists.
+fn target(
+    value: &str,
+    path: &str,
+    owner_of_env: &HashMap<String, String>,
+    problems: &mut Vec<String>,
+) -> Option<ServiceRef> {
+    let target = parse_target(value);
+    match &target {
+        None => problems.push(format!(
+            "{path}: {value:?} is not environment/service:port (e.g. prod/web:8080)"
+        )),
+        Some(t) if !owner_of_env.contains_key(&t.environment) => problems.push(format!(
+            "{path}: environment {:?} is not listed in any clusters[].environments",
+            t.environment
+        )),
+        _ => {}
+    }
+    target
+}
+
+/// IP addresses or CIDRs at `path`; each bad one named by its index.
+fn cidrs(list: &[String], path: &str, problems: &mut Vec<String>) -> Vec<ipnet::IpNet> {
+    let mut nets = Vec::new();
+    for (i, cidr) in list.iter().enumerate() {
+        let parsed = cidr
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| cidr.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(net) => nets.push(net),
+            Err(_) => problems.push(format!(
+                "{path}[{i}]: {cidr:?} is not an IP address or CIDR (e.g. 10.0.0.0/8)"
+            )),
+        }
+    }
+    nets
+}
+
 fn parse_target(s: &str) -> Option<ServiceRef> {
     let (environment, rest) = s.trim().split_once('/')?;
     let (service, port) = rest.rsplit_once(':')?;

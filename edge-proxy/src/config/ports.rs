@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use yaml_config::is_label;
 
-use super::{parse_target, socket_addr};
+use super::{cidrs, socket_addr, target};
 use crate::routing::preview::ServiceRef;
 
 pub mod raw {
@@ -85,20 +85,7 @@ pub fn validate(
                 problems.push(format!("{}: {addr} is {other} too", at("listen")));
             }
         }
-        let target = parse_target(&p.target);
-        match &target {
-            None => problems.push(format!(
-                "{}: {:?} is not environment/service:port (e.g. prod/postgres:5432)",
-                at("target"),
-                p.target
-            )),
-            Some(t) if !owner_of_env.contains_key(&t.environment) => problems.push(format!(
-                "{}: environment {:?} is not listed in any clusters[].environments",
-                at("target"),
-                t.environment
-            )),
-            _ => {}
-        }
+        let target = target(&p.target, &at("target"), owner_of_env, problems);
         let allow = match &p.allow {
             None => {
                 problems.push(format!(
@@ -108,22 +95,7 @@ pub fn validate(
                 ));
                 Vec::new()
             }
-            Some(list) => list
-                .iter()
-                .enumerate()
-                .filter_map(|(j, cidr)| {
-                    let parsed = cidr
-                        .parse::<IpNet>()
-                        .or_else(|_| cidr.parse::<std::net::IpAddr>().map(IpNet::from));
-                    if parsed.is_err() {
-                        problems.push(format!(
-                            "{}[{j}]: {cidr:?} is not an IP address or CIDR (e.g. 10.0.0.0/8)",
-                            at("allow")
-                        ));
-                    }
-                    parsed.ok()
-                })
-                .collect(),
+            Some(list) => cidrs(list, &at("allow"), problems),
         };
         if let (Some(listen), Some(target)) = (listen, target) {
             ports.push(TcpPort {
