@@ -143,7 +143,12 @@ impl Metrics {
             "Connections a TCP port carried to its service",
             of(|p| &p.connections),
         )?;
-        counter(encoder, "edge_tcp_port_refused_connections", "Connections a TCP port closed at once (allow list, limits, no tunnel, the service refused)", of(|p| &p.refused))?;
+        counter(
+            encoder,
+            "edge_tcp_port_refused_connections",
+            "Connections a TCP port closed at once (allow list, limits, no tunnel, the service refused)",
+            of(|p| &p.refused),
+        )?;
         counter(
             encoder,
             "edge_tcp_port_received_bytes",

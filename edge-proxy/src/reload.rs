@@ -98,8 +98,9 @@ impl Reloader {
     }
 
     /// Swaps `new` in atomically: requests already routed keep the settings
-    /// they started with. Listen addresses (`tcp_ports` too), the keep-alive pool size and
-    /// HTTP/2's idle timeout only change on restart (a warning says so).
+    /// they started with. Listen addresses (`tcp_ports`' too), the keep-alive
+    /// pool size and HTTP/2's idle timeout only change on restart (a warning
+    /// says so).
     /// Sessions whose token no longer grants their environment are closed.
     pub fn apply(&self, mut new: EdgeConfig, trigger: &str) {
         let old = self.config.load();

@@ -53,8 +53,7 @@ impl TcpPorts {
                 "tcp connection closed: the port is no longer in the config"
             );
         };
-        let t = &port.target;
-        let target = format!("{}/{}:{}", t.environment, t.service, t.port);
+        let target = port.target.to_string();
         let stats = self.metrics.port(name);
         let id = new_request_id();
         let refused = |reason: &dyn std::fmt::Display| {

@@ -1497,7 +1497,6 @@ fn validate_route_upstream(
     Some(protocol)
 }
 
-/// `environment/service:port` → the service it names.
 /// `environment/service:port` at `path`, whose environment a cluster
 /// lists.
 fn target(
@@ -1537,6 +1536,7 @@ fn cidrs(list: &[String], path: &str, problems: &mut Vec<String>) -> Vec<ipnet::
     nets
 }
 
+/// `environment/service:port` → the service it names.
 fn parse_target(s: &str) -> Option<ServiceRef> {
     let (environment, rest) = s.trim().split_once('/')?;
     let (service, port) = rest.rsplit_once(':')?;

@@ -132,13 +132,7 @@ fn shared_value(scope: Scope, ctx: &RequestCtx, target: &Target) -> String {
     match scope {
         Scope::Route => match &target.route_id {
             Some(id) => id.to_string(),
-            None => {
-                let service = &target.service;
-                format!(
-                    "{}/{}:{}",
-                    service.environment, service.service, service.port
-                )
-            }
+            None => target.service.to_string(),
         },
         Scope::Environment => session.environment.clone(),
         Scope::Cluster => session.cluster.clone(),

@@ -166,19 +166,32 @@ impl Refused {
     }
 }
 
+/// `RateLimit-Policy`: `"<scope>";q=<rate>;w=<period seconds>`.
+fn policy(scope: Scope, rate: &Rate) -> String {
+    let mut policy = format!(
+        "\"{}\";q={};w={}",
+        scope.as_str(),
+        rate.rate,
+        rate.period.as_secs().max(1)
+    );
+    if rate.burst != rate.rate {
+        // Not a draft parameter: clients ignore what they do not know.
+        let _ = write!(policy, ";burst={}", rate.burst);
+    }
+    policy
+}
+
 impl RateLimit {
     pub fn new(scope: Scope, rate: Rate, dry_run: bool, owner: Option<Arc<str>>) -> Self {
         let state = Keyed::dashmap_with_hasher(rate.quota(), Default::default());
-        let mut limit = Self {
+        Self {
+            policy: policy(scope, &rate),
             scope,
             rate,
             dry_run,
             owner,
             state: Arc::new(state),
-            policy: String::new(),
-        };
-        limit.policy = limit.write_policy();
-        limit
+        }
     }
 
     /// Takes over `old`'s counts when it is the same limit (scope, rate and
@@ -210,25 +223,6 @@ impl RateLimit {
             policy: self.policy.clone(),
             dry_run: self.dry_run,
         }
-    }
-
-    /// `RateLimit-Policy`: `"<scope>";q=<rate>;w=<period seconds>`.
-    pub fn policy(&self) -> &str {
-        &self.policy
-    }
-
-    fn write_policy(&self) -> String {
-        let mut policy = format!(
-            "\"{}\";q={};w={}",
-            self.scope.as_str(),
-            self.rate.rate,
-            self.rate.period.as_secs().max(1)
-        );
-        if self.rate.burst != self.rate.rate {
-            // Not a draft parameter: clients ignore what they do not know.
-            let _ = write!(policy, ";burst={}", self.rate.burst);
-        }
-        policy
     }
 
     /// Forgets keys whose state is that of a fresh key (bounds memory to

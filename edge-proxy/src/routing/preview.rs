@@ -16,6 +16,13 @@ pub struct ServiceRef {
     pub environment: String,
 }
 
+/// `environment/service:port`, as `routes[].target` names it.
+impl std::fmt::Display for ServiceRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}:{}", self.environment, self.service, self.port)
+    }
+}
+
 impl ServiceRef {
     /// Resolves a `Host` header value (which may carry a port) against the
     /// preview domains.

@@ -99,9 +99,7 @@ impl TunnelConnector {
         }
         Err(TunnelError::Broken)
     }
-}
 
-impl TunnelConnector {
     /// A stream to the service, as a socket (a TCP port's connection).
     pub async fn socket(&self) -> Result<TunnelSocket, TunnelError> {
         Ok(TunnelSocket {
