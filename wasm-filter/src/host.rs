@@ -2,8 +2,9 @@
 //!
 //! The SDK's helpers copy every header into its own `String` and `Vec`; a
 //! request then costs the filter a hundred allocations, its largest cost.
-//! Here a map is read as the one serialized buffer the host hands over,
-//! parsed in place, and edits are appended to that buffer.
+//! Here a map is read as the one serialized buffer the host hands over and
+//! parsed in place; the names, and what the filter adds, go to buffers
+//! reused from one map to the next.
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MapType;
@@ -64,27 +65,50 @@ pub fn property(path: &[u8]) -> Option<String> {
 
 #[derive(Clone, Copy)]
 struct Field {
+    /// In `names`.
     name: (u32, u32),
+    /// In the host's buffer, or in `added` for a field the filter added.
     value: (u32, u32),
+    added: bool,
     live: bool,
 }
 
-/// One of the host's maps: its serialized form, parsed in place, kept in
-/// step with the edits sent to the host (single-header calls, so nothing
-/// else in the host's map moves).
+/// One of the host's maps: its serialized form, parsed in place (names
+/// copied out once, lowercased and checked as text together), kept in step
+/// with the edits sent to the host (single-header calls, so nothing else
+/// in the host's map moves).
 pub struct HostHeaders {
     map: MapType,
     buf: Vec<u8>,
     fields: Vec<Field>,
+    names: String,
+    added: Vec<u8>,
+}
+
+/// Room for the fields, names and values a policy adds, so that its edits
+/// do not grow the buffers.
+const ROOM_FIELDS: usize = 8;
+const ROOM_BYTES: usize = 256;
+
+thread_local! {
+    /// The last map's buffers (emptied), reused by the next: a request's
+    /// maps allocate nothing but the host's serialized copy.
+    static SPARE: std::cell::RefCell<Option<(Vec<Field>, String, Vec<u8>)>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 impl HostHeaders {
     pub fn read(map: MapType) -> Self {
         let buf = ffi::map(map as u32).unwrap_or_default();
+        let (fields, names, added) = SPARE
+            .with(|s| s.borrow_mut().take())
+            .unwrap_or_else(|| (Vec::new(), String::new(), Vec::with_capacity(ROOM_BYTES)));
         let mut h = HostHeaders {
             map,
             buf,
-            fields: Vec::new(),
+            fields,
+            names,
+            added,
         };
         h.parse();
         h
@@ -93,66 +117,99 @@ impl HostHeaders {
     /// The layout: a u32 count, (name, value) length pairs, then each name
     /// and value followed by NUL. A malformed map reads as empty.
     fn parse(&mut self) {
-        let buf = &mut self.buf;
-        let word = |b: &[u8], at: usize| -> Option<u32> {
-            Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+        let buf = &self.buf;
+        let word = |at: usize| -> Option<u32> {
+            Some(u32::from_le_bytes(buf.get(at..at + 4)?.try_into().ok()?))
         };
-        let Some(count) = word(buf, 0) else { return };
-        let mut at = 4 + count as usize * 8;
-        let mut fields = Vec::with_capacity(count as usize);
-        for i in 0..count as usize {
-            let (Some(n), Some(v)) = (word(buf, 4 + i * 8), word(buf, 8 + i * 8)) else {
-                return;
+        let Some(count) = word(0) else { return };
+        let count = count as usize;
+        let mut names = std::mem::take(&mut self.names).into_bytes();
+        // A field takes ten bytes at least: a bogus count reserves no more.
+        self.fields.reserve(count.min(buf.len() / 10) + ROOM_FIELDS);
+        let mut at = 4usize.saturating_add(count.saturating_mul(8));
+        for i in 0..count {
+            let (Some(n), Some(v)) = (word(4 + i * 8), word(8 + i * 8)) else {
+                self.fields.clear();
+                break;
             };
-            let name = (at as u32, n);
-            at += n as usize + 1;
-            let value = (at as u32, v);
-            at += v as usize + 1;
-            if at > buf.len() {
-                return;
+            let (n, v) = (n as usize, v as usize);
+            let value_at = at.saturating_add(n).saturating_add(1);
+            let (name, end) = (
+                at..at.saturating_add(n),
+                value_at.saturating_add(v).saturating_add(1),
+            );
+            if end > buf.len() {
+                self.fields.clear();
+                break;
             }
-            fields.push(Field {
-                name,
-                value,
+            at = end;
+            let name = &buf[name];
+            let start = names.len() as u32;
+            names.extend_from_slice(name);
+            self.fields.push(Field {
+                name: (start, n as u32),
+                value: (value_at as u32, v as u32),
+                added: false,
                 live: true,
             });
         }
-        for f in &fields {
-            buf[range(f.name)].make_ascii_lowercase();
+        names.reserve(ROOM_BYTES);
+        match String::from_utf8(names) {
+            Ok(mut text) => {
+                text.make_ascii_lowercase();
+                self.names = text;
+            }
+            // No host sends a name that is not a token.
+            Err(_) => self.fields.clear(),
         }
-        self.fields = fields;
-    }
-
-    fn bytes(&self, r: (u32, u32)) -> &[u8] {
-        &self.buf[range(r)]
     }
 
     fn name(&self, f: &Field) -> &str {
-        std::str::from_utf8(self.bytes(f.name)).unwrap_or_default()
+        self.names.get(range(f.name)).unwrap_or_default()
     }
 
-    fn push(&mut self, bytes: &[u8]) -> (u32, u32) {
-        let start = self.buf.len() as u32;
-        self.buf.extend_from_slice(bytes);
-        (start, bytes.len() as u32)
+    fn value(&self, f: &Field) -> &[u8] {
+        if f.added {
+            &self.added[range(f.value)]
+        } else {
+            &self.buf[range(f.value)]
+        }
     }
 
     fn kill(&mut self, name: &str) {
         for i in 0..self.fields.len() {
-            if self.fields[i].live && self.bytes(self.fields[i].name) == name.as_bytes() {
+            let f = self.fields[i];
+            if f.live && self.name(&f) == name {
                 self.fields[i].live = false;
             }
         }
     }
 
     fn add(&mut self, name: &str, value: &[u8]) {
-        let name = self.push(name.as_bytes());
-        let value = self.push(value);
+        let name_at = (self.names.len() as u32, name.len() as u32);
+        self.names.push_str(name);
+        let value_at = (self.added.len() as u32, value.len() as u32);
+        self.added.extend_from_slice(value);
         self.fields.push(Field {
-            name,
-            value,
+            name: name_at,
+            value: value_at,
+            added: true,
             live: true,
         });
+    }
+}
+
+impl Drop for HostHeaders {
+    fn drop(&mut self) {
+        let (mut fields, mut names, mut added) = (
+            std::mem::take(&mut self.fields),
+            std::mem::take(&mut self.names),
+            std::mem::take(&mut self.added),
+        );
+        fields.clear();
+        names.clear();
+        added.clear();
+        SPARE.with(|s| *s.borrow_mut() = Some((fields, names, added)));
     }
 }
 
@@ -164,15 +221,15 @@ impl header_policy::Headers for HostHeaders {
     fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
         self.fields
             .iter()
-            .filter(move |f| f.live && self.bytes(f.name) == name.as_bytes())
-            .map(|f| self.bytes(f.value))
+            .filter(move |f| f.live && self.name(f) == name)
+            .map(|f| self.value(f))
     }
 
     fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
         self.fields
             .iter()
             .filter(|f| f.live)
-            .map(|f| (self.name(f), self.bytes(f.value)))
+            .map(|f| (self.name(f), self.value(f)))
     }
 
     fn set(&mut self, name: &str, value: &[u8]) {

@@ -34,8 +34,8 @@ pub mod validate;
 pub use config::RawPolicy;
 pub use cors::DEFAULT_ALLOW_METHODS;
 pub use headers::{
-    is_field_value, is_managed, is_token, single_value, HeaderList, Headers, Name, Value,
-    MANAGED_NAMES,
+    is_field_value, is_managed, is_token, is_token_bytes, single_value, HeaderList, Headers, Name,
+    Value, MANAGED_NAMES,
 };
 pub use policy::{Claims, Decision, LocalResponse, Needs, Policy, RequestFacts};
 pub use security::{

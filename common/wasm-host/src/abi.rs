@@ -143,7 +143,7 @@ pub(crate) fn put(memory: &mut [u8], ptr: i32, bytes: &[u8]) -> bool {
 
 /// A header name a filter may write: an RFC 9110 token.
 pub(crate) fn is_header_name(name: &[u8]) -> bool {
-    std::str::from_utf8(name).is_ok_and(header_policy::is_token)
+    header_policy::is_token_bytes(name)
 }
 
 /// A header value a filter may write: no control characters but tab

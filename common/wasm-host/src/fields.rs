@@ -62,7 +62,7 @@ impl FieldMap {
     }
 
     fn push_field(&mut self, name: &[u8], value: &[u8], pseudo: bool) {
-        let name = self.push(name);
+        let name = self.push_lower(name);
         let value = self.push(value);
         self.fields.push(Field {
             name,
@@ -95,9 +95,9 @@ impl FieldMap {
     }
 
     fn push_lower(&mut self, bytes: &[u8]) -> (u32, u32) {
-        let start = self.buf.len() as u32;
-        self.buf.extend(bytes.iter().map(u8::to_ascii_lowercase));
-        (start, bytes.len() as u32)
+        let at = self.push(bytes);
+        self.buf[range(at)].make_ascii_lowercase();
+        at
     }
 
     fn bytes(&self, r: (u32, u32)) -> &[u8] {
@@ -148,8 +148,8 @@ impl FieldMap {
 
     /// Every value of `name` replaced by `value`.
     pub(crate) fn set(&mut self, name: &[u8], value: &[u8]) {
-        self.kill(name);
         let name = self.push_lower(name);
+        self.kill(name);
         let value = self.push(value);
         self.fields.push(Field {
             name,
@@ -162,12 +162,13 @@ impl FieldMap {
     }
 
     pub(crate) fn remove(&mut self, name: &[u8]) {
-        if self.kill(name) {
-            let name = self.push_lower(name);
-            self.journal.push(Op::Remove { name });
+        let lower = self.push_lower(name);
+        if self.kill(lower) {
+            self.journal.push(Op::Remove { name: lower });
+        } else {
+            self.buf.truncate(lower.0 as usize);
         }
     }
-
     /// Replaces every field but the pseudo-headers.
     pub(crate) fn replace_all(&mut self, pairs: &[(&[u8], &[u8])]) {
         for f in &mut self.fields {
@@ -182,12 +183,14 @@ impl FieldMap {
         }
     }
 
-    /// Marks every field named `name` dead; whether there was one.
-    fn kill(&mut self, name: &[u8]) -> bool {
+    /// Marks every field named `name` (lowercase, in the buffer) dead;
+    /// whether there was one. Every name in the map is lowercase: the
+    /// embedder's come so, the guest's were lowered when written.
+    fn kill(&mut self, name: (u32, u32)) -> bool {
         let mut any = false;
         for i in 0..self.fields.len() {
             let f = self.fields[i];
-            if f.live && !f.pseudo && self.buf[range(f.name)].eq_ignore_ascii_case(name) {
+            if f.live && !f.pseudo && f.name.1 == name.1 && self.bytes(f.name) == self.bytes(name) {
                 self.fields[i].live = false;
                 self.size -= (f.name.1 + f.value.1) as usize;
                 any = true;

@@ -37,11 +37,34 @@ pub struct StreamInfo<'a> {
     pub extra: &'a [(&'a str, &'a [u8])],
 }
 
-/// Paths (segments joined by NUL, as the guest sends them) and values.
+/// The properties every stream has, by path (segments joined by NUL, as
+/// the guest sends them): their paths are constants, so loading a stream's
+/// copies only the values.
+const FIXED: [&[u8]; 11] = [
+    b"request\0method",
+    b"request\0host",
+    b"request\0path",
+    b"request\0url_path",
+    b"request\0scheme",
+    b"request\0protocol",
+    b"request\0id",
+    b"source\0port",
+    b"destination\0port",
+    b"xds\0route_name",
+    b"response\0code",
+];
+/// `route_name` is `xds.route_name` by its other name.
+const ROUTE: usize = 9;
+
+/// The properties of the stream a callback runs for: values in one
+/// reusable buffer, copied per callback.
 #[derive(Debug, Default)]
 pub(crate) struct PropertyTable {
     buf: Vec<u8>,
-    entries: Vec<((u32, u32), (u32, u32))>,
+    /// Where each of [`FIXED`] is in `buf`; `None`: not found.
+    fixed: [Option<(u32, u32)>; FIXED.len()],
+    /// Claims and extra properties: (path, value).
+    other: Vec<((u32, u32), (u32, u32))>,
     /// Addresses are formatted only when asked for.
     source: Option<SocketAddr>,
     destination: Option<SocketAddr>,
@@ -51,77 +74,70 @@ pub(crate) struct PropertyTable {
 impl PropertyTable {
     pub(crate) fn load(&mut self, info: &StreamInfo<'_>) {
         self.buf.clear();
-        self.entries.clear();
-        self.text(&[b"request", b"method"], info.method);
-        self.text(&[b"request", b"host"], info.authority);
-        self.text(&[b"request", b"path"], info.path);
+        self.other.clear();
         let url_path = info.path.split_once('?').map_or(info.path, |(p, _)| p);
-        self.text(&[b"request", b"url_path"], url_path);
-        self.text(&[b"request", b"scheme"], info.scheme);
-        self.text(&[b"request", b"protocol"], info.protocol);
-        self.text(&[b"request", b"id"], info.request_id.unwrap_or_default());
-        self.source = info.source;
-        self.destination = info.destination;
-        for (name, addr) in [
-            (&b"source"[..], info.source),
-            (b"destination", info.destination),
-        ] {
-            if let Some(addr) = addr {
-                self.entry(&[name, b"port"], |buf| {
-                    buf.extend_from_slice(&i64::from(addr.port()).to_le_bytes())
-                });
-            }
-        }
-        if let Some(route) = info.route_name {
-            self.text(&[b"xds", b"route_name"], route);
-            self.text(&[b"route_name"], route);
-        }
-        if let Some(code) = info.response_code {
-            self.entry(&[b"response", b"code"], |buf| {
-                buf.extend_from_slice(&i64::from(code).to_le_bytes())
+        let port = |a: Option<SocketAddr>| a.map(|a| i64::from(a.port()).to_le_bytes());
+        let (source_port, destination_port) = (port(info.source), port(info.destination));
+        let code = info.response_code.map(|c| i64::from(c).to_le_bytes());
+        let values: [Option<&[u8]>; FIXED.len()] = [
+            Some(info.method.as_bytes()),
+            Some(info.authority.as_bytes()),
+            Some(info.path.as_bytes()),
+            Some(url_path.as_bytes()),
+            Some(info.scheme.as_bytes()),
+            Some(info.protocol.as_bytes()),
+            info.request_id.map(str::as_bytes),
+            source_port.as_ref().map(|p| &p[..]),
+            destination_port.as_ref().map(|p| &p[..]),
+            info.route_name.map(str::as_bytes),
+            code.as_ref().map(|c| &c[..]),
+        ];
+        for (slot, value) in self.fixed.iter_mut().zip(values) {
+            *slot = value.filter(|v| !v.is_empty()).map(|v| {
+                let start = self.buf.len() as u32;
+                self.buf.extend_from_slice(v);
+                (start, v.len() as u32)
             });
         }
-        for (name, value) in info.claims {
-            self.text(&[b"identity", b"claims", name.as_bytes()], value);
+        self.source = info.source;
+        self.destination = info.destination;
+        let claims = info.claims.iter().map(|(name, value)| {
+            (
+                [&b"identity\0claims\0"[..], name.as_bytes()],
+                value.as_bytes(),
+            )
+        });
+        for (path, value) in claims {
+            let key = self.push(path.into_iter().flatten().copied());
+            let value = self.push(value.iter().copied());
+            self.other.push((key, value));
         }
         for (path, value) in info.extra {
-            let start = self.buf.len() as u32;
-            self.buf
-                .extend(path.bytes().map(|b| if b == b'.' { 0 } else { b }));
-            let key = (start, self.buf.len() as u32 - start);
-            let vstart = self.buf.len() as u32;
-            self.buf.extend_from_slice(value);
-            self.entries.push((key, (vstart, value.len() as u32)));
+            let key = self.push(path.bytes().map(|b| if b == b'.' { 0 } else { b }));
+            let value = self.push(value.iter().copied());
+            self.other.push((key, value));
         }
     }
 
-    fn text(&mut self, path: &[&[u8]], value: &str) {
-        if !value.is_empty() {
-            self.entry(path, |buf| buf.extend_from_slice(value.as_bytes()));
-        }
-    }
-
-    fn entry(&mut self, path: &[&[u8]], value: impl FnOnce(&mut Vec<u8>)) {
+    fn push(&mut self, bytes: impl Iterator<Item = u8>) -> (u32, u32) {
         let start = self.buf.len() as u32;
-        for (i, segment) in path.iter().enumerate() {
-            if i > 0 {
-                self.buf.push(0);
-            }
-            self.buf.extend_from_slice(segment);
-        }
-        let key = (start, self.buf.len() as u32 - start);
-        let vstart = self.buf.len() as u32;
-        value(&mut self.buf);
-        self.entries
-            .push((key, (vstart, self.buf.len() as u32 - vstart)));
+        self.buf.extend(bytes);
+        (start, self.buf.len() as u32 - start)
     }
 
     /// The value at `path` (NUL-separated segments; a single dotted
     /// segment such as `source.address` is read as its parts too).
     pub(crate) fn get(&mut self, path: &[u8]) -> Option<&[u8]> {
+        if !path.contains(&0) && path.contains(&b'.') {
+            let path: Vec<u8> = path
+                .iter()
+                .map(|&b| if b == b'.' { 0 } else { b })
+                .collect();
+            return self.get(&path);
+        }
         let addr = match path {
-            b"source\0address" | b"source.address" => Some(self.source),
-            b"destination\0address" | b"destination.address" => Some(self.destination),
+            b"source\0address" => Some(self.source),
+            b"destination\0address" => Some(self.destination),
             _ => None,
         };
         if let Some(addr) = addr {
@@ -130,25 +146,15 @@ impl PropertyTable {
             let _ = write!(self.formatted, "{addr}");
             return Some(&self.formatted);
         }
-        let lookup = |matches: &dyn Fn(&[u8]) -> bool| {
-            self.entries
-                .iter()
-                .find(|(k, _)| matches(self.slice(*k)))
-                .map(|(_, v)| self.slice(*v))
+        let fixed = match path {
+            b"route_name" => Some(ROUTE),
+            _ => FIXED.iter().position(|p| *p == path),
         };
-        if let Some(v) = lookup(&|k| k == path) {
-            return Some(v);
-        }
-        if !path.contains(&0) && path.contains(&b'.') {
-            let dotted = |k: &[u8]| {
-                k.len() == path.len()
-                    && k.iter()
-                        .zip(path)
-                        .all(|(&a, &b)| a == if b == b'.' { 0 } else { b })
-            };
-            return lookup(&dotted);
-        }
-        None
+        let at = match fixed {
+            Some(i) => self.fixed[i]?,
+            None => self.other.iter().find(|(k, _)| self.slice(*k) == path)?.1,
+        };
+        Some(self.slice(at))
     }
 
     fn slice(&self, (start, len): (u32, u32)) -> &[u8] {
@@ -187,6 +193,9 @@ mod tests {
         assert_eq!(t.get(b"edge\0cluster"), Some(&b"demo"[..]));
         assert_eq!(t.get(b"request\0id"), None);
         assert_eq!(t.get(b"request\0scheme"), None);
+        assert_eq!(t.get(b"route_name"), Some(&b"web"[..]));
+        assert_eq!(t.get(b"request.method"), Some(&b"GET"[..]));
+        assert_eq!(t.get(b"request\0nothing"), None);
         t.load(&StreamInfo::default());
         assert_eq!(t.get(b"request\0path"), None);
     }

@@ -36,7 +36,7 @@ routes:
       module: {module}
       configuration:
         request:
-          - set: {{ x-wasm-route: "{{route}}", x-order: wasm }}
+          - set: {{ x-wasm-route: "{{route}}", x-order: wasm, x-forwarded-port: "8443" }}
           - rename: {{ x-native: x-native-seen-by-wasm }}
         response:
           - set: {{ x-wasm-response: "yes" }}
@@ -81,8 +81,10 @@ fn a_routes_filter_runs_after_the_native_policy_on_both_sides() {
     );
     assert!(seen.get("x-native").is_none(), "{seen}");
     assert!(seen.get("x-internal-secret").is_none(), "{seen}");
-    // The edge's forwarding headers still come after the filter.
+    // The edge's forwarding headers are set, and the filter's edit of one
+    // stands (as the native policy's does, and as in Envoy).
     assert_eq!(seen["x-forwarded-host"], "filtered.example.test", "{seen}");
+    assert_eq!(seen["x-forwarded-port"], "8443", "{seen}");
     assert_eq!(header(&headers, "x-wasm-response"), Some("yes"));
     assert_eq!(header(&headers, "x-content-type-options"), Some("nosniff"));
     assert!(header(&headers, "x-request-id").is_some());

@@ -52,9 +52,9 @@ pub struct RequestCtx {
     pub identity: Option<Arc<crate::auth::Identity>>,
     /// A session cookie to write on the response (its sliding refresh).
     pub set_cookie: Option<String>,
-    /// The route's wasm filter's stream, from the request side on (ended
+    /// The route's wasm filter on this request, from the request side on (ended
     /// when the context is dropped).
-    pub wasm: Option<wasm_host::PooledStream>,
+    pub wasm: Option<super::wasm::Filtered>,
     /// What the request holds of the concurrency caps, while it lives.
     pub permits: Vec<crate::limits::Permit>,
     /// Request body bytes seen (counted against the route's

@@ -455,6 +455,7 @@ impl ProxyHttp for EdgeProxy {
         }
         auth::to_service(request, ctx, &self.config.load());
         policy::on_request(session, request, ctx);
+        wasm::on_upstream_request(request, ctx);
         result
     }
 

@@ -2,8 +2,13 @@
 //! crate) through the request context. The request side runs in
 //! `request_filter` on the visitor's request, after routing and the
 //! header policy's request edits, so a filter's own answer (a preflight, a
-//! refusal) costs no tunnel stream; the edge's forwarding headers come
-//! after it, as Envoy's router adds its own after the filter chain. The
+//! refusal) costs no tunnel stream. Its edits are recorded there and made
+//! to the request going upstream in `upstream_request_filter`, where the
+//! native policy's go: after the edge's forwarding headers, so a filter's
+//! edit of one of them stands, as in Envoy (whose connection manager sets
+//! them before the filter chain). The copy Pingora makes for the service
+//! has room for added headers; the visitor's own map has none, and
+//! growing it (and its case map) cost more than the filter's edits. The
 //! response side runs last in `response_filter`.
 //!
 //! A filter that crashes, runs past its time or grows past its memory
@@ -11,6 +16,8 @@
 //! host has logged why and replaces the instance).
 
 use bytes::Bytes;
+use header_policy::Headers;
+use http::{HeaderName, HeaderValue};
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
@@ -18,7 +25,72 @@ use wasm_host::{FilterError, LocalReply, Outcome, StreamInfo};
 
 use super::context::RequestCtx;
 use super::failure::{ErrorKind, Failure};
-use super::policy::{Request, Response};
+use super::policy::Response;
+
+/// The route's filter on one request: its stream (ended when this is
+/// dropped) and the request edits waiting for the upstream request.
+#[derive(Debug)]
+pub struct Filtered {
+    stream: wasm_host::PooledStream,
+    edits: Vec<Edit>,
+}
+
+/// One edit the filter made to the request, parsed when made.
+#[derive(Debug)]
+enum Edit {
+    Set(HeaderName, HeaderValue),
+    Append(HeaderName, HeaderValue),
+    Remove(HeaderName),
+}
+
+/// The visitor's request as the filter reads it, with its edits recorded
+/// rather than made (names and values were checked by the host; one that
+/// `http` refuses is dropped, as the native policy's would be).
+struct Recorder<'a> {
+    visitor: &'a RequestHeader,
+    edits: &'a mut Vec<Edit>,
+}
+
+impl Headers for Recorder<'_> {
+    fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
+        self.visitor
+            .headers
+            .get_all(name)
+            .iter()
+            .map(HeaderValue::as_bytes)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.visitor
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+    }
+
+    fn set(&mut self, name: &str, value: &[u8]) {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) {
+            self.edits.push(Edit::Set(n, v));
+        }
+    }
+
+    fn append(&mut self, name: &str, value: &[u8]) {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) {
+            self.edits.push(Edit::Append(n, v));
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+            self.edits.push(Edit::Remove(n));
+        }
+    }
+}
 
 /// What the request side decided.
 #[derive(Debug)]
@@ -42,15 +114,31 @@ pub fn on_request(session: &mut Session, ctx: &mut RequestCtx) -> Step {
         Ok(s) => s,
         Err(e) => return Step::Failed(failed(&e)),
     };
-    // Copies: the filter edits the request these are read from.
-    let req = session.req_header();
-    let (method, path) = (req.method.as_str().to_owned(), path(req).to_owned());
     let end_of_stream = session.is_body_empty();
-    let info = stream_info(session, ctx, &method, &path, None);
-    let outcome =
-        stream.on_request_headers(&mut Request(session.req_header_mut()), &info, end_of_stream);
-    ctx.wasm = Some(stream);
+    let req = session.req_header();
+    let info = stream_info(session, ctx, req.method.as_str(), path(req), None);
+    let mut edits = Vec::new();
+    let mut recorder = Recorder {
+        visitor: req,
+        edits: &mut edits,
+    };
+    let outcome = stream.on_request_headers(&mut recorder, &info, end_of_stream);
+    ctx.wasm = Some(Filtered { stream, edits });
     step(outcome)
+}
+
+/// Makes the filter's request edits to the request going upstream.
+pub fn on_upstream_request(upstream: &mut RequestHeader, ctx: &mut RequestCtx) {
+    let Some(filtered) = ctx.wasm.as_mut() else {
+        return;
+    };
+    for edit in filtered.edits.drain(..) {
+        match edit {
+            Edit::Set(n, v) => drop(upstream.insert_header(n, v)),
+            Edit::Append(n, v) => drop(upstream.append_header(n, v)),
+            Edit::Remove(n) => drop(upstream.remove_header(&n)),
+        }
+    }
 }
 
 /// Runs the filter's response side on the service's response. A failure
@@ -61,14 +149,16 @@ pub fn on_response(
     response: &mut ResponseHeader,
     ctx: &mut RequestCtx,
 ) -> Result<()> {
-    let Some(mut stream) = ctx.wasm.take() else {
+    let Some(mut filtered) = ctx.wasm.take() else {
         return Ok(());
     };
     let req = session.req_header();
     let status = response.status.as_u16();
     let info = stream_info(session, ctx, req.method.as_str(), path(req), Some(status));
-    let outcome = stream.on_response_headers(&mut Response(response), &info, false);
-    ctx.wasm = Some(stream);
+    let outcome = filtered
+        .stream
+        .on_response_headers(&mut Response(response), &info, false);
+    ctx.wasm = Some(filtered);
     match step(outcome) {
         Step::Continue => Ok(()),
         other => Err(other.into_error()),
