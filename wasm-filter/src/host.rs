@@ -90,19 +90,27 @@ pub struct HostHeaders {
 const ROOM_FIELDS: usize = 8;
 const ROOM_BYTES: usize = 256;
 
+/// The last map's buffers, emptied, for the next: a request's maps then
+/// allocate nothing but the host's serialized copy.
+#[derive(Default)]
+struct Spare {
+    fields: Vec<Field>,
+    names: String,
+    added: Vec<u8>,
+}
+
 thread_local! {
-    /// The last map's buffers (emptied), reused by the next: a request's
-    /// maps allocate nothing but the host's serialized copy.
-    static SPARE: std::cell::RefCell<Option<(Vec<Field>, String, Vec<u8>)>> =
-        const { std::cell::RefCell::new(None) };
+    static SPARE: std::cell::RefCell<Option<Spare>> = const { std::cell::RefCell::new(None) };
 }
 
 impl HostHeaders {
     pub fn read(map: MapType) -> Self {
         let buf = ffi::map(map as u32).unwrap_or_default();
-        let (fields, names, added) = SPARE
-            .with(|s| s.borrow_mut().take())
-            .unwrap_or_else(|| (Vec::new(), String::new(), Vec::with_capacity(ROOM_BYTES)));
+        let Spare {
+            fields,
+            names,
+            added,
+        } = SPARE.with(|s| s.borrow_mut().take()).unwrap_or_default();
         let mut h = HostHeaders {
             map,
             buf,
@@ -154,6 +162,7 @@ impl HostHeaders {
             });
         }
         names.reserve(ROOM_BYTES);
+        self.added.reserve(ROOM_BYTES);
         match String::from_utf8(names) {
             Ok(mut text) => {
                 text.make_ascii_lowercase();
@@ -201,15 +210,15 @@ impl HostHeaders {
 
 impl Drop for HostHeaders {
     fn drop(&mut self) {
-        let (mut fields, mut names, mut added) = (
-            std::mem::take(&mut self.fields),
-            std::mem::take(&mut self.names),
-            std::mem::take(&mut self.added),
-        );
-        fields.clear();
-        names.clear();
-        added.clear();
-        SPARE.with(|s| *s.borrow_mut() = Some((fields, names, added)));
+        let mut spare = Spare {
+            fields: std::mem::take(&mut self.fields),
+            names: std::mem::take(&mut self.names),
+            added: std::mem::take(&mut self.added),
+        };
+        spare.fields.clear();
+        spare.names.clear();
+        spare.added.clear();
+        SPARE.with(|s| *s.borrow_mut() = Some(spare));
     }
 }
 

@@ -536,3 +536,67 @@ fn a_tcp_port_on_the_edge_carries_raw_connections_to_its_service() {
         .wait_line("tcp connection refused port=\"redis\"", WAIT);
     assert!(said.contains("not in the port's allow list"), "{said}");
 }
+
+/// A TCP port's open connection is work a leaving edge waits for: after
+/// SIGINT the port takes no new connection, the open one still carries
+/// bytes both ways, and the end of the grace period ends it (its tunnel
+/// stream with the rest) before the edge exits.
+#[test]
+fn a_leaving_edge_carries_a_tcp_ports_open_connection_until_its_grace_period_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_redis, redis_port) = redis_on_tcp(dir.path());
+    let mut stack = Stack::start_with_edge_yaml(&format!(
+        "shutdown_grace: 2s\ntcp_ports:\n  - {{ name: redis, listen: '127.0.0.1:0', \
+         target: {ENV}/redis:6379, allow: ['127.0.0.1'] }}\n"
+    ));
+    let targets = format!(
+        "  - {{ service: redis, port: 6379, address: 127.0.0.1:{redis_port}, protocol: tcp }}\n"
+    );
+    let _sidecar = serve(&mut stack, &targets);
+    let addr = stack.tcp_ports[0].1.clone();
+    let mut conn = TcpStream::connect(&addr).unwrap();
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    let ping = |conn: &mut TcpStream| -> String {
+        conn.write_all(b"PING\r\n").unwrap();
+        let mut answer = [0u8; 7];
+        conn.read_exact(&mut answer).unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    assert_eq!(ping(&mut conn), "+PONG\r\n");
+
+    stack.edge.interrupt();
+    stack.edge.wait_line(
+        "shutting down: draining tunnels and in-flight requests",
+        WAIT,
+    );
+    match TcpStream::connect(&addr) {
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}"),
+        Ok(mut late) => {
+            late.set_read_timeout(Some(WAIT)).unwrap();
+            let mut buf = [0u8; 1];
+            assert!(
+                matches!(late.read(&mut buf), Ok(0) | Err(_)),
+                "a leaving edge took a new connection on its TCP port"
+            );
+        }
+    }
+    assert_eq!(
+        ping(&mut conn),
+        "+PONG\r\n",
+        "the open connection is still carried"
+    );
+    assert!(
+        stack.edge.is_running(),
+        "the edge left with a connection open"
+    );
+
+    let over = stack.edge.wait_line("grace period over", WAIT);
+    assert!(over.contains("in_flight=1"), "{over}");
+    let mut buf = [0u8; 16];
+    match conn.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+        other => panic!("the connection outlived the grace period: {other:?}"),
+    }
+    stack.edge.assert_exits_cleanly();
+}
