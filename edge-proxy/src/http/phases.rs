@@ -19,8 +19,8 @@
 //!    ([`TunnelConnector`]), pooled per service and protocol.
 //! 4. `upstream_request_filter`: request id, rewritten path, forwarding
 //!    headers, the visitor's identity ([`auth::to_service`]), then the
-//!    header policy's request edits
-//!    ([`policy::on_request`]).
+//!    header policy's request edits ([`policy::on_request`]) or the wasm
+//!    filter's, recorded in step 2 ([`wasm::on_upstream_request`]).
 //! 5. `response_filter`: request id, HSTS, then the header policy's
 //!    response side ([`policy::on_response`]), then the wasm filter's
 //!    ([`wasm::on_response`]).

@@ -45,7 +45,10 @@ enum Edit {
 
 /// The visitor's request as the filter reads it, with its edits recorded
 /// rather than made (names and values were checked by the host; one that
-/// `http` refuses is dropped, as the native policy's would be).
+/// `http` refuses is dropped, as the native policy's would be). Its fields
+/// are the visitor's followed by those the filter set or added, so that a
+/// filter replacing the whole map (`proxy_set_header_map_pairs`, replayed
+/// as a removal of every name listed) removes what it added before too.
 struct Recorder<'a> {
     visitor: &'a RequestHeader,
     edits: &'a mut Vec<Edit>,
@@ -53,18 +56,15 @@ struct Recorder<'a> {
 
 impl Headers for Recorder<'_> {
     fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
-        self.visitor
-            .headers
-            .get_all(name)
-            .iter()
-            .map(HeaderValue::as_bytes)
+        Headers::get_all(&self.visitor.headers, name)
     }
 
     fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.visitor
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+        let added = self.edits.iter().filter_map(|edit| match edit {
+            Edit::Set(n, v) | Edit::Append(n, v) => Some((n.as_str(), v.as_bytes())),
+            Edit::Remove(_) => None,
+        });
+        Headers::iter(&self.visitor.headers).chain(added)
     }
 
     fn set(&mut self, name: &str, value: &[u8]) {
@@ -129,10 +129,13 @@ pub fn on_request(session: &mut Session, ctx: &mut RequestCtx) -> Step {
 
 /// Makes the filter's request edits to the request going upstream.
 pub fn on_upstream_request(upstream: &mut RequestHeader, ctx: &mut RequestCtx) {
-    let Some(filtered) = ctx.wasm.as_mut() else {
-        return;
-    };
-    for edit in filtered.edits.drain(..) {
+    if let Some(filtered) = ctx.wasm.as_mut() {
+        apply(filtered.edits.drain(..), upstream);
+    }
+}
+
+fn apply(edits: impl IntoIterator<Item = Edit>, upstream: &mut RequestHeader) {
+    for edit in edits {
         match edit {
             Edit::Set(n, v) => drop(upstream.insert_header(n, v)),
             Edit::Append(n, v) => drop(upstream.append_header(n, v)),
@@ -284,4 +287,60 @@ pub async fn reply(session: &mut Session, reply: &LocalReply, request_id: &str) 
         }
     }
     status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Edits recorded on the visitor's request land on the upstream copy,
+    /// and a replacement of the whole map (its replay: every listed name
+    /// removed) takes what the filter added earlier too.
+    #[test]
+    fn recorded_edits_land_on_the_upstream_copy() {
+        let mut visitor = RequestHeader::build("GET", b"/", None).unwrap();
+        visitor.insert_header("host", "a.example").unwrap();
+        visitor.insert_header("x-old", "1").unwrap();
+        let mut edits = Vec::new();
+        let mut recorder = Recorder {
+            visitor: &visitor,
+            edits: &mut edits,
+        };
+        recorder.set("x-new", b"2");
+        recorder.append("x-old", b"3");
+        recorder.remove("host");
+        let mut upstream = visitor.clone();
+        apply(edits.drain(..), &mut upstream);
+        let values = |h: &RequestHeader, name: &str| -> Vec<String> {
+            h.headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(values(&upstream, "x-new"), ["2"]);
+        assert_eq!(values(&upstream, "x-old"), ["1", "3"]);
+        assert!(values(&upstream, "host").is_empty());
+        assert_eq!(
+            values(&visitor, "host"),
+            ["a.example"],
+            "the visitor's is left alone"
+        );
+
+        // A filter that adds a field, then replaces the whole map.
+        let mut recorder = Recorder {
+            visitor: &visitor,
+            edits: &mut edits,
+        };
+        recorder.set("x-early", b"1");
+        let names: Vec<String> = recorder.iter().map(|(n, _)| n.to_owned()).collect();
+        for name in &names {
+            recorder.remove(name);
+        }
+        recorder.append("x-only", b"1");
+        let mut upstream = visitor.clone();
+        apply(edits, &mut upstream);
+        let left: Vec<&str> = upstream.headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(left, ["x-only"]);
+    }
 }
