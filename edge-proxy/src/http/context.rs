@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::Version;
+use http::{HeaderName, HeaderValue, Version};
 use pingora_core::protocols::tls::SslDigest;
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
@@ -54,7 +54,7 @@ pub struct RequestCtx {
     pub set_cookie: Option<String>,
     /// The route's wasm filter on this request, from the request side on (ended
     /// when the context is dropped).
-    pub wasm: Option<super::wasm::Filtered>,
+    pub wasm: Option<Filtered>,
     /// What the request holds of the concurrency caps, while it lives.
     pub permits: Vec<crate::limits::Permit>,
     /// Request body bytes seen (counted against the route's
@@ -67,6 +67,41 @@ pub struct RequestCtx {
     /// A sidecar's tunnel over a WebSocket, not a visitor's request.
     pub sidecar_tunnel: bool,
     in_flight: Option<InFlight>,
+}
+
+/// The route's wasm filter on one request: its stream (ended when this is
+/// dropped) and the edits its request side made, waiting for the request
+/// going upstream (`http::wasm` records and applies them).
+#[derive(Debug)]
+pub struct Filtered {
+    pub stream: wasm_host::PooledStream,
+    pub edits: Vec<Edit>,
+}
+
+impl Filtered {
+    /// Makes the recorded edits to `upstream`, once.
+    pub fn apply_edits(&mut self, upstream: &mut RequestHeader) {
+        apply(self.edits.drain(..), upstream);
+    }
+}
+
+/// One edit to the request's headers, parsed when made.
+#[derive(Debug)]
+pub enum Edit {
+    Set(HeaderName, HeaderValue),
+    Append(HeaderName, HeaderValue),
+    Remove(HeaderName),
+}
+
+/// Makes `edits` to `upstream`, in order.
+pub fn apply(edits: impl IntoIterator<Item = Edit>, upstream: &mut RequestHeader) {
+    for edit in edits {
+        match edit {
+            Edit::Set(n, v) => drop(upstream.insert_header(n, v)),
+            Edit::Append(n, v) => drop(upstream.append_header(n, v)),
+            Edit::Remove(n) => drop(upstream.remove_header(&n)),
+        }
+    }
 }
 
 /// Who sent the request.

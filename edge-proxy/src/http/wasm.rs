@@ -23,25 +23,9 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 use wasm_host::{FilterError, LocalReply, Outcome, StreamInfo};
 
-use super::context::RequestCtx;
+use super::context::{Edit, Filtered, RequestCtx};
 use super::failure::{ErrorKind, Failure};
 use super::policy::Response;
-
-/// The route's filter on one request: its stream (ended when this is
-/// dropped) and the request edits waiting for the upstream request.
-#[derive(Debug)]
-pub struct Filtered {
-    stream: wasm_host::PooledStream,
-    edits: Vec<Edit>,
-}
-
-/// One edit the filter made to the request, parsed when made.
-#[derive(Debug)]
-enum Edit {
-    Set(HeaderName, HeaderValue),
-    Append(HeaderName, HeaderValue),
-    Remove(HeaderName),
-}
 
 /// The visitor's request as the filter reads it, with its edits recorded
 /// rather than made (names and values were checked by the host; one that
@@ -130,17 +114,7 @@ pub fn on_request(session: &mut Session, ctx: &mut RequestCtx) -> Step {
 /// Makes the filter's request edits to the request going upstream.
 pub fn on_upstream_request(upstream: &mut RequestHeader, ctx: &mut RequestCtx) {
     if let Some(filtered) = ctx.wasm.as_mut() {
-        apply(filtered.edits.drain(..), upstream);
-    }
-}
-
-fn apply(edits: impl IntoIterator<Item = Edit>, upstream: &mut RequestHeader) {
-    for edit in edits {
-        match edit {
-            Edit::Set(n, v) => drop(upstream.insert_header(n, v)),
-            Edit::Append(n, v) => drop(upstream.append_header(n, v)),
-            Edit::Remove(n) => drop(upstream.remove_header(&n)),
-        }
+        filtered.apply_edits(upstream);
     }
 }
 
@@ -310,7 +284,7 @@ mod tests {
         recorder.append("x-old", b"3");
         recorder.remove("host");
         let mut upstream = visitor.clone();
-        apply(edits.drain(..), &mut upstream);
+        super::super::context::apply(edits.drain(..), &mut upstream);
         let values = |h: &RequestHeader, name: &str| -> Vec<String> {
             h.headers
                 .get_all(name)
@@ -339,7 +313,7 @@ mod tests {
         }
         recorder.append("x-only", b"1");
         let mut upstream = visitor.clone();
-        apply(edits, &mut upstream);
+        super::super::context::apply(edits, &mut upstream);
         let left: Vec<&str> = upstream.headers.keys().map(|n| n.as_str()).collect();
         assert_eq!(left, ["x-only"]);
     }
