@@ -80,9 +80,7 @@ struct Field {
 pub struct HostHeaders {
     map: MapType,
     buf: Vec<u8>,
-    fields: Vec<Field>,
-    names: String,
-    added: Vec<u8>,
+    parsed: Parsed,
 }
 
 /// Room for the fields, names and values a policy adds, so that its edits
@@ -90,34 +88,25 @@ pub struct HostHeaders {
 const ROOM_FIELDS: usize = 8;
 const ROOM_BYTES: usize = 256;
 
-/// The last map's buffers, emptied, for the next: a request's maps then
-/// allocate nothing but the host's serialized copy.
+/// A map's fields, their names and the values the filter added. Kept,
+/// emptied, from one map to the next: a request's maps then allocate
+/// nothing but the host's serialized copy.
 #[derive(Default)]
-struct Spare {
+struct Parsed {
     fields: Vec<Field>,
     names: String,
     added: Vec<u8>,
 }
 
 thread_local! {
-    static SPARE: std::cell::RefCell<Option<Spare>> = const { std::cell::RefCell::new(None) };
+    static SPARE: std::cell::RefCell<Option<Parsed>> = const { std::cell::RefCell::new(None) };
 }
 
 impl HostHeaders {
     pub fn read(map: MapType) -> Self {
         let buf = ffi::map(map as u32).unwrap_or_default();
-        let Spare {
-            fields,
-            names,
-            added,
-        } = SPARE.with(|s| s.borrow_mut().take()).unwrap_or_default();
-        let mut h = HostHeaders {
-            map,
-            buf,
-            fields,
-            names,
-            added,
-        };
+        let parsed = SPARE.with(|s| s.borrow_mut().take()).unwrap_or_default();
+        let mut h = HostHeaders { map, buf, parsed };
         h.parse();
         h
     }
@@ -131,13 +120,13 @@ impl HostHeaders {
         };
         let Some(count) = word(0) else { return };
         let count = count as usize;
-        let mut names = std::mem::take(&mut self.names).into_bytes();
+        let mut names = std::mem::take(&mut self.parsed.names).into_bytes();
         // A field takes ten bytes at least: a bogus count reserves no more.
-        self.fields.reserve(count.min(buf.len() / 10) + ROOM_FIELDS);
+        self.parsed.fields.reserve(count.min(buf.len() / 10) + ROOM_FIELDS);
         let mut at = 4usize.saturating_add(count.saturating_mul(8));
         for i in 0..count {
             let (Some(n), Some(v)) = (word(4 + i * 8), word(8 + i * 8)) else {
-                self.fields.clear();
+                self.parsed.fields.clear();
                 break;
             };
             let (n, v) = (n as usize, v as usize);
@@ -147,14 +136,14 @@ impl HostHeaders {
                 value_at.saturating_add(v).saturating_add(1),
             );
             if end > buf.len() {
-                self.fields.clear();
+                self.parsed.fields.clear();
                 break;
             }
             at = end;
             let name = &buf[name];
             let start = names.len() as u32;
             names.extend_from_slice(name);
-            self.fields.push(Field {
+            self.parsed.fields.push(Field {
                 name: (start, n as u32),
                 value: (value_at as u32, v as u32),
                 added: false,
@@ -162,44 +151,44 @@ impl HostHeaders {
             });
         }
         names.reserve(ROOM_BYTES);
-        self.added.reserve(ROOM_BYTES);
+        self.parsed.added.reserve(ROOM_BYTES);
         match String::from_utf8(names) {
             Ok(mut text) => {
                 text.make_ascii_lowercase();
-                self.names = text;
+                self.parsed.names = text;
             }
             // No host sends a name that is not a token.
-            Err(_) => self.fields.clear(),
+            Err(_) => self.parsed.fields.clear(),
         }
     }
 
     fn name(&self, f: &Field) -> &str {
-        self.names.get(range(f.name)).unwrap_or_default()
+        self.parsed.names.get(range(f.name)).unwrap_or_default()
     }
 
     fn value(&self, f: &Field) -> &[u8] {
         if f.added {
-            &self.added[range(f.value)]
+            &self.parsed.added[range(f.value)]
         } else {
             &self.buf[range(f.value)]
         }
     }
 
     fn kill(&mut self, name: &str) {
-        for i in 0..self.fields.len() {
-            let f = self.fields[i];
+        for i in 0..self.parsed.fields.len() {
+            let f = self.parsed.fields[i];
             if f.live && self.name(&f) == name {
-                self.fields[i].live = false;
+                self.parsed.fields[i].live = false;
             }
         }
     }
 
     fn add(&mut self, name: &str, value: &[u8]) {
-        let name_at = (self.names.len() as u32, name.len() as u32);
-        self.names.push_str(name);
-        let value_at = (self.added.len() as u32, value.len() as u32);
-        self.added.extend_from_slice(value);
-        self.fields.push(Field {
+        let name_at = (self.parsed.names.len() as u32, name.len() as u32);
+        self.parsed.names.push_str(name);
+        let value_at = (self.parsed.added.len() as u32, value.len() as u32);
+        self.parsed.added.extend_from_slice(value);
+        self.parsed.fields.push(Field {
             name: name_at,
             value: value_at,
             added: true,
@@ -210,11 +199,7 @@ impl HostHeaders {
 
 impl Drop for HostHeaders {
     fn drop(&mut self) {
-        let mut spare = Spare {
-            fields: std::mem::take(&mut self.fields),
-            names: std::mem::take(&mut self.names),
-            added: std::mem::take(&mut self.added),
-        };
+        let mut spare = std::mem::take(&mut self.parsed);
         spare.fields.clear();
         spare.names.clear();
         spare.added.clear();
@@ -228,14 +213,14 @@ fn range((start, len): (u32, u32)) -> std::ops::Range<usize> {
 
 impl header_policy::Headers for HostHeaders {
     fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
-        self.fields
+        self.parsed.fields
             .iter()
             .filter(move |f| f.live && self.name(f) == name)
             .map(|f| self.value(f))
     }
 
     fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.fields
+        self.parsed.fields
             .iter()
             .filter(|f| f.live)
             .map(|f| (self.name(f), self.value(f)))

@@ -169,6 +169,7 @@ impl FieldMap {
             self.buf.truncate(lower.0 as usize);
         }
     }
+
     /// Replaces every field but the pseudo-headers.
     pub(crate) fn replace_all(&mut self, pairs: &[(&[u8], &[u8])]) {
         for f in &mut self.fields {
@@ -184,13 +185,13 @@ impl FieldMap {
     }
 
     /// Marks every field named `name` (lowercase, in the buffer) dead;
-    /// whether there was one. Every name in the map is lowercase: the
-    /// embedder's come so, the guest's were lowered when written.
+    /// whether there was one. Every name in the map is lowercase: lowered
+    /// when loaded or written.
     fn kill(&mut self, name: (u32, u32)) -> bool {
         let mut any = false;
         for i in 0..self.fields.len() {
             let f = self.fields[i];
-            if f.live && !f.pseudo && f.name.1 == name.1 && self.bytes(f.name) == self.bytes(name) {
+            if f.live && !f.pseudo && self.bytes(f.name) == self.bytes(name) {
                 self.fields[i].live = false;
                 self.size -= (f.name.1 + f.value.1) as usize;
                 any = true;

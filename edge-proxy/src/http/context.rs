@@ -78,13 +78,6 @@ pub struct Filtered {
     pub edits: Vec<Edit>,
 }
 
-impl Filtered {
-    /// Makes the recorded edits to `upstream`, once.
-    pub fn apply_edits(&mut self, upstream: &mut RequestHeader) {
-        apply(self.edits.drain(..), upstream);
-    }
-}
-
 /// One edit to the request's headers, parsed when made.
 #[derive(Debug)]
 pub enum Edit {

@@ -14,6 +14,15 @@ use pingora_proxy::Session;
 
 use super::context::RequestCtx;
 
+/// A field as `http` holds it; `None` for a name or value it refuses
+/// (dropped, as the policy's hosts drop what they cannot carry).
+pub fn parse_field(name: &str, value: &[u8]) -> Option<(HeaderName, HeaderValue)> {
+    Some((
+        HeaderName::from_bytes(name.as_bytes()).ok()?,
+        HeaderValue::from_bytes(value).ok()?,
+    ))
+}
+
 /// A Pingora header map as the policy sees it. Names come lowercase and
 /// valid from the policy (standard ones parse without allocating);
 /// Pingora keeps its case map, if any, in step.
@@ -38,19 +47,13 @@ macro_rules! pingora_headers {
             }
 
             fn set(&mut self, name: &str, value: &[u8]) {
-                if let (Ok(name), Ok(value)) = (
-                    HeaderName::from_bytes(name.as_bytes()),
-                    HeaderValue::from_bytes(value),
-                ) {
+                if let Some((name, value)) = parse_field(name, value) {
                     let _ = self.0.insert_header(name, value);
                 }
             }
 
             fn append(&mut self, name: &str, value: &[u8]) {
-                if let (Ok(name), Ok(value)) = (
-                    HeaderName::from_bytes(name.as_bytes()),
-                    HeaderValue::from_bytes(value),
-                ) {
+                if let Some((name, value)) = parse_field(name, value) {
                     let _ = self.0.append_header(name, value);
                 }
             }

@@ -17,15 +17,15 @@
 
 use bytes::Bytes;
 use header_policy::Headers;
-use http::{HeaderName, HeaderValue};
+use http::HeaderName;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 use wasm_host::{FilterError, LocalReply, Outcome, StreamInfo};
 
-use super::context::{Edit, Filtered, RequestCtx};
+use super::context::{apply, Edit, Filtered, RequestCtx};
 use super::failure::{ErrorKind, Failure};
-use super::policy::Response;
+use super::policy::{parse_field, Response};
 
 /// The visitor's request as the filter reads it, with its edits recorded
 /// rather than made (names and values were checked by the host; one that
@@ -52,19 +52,13 @@ impl Headers for Recorder<'_> {
     }
 
     fn set(&mut self, name: &str, value: &[u8]) {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(value),
-        ) {
+        if let Some((n, v)) = parse_field(name, value) {
             self.edits.push(Edit::Set(n, v));
         }
     }
 
     fn append(&mut self, name: &str, value: &[u8]) {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(value),
-        ) {
+        if let Some((n, v)) = parse_field(name, value) {
             self.edits.push(Edit::Append(n, v));
         }
     }
@@ -114,7 +108,7 @@ pub fn on_request(session: &mut Session, ctx: &mut RequestCtx) -> Step {
 /// Makes the filter's request edits to the request going upstream.
 pub fn on_upstream_request(upstream: &mut RequestHeader, ctx: &mut RequestCtx) {
     if let Some(filtered) = ctx.wasm.as_mut() {
-        filtered.apply_edits(upstream);
+        apply(filtered.edits.drain(..), upstream);
     }
 }
 
@@ -284,7 +278,7 @@ mod tests {
         recorder.append("x-old", b"3");
         recorder.remove("host");
         let mut upstream = visitor.clone();
-        super::super::context::apply(edits.drain(..), &mut upstream);
+        apply(edits.drain(..), &mut upstream);
         let values = |h: &RequestHeader, name: &str| -> Vec<String> {
             h.headers
                 .get_all(name)
@@ -313,7 +307,7 @@ mod tests {
         }
         recorder.append("x-only", b"1");
         let mut upstream = visitor.clone();
-        super::super::context::apply(edits, &mut upstream);
+        apply(edits, &mut upstream);
         let left: Vec<&str> = upstream.headers.keys().map(|n| n.as_str()).collect();
         assert_eq!(left, ["x-only"]);
     }
