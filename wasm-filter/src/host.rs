@@ -122,7 +122,9 @@ impl HostHeaders {
         let count = count as usize;
         let mut names = std::mem::take(&mut self.parsed.names).into_bytes();
         // A field takes ten bytes at least: a bogus count reserves no more.
-        self.parsed.fields.reserve(count.min(buf.len() / 10) + ROOM_FIELDS);
+        self.parsed
+            .fields
+            .reserve(count.min(buf.len() / 10) + ROOM_FIELDS);
         let mut at = 4usize.saturating_add(count.saturating_mul(8));
         for i in 0..count {
             let (Some(n), Some(v)) = (word(4 + i * 8), word(8 + i * 8)) else {
@@ -213,14 +215,16 @@ fn range((start, len): (u32, u32)) -> std::ops::Range<usize> {
 
 impl header_policy::Headers for HostHeaders {
     fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
-        self.parsed.fields
+        self.parsed
+            .fields
             .iter()
             .filter(move |f| f.live && self.name(f) == name)
             .map(|f| self.value(f))
     }
 
     fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.parsed.fields
+        self.parsed
+            .fields
             .iter()
             .filter(|f| f.live)
             .map(|f| (self.name(f), self.value(f)))
