@@ -100,8 +100,11 @@ JWT_KEYS = os.path.join(ROOT, "test-support", "jwt-keys")
 # trigger, for `scripts/callgrind --route limited` (the limits rows reload
 # the config instead, to measure per-address and per-identity limits).
 LIMITED_HOST = "limited.bench.test"
+# A route whose limit refuses all but its first request an hour, for
+# `scripts/callgrind --route refused`: what a refusal (429) costs the edge.
+REFUSED_HOST = "refused.bench.test"
 ROUTE_HOSTS = {"plain": PLAIN_HOST, "policy": POLICY_HOST, "wasm": WASM_HOST, "jwt": JWT_HOST,
-               "cookie": JWT_HOST, "limited": LIMITED_HOST}
+               "cookie": JWT_HOST, "limited": LIMITED_HOST, "refused": REFUSED_HOST}
 
 
 def session_cookie(bench_token):
@@ -137,6 +140,7 @@ routes:
   - {{ name: policy, host: {POLICY_HOST}, target: bench/hello:8080, header_policy: {BENCH_POLICY} }}
   - {{ name: limited, host: {LIMITED_HOST}, target: bench/hello:8080,
       limits: {{ rate: 100000000, period: 1s, in_flight: 100000 }} }}
+  - {{ name: refused, host: {REFUSED_HOST}, target: bench/hello:8080, limits: {{ rate: 1, period: 1h }} }}
 """
     module = os.environ.get("HEADER_POLICY_WASM")
     if module:
@@ -826,12 +830,20 @@ targets:
     def latency_beside(self, comp, flood_headers, rate):
         """A steady client's latency (bench-latency, one connection, no
         forwarding headers, STEADY_RATE requests/s: within the limit) while a flood of `rate` requests/s (h2load,
-        HTTP/1.1, 16 connections at a fixed rate each: the same load
-        offered whether it is refused or served, below what saturates the
-        machine) goes to the same host with `flood_headers`."""
+        HTTP/1.1, below what saturates the machine) goes to the same host with `flood_headers`.
+
+        The flood arrives the same whether it is refused or served. h2load's
+        `--rps` timer ticks every max(10 ms, 1/rps): a connection asked for
+        more than 100 requests/s queues a tick's worth and sends each as soon
+        as the previous one is answered, so fast refusals would arrive as
+        back-to-back bursts where served requests spread over the tick.
+        Here each connection sends one request per 10 ms tick (100/s), and
+        the connections are opened over one tick (`--rate` per 1 ms), so
+        their ticks are spread across it."""
         seconds = self.round_seconds + 2
-        conns = 16
-        argv = ["h2load", "--h1", f"-c{conns}", "-t1", f"--rps={rate // conns}", "-D", str(seconds),
+        conns = max(1, rate // 100)
+        argv = ["h2load", "--h1", f"-c{conns}", "-t1", "--rps=100", f"-n{conns * 100 * seconds}",
+                f"--rate={max(1, conns // 10)}", "--rate-period=1ms",
                 "-H", f":authority: {HOST}", *flood_headers, f"http://{self.addr[comp]}/"]
         flood = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
@@ -1345,15 +1357,21 @@ def run_rows(b):
             redis = f"redis: {{ url: 'unix://{socket_path}', budget: 50ms }}\n"
             loads["redis"] = (f"  client_ip: {never}\n{redis}", PLAIN_HOST, ())
         rps = {name: [] for name in loads}
-        for _ in range(b.rounds):
+        # With the CPU of edge + sidecar per request (steadier than
+        # requests/s here), over five rounds at least, as the policy row.
+        cpu = {name: [] for name in loads}
+        for _ in range(b.rounds if b.quick else max(b.rounds, 5)):
             for name, (limits, host, extra) in loads.items():
                 b.reload_edge(limits)
                 value, detail = b.wrk("edge", 64, 2, extra=extra, host=host)
                 if detail["non_2xx"]:
                     raise HarnessError(f"limits row, {name}: {detail['non_2xx']} refused requests")
                 rps[name].append(value or 0.0)
+                if "cpu_us_per_request" in detail:
+                    cpu[name].append(detail["cpu_us_per_request"])
         b.reload_edge("")
         median = {n: statistics.median(v) for n, v in rps.items()}
+        cpu_median = {n: round(statistics.median(v), 2) if v else None for n, v in cpu.items()}
         if "redis" in median and median["redis"] and median["none"]:
             # What a request pays for Redis: connection time per request
             # (64 connections / requests/s), against the same limit kept in
@@ -1423,9 +1441,12 @@ def run_rows(b):
         for name, base, what in (("ip", "none", "per client IP, rate + in-flight cap"),
                                  ("identity", "identity_none", "per identity (bearer ES256), rate + in-flight cap")):
             cost = lost_pct(median[name], median[base])
-            note(f"without {median[base]:,.0f} req/s, limit {what} {median[name]:,.0f} req/s: {cost} %")
+            note(f"without {median[base]:,.0f} req/s, {cpu_median[base]} µs CPU each; limit {what} "
+                 f"{median[name]:,.0f} req/s, {cpu_median[name]} µs CPU each: {cost} %")
             add(f"limits_{name}", f"limit {what}, never triggered: requests/s lost (%, 64 conns)", "%",
-                {**only_edge, "edge": cost}, {"edge": {"rps_without": rps[base], "rps_with": rps[name]}},
+                {**only_edge, "edge": cost}, {"edge": {"rps_without": rps[base], "rps_with": rps[name],
+                                                       "cpu_us_without": cpu_median[base],
+                                                       "cpu_us_with": cpu_median[name]}},
                 must="≤ 3% rps", aim="≤ 1%", better="lower", expected=["edge"], seconds=time.monotonic() - t0)
     if b.want("transport"):
         log("the tunnel over a WebSocket beside gRPC: requests/s (64 connections) and bulk, alternating")
