@@ -67,6 +67,40 @@ def h2load(addr, requests, connections, streams, h2, host=HOST, headers=(), stat
     return answered
 
 
+def guest(perf_map, dump, requests, top=25):
+    """Prints the instructions per request spent in the filter's compiled
+    code (callgrind's `???:0x…` entries, named by wasmtime's perf map), in
+    all and by function, exclusive of what they call (host functions)."""
+    import bisect
+    spans = []
+    with open(perf_map) as f:
+        for line in f:
+            addr, size, name = line.rstrip("\n").split(" ", 2)
+            start = int(addr, 16)
+            spans.append((start, start + int(size, 16), name))
+    spans.sort()
+    starts = [s for s, _, _ in spans]
+    out = subprocess.run(["callgrind_annotate", "--auto=no", "--threshold=100", dump], capture_output=True,
+                         text=True, check=True).stdout
+    cost = {}
+    for m in re.finditer(r"^\s*([\d,]+) \([ \d.]+%\)\s+\?\?\?:0x([0-9a-f]+)", out, re.M):
+        at = int(m.group(2), 16)
+        i = bisect.bisect_right(starts, at) - 1
+        if i < 0 or at >= spans[i][1]:
+            continue  # not the filter's code (e.g. the dynamic loader)
+        name = spans[i][2]
+        cost[name] = cost.get(name, 0) + int(m.group(1).replace(",", ""))
+    names = sorted(cost, key=cost.get, reverse=True)
+    try:
+        shown = subprocess.run(["rustfilt"], input="\n".join(names), capture_output=True, text=True,
+                               check=True).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        shown = names
+    print(f"in the filter's compiled code: {sum(cost.values()) / requests / 1000:.2f}k Ir per request")
+    for name, text in list(zip(names, shown))[:top]:
+        print(f"  {cost[name] / requests / 1000:6.2f}k  {text[:160]}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=20000)
@@ -77,7 +111,13 @@ def main():
     parser.add_argument("--keep", action="store_true", help="keep the work directory (printed)")
     parser.add_argument("--route", choices=sorted(ROUTE_HOSTS),
                         help="through a custom-domain route: without a header policy, with it natively, in the wasm filter")
+    parser.add_argument("--guest", action="store_true",
+                        help="with --route wasm: the filter's compiled functions, by name, and their share")
     args = parser.parse_args()
+    if args.guest and args.route != "wasm":
+        parser.error("--guest needs --route wasm")
+    if args.guest:
+        os.environ["EDGE_WASM_PERF_MAP"] = "1"
     if args.route != "wasm":
         # Compiling the module under valgrind takes minutes: only when measured.
         os.environ.pop("HEADER_POLICY_WASM", None)
@@ -150,6 +190,12 @@ targets:
         proto = "h2c" if args.h2 else "http/1.1"
         print(f"{proto} {args.connections}x{args.streams}: {requests} requests, "
               f"{total / requests / 1000:.1f}k Ir per request at the edge")
+        if args.guest:
+            perf_map = f"/tmp/perf-{edge.pid}.map"
+            try:
+                guest(perf_map, out_file + ".1", requests)
+            finally:
+                os.remove(perf_map)
     finally:
         for proc in reversed(procs):
             try:

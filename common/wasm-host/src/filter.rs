@@ -60,6 +60,11 @@ pub struct PluginSpec {
     pub limits: Limits,
 }
 
+/// `1`: write /tmp/perf-<pid>.map, the address and name of every function
+/// the filters' modules compile to (a module keeps its names unless it was
+/// stripped).
+pub const PERF_MAP_ENV: &str = "EDGE_WASM_PERF_MAP";
+
 /// The wasmtime engine and the host functions, shared by every filter, and
 /// the thread that advances the epoch for time limits. Cheap to clone.
 #[derive(Clone)]
@@ -87,6 +92,11 @@ impl WasmRuntime {
     pub fn new() -> Result<Self, LoadError> {
         let mut config = Config::new();
         config.epoch_interruption(true);
+        if std::env::var_os(PERF_MAP_ENV).is_some_and(|v| v == "1") {
+            // Names the filters' compiled functions for `perf` (and for
+            // `scripts/callgrind --guest`) in /tmp/perf-<pid>.map.
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         crate::hostcalls::add_to_linker(&mut linker)

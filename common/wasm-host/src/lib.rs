@@ -37,7 +37,7 @@ mod state;
 pub use filter::{
     FilterError, FilterInstance, Limits, LoadError, LocalReply, Outcome, PluginSpec, Stream,
     WasmFilter, WasmModule, WasmRuntime, DEFAULT_CALL_TIMEOUT, DEFAULT_MAX_HEADER_BYTES,
-    DEFAULT_MEMORY_BYTES, EPOCH_TICK, RESTART_BACKOFF,
+    DEFAULT_MEMORY_BYTES, EPOCH_TICK, PERF_MAP_ENV, RESTART_BACKOFF,
 };
 pub use pool::{FilterPool, PooledStream};
 pub use props::StreamInfo;

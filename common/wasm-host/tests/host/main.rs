@@ -7,4 +7,5 @@ mod configs;
 mod differential;
 mod envoy;
 mod malicious;
+mod profiling;
 mod streams;
