@@ -10,6 +10,7 @@ one line: the protocol, the requests, Ir per request.
 """
 
 import argparse
+import bisect
 import glob
 import os
 import re
@@ -71,7 +72,6 @@ def guest(perf_map, dump, requests, top=25):
     """Prints the instructions per request spent in the filter's compiled
     code (callgrind's `???:0x…` entries, named by wasmtime's perf map), in
     all and by function, exclusive of what they call (host functions)."""
-    import bisect
     spans = []
     with open(perf_map) as f:
         for line in f:
