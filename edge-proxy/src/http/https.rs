@@ -57,9 +57,10 @@ mod tests {
     use super::*;
 
     fn config(tls_extra: &str) -> EdgeConfig {
-        let dir = std::env::temp_dir().join(format!("edge-https-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (cert, key) = self_signed(&dir);
+        // Read at parse: the directory can go when this returns.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (cert, key) = self_signed(dir);
         let yaml = format!(
             "listen: {{ http: 127.0.0.1:80, https: 127.0.0.1:8443, tunnel: 127.0.0.1:7000 }}\npreview: {{ domains: [preview.test] }}\ntls:\n  certificates: [{{ cert: {cert}, key: {key} }}]\n{tls_extra}"
         );
