@@ -432,6 +432,9 @@ class Bench:
         # one's median round: this machine's speed drifts within a run, and
         # one long measurement per comparator turns that drift into ratios.
         self.rounds = 1 if args.quick else 3
+        # A feature's row: five rounds at least, its budget being a few per
+        # cent and this machine's rounds moving by more than that.
+        self.feature_rounds = self.rounds if args.quick else max(self.rounds, 5)
         self.round_seconds = max(1, round(self.duration / self.rounds))
         self.bulk_bytes = (256 if args.quick else 1024) * MIB
         self.scale_n = args.sidecars or (20 if args.quick else 1000)
@@ -1014,6 +1017,12 @@ targets:
 
 # ------------------------------------------------------------------ rows
 
+def cpu_medians(samples):
+    """Each load's median CPU of edge + sidecar per request (µs) over its
+    rounds; None where /proc gave none."""
+    return {k: round(statistics.median(v), 2) if v else None for k, v in samples.items()}
+
+
 def lost_pct(value, base):
     """How much lower `value` is than `base`, in % (one decimal); None
     without a base."""
@@ -1273,16 +1282,14 @@ def run_rows(b):
         # CPU of edge + sidecar per request: steadier than requests/s on a
         # shared machine, stated beside it.
         cpu = {h: [] for h in rps}
-        # Five rounds at least: a few per cent is the budget, and rounds on
-        # this machine move by more than that.
-        for _ in range(b.rounds if b.quick else max(b.rounds, 5)):
+        for _ in range(b.feature_rounds):
             for host in rps:
                 value, detail = b.wrk("edge", 64, 2, host=host)
                 rps[host].append(value or 0.0)
                 if "cpu_us_per_request" in detail:
                     cpu[host].append(detail["cpu_us_per_request"])
         median = {h: statistics.median(v) for h, v in rps.items()}
-        cpu_median = {h: round(statistics.median(v), 2) if v else None for h, v in cpu.items()}
+        cpu_median = cpu_medians(cpu)
         without = median[PLAIN_HOST]
 
         def lost(host):
@@ -1358,9 +1365,9 @@ def run_rows(b):
             loads["redis"] = (f"  client_ip: {never}\n{redis}", PLAIN_HOST, ())
         rps = {name: [] for name in loads}
         # With the CPU of edge + sidecar per request (steadier than
-        # requests/s here), over five rounds at least, as the policy row.
+        # requests/s here), as the policy row.
         cpu = {name: [] for name in loads}
-        for _ in range(b.rounds if b.quick else max(b.rounds, 5)):
+        for _ in range(b.feature_rounds):
             for name, (limits, host, extra) in loads.items():
                 b.reload_edge(limits)
                 value, detail = b.wrk("edge", 64, 2, extra=extra, host=host)
@@ -1371,7 +1378,7 @@ def run_rows(b):
                     cpu[name].append(detail["cpu_us_per_request"])
         b.reload_edge("")
         median = {n: statistics.median(v) for n, v in rps.items()}
-        cpu_median = {n: round(statistics.median(v), 2) if v else None for n, v in cpu.items()}
+        cpu_median = cpu_medians(cpu)
         if "redis" in median and median["redis"] and median["none"]:
             # What a request pays for Redis: connection time per request
             # (64 connections / requests/s), against the same limit kept in
